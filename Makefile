@@ -1,0 +1,46 @@
+# topaz-lightning: set-up, tests, demos and benchmarks. Every target creates .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# the CPU build of torch lies on local disk; installing it first keeps pip from pulling a CUDA build
+TORCH_PIN := torch==2.13.0
+PYTEST_ARGS ?=
+OUT ?= demo_out
+
+.PHONY: install test test-slow demo demo-real lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt $(TORCH_PIN)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: install
+	bash scripts/demo.sh $(OUT)
+
+demo-real: install
+	bash scripts/demo_real.sh $(OUT)_real
+
+lint: install
+	$(BIN)/ruff check topaz_lightning tests scripts
+	$(BIN)/ruff format --check topaz_lightning tests scripts
+
+format: install
+	$(BIN)/ruff format topaz_lightning tests scripts
+	$(BIN)/ruff check --fix topaz_lightning tests scripts
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf $(VENV) $(OUT) $(OUT)_real outputs multirun *.egg-info .pytest_cache .ruff_cache

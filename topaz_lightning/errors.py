@@ -1,0 +1,38 @@
+"""Exception types for bad user input: every message names the file (and line/key) and the problem."""
+
+from __future__ import annotations
+
+import os
+
+
+class InputError(ValueError):
+    """Bad user input (file, coordinates or setting). The message names the source and the problem."""
+
+    def __init__(self, problem: str, path: str | os.PathLike | None = None, where: str | None = None):
+        self.problem = problem
+        self.path = None if path is None else os.fspath(path)
+        self.where = where
+        parts = []
+        if self.path is not None:
+            parts.append(self.path)
+        if where:
+            parts.append(where)
+        prefix = ": ".join(parts)
+        super().__init__(f"{prefix}: {problem}" if prefix else problem)
+
+
+class ConfigError(ValueError):
+    """An impossible or inconsistent setting; the message names the config key."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {problem}")
+
+
+class OutputExistsError(FileExistsError):
+    """Refusing to overwrite an existing output without overwrite=True."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(
+            f"{os.fspath(path)}: output already exists; pass overwrite=true to replace it"
+        )
