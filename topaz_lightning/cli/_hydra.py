@@ -1,0 +1,51 @@
+"""Shared plumbing for the Hydra entry points: config location, run stamping, clean error exits."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+log = logging.getLogger("topaz_lightning")
+
+
+def output_dir() -> Path:
+    """The current Hydra run's output directory (``hydra.runtime.output_dir``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
+    """Decorate ``fn(cfg)`` as a Hydra app reading ``configs/<config_name>.yaml``.
+
+    The resolved config (with version, time and command line) is saved into the run's output
+    directory before ``fn`` runs. Bad input and impossible settings end the process with exit
+    status 2 and a one-line message naming the file/key, instead of a traceback.
+    """
+
+    def decorate(fn: Callable[[DictConfig], object]) -> Callable[[], None]:
+        @functools.wraps(fn)
+        def run(cfg: DictConfig):
+            from topaz_lightning.utils.runinfo import save_run_config
+
+            save_run_config(cfg, output_dir())
+            try:
+                return fn(cfg)
+            except (InputError, ConfigError, OutputExistsError) as err:
+                log.error("%s", err)
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+
+        return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run)
+
+    return decorate
