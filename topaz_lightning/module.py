@@ -1,0 +1,188 @@
+"""The LightningModule for PU training: owns the optimizer, calls the classifier, objective and decoder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from topaz_lightning.errors import ConfigError
+
+log = logging.getLogger("topaz_lightning")
+
+
+def reconstruction_error(patches: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """The paper's E||x - x'||^2: squared error summed over each patch's pixels, averaged over patches."""
+    diff = (recon - patches).flatten(1)
+    return diff.pow(2).sum(dim=1).mean()
+
+
+def resolve_recon_weight(recon_weight: float | str, num_labeled_particles: int | None) -> float:
+    """Return the reconstruction weight c: a number as given, or 10/P for ``"auto"``.
+
+    P is the number of labeled particles used for training (the paper weights the autoencoder less
+    when more labels are available).
+    """
+    if isinstance(recon_weight, str):
+        if recon_weight != "auto":
+            raise ConfigError(
+                "module.recon_weight", f"expected a number or 'auto', got {recon_weight!r}"
+            )
+        if num_labeled_particles is None or num_labeled_particles <= 0:
+            raise ConfigError(
+                "module.recon_weight",
+                "'auto' (10/P) needs the number of labeled particles P; none was given and the "
+                "datamodule does not expose num_labeled_particles",
+            )
+        return 10.0 / float(num_labeled_particles)
+    weight = float(recon_weight)
+    if weight < 0:
+        raise ConfigError("module.recon_weight", f"must be >= 0, got {weight}")
+    return weight
+
+
+class PULitModule(pl.LightningModule):
+    """Positive-unlabeled training of a region classifier (optionally with an autoencoder head).
+
+    Args:
+        net: classifier (``forward(patches) -> logits``, ``features(patches) -> (B, F)``).
+        objective: PU objective, ``objective(logits, labels, pi) -> (loss, terms)``.
+        optimizer: a partially applied optimizer class (Hydra ``_partial_: true``), completed with
+            the parameters in :meth:`configure_optimizers`. Default: Adam, lr 2e-4. L2
+            regularization is the optimizer's ``weight_decay``.
+        pi_unlabeled: prior probability that an unlabeled draw is positive; taken from the
+            datamodule (``pi_unlabeled``) at ``setup`` when None.
+        decoder: optional decoder ``decoder(features) -> (B, 1, w, w)``; when given, the loss gets
+            ``recon_weight * E||x - x'||^2`` (sum over pixels, mean over the minibatch).
+        recon_weight: c, a number or ``"auto"`` for 10/P (P = number of labeled particles).
+        num_labeled_particles: P; taken from the datamodule at ``setup`` when None.
+        run_config: the resolved run configuration, stored with the hyperparameters and in every
+            checkpoint so a run can be reproduced from its checkpoint alone.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        objective: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        pi_unlabeled: float | None = None,
+        decoder: nn.Module | None = None,
+        recon_weight: float | str = "auto",
+        num_labeled_particles: int | None = None,
+        run_config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "objective", "decoder", "optimizer"])
+        self.net = net
+        self.objective = objective
+        self.decoder = decoder
+        self.optimizer_factory = optimizer
+        self.pi_unlabeled = pi_unlabeled
+        self.num_labeled_particles = num_labeled_particles
+        self.recon_weight_setting = recon_weight
+        self.recon_weight: float | None = None
+        self.run_config = run_config
+        if decoder is not None and not hasattr(net, "features"):
+            raise ConfigError(
+                "decoder", "the classifier has no features() method to feed the decoder"
+            )
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        """Take pi and the number of labeled particles from the datamodule where not given."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.pi_unlabeled is None and dm is not None:
+            self.pi_unlabeled = getattr(dm, "pi_unlabeled", None)
+        if self.num_labeled_particles is None and dm is not None:
+            self.num_labeled_particles = getattr(dm, "num_labeled_particles", None)
+        self.finalize()
+
+    def finalize(self) -> None:
+        """Check pi and fix the reconstruction weight (call once pi and P are known)."""
+        if self.pi_unlabeled is None:
+            raise ConfigError(
+                "module.pi_unlabeled",
+                "no prior given and the datamodule does not expose pi_unlabeled",
+            )
+        pi = float(self.pi_unlabeled)
+        if not 0.0 < pi < 1.0:
+            raise ConfigError("module.pi_unlabeled", f"must lie in (0, 1), got {pi}")
+        self.pi_unlabeled = pi
+        if self.decoder is not None:
+            self.recon_weight = resolve_recon_weight(
+                self.recon_weight_setting, self.num_labeled_particles
+            )
+        self.hparams["pi_unlabeled"] = pi
+        self.hparams["num_labeled_particles"] = self.num_labeled_particles
+        self.hparams["recon_weight_value"] = self.recon_weight
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) of the classifier for patches (B, 1, w, w)."""
+        return self.net(patches)
+
+    def compute_loss(
+        self, patches: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Objective (plus weighted reconstruction error with a decoder) for one minibatch."""
+        if self.pi_unlabeled is None:
+            self.finalize()
+        if self.decoder is None:
+            logits = self.net(patches)
+            loss, terms = self.objective(logits, labels, self.pi_unlabeled)
+            return loss, dict(terms)
+        features = self.net.features(patches)
+        logits = self._logits_from_features(features, patches)
+        loss, terms = self.objective(logits, labels, self.pi_unlabeled)
+        terms = dict(terms)
+        recon = self.decoder(features)
+        if recon.shape != patches.shape:
+            raise ConfigError(
+                "decoder",
+                f"reconstruction shape {tuple(recon.shape)} != patch shape {tuple(patches.shape)}; "
+                "the decoder's patch_size must equal the data's patch size",
+            )
+        recon_err = reconstruction_error(patches, recon)
+        terms["recon"] = recon_err.detach()
+        return loss + self.recon_weight * recon_err, terms
+
+    def _logits_from_features(self, features: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        # reuse the features when the classifier exposes its head (one pass, one BatchNorm update);
+        # otherwise fall back to a second forward pass
+        head = getattr(self.net, "classifier", None)
+        if isinstance(head, nn.Linear) and head.out_features == 1:
+            return head(features).reshape(-1)
+        return self.net(patches)
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        """One optimizer step's loss on a (patches, labels) minibatch; logs train/loss and terms."""
+        patches, labels = batch
+        loss, terms = self.compute_loss(patches, labels)
+        batch_size = int(labels.shape[0])
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach().float(), batch_size=batch_size)
+        return loss
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Complete the partial optimizer with all trainable parameters (Adam, lr 2e-4 by default)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer_factory is None:
+            return torch.optim.Adam(params, lr=2e-4)
+        return self.optimizer_factory(params=params)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the run config and the resolved pi/P/c so a checkpoint is self-describing."""
+        checkpoint["topaz_lightning"] = {
+            "run_config": self.run_config,
+            "pi_unlabeled": self.pi_unlabeled,
+            "num_labeled_particles": self.num_labeled_particles,
+            "recon_weight": self.recon_weight,
+        }

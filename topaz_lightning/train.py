@@ -1,0 +1,188 @@
+"""Compose a PU training run from a Hydra config: data, classifier, objective, module, trainer; save the model."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from topaz_lightning.errors import ConfigError
+
+log = logging.getLogger("topaz_lightning")
+
+
+def _nodes(cfg: DictConfig | None, key: str) -> list[tuple[str, DictConfig]]:
+    """Named config nodes with a ``_target_`` under ``cfg`` (a single node or a dict of nodes)."""
+    if cfg is None:
+        return []
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(
+            key, f"expected a mapping of nodes with _target_, got {type(cfg).__name__}"
+        )
+    if "_target_" in cfg:
+        return [(key, cfg)]
+    out = []
+    for name, node in cfg.items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ConfigError(f"{key}.{name}", "expected a node with _target_ (or null to disable)")
+        out.append((f"{key}.{name}", node))
+    return out
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
+    """Build the callbacks of ``cfg.callbacks`` (a dict of nodes; null entries are skipped)."""
+    return [instantiate(node) for _, node in _nodes(cfg, "callbacks")]
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
+    """Build the loggers of ``cfg.logger`` (one node, a dict of nodes, or null for none)."""
+    return [instantiate(node) for _, node in _nodes(cfg, "logger")]
+
+
+def _data_setting(datamodule: Any, cfg: DictConfig, *names: str) -> Any:
+    """First non-None of the datamodule's attribute or the data config's key among ``names``."""
+    for name in names:
+        value = getattr(datamodule, name, None)
+        if value is None:
+            value = OmegaConf.select(cfg, f"data.{name}", default=None)
+        if value is not None:
+            return value
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            return value
+    return value
+
+
+def build_decoder(cfg: DictConfig, net: Any, patch_size: int) -> Any:
+    """Instantiate ``cfg.decoder`` (or return None), filling num_features/patch_size left unset.
+
+    The decoder node may be a partial (``_partial_: true``) or a full node; either way the
+    classifier's ``num_features`` and the data's patch size are supplied unless the node sets them.
+    """
+    node = cfg.get("decoder")
+    if node is None:
+        return None
+    kwargs = {}
+    if OmegaConf.select(node, "num_features", default=None) is None:
+        kwargs["num_features"] = int(net.num_features)
+    if OmegaConf.select(node, "patch_size", default=None) is None:
+        kwargs["patch_size"] = int(patch_size)
+    if node.get("_partial_", False):
+        return instantiate(node)(**kwargs)
+    return instantiate(node, **kwargs)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train a PU classifier as configured; return the final metrics and output paths.
+
+    Steps: seed everything (``cfg.seed``, worker seeds too); build the datamodule (``cfg.data``),
+    classifier (``cfg.model``), objective (``cfg.objective``), optional decoder (``cfg.decoder``),
+    the :class:`~topaz_lightning.module.PULitModule` (``cfg.module``), callbacks, loggers and the
+    trainer; fit (resuming from ``cfg.ckpt_path`` if set: ``"last"`` or a checkpoint path); then
+    save the trained classifier to ``<paths.output_dir>/model.pt`` with the preprocessing, radius,
+    pi and receptive field that ``tzl-pick`` needs to reproduce the run.
+    """
+    from topaz_lightning.models import save_model
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(int(cfg.seed), workers=True)
+
+    net = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data)
+    objective = instantiate(cfg.objective)
+    patch_size = _data_setting(datamodule, cfg, "patch_size") or net.receptive_field
+    decoder = build_decoder(cfg, net, int(patch_size))
+
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    module = instantiate(
+        cfg.module,
+        net=net,
+        objective=objective,
+        decoder=decoder,
+        run_config=run_config,
+        _recursive_=True,
+    )
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False
+    )
+    for lg in loggers:
+        lg.log_hyperparams(run_config)
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path not in (None, "last"):
+        ckpt_file = Path(str(ckpt_path))
+        if not ckpt_file.is_file():
+            raise ConfigError("ckpt_path", f"checkpoint {ckpt_file} does not exist")
+        ckpt_path = str(ckpt_file.resolve())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics: dict[str, Any] = {}
+    for key, value in trainer.callback_metrics.items():
+        value = _plain(value)
+        if isinstance(value, float | int) and math.isfinite(value):
+            metrics[key] = float(value)
+    metrics["global_step"] = int(trainer.global_step)
+
+    extra = {
+        "preprocess": {
+            "downsample": _plain(_data_setting(datamodule, cfg, "downsample")),
+            "normalize": _plain(_data_setting(datamodule, cfg, "normalize")),
+        },
+        "radius_px": _plain(_data_setting(datamodule, cfg, "radius_px", "radius")),
+        "pi": _plain(_data_setting(datamodule, cfg, "pi")),
+        "pi_unlabeled": module.pi_unlabeled,
+        "num_labeled_particles": module.num_labeled_particles,
+        "receptive_field": int(net.receptive_field),
+        "patch_size": int(patch_size),
+        "global_step": int(trainer.global_step),
+        "objective": cfg.objective.get("_target_"),
+        "seed": int(cfg.seed),
+    }
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    if trainer.is_global_zero:
+        model_path = output_dir / "model.pt"
+        save_model(model_path, module.net.cpu(), model_config, extra=extra, overwrite=True)
+        metrics["model_path"] = str(model_path)
+        best = _best_checkpoint(trainer)
+        if best is not None:
+            best_module = type(module).load_from_checkpoint(
+                best,
+                net=instantiate(cfg.model),
+                objective=instantiate(cfg.objective),
+                decoder=build_decoder(cfg, net, int(patch_size)),
+                map_location="cpu",
+            )
+            best_path = output_dir / "model_best.pt"
+            save_model(best_path, best_module.net, model_config, extra=extra, overwrite=True)
+            metrics["best_model_path"] = str(best_path)
+            metrics["best_checkpoint"] = str(best)
+        log.info("saved the trained classifier to %s", model_path)
+    return metrics
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """Path of the monitored best checkpoint, if a ModelCheckpoint with a monitor saved one."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
+            return cb.best_model_path
+    return None
