@@ -239,7 +239,7 @@ def write_micrograph(
     ``pixel_size_a`` (A/px) goes into the voxel size for x, y and z; None leaves it 0 (unset).
     The file is written to a temporary name and renamed into place, so an interrupted write
     never leaves a partial file; an existing file raises ``OutputExistsError`` unless
-    ``overwrite`` is True. Returns the path written.
+    ``overwrite`` is True. Non-finite pixels raise ValueError. Returns the path written.
     """
     import mrcfile
 
@@ -252,6 +252,8 @@ def write_micrograph(
             f"{path}: write_micrograph expects a non-empty 2-D image, got shape {image.shape}"
         )
     data = np.ascontiguousarray(image, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path}: refusing to write an image with NaN or infinite pixels")
     with atomic_output(path, overwrite=overwrite) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(data)
