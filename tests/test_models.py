@@ -1,0 +1,220 @@
+"""Classifiers over configs/model/*.yaml: shapes, receptive field, dense == patch; decoder; model files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from topaz_lightning.errors import InputError, OutputExistsError
+from topaz_lightning.models import Conv31, Decoder, ResNet8, load_model, receptive_field, save_model
+
+CONFIG_FILES = sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
+EXPECTED_FIELD = {"conv31": 31, "resnet8": 49, "resnet16": 85}
+
+
+def test_every_model_has_a_config():
+    assert {p.stem for p in CONFIG_FILES} >= set(EXPECTED_FIELD)
+
+
+def randomize_batchnorm(net: torch.nn.Module, seed: int = 0) -> None:
+    """Give BatchNorm non-trivial running statistics and affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+@pytest.fixture(scope="module", params=CONFIG_FILES, ids=lambda p: p.stem)
+def model(request):
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(request.param)
+    net = instantiate(cfg)
+    randomize_batchnorm(net)
+    net.eval()
+    return request.param.stem, cfg, net
+
+
+def test_receptive_field_and_shapes(model):
+    name, _, net = model
+    w = net.receptive_field
+    if name in EXPECTED_FIELD:
+        assert w == EXPECTED_FIELD[name]
+    assert w % 2 == 1
+    patches = torch.randn(5, 1, w, w)
+    assert net(patches).shape == (5,)
+    assert net.features(patches).shape == (5, net.num_features)
+    assert net.score_map(torch.randn(2, 1, 13, 17)).shape == (2, 13, 17)
+
+
+def test_larger_patches_are_centre_cropped(model):
+    _, _, net = model
+    w = net.receptive_field
+    big = torch.randn(3, 1, w + 6, w + 6)
+    with torch.no_grad():
+        torch.testing.assert_close(net(big), net(big[..., 3 : 3 + w, 3 : 3 + w]))
+    with pytest.raises(ValueError, match="receptive field"):
+        net(torch.randn(1, 1, w - 2, w - 2))
+
+
+def test_receptive_field_is_exact(model):
+    # every pixel of the w x w patch, edges included, influences the logit; together with
+    # dense == patch below this pins the dense receptive field to exactly w x w
+    _, _, net = model
+    w = net.receptive_field
+    patch = torch.randn(1, 1, w, w, requires_grad=True)
+    net(patch).sum().backward()
+    support = patch.grad[0, 0] != 0
+    assert support.any(1).all() and support.any(0).all()
+    assert support[0].any() and support[-1].any() and support[:, 0].any() and support[:, -1].any()
+
+
+def test_dense_scores_equal_patch_scores(model):
+    _, _, net = model
+    w, r = net.receptive_field, net.receptive_field // 2
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 1, 23, 29, generator=gen)
+    with torch.no_grad():
+        dense = net.score_map(images)
+        padded = F.pad(images, (r, r, r, r))
+        # random centres plus all four corners and edge midpoints
+        ys = torch.randint(0, 23, (12,), generator=gen).tolist() + [0, 0, 22, 22, 11, 0]
+        xs = torch.randint(0, 29, (12,), generator=gen).tolist() + [0, 28, 0, 28, 0, 14]
+        for b in range(2):
+            patches = torch.stack(
+                [padded[b, :, y : y + w, x : x + w] for y, x in zip(ys, xs, strict=True)]
+            )
+            torch.testing.assert_close(dense[b, ys, xs], net(patches), atol=1e-4, rtol=1e-4)
+
+
+def test_tiled_score_map_equals_untiled(model):
+    _, _, net = model
+    images = torch.randn(1, 1, 19, 26)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            net.score_map(images, tile_size=7), net.score_map(images), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_channels_last_gives_same_scores(model):
+    _, _, net = model
+    w = net.receptive_field
+    patches = torch.randn(4, 1, w, w)
+    with torch.no_grad():
+        expected = net(patches)
+        got = net(patches.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_training_step_reaches_every_parameter(model):
+    _, cfg, _ = model
+    net = instantiate(cfg).train()
+    w = net.receptive_field
+    net(torch.randn(8, 1, w, w)).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_receptive_field_arithmetic():
+    assert receptive_field([(7, 2), (5, 2), (5, 1)]) == 31
+    assert receptive_field([(3, 1)] * 4) == 9
+
+
+@pytest.mark.parametrize("patch_size", [31, 49, 21, 15])
+def test_decoder_output_shape(patch_size):
+    dec = Decoder(num_features=128, patch_size=patch_size)
+    out = dec(torch.randn(6, 128))
+    assert out.shape == (6, 1, patch_size, patch_size)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in dec.parameters())
+
+
+def test_decoder_from_config_reconstructs_classifier_features(configs_dir):
+    net = Conv31()
+    make = instantiate(OmegaConf.load(configs_dir / "decoder" / "dcgan.yaml"))
+    dec = make(num_features=net.num_features, patch_size=net.receptive_field)
+    patches = torch.randn(4, 1, 31, 31)
+    assert dec(net.features(patches)).shape == patches.shape
+
+
+def test_decoder_rejects_wrong_features():
+    with pytest.raises(ValueError, match="features"):
+        Decoder(num_features=128, patch_size=31)(torch.randn(2, 64))
+
+
+def test_save_load_round_trip(model, tmp_path):
+    _, cfg, net = model
+    path = tmp_path / "model.pt"
+    extra = {"pi": 0.02, "downsample": 4, "nested": {"radius_px": 3}}
+    save_model(path, net, OmegaConf.to_container(cfg), extra=extra)
+    loaded, got_extra = load_model(path)
+    assert got_extra == extra and not loaded.training
+    w = net.receptive_field
+    patches, images = torch.randn(3, 1, w, w), torch.randn(1, 1, 12, 14)
+    with torch.no_grad():
+        assert torch.equal(loaded(patches), net(patches))
+        assert torch.equal(loaded.score_map(images), net.score_map(images))
+
+
+def test_save_uses_net_config_and_refuses_overwrite(tmp_path):
+    import numpy as np
+
+    net = ResNet8(width=8).eval()
+    path = save_model(tmp_path / "m.pt", net, extra={"pi": np.float64(0.1)})
+    loaded, extra = load_model(path)
+    assert isinstance(loaded, ResNet8) and loaded.num_features == 32 and extra == {"pi": 0.1}
+    with pytest.raises(OutputExistsError):
+        save_model(path, net)
+    save_model(path, net, overwrite=True)
+    with pytest.raises(TypeError, match="extra.bad"):
+        save_model(tmp_path / "n.pt", net, extra={"bad": object()})
+    assert not (tmp_path / "n.pt").exists()
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(InputError, match="not found") as err:
+        load_model(tmp_path / "absent.pt")
+    assert "absent.pt" in str(err.value)
+
+
+def test_load_corrupt_file(tmp_path):
+    path = tmp_path / "corrupt.pt"
+    save_model(path, Conv31())
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(InputError, match="corrupt.pt"):
+        load_model(path)
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    with pytest.raises(InputError, match="text.pt"):
+        load_model(text)
+
+
+def test_load_foreign_torch_file(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(Conv31().state_dict(), path)
+    with pytest.raises(InputError, match="not a topaz_lightning.model file"):
+        load_model(path)
+
+
+def test_load_mismatched_weights(tmp_path):
+    path = tmp_path / "m.pt"
+    save_model(
+        path, Conv31(), {"_target_": "topaz_lightning.models.Conv31", "widths": [16, 64, 128]}
+    )
+    with pytest.raises(InputError, match="state_dict") as err:
+        load_model(path)
+    assert "m.pt" in str(err.value)
+
+
+def test_load_unknown_target(tmp_path):
+    path = tmp_path / "m.pt"
+    save_model(path, Conv31(), {"_target_": "topaz_lightning.models.NoSuchNet"})
+    with pytest.raises(InputError, match="model_config"):
+        load_model(path)

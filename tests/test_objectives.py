@@ -1,0 +1,247 @@
+"""PU objectives: generic properties over configs/objective/*.yaml and numpy/scipy references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from scipy import stats
+from scipy.special import expit
+
+from topaz_lightning.errors import ConfigError
+from topaz_lightning.objectives import GEKL, NNPU, PN, GEBinomial
+from topaz_lightning.objectives.ge_binomial import VARIANCE_EPS
+
+CONFIG_FILES = sorted(
+    (Path(__file__).resolve().parents[1] / "configs" / "objective").glob("*.yaml")
+)
+
+
+def test_every_objective_has_a_config():
+    assert {p.stem for p in CONFIG_FILES} >= {"pn", "nnpu", "ge_kl", "ge_binomial"}
+
+
+@pytest.fixture(params=CONFIG_FILES, ids=lambda p: p.stem)
+def objective(request):
+    return instantiate(OmegaConf.load(request.param))
+
+
+def batch(n_pos: int, n_unl: int, scale: float = 2.0, seed: int = 0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n_pos + n_unl, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    labels = torch.cat([torch.ones(n_pos), torch.zeros(n_unl)]).to(dtype)
+    return logits.requires_grad_(True), labels
+
+
+def loss_and_grad(objective, logits, labels, pi):
+    loss, terms = objective(logits, labels, pi)
+    (grad,) = torch.autograd.grad(loss, logits)
+    return loss, terms, grad
+
+
+# ---------------------------------------------------------------- generic properties
+
+
+@pytest.mark.parametrize("pi", [1e-4, 0.02, 0.5, 0.999])
+@pytest.mark.parametrize("n_pos,n_unl", [(16, 240), (16, 0), (0, 240), (1, 1)])
+def test_finite_and_terms_sum_to_loss(objective, pi, n_pos, n_unl):
+    logits, labels = batch(n_pos, n_unl)
+    loss, terms, grad = loss_and_grad(objective, logits, labels, pi)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert torch.isfinite(grad).all()
+    assert set(terms) <= {"positive", "unlabeled", "ge"} and terms
+    assert torch.allclose(loss, sum(terms.values()))
+    if n_pos == 0:
+        assert "positive" not in terms
+    if n_unl == 0:
+        assert set(terms) == {"positive"}
+
+
+@pytest.mark.parametrize("pi", [1e-3, 0.05, 0.99])
+def test_extreme_logits_stay_finite(objective, pi):
+    gen = torch.Generator().manual_seed(1)
+    signs = torch.where(torch.rand(256, generator=gen) < 0.5, -1.0, 1.0)
+    logits = (signs * 1e4).requires_grad_(True)
+    labels = torch.cat([torch.ones(16), torch.zeros(240)])
+    for lg in (
+        logits,
+        torch.full((256,), 1e4, requires_grad=True),
+        torch.full((256,), -1e4, requires_grad=True),
+    ):
+        loss, _, grad = loss_and_grad(objective, lg, labels, pi)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+
+
+def test_empty_batch_gives_attached_zero(objective):
+    logits = torch.zeros(0, requires_grad=True)
+    loss, terms = objective(logits, torch.zeros(0), 0.1)
+    assert terms == {} and loss.item() == 0.0 and loss.requires_grad
+
+
+def test_half_precision_logits(objective):
+    logits, labels = batch(16, 240)
+    loss, _ = objective(logits.detach().to(torch.bfloat16), labels, 0.05)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("pi", [0.0, 1.0, -0.1, 1.5])
+def test_pi_outside_open_interval_is_refused(objective, pi):
+    logits, labels = batch(2, 2)
+    with pytest.raises(ConfigError, match="pi"):
+        objective(logits, labels, pi)
+
+
+def test_shape_mismatch_is_refused(objective):
+    with pytest.raises(ValueError, match="same shape"):
+        objective(torch.zeros(4), torch.zeros(5), 0.1)
+
+
+def test_lower_loss_for_right_predictions(objective):
+    # positives scored high and unlabeled scored low (pi small) beats the reverse
+    labels = torch.cat([torch.ones(16), torch.zeros(240)])
+    good = torch.where(labels > 0, 4.0, -4.0)
+    loss_good, _ = objective(good, labels, 0.02)
+    loss_bad, _ = objective(-good, labels, 0.02)
+    assert loss_good < loss_bad
+
+
+# ---------------------------------------------------------------- slow, obvious references
+
+
+def ref_pn(z, y, pi):
+    zp, zu = z[y == 1], z[y == 0]
+    out = 0.0
+    if len(zp):
+        out += pi * np.mean([-np.log(expit(v)) for v in zp])
+    if len(zu):
+        out += (1 - pi) * np.mean([-np.log(1 - expit(v)) for v in zu])
+    return out
+
+
+def ref_nnpu(z, y, pi):
+    zp, zu = z[y == 1], z[y == 0]
+    out = 0.0
+    if len(zp):
+        out += pi * np.mean([-np.log(expit(v)) for v in zp])
+    if len(zu):
+        neg = np.mean([-np.log(1 - expit(v)) for v in zu])
+        if len(zp):
+            neg -= pi * np.mean([-np.log(1 - expit(v)) for v in zp])
+        out += max(0.0, neg)
+    return out
+
+
+def ref_ge_kl(z, y, pi, slack=100.0):
+    zp, zu = z[y == 1], z[y == 0]
+    out = 0.0
+    if len(zp):
+        out += np.mean([-np.log(expit(v)) for v in zp])
+    if len(zu):
+        m = np.mean([expit(v) for v in zu])
+        out += slack * (pi * np.log(pi / m) + (1 - pi) * np.log((1 - pi) / (1 - m)))
+    return out
+
+
+def ref_ge_binomial(z, y, pi, slack=1.0):
+    zp, zu = z[y == 1], z[y == 0]
+    out = 0.0
+    if len(zp):
+        out += np.mean([-np.log(expit(v)) for v in zp])
+    if len(zu):
+        n = len(zu)
+        g = expit(zu)
+        dist = stats.norm(loc=g.sum(), scale=np.sqrt(np.sum(g * (1 - g)) + VARIANCE_EPS))
+        q = np.empty(n + 1)
+        for k in range(n + 1):
+            lo = -np.inf if k == 0 else k - 0.5
+            hi = np.inf if k == n else k + 0.5
+            q[k] = dist.cdf(hi) - dist.cdf(lo)
+        log_p = stats.binom.logpmf(np.arange(n + 1), n, pi)
+        out += -slack * np.sum(q * log_p)
+    return out
+
+
+CASES = [
+    (PN(), ref_pn),
+    (NNPU(), ref_nnpu),
+    (GEKL(), ref_ge_kl),
+    (GEKL(slack=3.0), lambda z, y, pi: ref_ge_kl(z, y, pi, slack=3.0)),
+    (GEBinomial(), ref_ge_binomial),
+    (GEBinomial(slack=0.5), lambda z, y, pi: ref_ge_binomial(z, y, pi, slack=0.5)),
+]
+
+
+def finite_difference_grad(ref, z, y, pi, h=1e-6):
+    grad = np.empty_like(z)
+    for i in range(len(z)):
+        up, down = z.copy(), z.copy()
+        up[i] += h
+        down[i] -= h
+        grad[i] = (ref(up, y, pi) - ref(down, y, pi)) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize(
+    "n_pos,n_unl,pi,scale,seed",
+    [
+        (4, 20, 0.1, 2.0, 0),
+        (3, 30, 0.3, 1.0, 1),
+        (0, 12, 0.05, 3.0, 2),
+        (5, 0, 0.2, 2.0, 3),
+        (2, 40, 0.02, 4.0, 4),
+    ],
+)
+def test_matches_reference_value_and_gradient(case, n_pos, n_unl, pi, scale, seed):
+    objective, ref = CASES[case]
+    logits, labels = batch(n_pos, n_unl, scale=scale, seed=seed, dtype=torch.float64)
+    loss, _, grad = loss_and_grad(objective, logits, labels, pi)
+    z, y = logits.detach().numpy(), labels.numpy()
+    assert loss.item() == pytest.approx(ref(z, y, pi), rel=1e-9, abs=1e-10)
+    np.testing.assert_allclose(
+        grad.numpy(), finite_difference_grad(ref, z, y, pi), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_nnpu_bracket_clamped_when_negative():
+    # unlabeled scored very low, positives scored low too: the bracket goes negative
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    logits = torch.tensor([-5.0, -6.0, -20.0, -20.0], requires_grad=True)
+    pi = 0.5
+    loss, terms, grad = loss_and_grad(NNPU(), logits, labels, pi)
+    assert terms["unlabeled"].item() == 0.0
+    z, y = logits.detach().numpy().astype(np.float64), labels.numpy()
+    assert ref_nnpu(z, y, pi) == pytest.approx(loss.item(), rel=1e-6)
+    # only the positive term trains: the unlabeled logits get no gradient
+    assert grad[2:].abs().max() == 0 and (grad[:2] < 0).all()
+
+
+def test_ge_binomial_q_is_a_distribution():
+    from topaz_lightning.objectives.ge_binomial import binomial_log_pmf, normal_count_probs
+
+    z = torch.randn(240, dtype=torch.float64) * 3 - 4
+    q = normal_count_probs(z)
+    assert q.shape == (241,) and (q >= 0).all()
+    assert q.sum().item() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(
+        binomial_log_pmf(240, 0.03, torch.float64, z.device).numpy(),
+        stats.binom.logpmf(np.arange(241), 240, 0.03),
+        rtol=1e-10,
+    )
+    # the mean of q tracks sum g
+    k = torch.arange(241, dtype=torch.float64)
+    assert (q * k).sum().item() == pytest.approx(torch.sigmoid(z).sum().item(), abs=0.05)
+
+
+def test_ge_kl_minimized_when_mean_prediction_is_pi():
+    pi = 0.1
+    labels = torch.zeros(50)
+    at_pi = torch.full((50,), float(np.log(pi / (1 - pi))))
+    loss_at_pi, terms = GEKL()(at_pi, labels, pi)
+    assert terms["ge"].item() == pytest.approx(0.0, abs=1e-4)
+    loss_off, _ = GEKL()(at_pi + 1.0, labels, pi)
+    assert loss_off > loss_at_pi

@@ -1,0 +1,125 @@
+"""Residual CNN region classifiers (ResNet8, ResNet16) with the same dense-scoring contract."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from topaz_lightning.models.base import PatchClassifier, apply_conv, receptive_field
+
+
+class ResidualBlock(nn.Module):
+    """conv k x k (stride s) + BN + PReLU -> conv k x k + BN, plus a skip path, then PReLU.
+
+    All convolutions are unpadded, so the skip path is the input cropped to the centres of the
+    outputs: output ``j`` sits on input ``s * j + (k // 2) * (1 + s)`` (patch mode), or on input
+    ``j + jump * (k // 2) * (1 + s)`` in dense mode. A 1 x 1 conv + BN projects the skip when the
+    width changes or the block is strided.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel: int = 3):
+        super().__init__()
+        self.stride = stride
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.act1 = nn.PReLU(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.project: nn.Module | None = None
+        if in_channels != out_channels or stride != 1:
+            self.project = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
+            )
+        self.act = nn.PReLU(out_channels)
+        self.offset = (kernel // 2) * (1 + stride)
+
+    def forward(self, x: Tensor, dense: bool, jump: int) -> tuple[Tensor, int]:
+        """Block output and the jump for the next layer (see ``models.base.apply_conv``)."""
+        h, mid_jump = apply_conv(self.conv1, x, dense, jump)
+        h = self.act1(self.bn1(h))
+        h, out_jump = apply_conv(self.conv2, h, dense, mid_jump)
+        h = self.bn2(h)
+        rows, cols = h.shape[-2:]
+        if dense:
+            start, step = self.offset * jump, 1
+        else:
+            start, step = self.offset, self.stride
+        skip = x[
+            ...,
+            start : start + step * (rows - 1) + 1 : step,
+            start : start + step * (cols - 1) + 1 : step,
+        ]
+        if self.project is not None:
+            skip = self.project(skip)
+        return self.act(h + skip), out_jump
+
+
+class ResNet(PatchClassifier):
+    """Stem conv (``stem_kernel``, stride 1) + BN + PReLU, residual blocks, linear to a logit.
+
+    ``blocks`` is a list of ``(width, stride)``; each block holds two 3 x 3 convolutions.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[Sequence[int]],
+        stem_width: int = 32,
+        stem_kernel: int = 7,
+    ):
+        super().__init__()
+        blocks = [(int(w), int(s)) for w, s in blocks]
+        self._init_kwargs = {
+            "blocks": [list(b) for b in blocks],
+            "stem_width": int(stem_width),
+            "stem_kernel": int(stem_kernel),
+        }
+        self.stem = nn.Conv2d(1, stem_width, stem_kernel, bias=False)
+        self.stem_bn = nn.BatchNorm2d(stem_width)
+        self.stem_act = nn.PReLU(stem_width)
+        layers = [(stem_kernel, 1)]
+        modules = []
+        in_channels = stem_width
+        for width, stride in blocks:
+            modules.append(ResidualBlock(in_channels, width, stride))
+            layers += [(3, stride), (3, 1)]
+            in_channels = width
+        self.blocks = nn.ModuleList(modules)
+        self.receptive_field = receptive_field(layers)
+        self.num_features = in_channels
+        self.classifier = nn.Linear(self.num_features, 1)
+
+    def trunk(self, x: Tensor, dense: bool) -> Tensor:
+        """Feature maps; ``dense`` swaps strides for dilations (see ``models.base``)."""
+        x, jump = apply_conv(self.stem, x, dense, 1)
+        x = self.stem_act(self.stem_bn(x))
+        for block in self.blocks:
+            x, jump = block(x, dense, jump)
+        return x
+
+
+class ResNet8(ResNet):
+    """8 weighted layers: stem 7x7 + 3 residual blocks (strides 2, 2, 2) + linear.
+
+    Receptive field 1 + 6 + (2 + 4) + (4 + 8) + (8 + 16) = 49 pixels.
+    """
+
+    def __init__(self, width: int = 32):
+        w = int(width)
+        super().__init__(blocks=[(w, 2), (2 * w, 2), (4 * w, 2)], stem_width=w)
+        self._init_kwargs = {"width": w}
+
+
+class ResNet16(ResNet):
+    """16 weighted layers: stem 7x7 + 7 residual blocks (strides 1, 2, 1, 2, 1, 1, 1) + linear.
+
+    Receptive field 1 + 6 + 4 + 6 + 8 + 12 + 16 + 16 + 16 = 85 pixels, for larger particles.
+    """
+
+    def __init__(self, width: int = 32):
+        w = int(width)
+        super().__init__(
+            blocks=[(w, 1), (2 * w, 2), (2 * w, 1), (4 * w, 2), (4 * w, 1), (4 * w, 1), (4 * w, 1)],
+            stem_width=w,
+        )
+        self._init_kwargs = {"width": w}

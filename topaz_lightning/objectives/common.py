@@ -1,0 +1,53 @@
+"""Shared pieces of the PU objectives: input checks, labeled/unlabeled split, stable losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from topaz_lightning.errors import ConfigError
+
+
+def check_pi(pi: float) -> float:
+    """Return ``pi`` as a float, or raise ConfigError unless ``0 < pi < 1``."""
+    pi = float(pi)
+    if not 0.0 < pi < 1.0:
+        raise ConfigError(
+            "pi",
+            f"the prior of a positive among unlabeled regions must lie strictly between 0 and 1, got {pi}",
+        )
+    return pi
+
+
+def split(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits of the labeled positives (label 1) and of the unlabeled regions (label 0).
+
+    Half-precision logits are promoted to float32 so the objectives stay accurate under AMP.
+    """
+    if logits.dim() != 1 or labels.shape != logits.shape:
+        raise ValueError(
+            f"expected logits and labels of the same shape (B,), got {tuple(logits.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    positive = labels > 0.5
+    return logits[positive], logits[~positive]
+
+
+def loss_positive(z: Tensor) -> Tensor:
+    """Cross entropy L(g, 1) = -log sigmoid(z), elementwise, stable for any z."""
+    return -F.logsigmoid(z)
+
+
+def loss_negative(z: Tensor) -> Tensor:
+    """Cross entropy L(g, 0) = -log(1 - sigmoid(z)) = -log sigmoid(-z), elementwise."""
+    return -F.logsigmoid(-z)
+
+
+def total(logits: Tensor, terms: dict[str, Tensor]) -> Tensor:
+    """Sum of the terms; an empty batch gives a zero that is still attached to ``logits``."""
+    if not terms:
+        return logits.sum() * 0.0
+    return torch.stack(list(terms.values())).sum()
