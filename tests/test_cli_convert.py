@@ -1,0 +1,139 @@
+"""tzl-convert: format conversion with scale, flip_y and overwrite protection, on the shared data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from topaz_lightning.cli.convert import convert, main
+from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.io import read_coordinates
+
+UCSF_STAR = "Ucsf_stack_1142_DW_autopick.star"
+
+
+def _raw_cryoppp(coords: Path) -> dict[str, np.ndarray]:
+    return {
+        f.stem: np.loadtxt(f, delimiter=",", skiprows=1, ndmin=2)[:, :2]
+        for f in sorted(coords.glob("*.csv"))
+    }
+
+
+def _by_micrograph(df) -> dict[str, np.ndarray]:
+    return {m: g[["x", "y"]].to_numpy() for m, g in df.groupby("micrograph")}
+
+
+def test_scale_to_star(empiar10017_dir, tmp_path):
+    coords = empiar10017_dir / "coords"
+    out = convert(coords, tmp_path / "bin4.star", scale=0.25)
+    df = read_coordinates(out)
+    assert len(df) == 2591
+    got = _by_micrograph(df)
+    for name, ref in _raw_cryoppp(coords).items():
+        np.testing.assert_allclose(got[name], ref * 0.25, atol=1e-6)
+
+
+def test_downsample_alias_equals_scale(empiar10017_dir, tmp_path):
+    coords = empiar10017_dir / "coords"
+    a = read_coordinates(convert(coords, tmp_path / "a.tsv", scale=0.25))
+    b = read_coordinates(convert(coords, tmp_path / "b.tsv", downsample=4))
+    np.testing.assert_array_equal(a[["x", "y"]], b[["x", "y"]])
+    with pytest.raises(ConfigError, match="downsample"):
+        convert(coords, tmp_path / "c.tsv", scale=0.5, downsample=4)
+    with pytest.raises(ConfigError, match="scale"):
+        convert(coords, tmp_path / "c.tsv", scale=0)
+
+
+def test_flip_y_with_image_height(empiar10017_dir, tmp_path):
+    # the JPEGs are a vertical flip of the EMPIAR MRCs: y_mrc = 4095 - y_jpg (data README)
+    coords = empiar10017_dir / "coords"
+    df = read_coordinates(convert(coords, tmp_path / "mrc.csv", flip_y=True, image_height=4096))
+    got = _by_micrograph(df)
+    for name, ref in _raw_cryoppp(coords).items():
+        np.testing.assert_allclose(got[name][:, 0], ref[:, 0])
+        np.testing.assert_allclose(got[name][:, 1], 4095 - ref[:, 1])
+
+
+def test_flip_y_then_scale_with_heights_from_micrographs(ucsf_dir, tmp_path):
+    pytest.importorskip("topaz_lightning.io.micrographs")
+    star = ucsf_dir / UCSF_STAR
+    out = convert(star, tmp_path / "f.tsv", flip_y=True, micrographs=ucsf_dir, scale=0.5)
+    original, flipped = read_coordinates(star), read_coordinates(out)
+    np.testing.assert_allclose(flipped["x"], original["x"] * 0.5, atol=1e-6)
+    # the MRC is 959 x 927 (nx x ny): H = 927
+    np.testing.assert_allclose(flipped["y"], (926 - original["y"]) * 0.5, atol=1e-6)
+    np.testing.assert_allclose(flipped["score"], original["score"], atol=1e-6)
+
+
+def test_flip_y_needs_heights(ucsf_dir, tmp_path):
+    with pytest.raises(ConfigError, match="flip_y"):
+        convert(ucsf_dir / UCSF_STAR, tmp_path / "f.tsv", flip_y=True)
+    assert not (tmp_path / "f.tsv").exists()
+
+
+def test_box_output_per_micrograph(empiar10017_dir, tmp_path):
+    coords = empiar10017_dir / "coords"
+    with pytest.raises(ConfigError, match="box_size"):
+        convert(coords, tmp_path / "boxes", output_format="box")
+    out = convert(coords, tmp_path / "boxes", output_format="box", box_size=27, scale=0.25)
+    assert sorted(p.stem for p in out.iterdir()) == sorted(_raw_cryoppp(coords))
+    first = sorted(out.iterdir())[0]
+    ref = _raw_cryoppp(coords)[first.stem] * 0.25 - 13.5
+    np.testing.assert_allclose(np.loadtxt(first)[:, :2], ref, atol=1e-6)
+
+
+def test_validation_against_micrographs(ucsf_dir, tmp_path):
+    pytest.importorskip("topaz_lightning.io.micrographs")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("image_name\tx_coord\ty_coord\nUcsf_stack_1142_DW\t10\t930\n")
+    with pytest.raises(InputError, match=r"bad\.tsv: row 1 .*outside the image"):
+        convert(bad, tmp_path / "out.star", micrographs=ucsf_dir)
+    unknown = tmp_path / "unknown.tsv"
+    unknown.write_text("image_name\tx_coord\ty_coord\nother\t10\t10\n")
+    with pytest.raises(InputError, match="'other'"):
+        convert(unknown, tmp_path / "out.star", micrographs=ucsf_dir)
+    assert not (tmp_path / "out.star").exists()
+
+
+def _run_cli(monkeypatch, run_dir: Path, *overrides: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["tzl-convert", *overrides, f"hydra.run.dir={run_dir}"])
+    main()
+
+
+def test_cli_refuses_to_overwrite_and_saves_config(ucsf_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "picks.star"
+    args = (f"input={ucsf_dir / UCSF_STAR}", f"output={out}", "output_format=star3.0")
+    _run_cli(monkeypatch, tmp_path / "run1", *args)
+    first = out.read_text()
+    assert len(read_coordinates(out)) == 45
+    saved = OmegaConf.load(tmp_path / "run1" / "config.yaml")
+    assert saved.output == str(out) and saved.output_format == "star3.0"
+
+    with pytest.raises(SystemExit) as exc:
+        _run_cli(monkeypatch, tmp_path / "run2", *args, "scale=2")
+    assert exc.value.code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_text() == first
+
+    _run_cli(monkeypatch, tmp_path / "run3", *args, "scale=2", "overwrite=true")
+    np.testing.assert_allclose(
+        read_coordinates(out)["x"], read_coordinates(ucsf_dir / UCSF_STAR)["x"] * 2, atol=1e-5
+    )
+
+
+def test_cli_reports_bad_input(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _run_cli(
+            monkeypatch, tmp_path / "run", f"input={tmp_path / 'missing.star'}", "output=x.tsv"
+        )
+    assert exc.value.code == 2
+    assert "missing.star: coordinate file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        _run_cli(monkeypatch, tmp_path / "run2", "output=x.tsv")
+    assert exc.value.code == 2
+    assert "input" in capsys.readouterr().err
+    assert not (tmp_path / "x.tsv").exists()
