@@ -170,6 +170,32 @@ class PULitModule(pl.LightningModule):
             self.log(f"train/{name}", value.detach().float(), batch_size=batch_size)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_logits: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Region classification on held-out batches (labels = full truth): val/loss."""
+        patches, labels = batch
+        logits = self.net(patches)
+        loss, _ = self.objective(logits, labels, self.pi_unlabeled)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(labels.shape[0]))
+        self._val_logits.append(logits.detach().float().cpu())
+        self._val_labels.append(labels.detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        """Log val/region_aupr: average precision of the region scores over all held-out batches."""
+        if not getattr(self, "_val_logits", None):
+            return
+        from torchmetrics.functional.classification import binary_average_precision
+
+        logits = torch.cat(self._val_logits)
+        labels = torch.cat(self._val_labels).long()
+        if 0 < int(labels.sum()) < labels.numel():
+            aupr = binary_average_precision(logits, labels)
+            self.log("val/region_aupr", aupr.to(self.device), sync_dist=True)
+        self._val_logits, self._val_labels = [], []
+
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Complete the partial optimizer with all trainable parameters (Adam, lr 2e-4 by default)."""
