@@ -72,8 +72,13 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
     optimizer = module.configure_optimizers()
     images, coords = synthetic(args.micrographs, args.size, args.particles)
     sampler = PUPatchSampler.from_coordinates(
-        images, coords, radius_px=3, patch_size=net.receptive_field,
-        n_positive=16, n_unlabeled=240, device=device,
+        images,
+        coords,
+        radius_px=3,
+        patch_size=net.receptive_field,
+        n_positive=16,
+        n_unlabeled=240,
+        device=device,
     )
     sample_ms, compute_ms = [], []
     for step in range(args.warmup + args.steps):
@@ -93,7 +98,7 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
             compute_ms.append((t2 - t1) * 1e3)
     sample = statistics.median(sample_ms)
     compute = statistics.median(compute_ms)
-    total = [s + c for s, c in zip(sample_ms, compute_ms)]
+    total = [s + c for s, c in zip(sample_ms, compute_ms, strict=True)]
     return {
         "step_ms": statistics.median(total),
         "step_ms_min": min(total),
@@ -108,7 +113,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["conv31", "resnet8"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--decoder", action="store_true", help="include the autoencoder head")
     parser.add_argument("--micrographs", type=int, default=8)
@@ -121,7 +128,9 @@ def main() -> None:
         f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
         f"batch=16+240 decoder={args.decoder} micrographs={args.micrographs}x{args.size}^2"
     )
-    print(f"{'model':<10}{'step ms':>10}{'min ms':>10}{'sample ms':>11}{'compute ms':>12}{'sample %':>10}")
+    print(
+        f"{'model':<10}{'step ms':>10}{'min ms':>10}{'sample ms':>11}{'compute ms':>12}{'sample %':>10}"
+    )
     for name in args.models:
         r = bench(name, args)
         print(
