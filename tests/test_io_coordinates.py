@@ -192,6 +192,13 @@ def test_star31_with_optics_and_paths(tmp_path):
     np.testing.assert_allclose(df[["x", "y", "score"]], [[12.5, 30.25, 0.9], [40, 50, -0.1]])
 
 
+@pytest.mark.parametrize("fmt", ["star3.0", "star3.1", "tsv", "csv"])
+def test_numeric_looking_names_stay_strings(tmp_path, fmt):
+    df = pd.DataFrame({"micrograph": ["001", "1e3"], "x": [1.0, 2.0], "y": [3.0, 4.0]})
+    out = write_coordinates(df, tmp_path / f"p{EXTENSIONS[fmt]}", fmt=fmt)
+    assert read_coordinates(out)["micrograph"].tolist() == ["001", "1e3"]
+
+
 def test_written_star31_has_optics_block(tmp_path):
     df = pd.DataFrame({"micrograph": ["a"], "x": [1.0], "y": [2.0], "score": [0.5]})
     text = write_coordinates(df, tmp_path / "p.star").read_text()  # .star defaults to 3.1

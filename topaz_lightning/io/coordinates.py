@@ -347,7 +347,8 @@ def _star_blocks(path: Path) -> dict:
     import starfile
 
     try:
-        blocks = starfile.read(path, always_dict=True)
+        # names such as 001 must stay strings, not become the integer 1
+        blocks = starfile.read(path, always_dict=True, parse_as_string=["rlnMicrographName"])
     except Exception as err:  # starfile raises assorted parser errors
         raise InputError(f"cannot parse STAR file ({type(err).__name__}: {err})", path) from err
     return blocks
