@@ -473,3 +473,14 @@ def test_validate_catches_unscaled_real_coordinates(empiar10017_dir):
     shapes = dict.fromkeys(df["micrograph"].unique(), (1024, 1024))
     with pytest.raises(InputError, match="coords: row .*outside the image"):
         validate_coordinates(df, shapes, source=coords)
+
+
+def test_io_package_reexports_micrograph_functions():
+    import topaz_lightning.io as tio
+
+    micrographs = pytest.importorskip("topaz_lightning.io.micrographs")
+    for name in ("read_micrograph", "read_pixel_size", "write_micrograph", "list_micrographs"):
+        assert getattr(tio, name) is getattr(micrographs, name)
+    assert tio.micrograph_name("a/b/mic_001.mrc") == "mic_001"
+    with pytest.raises(AttributeError):
+        tio.no_such_function  # noqa: B018
