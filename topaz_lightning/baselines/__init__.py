@@ -1,1 +1,21 @@
-"""baselines"""
+"""Classical particle pickers (difference of Gaussians, template matching) for comparison."""
+
+from topaz_lightning.baselines.classical import (
+    average_precision,
+    average_template,
+    dog_picks,
+    dog_score_map,
+    pick_with_score_maps,
+    template_picks,
+    template_score_map,
+)
+
+__all__ = [
+    "average_precision",
+    "average_template",
+    "dog_picks",
+    "dog_score_map",
+    "pick_with_score_maps",
+    "template_picks",
+    "template_score_map",
+]
