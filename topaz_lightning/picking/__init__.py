@@ -1,1 +1,26 @@
-"""picking"""
+"""Picking: dense scoring of micrographs, greedy non-maximum suppression, threshold choice."""
+
+from topaz_lightning.picking.nms import disk_offsets, non_maximum_suppression
+from topaz_lightning.picking.pick import (
+    PICK_COLUMNS,
+    logit,
+    pick_micrographs,
+    picks_from_score_map,
+    sigmoid,
+    threshold_for_recall,
+)
+from topaz_lightning.picking.scoring import resolve_device, score_micrograph, score_micrographs
+
+__all__ = [
+    "PICK_COLUMNS",
+    "disk_offsets",
+    "logit",
+    "non_maximum_suppression",
+    "pick_micrographs",
+    "picks_from_score_map",
+    "resolve_device",
+    "score_micrograph",
+    "score_micrographs",
+    "sigmoid",
+    "threshold_for_recall",
+]

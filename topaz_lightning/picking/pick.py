@@ -1,0 +1,113 @@
+"""Micrographs -> particle coordinates: dense scoring, non-maximum suppression and threshold choice."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from topaz_lightning.errors import ConfigError
+from topaz_lightning.picking.nms import non_maximum_suppression
+from topaz_lightning.picking.scoring import score_micrographs
+
+PICK_COLUMNS = ["micrograph", "x", "y", "score"]
+
+
+def logit(probability: float) -> float:
+    """log(p / (1 - p)): the logit score threshold equal to a probability threshold."""
+    if not 0.0 <= probability <= 1.0:
+        raise ConfigError("threshold_probability", f"must lie in [0, 1], got {probability}")
+    if probability == 0.0:
+        return -math.inf
+    if probability == 1.0:
+        return math.inf
+    return math.log(probability) - math.log1p(-probability)
+
+
+def sigmoid(scores: np.ndarray) -> np.ndarray:
+    """Probability from logit scores (numerically stable)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
+
+
+def picks_from_score_map(
+    name: str,
+    score_map: np.ndarray,
+    radius: float,
+    threshold: float = -math.inf,
+    max_picks: int | None = None,
+    scale: float = 1.0,
+) -> pd.DataFrame:
+    """NMS on one score map -> DataFrame[micrograph, x, y, score]; ``x, y`` multiplied by ``scale``."""
+    xy, scores = non_maximum_suppression(score_map, radius, threshold, max_picks)
+    return pd.DataFrame(
+        {
+            "micrograph": np.full(len(scores), name, dtype=object),
+            "x": xy[:, 0] * scale,
+            "y": xy[:, 1] * scale,
+            "score": scores,
+        },
+        columns=PICK_COLUMNS,
+    )
+
+
+def pick_micrographs(
+    net: nn.Module,
+    images: Mapping[str, np.ndarray],
+    radius: float,
+    threshold: float = -math.inf,
+    device: str | torch.device = "cpu",
+    max_picks: int | None = None,
+    scale: float = 1.0,
+    batch_size: int = 1,
+    tile_size: int | None = 1024,
+    on_score_map: Callable[[str, np.ndarray], None] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Score every micrograph with ``net`` and extract picks by NMS.
+
+    ``radius`` and ``threshold`` (a logit) apply in the pixels of ``images``; ``max_picks`` keeps
+    the best ``k`` picks per micrograph (expected particles per micrograph); ``scale`` multiplies
+    the coordinates (the downsampling factor, to report them at the original pixel size).
+    ``on_score_map(name, score_map)`` sees every dense map (e.g. to save it). Returns
+    DataFrame[micrograph, x, y, score] with ``score`` the logit, sorted by micrograph then score.
+    """
+    frames = []
+    stream = score_micrographs(net, images, device, batch_size, tile_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        stream = tqdm(stream, total=len(images), desc="picking", unit="micrograph")
+    for name, score_map in stream:
+        if on_score_map is not None:
+            on_score_map(name, score_map)
+        frames.append(picks_from_score_map(name, score_map, radius, threshold, max_picks, scale))
+    if not frames:
+        return pd.DataFrame({c: [] for c in PICK_COLUMNS}).astype(
+            {"micrograph": object, "x": float, "y": float, "score": float}
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def threshold_for_recall(evaluation, target_recall: float) -> float:
+    """Highest score threshold whose picks reach ``target_recall`` on validation data.
+
+    ``evaluation`` is a :class:`topaz_lightning.metrics.PickEvaluation` (or anything with
+    ``recall`` and ``thresholds`` arrays, thresholds descending). Keeping picks with
+    ``score >= threshold`` then reproduces the validation recall. Raises ConfigError when the
+    recall is never reached.
+    """
+    if not 0.0 < target_recall <= 1.0:
+        raise ConfigError("target_recall", f"must lie in (0, 1], got {target_recall}")
+    recall = np.asarray(evaluation.recall, dtype=np.float64)
+    thresholds = np.asarray(evaluation.thresholds, dtype=np.float64)
+    reached = np.flatnonzero(recall >= target_recall - 1e-12)
+    if reached.size == 0:
+        best = float(recall.max()) if recall.size else 0.0
+        raise ConfigError(
+            "target_recall", f"recall {target_recall} is never reached (the maximum is {best:.3f})"
+        )
+    return float(thresholds[reached[0]])
