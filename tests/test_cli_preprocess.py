@@ -1,0 +1,141 @@
+"""Tests for tzl-preprocess: outputs, pixel size, scaled coordinates, refusal to overwrite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from tests.conftest import REPO
+from topaz_lightning.cli.preprocess import run
+from topaz_lightning.errors import InputError, OutputExistsError
+from topaz_lightning.io.micrographs import read_micrograph, read_pixel_size
+from topaz_lightning.preprocess import preprocess_images
+from topaz_lightning.preprocess.files import preprocess_files
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    a = (rng.normal(0, 1, (48, 64)) + 10 * (rng.random((48, 64)) < 0.2)).astype(np.float32) * 3
+    yy, xx = np.mgrid[0:48, 0:64]
+    a += 200 * np.exp(-((xx - 30) ** 2 + (yy - 20) ** 2) / 8.0)  # a bright dot at (x=30, y=20)
+    with mrcfile.new(folder / "mic_a.mrc") as mrc:
+        mrc.set_data(a)
+        mrc.voxel_size = 1.5
+    b = np.clip(rng.normal(120, 20, (40, 50)), 0, 255).astype(np.uint8)
+    Image.fromarray(b).save(folder / "mic_b.png")
+    coords = tmp_path / "coords.tsv"
+    coords.write_text("image_name\tx_coord\ty_coord\nmic_a\t30\t20\nmic_b\t10.5\t7\n")
+    return folder, coords
+
+
+def _cfg(overrides):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(config_name="preprocess", overrides=overrides)
+
+
+def test_preprocess_command_writes_mrcs_and_scaled_coordinates(inputs, tmp_path):
+    folder, coords = inputs
+    out = tmp_path / "out"
+    overrides = [
+        f"input={folder}",
+        f"output_dir={out}",
+        "downsample=2",
+        f"coordinates={coords}",
+        "num_workers=1",
+        "progress=false",
+    ]
+    summary = run(_cfg(overrides))
+    assert sorted(p.name for p in out.glob("*.mrc")) == ["mic_a.mrc", "mic_b.mrc"]
+    small_a = read_micrograph(out / "mic_a.mrc")
+    assert small_a.shape == (24, 32)
+    assert read_micrograph(out / "mic_b.mrc").shape == (20, 25)
+    assert read_pixel_size(out / "mic_a.mrc") == pytest.approx(3.0)
+    assert read_pixel_size(out / "mic_b.mrc") is None
+    with mrcfile.open(out / "mic_a.mrc") as mrc:
+        assert mrc.data.dtype == np.float32
+    # identical to the in-memory path used by the DataModule and the picker
+    originals = {
+        "mic_a": read_micrograph(folder / "mic_a.mrc"),
+        "mic_b": read_micrograph(folder / "mic_b.png"),
+    }
+    expected = preprocess_images(
+        originals, downsample=2, normalize="gmm", seed=0, sample_size=200_000
+    )
+    np.testing.assert_allclose(small_a, expected["mic_a"], rtol=1e-6, atol=1e-6)
+    # the bright dot moved to (x/2, y/2)
+    assert np.unravel_index(np.argmax(small_a), small_a.shape) == (10, 15)
+    from topaz_lightning.io.coordinates import read_coordinates
+
+    scaled = read_coordinates(out / "particles.tsv").sort_values("micrograph")
+    np.testing.assert_allclose(scaled.x, [15.0, 5.25])
+    np.testing.assert_allclose(scaled.y, [10.0, 3.5])
+    assert summary["gmm"]["converged"]
+    assert (out / "preprocess.yaml").exists()
+
+    # a second run refuses to overwrite anything and leaves the outputs alone
+    before = (out / "mic_a.mrc").read_bytes()
+    with pytest.raises(OutputExistsError, match="overwrite=true"):
+        run(_cfg(overrides + ["normalize=none"]))
+    assert (out / "mic_a.mrc").read_bytes() == before
+    run(_cfg(overrides + ["normalize=none", "overwrite=true"]))
+    assert (out / "mic_a.mrc").read_bytes() != before
+
+
+@pytest.mark.parametrize("normalize", ["gmm", "standardize"])
+def test_preprocess_constant_micrograph_names_the_file(tmp_path, normalize):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.full((16, 16), 9, np.uint8)).save(folder / "flat.png")
+    # processed (and written) before the constant one: must not be left behind
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(folder / "a_ok.png")
+    overrides = [f"input={folder}", f"output_dir={tmp_path / 'out'}", "num_workers=1"]
+    with pytest.raises(InputError, match=r"flat\.png.*constant"):
+        run(_cfg(overrides + [f"normalize={normalize}", "progress=false"]))
+    assert not list((tmp_path / "out").glob("*.mrc"))
+
+
+def test_preprocess_files_in_parallel_equals_serial(inputs, tmp_path):
+    folder, _ = inputs
+    sources = {"mic_a": folder / "mic_a.mrc", "mic_b": folder / "mic_b.png"}
+    serial = preprocess_files(
+        sources, tmp_path / "s", downsample=1.5, num_workers=1, progress=False
+    )
+    parallel = preprocess_files(
+        sources, tmp_path / "p", downsample=1.5, num_workers=2, progress=False
+    )
+    for name in sources:
+        np.testing.assert_array_equal(
+            read_micrograph(serial.outputs[name]), read_micrograph(parallel.outputs[name])
+        )
+    assert serial.shapes == parallel.shapes == {"mic_a": (32, 43), "mic_b": (27, 33)}
+
+
+def test_tzl_preprocess_subprocess_saves_config_and_refuses_overwrite(inputs, tmp_path):
+    folder, _ = inputs
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "topaz_lightning.cli.preprocess",
+        f"input={folder}",
+        f"output_dir={out}",
+        "normalize=standardize",
+        "num_workers=1",
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "normalize: standardize" in (out / "config.yaml").read_text()
+    image = read_micrograph(out / "mic_b.mrc")
+    assert image.mean() == pytest.approx(0, abs=1e-5) and image.std() == pytest.approx(1, abs=1e-4)
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert second.returncode == 2
+    assert "already exists" in second.stderr and "overwrite=true" in second.stderr
