@@ -28,6 +28,21 @@ DEFAULT_RADIUS_PX = 3.0
 _VAL_SEED_OFFSET = 1_000_003
 
 
+class StepDataLoader(DataLoader):
+    """DataLoader over a :class:`PUBatchDataset` whose batches depend only on (seed, rank, step).
+
+    It has nothing to save: on resume the dataset restarts at the trainer's restored step. The
+    empty ``state_dict``/``load_state_dict`` tell Lightning that mid-epoch resume is exact.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to save (the stream position is the trainer's global step)."""
+        return {"stateless_step_stream": True}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state_dict`)."""
+
+
 class PUDataModule(pl.LightningDataModule):
     """Training data for PU particle picking, built from plain keyword arguments.
 
@@ -286,7 +301,7 @@ class PUDataModule(pl.LightningDataModule):
                 return int(trainer.global_step) * int(trainer.accumulate_grad_batches)
 
         dataset = PUBatchDataset(self.train_sampler(), self.steps_per_epoch, step_provider)
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+        return StepDataLoader(dataset, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader | list:
         """A few fixed region batches from the validation micrographs (labels = full truth).

@@ -179,6 +179,8 @@ class PUPatchSampler:
 
     def draw_unlabeled(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """``n`` unlabeled centres, uniform over all regions except labeled positives: (3, n) m,y,x."""
+        if n == 0:
+            return torch.zeros((3, 0), dtype=torch.int64, device=self.device)
         chosen = []
         have = 0
         keep_rate = self.num_unlabeled_regions / self.num_regions

@@ -1,0 +1,311 @@
+"""Tests for PUDataModule: sources, splits, k-fold, num_labeled, pi, errors, configs, Lightning resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from topaz_lightning.data import PriorWarning, PUDataModule, kfold_split, positive_mask
+from topaz_lightning.errors import ConfigError, InputError
+
+
+def synthetic(num=6, shape=(48, 64), per_mic=5, seed=0):
+    """Random micrographs and particles kept 6 px inside the border."""
+    rng = np.random.default_rng(seed)
+    images, rows = {}, []
+    for i in range(num):
+        name = f"mic{i:02d}"
+        images[name] = rng.normal(size=shape).astype(np.float32)
+        for _ in range(per_mic):
+            rows.append((name, rng.uniform(6, shape[1] - 6), rng.uniform(6, shape[0] - 6)))
+    return images, pd.DataFrame(rows, columns=["micrograph", "x", "y"])
+
+
+def make(**kwargs):
+    images, coords = synthetic()
+    args = dict(
+        micrographs=images, coordinates=coords, pi=0.2, normalize="none", patch_size=11, seed=0
+    )
+    args.update(kwargs)
+    return PUDataModule(**args)
+
+
+def test_setup_exposes_the_data_contract_and_batches():
+    dm = make(num_val_micrographs=2, steps_per_epoch=3)
+    dm.setup("fit")
+    assert len(dm.train_micrographs) == 4 and len(dm.val_micrographs) == 2
+    assert set(dm.train_micrographs).isdisjoint(dm.val_micrographs)
+    assert set(dm.train_coordinates["micrograph"]) <= set(dm.train_micrographs)
+    assert set(dm.val_coordinates["micrograph"]) == set(dm.val_micrographs)
+    assert len(dm.val_coordinates) == 10 and dm.num_labeled_particles == 20
+    assert dm.pi == 0.2 and dm.patch_size == 11
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 3
+    for patches, labels in batches:
+        assert patches.shape == (256, 1, 11, 11) and patches.dtype == torch.float32
+        assert int(labels.sum()) == 16 and labels[:16].eq(1).all()
+    val = list(dm.val_dataloader())
+    assert len(val) == 4 and val[0][0].shape == (256, 1, 11, 11)
+
+
+def test_pi_unlabeled_follows_from_pi_and_the_labeled_regions():
+    dm = make(pi=0.1)
+    dm.setup()
+    masks = [
+        positive_mask(img.shape, dm.train_coordinates.query("micrograph == @n")[["x", "y"]], 3)
+        for n, img in dm.train_micrographs.items()
+    ]
+    n_lab = sum(int(m.sum()) for m in masks)
+    n_all = sum(m.size for m in masks)
+    assert dm.num_labeled_positive_regions == n_lab and dm.num_regions == n_all
+    assert dm.pi_unlabeled == pytest.approx((0.1 * n_all - n_lab) / (n_all - n_lab))
+
+
+def test_pi_from_particles_per_micrograph_uses_the_disk_area():
+    dm = make(pi=None, particles_per_micrograph=7, radius_px=4)
+    dm.setup()
+    assert dm.pi == pytest.approx(7 * 49 / (48 * 64))
+
+
+def test_pi_at_labeled_fraction_warns():
+    dm = make(pi=0.001)
+    with pytest.warns(PriorWarning, match="at or below the observed labeled fraction"):
+        dm.setup()
+    assert 0 < dm.pi_unlabeled < 1e-3
+
+
+def test_num_labeled_subsample_is_reproducible_with_its_seed():
+    a, b, c = make(num_labeled=7), make(num_labeled=7), make(num_labeled=7, labeled_seed=1)
+    for dm in (a, b, c):
+        dm.setup()
+    pd.testing.assert_frame_equal(a.train_coordinates, b.train_coordinates)
+    assert len(a.train_coordinates) == 7 and a.num_labeled_particles == 7
+    assert not a.train_coordinates.equals(c.train_coordinates)
+    with pytest.raises(ConfigError, match="num_labeled.*only 30"):
+        make(num_labeled=31).setup()
+
+
+def test_kfold_splits_are_disjoint_and_cover_all_micrographs():
+    names = [f"m{i}" for i in range(11)]
+    vals = []
+    for fold in range(4):
+        train, val = kfold_split(names, 4, fold, seed=3)
+        assert set(train).isdisjoint(val) and set(train) | set(val) == set(names)
+        vals.append(val)
+    assert sorted(sum(vals, [])) == sorted(names)
+    assert sorted(len(v) for v in vals) == [2, 3, 3, 3]
+    seen = []
+    for fold in range(3):
+        dm = make(num_folds=3, fold=fold)
+        dm.setup()
+        seen += list(dm.val_micrographs)
+        assert len(dm.train_micrographs) == 4
+    assert sorted(seen) == [f"mic{i:02d}" for i in range(6)]
+    with pytest.raises(ConfigError, match="fold"):
+        make(num_folds=3, fold=3).setup()
+    with pytest.raises(ConfigError, match="num_folds"):
+        make(num_folds=3, num_val_micrographs=1)
+
+
+def test_train_and_val_lists(tmp_path):
+    (tmp_path / "train.txt").write_text("mic00\nmic01.mrc\n# comment\n\nmic02\n")
+    (tmp_path / "val.txt").write_text("mic05\n")
+    dm = make(train_list=tmp_path / "train.txt", val_list=tmp_path / "val.txt")
+    dm.setup()
+    assert list(dm.train_micrographs) == ["mic00", "mic01", "mic02"]
+    assert list(dm.val_micrographs) == ["mic05"]
+    (tmp_path / "bad.txt").write_text("mic00\nnope\n")
+    with pytest.raises(InputError, match=r"bad.txt: line 2: micrograph 'nope'"):
+        make(val_list=tmp_path / "bad.txt").setup()
+
+
+def test_coordinates_outside_the_image_are_rejected():
+    images, coords = synthetic()
+    coords.loc[3, "x"] = 64.5
+    with pytest.raises(InputError, match="outside"):
+        make(coordinates=coords).setup()
+
+
+def test_unknown_micrograph_names_are_rejected():
+    images, coords = synthetic()
+    coords.loc[0, "micrograph"] = "elsewhere"
+    with pytest.raises(InputError, match="'elsewhere'"):
+        make(coordinates=coords).setup()
+
+
+def test_empty_coordinate_file_is_rejected(tmp_path):
+    path = tmp_path / "picks.tsv"
+    path.write_text("image_name\tx_coord\ty_coord\n")
+    with pytest.raises(InputError, match="picks.tsv.*empty"):
+        make(coordinates=path).setup()
+
+
+def test_pi_settings_must_be_exactly_one():
+    with pytest.raises(ConfigError, match="exactly one of pi and particles_per_micrograph"):
+        make(pi=0.1, particles_per_micrograph=5)
+    with pytest.raises(ConfigError, match="data.pi"):
+        make(pi=None).setup()
+    with pytest.raises(ConfigError, match=r"data.pi.*\(0, 1\)"):
+        make(pi=1.5)
+
+
+def test_files_config_requires_micrographs_and_coordinates(configs_dir):
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.load(configs_dir / "data" / "files.yaml")
+    cfg.seed = 0
+    # Hydra wraps constructor errors in InstantiationException; the ConfigError is its cause
+    with pytest.raises(Exception) as info:
+        instantiate(cfg)
+    cause = info.value if isinstance(info.value, ConfigError) else info.value.__cause__
+    assert isinstance(cause, ConfigError) and "data.micrographs" in str(cause)
+    assert "required" in str(cause)
+
+
+def test_every_data_config_has_a_target(configs_dir):
+    files = sorted((configs_dir / "data").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"files", "simulated"}
+    for f in files:
+        assert OmegaConf.load(f)["_target_"].startswith("topaz_lightning.data")
+
+
+def test_files_config_on_real_mrc_and_star(configs_dir, ucsf_dir):
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.load(configs_dir / "data" / "files.yaml")
+    cfg.seed = 0
+    cfg.micrographs = str(ucsf_dir / "*.mrc")
+    cfg.coordinates = str(ucsf_dir / "Ucsf_stack_1142_DW_autopick.star")
+    cfg.particles_per_micrograph = 300
+    cfg.downsample = 2
+    cfg.normalize = "standardize"
+    cfg.patch_size = 31
+    cfg.steps_per_epoch = 2
+    cfg.device = "cpu"
+    dm = instantiate(cfg)
+    dm.setup()
+    ((name, image),) = dm.train_micrographs.items()
+    assert image.shape == (927 // 2, 959 // 2 + 1) or abs(image.shape[0] - 463.5) < 1
+    assert abs(image.mean()) < 1e-3 and image.std() == pytest.approx(1, abs=1e-3)
+    from topaz_lightning.io.coordinates import read_coordinates
+
+    raw = read_coordinates(ucsf_dir / "Ucsf_stack_1142_DW_autopick.star")
+    np.testing.assert_allclose(dm.train_coordinates["x"], raw["x"] / 2)
+    assert dm.num_labeled_particles == 45
+    patches, labels = next(iter(dm.train_dataloader()))
+    assert patches.shape == (256, 1, 31, 31) and torch.isfinite(patches).all()
+
+
+def write_fake_simulated(root: Path, pi=0.12):
+    """The simulate layout (micrographs/*.mrc, particles.tsv, train/test.txt, dataset.yaml), tiny."""
+    from topaz_lightning.io.micrographs import write_micrograph
+
+    images, coords = synthetic(num=4, shape=(40, 40), per_mic=3, seed=5)
+    (root / "micrographs").mkdir(parents=True)
+    for name, image in images.items():
+        write_micrograph(root / "micrographs" / f"{name}.mrc", image)
+    lines = ["image_name\tx_coord\ty_coord"] + [
+        f"{r.micrograph}\t{r.x:.2f}\t{r.y:.2f}" for r in coords.itertuples()
+    ]
+    (root / "particles.tsv").write_text("\n".join(lines) + "\n")
+    (root / "train.txt").write_text("mic00\nmic01\nmic02\n")
+    (root / "test.txt").write_text("mic03\n")
+    (root / "dataset.yaml").write_text(
+        f"preset: tiny\nseed: 0\nshape: [40, 40]\nlabel_radius_px: 4\n"
+        f"particles_per_micrograph: 3\nsuggested_pi: {pi}\n"
+    )
+
+
+def test_simulated_layout_gives_split_pi_and_radius(tmp_path, configs_dir):
+    from hydra.utils import instantiate
+
+    write_fake_simulated(tmp_path / "sim")
+    cfg = OmegaConf.load(configs_dir / "data" / "simulated.yaml")
+    cfg = OmegaConf.merge(
+        {"seed": 0, "data": cfg}, {"data": {"simulated_dir": str(tmp_path / "sim")}}
+    )
+    cfg.data.normalize = "none"
+    cfg.data.patch_size = 9
+    cfg.data.device = "cpu"
+    dm = instantiate(cfg.data)
+    dm.prepare_data()  # present: nothing generated
+    dm.setup()
+    assert list(dm.train_micrographs) == ["mic00", "mic01", "mic02"]
+    assert list(dm.val_micrographs) == ["mic03"] and len(dm.val_coordinates) == 3
+    assert dm.pi == 0.12 and dm.radius_px == 4
+    # with downsampling the suggested pi no longer applies: derived from particles per micrograph
+    dm2 = PUDataModule(
+        simulated_dir=tmp_path / "sim", downsample=2, normalize="none", radius_px=None
+    )
+    dm2.setup()
+    assert dm2.pi == pytest.approx(3 * 49 / (20 * 20))
+    dm3 = PUDataModule(
+        simulated_dir=tmp_path / "sim", num_folds=3, fold=1, normalize="none", pi=0.1
+    )
+    dm3.setup()
+    assert (
+        len(dm3.val_micrographs) == 1 and "mic03" not in dm3.train_micrographs | dm3.val_micrographs
+    )
+
+
+class Recorder(pl.LightningModule):
+    """Records the patches of every training batch; one tiny parameter so the loop steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        patches, labels = batch
+        self.seen.append(patches.clone())
+        return (self.weight * patches.mean()).sum() + self.weight.square().sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def trainer(tmp_path, max_steps):
+    return pl.Trainer(
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+    )
+
+
+def test_resume_mid_epoch_reproduces_the_uninterrupted_batches(tmp_path):
+    def datamodule():
+        return make(steps_per_epoch=3, batch_unlabeled=16, seed=11)
+
+    full = Recorder()
+    trainer(tmp_path, 8).fit(full, datamodule=datamodule())
+    assert len(full.seen) == 8
+    expected_stream = datamodule()
+    expected_stream.setup()
+    sampler = expected_stream.train_sampler()
+    for step, got in enumerate(full.seen):
+        torch.testing.assert_close(got, sampler.batch(step)[0], rtol=0, atol=0)
+
+    first = Recorder()
+    t = trainer(tmp_path, 4)
+    t.fit(first, datamodule=datamodule())
+    t.save_checkpoint(tmp_path / "step4.ckpt")
+    resumed = Recorder()
+    trainer(tmp_path, 8).fit(resumed, datamodule=datamodule(), ckpt_path=tmp_path / "step4.ckpt")
+    assert len(resumed.seen) == 4
+    for got, expected in zip(first.seen + resumed.seen, full.seen, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
