@@ -92,6 +92,19 @@ def test_each_mrc_mode_reads_correctly(tmp_path, dtype, mode):
     np.testing.assert_array_equal(image, data.astype(np.float32))
 
 
+def test_imod_unsigned_mode0(tmp_path):
+    values = np.array([[0, 100, 200, 255]], np.uint8)
+    path = _write_mrc(tmp_path / "imod.mrc", values.view(np.int8))
+    np.testing.assert_array_equal(read_micrograph(path), values.view(np.int8))  # signed by default
+    raw = bytearray(path.read_bytes())
+    raw[152:160] = np.array([1146047817, 0], "<i4").tobytes()  # IMOD stamp, flags: unsigned
+    path.write_bytes(bytes(raw))
+    np.testing.assert_array_equal(read_micrograph(path), values)
+    raw[156:160] = np.array([1], "<i4").tobytes()  # flag bit 0: signed bytes
+    path.write_bytes(bytes(raw))
+    np.testing.assert_array_equal(read_micrograph(path), values.view(np.int8))
+
+
 def test_single_section_3d_mrc_is_a_micrograph(tmp_path):
     data = np.arange(30, dtype=np.float32).reshape(1, 5, 6)
     path = _write_mrc(tmp_path / "one.mrc", data)

@@ -44,7 +44,8 @@ def read_micrograph(path: str | os.PathLike) -> np.ndarray:
     """Read one micrograph as a 2-D ``float32`` array indexed ``[row, col] = [y, x]`` (a copy).
 
     MRC (modes 0, 1, 2, 6, 12; a 2-D image or a 3-D file with one section) is memory-mapped, so
-    only the section is read; TIFF through tifffile; PNG/JPEG (8- or 16-bit grayscale) through
+    only the section is read (mode 0 is signed int8 as MRC2014 says, except that a file stamped
+    by IMOD without its "signed bytes" flag is read as uint8, as IMOD means it); TIFF through tifffile; PNG/JPEG (8- or 16-bit grayscale) through
     Pillow. No flip or transpose is applied: MRC ``data[y, x]`` and the top row of a picture file
     are row 0. RGB(A)/palette pictures are converted to luminance with the ITU-R BT.601 weights
     (0.299 R + 0.587 G + 0.114 B, alpha dropped) and a warning; micrographs should be grayscale.
@@ -123,6 +124,24 @@ def _open_mrc(path: Path):
         return mrc
 
 
+IMOD_STAMP = 1146047817
+
+
+def _imod_fields(header) -> tuple[int, int]:
+    """IMOD's stamp and flags (header bytes 152 and 156, inside mrcfile's ``extra2`` block)."""
+    raw = np.asarray(header.extra2).tobytes()[40:48]
+    stamp, flags = np.frombuffer(raw, dtype=header.mode.dtype)
+    return int(stamp), int(flags)
+
+
+def _imod_unsigned_bytes(header) -> bool:
+    """Mode 0 is signed in MRC2014; IMOD marks signed bytes with flag bit 0 and otherwise means unsigned."""
+    if int(header.mode) != 0:
+        return False
+    stamp, flags = _imod_fields(header)
+    return stamp == IMOD_STAMP and not flags & 1
+
+
 def _read_mrc(path: Path) -> np.ndarray:
     mrc = _open_mrc(path)
     try:
@@ -134,6 +153,8 @@ def _read_mrc(path: Path) -> np.ndarray:
         if data.ndim == 4:
             raise InputError(f"4-D MRC data (shape {data.shape}); expected a micrograph", path=path)
         data = _single_section(data, path)
+        if _imod_unsigned_bytes(mrc.header):
+            data = data.view(np.uint8)
         # copy out of the memory map before closing it
         return np.array(data, dtype=np.float32)
     finally:
