@@ -30,8 +30,12 @@ def _nodes(cfg: DictConfig | None, key: str) -> list[tuple[str, DictConfig]]:
     for name, node in cfg.items():
         if node is None:
             continue
-        if not isinstance(node, DictConfig) or "_target_" not in node:
+        if not isinstance(node, DictConfig):
             raise ConfigError(f"{key}.{name}", "expected a node with _target_ (or null to disable)")
+        if "_target_" not in node:
+            # e.g. an experiment tuned callbacks.held_out_picking.radius but callbacks=none
+            log.warning("%s.%s has no _target_ (its group is switched off?): skipped", key, name)
+            continue
         out.append((f"{key}.{name}", node))
     return out
 
@@ -110,14 +114,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     decoder = build_decoder(cfg, net, int(patch_size))
 
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    module = instantiate(
-        cfg.module,
-        net=net,
-        objective=objective,
-        decoder=decoder,
-        run_config=run_config,
-        _recursive_=True,
-    )
+    # partial first: keyword objects passed to instantiate() would be converted and re-instantiated
+    module_factory = instantiate(cfg.module, _partial_=True)
+    module = module_factory(net=net, objective=objective, decoder=decoder, run_config=run_config)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(
