@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.preprocess import (
@@ -264,3 +266,36 @@ def test_preprocess_images_modes_and_settings():
         preprocess_images(images, normalize="zscore")
     with pytest.raises(ConfigError, match="downsample"):
         preprocess_images(images, downsample=0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    factor=st.floats(1.0, 6.0, allow_nan=False),
+    seed=st.integers(0, 2**16),
+)
+def test_downsample_shape_and_mean_property(h, w, factor, seed):
+    image = np.random.default_rng(seed).normal(3.0, 2.0, (h, w))
+    out = downsample(image, factor)
+    assert out.shape == downsampled_shape((h, w), factor)
+    assert out.shape == tuple(max(1, int(np.floor(n / factor + 0.5))) for n in (h, w))
+    assert np.isfinite(out).all()
+    assert out.mean() == pytest.approx(image.mean(), abs=1e-4)
+
+
+def test_gmm_normalization_of_real_jpegs(empiar10017_dir):
+    from topaz_lightning.io.micrographs import list_micrographs, read_micrograph
+
+    sources = list(list_micrographs(empiar10017_dir / "images").items())[:2]
+    images = {name: read_micrograph(path) for name, path in sources}
+    small = {name: downsample(image, 8) for name, image in images.items()}
+    fit = fit_gmm(small, sample_size=50_000)
+    assert fit.converged
+    assert 0.5 < fit.alpha.min() <= fit.alpha.max() < 2.0
+    out = preprocess_images(images, downsample=8, normalize="gmm", sample_size=50_000)
+    for image in out.values():
+        assert image.shape == (512, 512) and np.isfinite(image).all()
+        # the dominant (background) component is centred near 0 with unit spread
+        assert abs(np.median(image)) < 0.5
+        assert 0.5 < np.subtract(*np.percentile(image, [75, 25])) / 1.349 < 2.0
