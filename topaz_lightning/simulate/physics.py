@@ -221,8 +221,8 @@ def globular_molecule(
     num_domains = int(rng.integers(3, 7))
     centres = rng.standard_normal((num_domains, 3))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    centres *= rng.uniform(0.12, 0.28, (num_domains, 1)) * diameter_a
-    axes = rng.uniform(0.12, 0.24, (num_domains, 3)) * diameter_a
+    centres *= rng.uniform(0.15, 0.3, (num_domains, 1)) * diameter_a
+    axes = rng.uniform(0.1, 0.2, (num_domains, 3)) * diameter_a
     volumes = axes.prod(axis=1)
     counts = np.maximum(1, np.round(num_atoms * volumes / volumes.sum()).astype(int))
     parts = [
