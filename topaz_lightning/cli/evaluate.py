@@ -1,0 +1,127 @@
+"""Evaluate scored picks against true particle coordinates: AUPR, precision at recall, best F1.
+
+Picks and true particles are read in any coordinate format (file or directory of
+per-micrograph files; both in the same pixel size). Per micrograph, picks are matched
+one-to-one to particles within ``max_distance`` pixels (maximum number of matches, then minimum
+total distance); the matches of all micrographs are pooled into one precision-recall curve.
+Prints the paper's table (AUPR and precision at recall 0.25/0.5/0.75/0.9, '-' where a recall is
+never reached), writes ``metrics.json`` atomically (with the curve, which ``tzl-pick
+target_recall=...`` reads) and a PR-curve PNG. ``compare`` adds more runs to the table and plot.
+
+Example usage::
+
+    # simulator test micrographs (picks from tzl-pick at full size)
+    tzl-evaluate picks=picks_demo/picks.tsv truth=data/simulated/demo_seed0/particles.tsv \
+        micrographs=data/simulated/demo_seed0/test.txt max_distance=6 output_dir=eval_demo
+
+    # EMPIAR-10017: CryoPPP CSVs (one per micrograph) as truth, particle radius ~54 px at full size
+    tzl-evaluate picks=picks_10017/picks.star truth=../shared/data/empiar10017_dev/coords \
+        max_distance=40 output_dir=eval_10017
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from topaz_lightning.cli._hydra import entry_point
+from topaz_lightning.errors import ConfigError, InputError
+
+log = logging.getLogger("topaz_lightning")
+
+
+def _target(cfg: DictConfig, key: str) -> Path:
+    target = Path(str(cfg[key]))
+    return target if target.is_absolute() else Path(cfg.output_dir) / target
+
+
+def _read(path, fmt, what: str):
+    from topaz_lightning.io.coordinates import read_coordinates
+
+    df = read_coordinates(path, fmt=fmt)
+    if what == "picks" and "score" not in df.columns:
+        raise InputError(
+            "picks have no score column; a precision-recall curve needs scores", path=path
+        )
+    df.attrs["source"] = str(path)
+    return df
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run the evaluation described by a composed ``evaluate`` config; return the metrics dict."""
+    from topaz_lightning.cli.pick import read_name_list
+    from topaz_lightning.metrics import evaluate_picks, format_table
+    from topaz_lightning.utils.atomic import atomic_output, check_writable
+
+    for key in ("picks", "truth", "max_distance", "output_dir"):
+        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+            raise ConfigError(
+                key,
+                "is required (e.g. picks=picks.tsv truth=particles.tsv max_distance=7 output_dir=eval)",
+            )
+    max_distance = float(cfg.max_distance)
+    if not max_distance >= 0:
+        raise ConfigError("max_distance", f"must be >= 0, got {cfg.max_distance}")
+    overwrite = bool(cfg.overwrite)
+    metrics_path = check_writable(_target(cfg, "metrics"), overwrite)
+    plot_path = check_writable(_target(cfg, "plot"), overwrite) if cfg.get("plot") else None
+
+    runs = {str(cfg.label): str(cfg.picks)}
+    for label, path in (cfg.get("compare") or {}).items():
+        if str(label) in runs:
+            raise ConfigError(f"compare.{label}", "duplicates another run's label")
+        runs[str(label)] = str(path)
+    truth = _read(cfg.truth, cfg.get("truth_format"), "truth")
+    names = None
+    if cfg.get("micrographs") is not None:
+        names = read_name_list(cfg.micrographs)
+        unknown = sorted(set(names) - set(truth["micrograph"].astype(str)))
+        if unknown:
+            log.warning(
+                "%d listed micrograph(s) have no true particles (e.g. %s)", len(unknown), unknown[0]
+            )
+
+    evaluations = {}
+    for label, path in runs.items():
+        picks = _read(path, cfg.get("picks_format"), "picks")
+        evaluations[label] = evaluate_picks(picks, truth, max_distance, micrographs=names)
+
+    table = format_table(evaluations)
+    print(table)
+    main_ev = evaluations[str(cfg.label)]
+    result = {
+        **main_ev.as_dict(include_curve=bool(cfg.include_curve)),
+        "picks": str(cfg.picks),
+        "truth": str(cfg.truth),
+        "micrographs": names,
+    }
+    if len(runs) > 1:
+        result["runs"] = {
+            label: {"picks": runs[label], **ev.as_dict()} for label, ev in evaluations.items()
+        }
+    with atomic_output(metrics_path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    log.info("wrote %s", metrics_path)
+
+    if plot_path is not None:
+        try:
+            from topaz_lightning.plots import plot_pr_curves
+        except ImportError as err:  # plotting is optional for the numbers
+            log.warning("skipping the PR plot (%s)", err)
+        else:
+            plot_pr_curves(evaluations, plot_path, overwrite=overwrite)
+            log.info("wrote %s", plot_path)
+    return result
+
+
+@entry_point("evaluate")
+def main(cfg: DictConfig) -> None:
+    """tzl-evaluate entry point: see the module docstring and configs/evaluate.yaml."""
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

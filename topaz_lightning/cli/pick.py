@@ -1,0 +1,237 @@
+"""Pick particles: score micrographs with a trained model and extract coordinates by NMS.
+
+Reads the micrographs (directory, glob or list file), preprocesses them exactly as the model's
+training data (``extra["preprocess"]`` in model.pt: Fourier-crop factor and normalization),
+scores every pixel with the classifier, keeps picks at least ``radius`` (model pixels) apart,
+and writes the coordinates scaled back to the original pixel size in any coordinate format
+(one combined file or one per micrograph). The score column holds logits (``score=logit``) or
+probabilities (``score=probability``). A threshold comes from a logit, a probability, the
+expected number of particles per micrograph (top k), or a target recall measured on validation
+data (``target_recall`` with the metrics JSON of ``tzl-evaluate``). Existing outputs are refused
+unless ``overwrite=true``.
+
+Example usage::
+
+    # the simulator's test micrographs, with a model from tzl-train
+    tzl-pick model_path=outputs/train/<run>/model.pt micrographs=data/simulated/demo_seed0/micrographs \
+        subset=data/simulated/demo_seed0/test.txt radius=8 output_dir=picks_demo
+
+    # EMPIAR-10017 JPEGs (model trained on 4x downsampled images: radius in downsampled px),
+    # STAR output at full size, top 150 per micrograph, score maps saved as MRC
+    tzl-pick model_path=model.pt micrographs=../shared/data/empiar10017_dev/images radius=12 \
+        particles_per_micrograph=150 output=picks.star save_score_maps=true output_dir=picks_10017
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from topaz_lightning.cli._hydra import entry_point
+from topaz_lightning.errors import ConfigError, InputError
+
+log = logging.getLogger("topaz_lightning")
+
+_IMAGE_EXTENSIONS = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def read_name_list(source) -> list[str]:
+    """Micrograph names from a config list, or a text file of names/paths (one per line, # comments)."""
+    if isinstance(source, (list, tuple, ListConfig)):
+        return [_strip_ext(str(s)) for s in source]
+    path = Path(str(source))
+    if not path.is_file():
+        raise InputError("micrograph name list not found", path=path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read micrograph name list ({err})", path=path) from err
+    names = [
+        _strip_ext(line.strip())
+        for line in lines
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    if not names:
+        raise InputError("micrograph name list is empty", path=path)
+    return names
+
+
+def _strip_ext(entry: str) -> str:
+    name = Path(entry).name
+    for ext in _IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _target(cfg: DictConfig, key: str) -> Path:
+    target = Path(str(cfg[key]))
+    return target if target.is_absolute() else Path(cfg.output_dir) / target
+
+
+def choose_threshold(cfg: DictConfig) -> float:
+    """The logit threshold from ``threshold``, ``threshold_probability`` or ``target_recall``."""
+    from topaz_lightning.picking import logit
+
+    given = [
+        k for k in ("threshold", "threshold_probability", "target_recall") if cfg.get(k) is not None
+    ]
+    if len(given) > 1:
+        raise ConfigError(
+            given[1],
+            f"set only one of threshold, threshold_probability, target_recall (got {given})",
+        )
+    if not given:
+        return -math.inf
+    if given[0] == "threshold":
+        return float(cfg.threshold)
+    if given[0] == "threshold_probability":
+        return logit(float(cfg.threshold_probability))
+    if not cfg.get("recall_metrics"):
+        raise ConfigError(
+            "recall_metrics",
+            "target_recall needs the metrics JSON of tzl-evaluate (with its curve)",
+        )
+    return threshold_from_metrics(cfg.recall_metrics, float(cfg.target_recall))
+
+
+def threshold_from_metrics(path, target_recall: float) -> float:
+    """Threshold reaching ``target_recall`` on the PR curve stored in a tzl-evaluate metrics JSON."""
+    from types import SimpleNamespace
+
+    from topaz_lightning.picking import threshold_for_recall
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read metrics JSON ({err})", path=path) from err
+    curve = data.get("curve") if isinstance(data, dict) else None
+    if not isinstance(curve, dict) or not {"threshold", "recall"} <= set(curve):
+        raise InputError(
+            "no PR curve in the metrics file (run tzl-evaluate with include_curve=true)",
+            path=path,
+            where="curve",
+        )
+    ev = SimpleNamespace(recall=curve["recall"], thresholds=curve["threshold"])
+    threshold = threshold_for_recall(ev, target_recall)
+    log.info("threshold %.4f reaches recall %.3f on %s", threshold, target_recall, path)
+    return threshold
+
+
+def run(cfg: DictConfig):
+    """Run the picking described by a composed ``pick`` config; returns the picks DataFrame."""
+    from topaz_lightning.io.coordinates import write_coordinates
+    from topaz_lightning.io.micrographs import list_micrographs, read_micrograph, write_micrograph
+    from topaz_lightning.models import load_model
+    from topaz_lightning.picking import pick_micrographs, sigmoid
+    from topaz_lightning.preprocess import preprocess_images
+    from topaz_lightning.utils.atomic import check_writable
+
+    for key in ("model_path", "micrographs", "output_dir"):
+        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+            raise ConfigError(
+                key,
+                "is required (e.g. model_path=model.pt micrographs=dir/ radius=8 output_dir=picks)",
+            )
+    if OmegaConf.is_missing(cfg, "radius") or cfg.get("radius") is None:
+        raise ConfigError(
+            "radius", "NMS radius in model (downsampled) pixels is required, e.g. radius=8"
+        )
+    radius = float(cfg.radius)
+    if not radius >= 0:
+        raise ConfigError("radius", f"must be >= 0, got {cfg.radius}")
+    if cfg.score not in ("logit", "probability"):
+        raise ConfigError("score", f"must be logit or probability, got {cfg.score!r}")
+    k = cfg.get("particles_per_micrograph")
+    if k is not None and int(k) < 0:
+        raise ConfigError("particles_per_micrograph", f"must be >= 0, got {k}")
+    threshold = choose_threshold(cfg)
+    overwrite = bool(cfg.overwrite)
+    output = _target(cfg, "output")
+    if cfg.per_micrograph:
+        if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+            check_writable(output, overwrite)
+    else:
+        check_writable(output, overwrite)
+    score_dir = _target(cfg, "score_map_dir") if cfg.save_score_maps else None
+
+    net, extra = load_model(cfg.model_path)
+    prep = dict(extra.get("preprocess") or {})
+    downsample = float(
+        cfg.downsample if cfg.get("downsample") is not None else prep.get("downsample", 1.0) or 1.0
+    )
+    normalize = str(
+        cfg.normalize
+        if cfg.get("normalize") is not None
+        else prep.get("normalize", "none") or "none"
+    )
+
+    sources = list_micrographs(cfg.micrographs)
+    if cfg.get("subset") is not None:
+        wanted = read_name_list(cfg.subset)
+        missing = [n for n in wanted if n not in sources]
+        if missing:
+            raise InputError(
+                f"{len(missing)} listed micrograph(s) not found among the inputs, e.g. {missing[0]!r}",
+                path=str(cfg.subset),
+            )
+        sources = {n: sources[n] for n in wanted}
+    if score_dir is not None and not overwrite:
+        for name in sources:
+            check_writable(score_dir / f"{name}.mrc", overwrite)
+    raw = {name: read_micrograph(path) for name, path in sources.items()}
+    images = preprocess_images(raw, downsample=downsample, normalize=normalize, seed=int(cfg.seed))
+    del raw
+    log.info(
+        "picking %d micrograph(s): downsample %g, normalize %s, radius %g px",
+        len(images),
+        downsample,
+        normalize,
+        radius,
+    )
+
+    def save_map(name, score_map):
+        write_micrograph(score_dir / f"{name}.mrc", score_map, overwrite=overwrite)
+
+    picks = pick_micrographs(
+        net,
+        images,
+        radius=radius,
+        threshold=threshold,
+        device=str(cfg.device),
+        max_picks=None if k is None else int(k),
+        scale=downsample,
+        batch_size=int(cfg.batch_size),
+        tile_size=None if cfg.get("tile_size") is None else int(cfg.tile_size),
+        on_score_map=save_map if score_dir is not None else None,
+        progress=bool(cfg.progress),
+    )
+    if cfg.score == "probability":
+        picks["score"] = sigmoid(picks["score"].to_numpy())
+    if picks.empty:
+        log.warning("no picks above the threshold; writing an empty table")
+    write_coordinates(
+        picks,
+        output,
+        fmt=cfg.get("format"),
+        overwrite=overwrite,
+        per_micrograph=bool(cfg.per_micrograph),
+        box_size=cfg.get("box_size"),
+    )
+    print(f"wrote {len(picks)} picks from {len(images)} micrograph(s) to {output}")
+    return picks
+
+
+@entry_point("pick")
+def main(cfg: DictConfig) -> None:
+    """tzl-pick entry point: see the module docstring and configs/pick.yaml."""
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
