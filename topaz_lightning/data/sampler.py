@@ -9,8 +9,8 @@ How a minibatch is made (``PUPatchSampler.batch(step)``):
    ``n_unlabeled`` centres uniformly from every region EXCEPT the labeled positive ones (uniform
    over all pixels of all micrographs, area-weighted across micrographs, by rejection of the
    labeled positives, which are a small fraction).
-3. Each patch's window is read by one flat advanced-indexing gather from the stack (precomputed
-   offsets, no per-patch loop). Regions near the border see zero padding, as in dense scoring.
+3. Each patch's window is read by one advanced-indexing gather from a strided window view of the
+   stack (``as_strided`` to (micrograph, row, col, G, G); no per-patch loop). Regions near the border see zero padding, as in dense scoring.
 4. With ``rotate``, a window slightly larger than ``w*sqrt(2)`` is gathered and rotated by a uniform
    random angle (and mirrored with probability 1/2 when ``mirror``) about its centre pixel with one
    batched ``affine_grid`` + bilinear ``grid_sample``, producing ``w x w`` patches; the centre pixel
@@ -109,16 +109,19 @@ class PUPatchSampler:
         pad = self.window // 2
         height = max(s[0] for s in shapes)
         width = max(s[1] for s in shapes)
-        self._padded_width = width + 2 * pad
-        self._plane = (height + 2 * pad) * self._padded_width
-
         stack = torch.zeros((len(shapes), height + 2 * pad, width + 2 * pad), dtype=torch.float32)
         masks = torch.zeros((len(shapes), height, width), dtype=torch.bool)
         for i, (image, mask) in enumerate(zip(micrographs, positive_masks, strict=True)):
             h, w = shapes[i]
             stack[i, pad : pad + h, pad : pad + w] = torch.as_tensor(np.asarray(image, np.float32))
             masks[i, :h, :w] = torch.as_tensor(np.asarray(mask, dtype=bool))
-        self._flat = stack.reshape(-1).to(self.device)
+        stack = stack.to(self.device)
+        # every window as a view (micrograph, row, col, G, G): one advanced index gathers a batch
+        g = self.window
+        self._windows = stack.as_strided(
+            (len(shapes), height, width, g, g),
+            (stack.stride(0), stack.stride(1), stack.stride(2), stack.stride(1), stack.stride(2)),
+        )
         self._masks = masks.to(self.device)
 
         # labeled positive regions as (micrograph, row, col)
@@ -137,8 +140,6 @@ class PUPatchSampler:
         if self.n_unlabeled > 0 and self.num_unlabeled_regions == 0:
             raise ValueError("n_unlabeled > 0 but every region is a labeled positive")
 
-        k = torch.arange(self.window, device=self.device)
-        self._window_offsets = k[:, None] * self._padded_width + k[None, :]
         labels = torch.zeros(self.batch_size, dtype=torch.float32)
         labels[: self.n_positive] = 1.0
         self._labels = labels.to(self.device)
@@ -206,16 +207,10 @@ class PUPatchSampler:
         ``flip`` (bool, (B,)) mirrors the columns of the selected windows.
         """
         m, y, x = centres
-        # the window of a centre starts at (y, x) in the padded stack (pad = window // 2)
-        base = m * self._plane + y * self._padded_width + x
-        if flip is None:
-            index = base[:, None, None] + self._window_offsets[None]
-        else:
-            k = torch.arange(self.window, device=self.device)
-            cols = torch.where(flip[:, None], self.window - 1 - k[None, :], k[None, :])
-            rows = k[:, None] * self._padded_width
-            index = base[:, None, None] + rows[None] + cols[:, None, :]
-        return self._flat[index]
+        windows = self._windows[m, y, x]  # the window of centre (y, x) starts at padded (y, x)
+        if flip is not None:
+            windows = torch.where(flip[:, None, None], windows.flip(-1), windows)
+        return windows
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Minibatch number ``step``: ``(patches (B,1,w,w) float32, labels (B,) float32)``."""
@@ -252,12 +247,21 @@ def rotate_patches(
     cos, sin = torch.cos(angle), torch.sin(angle)
     sign = 1.0 - 2.0 * flip.to(windows.dtype)
     scale = patch_size / g  # normalized output coords span w pixels; input coords span g
-    theta = torch.zeros((b, 2, 3), dtype=windows.dtype, device=windows.device)
-    theta[:, 0, 0] = scale * cos * sign
-    theta[:, 0, 1] = -scale * sin
-    theta[:, 1, 0] = scale * sin * sign
-    theta[:, 1, 1] = scale * cos
-    grid = F.affine_grid(theta, [b, 1, patch_size, patch_size], align_corners=False)
+    linear = torch.stack(
+        [
+            torch.stack([scale * cos * sign, -scale * sin], dim=-1),
+            torch.stack([scale * sin * sign, scale * cos], dim=-1),
+        ],
+        dim=-2,
+    )  # (B, 2, 2)
+    # the sampling grid of F.affine_grid (align_corners=False) without its slow CPU path:
+    # output pixel centres in normalized coordinates, mapped by each sample's 2x2 matrix
+    axis = (
+        2 * torch.arange(patch_size, device=windows.device, dtype=windows.dtype) + 1
+    ) / patch_size - 1
+    base = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(-1, 2)
+    grid = torch.einsum("pk,bjk->bpj", base, linear).contiguous()
+    grid = grid.reshape(b, patch_size, patch_size, 2)  # contiguous: grid_sample is 2x faster
     return F.grid_sample(windows, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
