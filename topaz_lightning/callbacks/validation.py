@@ -159,8 +159,14 @@ def compute_metrics(
     from topaz_lightning.metrics import evaluate_picks, region_aupr
 
     truth = coordinates[coordinates["micrograph"].isin(merged.names)].reset_index(drop=True)
-    evaluation = evaluate_picks(merged.picks, truth, max_distance)
-    metrics: dict[str, float] = {"val/aupr": float(evaluation.aupr)}
+    # naming the micrographs makes picks on a held-out micrograph without particles count as
+    # false positives instead of being dropped
+    evaluation = evaluate_picks(merged.picks, truth, max_distance, micrographs=merged.names)
+    aupr = evaluation.aupr
+    if aupr is None or not math.isfinite(float(aupr)):
+        rank_zero_warn("HeldOutPicking: AUPR undefined (no true particles?); logging NaN")
+        aupr = math.nan
+    metrics: dict[str, float] = {"val/aupr": float(aupr)}
     for level in RECALL_LEVELS:
         value = evaluation.precision_at_recall.get(level)
         if value is not None and math.isfinite(float(value)):
@@ -175,6 +181,7 @@ def compute_metrics(
         labels = torch.from_numpy(np.concatenate(merged.region_labels).astype(np.int64))
         if bool(labels.any()):
             metrics["val/region_aupr_full"] = float(region_aupr(logits, labels))
+        del logits, labels
     return metrics, evaluation
 
 
@@ -428,12 +435,14 @@ class HeldOutPicking(pl.Callback):
         step = trainer.global_step
         self._last_step = step
         metrics, evaluation, merged, maps = self.evaluate(trainer, pl_module)
-        if on_step is None:
-            if trainer.is_global_zero:
-                for logger in trainer.loggers:
-                    logger.log_metrics(metrics, step=step)
-        else:
+        # the loggers get the values directly, at this step: self.log would only forward them when
+        # the step happens to line up with trainer.log_every_n_steps
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+        if on_step is not None:
             for key, value in sorted(metrics.items()):
+                # for callback_metrics (ModelCheckpoint, EarlyStopping) and the progress bar;
                 # identical on every rank already (broadcast), so no all-reduce is needed
                 pl_module.log(
                     key,
@@ -441,7 +450,7 @@ class HeldOutPicking(pl.Callback):
                     on_step=on_step,
                     on_epoch=not on_step,
                     prog_bar=key == "val/aupr",
-                    logger=True,
+                    logger=False,
                     batch_size=1,
                     sync_dist=False,
                 )
@@ -464,7 +473,6 @@ class HeldOutPicking(pl.Callback):
         evaluation: Any,
     ) -> None:
         from topaz_lightning import plots
-        from topaz_lightning.metrics import match_picks
 
         out_dir = _image_dir(trainer) / f"step_{step:06d}"
         images: dict[str, np.ndarray] = {}
@@ -475,12 +483,11 @@ class HeldOutPicking(pl.Callback):
         cut = -math.inf if cut is None or not math.isfinite(float(cut)) else float(cut)
         for name in sorted(maps):
             image = micrographs[name]
-            picks = merged.picks[
-                (merged.picks["micrograph"] == name) & (merged.picks["score"] >= cut)
-            ]
+            picks = _matched_picks(evaluation, merged.picks, coordinates, name, self.max_distance)
+            picks = picks[picks["score"] >= cut]
             pred_xy = picks[["x", "y"]].to_numpy(dtype=np.float64)
             truth_xy = _truth_xy(coordinates, name)
-            matched = np.asarray(match_picks(pred_xy, truth_xy, self.max_distance)) >= 0
+            matched = picks["matched"].to_numpy(dtype=bool)
             title = f"{name} step {step}: {int(matched.sum())}/{len(pred_xy)} picks match, {len(truth_xy)} true"
             args = (image, truth_xy, pred_xy, matched)
             plots.plot_overlay(*args, out_dir / f"overlay_{name}.png", self.radius, overwrite=True, title=title)  # fmt: skip
@@ -504,6 +511,20 @@ def _is_final_epoch(trainer: pl.Trainer) -> bool:
         return True
     max_epochs = trainer.max_epochs
     return max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
+
+
+def _matched_picks(
+    evaluation: Any, picks: pd.DataFrame, coordinates: pd.DataFrame, name: str, max_distance: float
+) -> pd.DataFrame:
+    """The picks of one micrograph with a ``matched`` column, as the evaluation matched them."""
+    evaluated = getattr(evaluation, "picks", None)
+    if evaluated is not None and "matched" in evaluated.columns:
+        return evaluated[evaluated["micrograph"] == name]
+    from topaz_lightning.metrics import match_picks
+
+    rows = picks[picks["micrograph"] == name]
+    match = match_picks(rows[["x", "y"]].to_numpy(), _truth_xy(coordinates, name), max_distance)
+    return rows.assign(matched=np.asarray(match) >= 0)
 
 
 def _image_dir(trainer: pl.Trainer) -> Path:

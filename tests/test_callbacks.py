@@ -1,0 +1,438 @@
+"""Tests of the held-out picking callback: metrics through a real Trainer, sharding, pictures."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from topaz_lightning.callbacks import HeldOutPicking
+from topaz_lightning.callbacks.validation import (
+    ShardResult,
+    all_gather_objects,
+    compute_metrics,
+    merge_shards,
+    score_shard,
+    shard_names,
+)
+from topaz_lightning.errors import ConfigError
+
+torch.set_num_threads(1)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+SHAPE = (64, 80)
+MAX_DISTANCE = 3.0
+NMS_RADIUS = 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# a tiny fake world: the "classifier" returns its input, so the micrograph *is* the score map
+
+
+class PeakNet(nn.Module):
+    """score_map(images) = images: lets a test place score peaks exactly where it wants."""
+
+    receptive_field = 1
+    num_features = 1
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))  # so the module has a device and a parameter
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return patches[:, 0, 0, 0]
+
+    def score_map(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0]
+
+
+class StubModule(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = PeakNet()
+        self.weight = nn.Parameter(torch.ones(1))
+        self.modes_seen: list[bool] = []
+
+    def training_step(self, batch, batch_idx):
+        self.modes_seen.append(self.net.training)
+        return ((self.weight - batch[0]) ** 2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class StubData(pl.LightningDataModule):
+    def __init__(self, micrographs, coordinates, radius_px=2.0, num_batches=8):
+        super().__init__()
+        self.val_micrographs = micrographs
+        self.val_coordinates = coordinates
+        self.radius_px = radius_px
+        self.num_batches = num_batches
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.zeros(self.num_batches, 1)), batch_size=1)
+
+
+def _particles(seed: int, n: int = 6) -> np.ndarray:
+    """n particle centres at least 14 px apart and 8 px from the border."""
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    while len(out) < n:
+        p = rng.integers([8, 8], [SHAPE[1] - 8, SHAPE[0] - 8]).astype(float)
+        if all(np.hypot(*(p - q)) >= 14 for q in out):
+            out.append(p)
+    return np.array(out)
+
+
+def _peak_image(centres: np.ndarray, heights=None) -> np.ndarray:
+    """Background -5 with a Gaussian bump of the given height (default 5) at each centre."""
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    image = np.full(SHAPE, -5.0)
+    heights = np.full(len(centres), 5.0) if heights is None else heights
+    for (x, y), h in zip(centres, heights, strict=True):
+        image = np.maximum(image, -5.0 + (h + 5.0) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0))
+    return image.astype(np.float32)
+
+
+def _fake_world(shift: float = 0.0, n_micrographs: int = 3):
+    micrographs, rows = {}, []
+    for i in range(n_micrographs):
+        name = f"mic{i}"
+        truth = _particles(i)
+        micrographs[name] = _peak_image(truth + np.array([shift, 0.0]))
+        rows += [{"micrograph": name, "x": x, "y": y} for x, y in truth]
+    return micrographs, pd.DataFrame(rows)
+
+
+def _trainer(tmp_path: Path, callbacks, max_steps=4, logger=None, **kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        max_epochs=-1,
+        callbacks=callbacks,
+        logger=logger if logger is not None else False,
+        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# through a real Trainer
+
+
+def test_peaks_at_particles_give_aupr_one_and_checkpoint_sees_it(tmp_path):
+    micrographs, coords = _fake_world()
+    callback = HeldOutPicking(every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
+    best = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        monitor="val/aupr",
+        mode="max",
+        every_n_train_steps=2,
+        filename="best",
+        save_last=True,
+    )
+    logger = pl.loggers.CSVLogger(tmp_path, name="csv")
+    module = StubModule()
+    trainer = _trainer(tmp_path, [best, callback], max_steps=4, logger=logger)
+    trainer.fit(module, datamodule=StubData(micrographs, coords))
+
+    assert [h["step"] for h in callback.history] == [2.0, 4.0]  # on global_step, no duplicate
+    for h in callback.history:
+        assert h["val/aupr"] == 1.0
+        assert h["val/precision@0.9"] == 1.0
+        assert h["val/precision@0.25"] == 1.0
+        assert h["val/region_aupr_full"] == pytest.approx(1.0)
+    assert float(trainer.callback_metrics["val/aupr"]) == 1.0
+    assert float(best.best_model_score) == 1.0
+    assert Path(best.best_model_path).name == "best.ckpt"
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    # eval mode during scoring only: training steps always saw train mode, and it is restored
+    assert all(module.modes_seen) and module.net.training
+    # logged to the logger at the right steps
+    logged = pd.read_csv(Path(logger.log_dir) / "metrics.csv")
+    rows = logged.dropna(subset=["val/aupr"])
+    assert list(rows["step"]) == [2, 4]
+    assert np.allclose(rows["val/aupr"], 1.0)
+    assert callback.last_evaluation.n_true == len(coords)
+
+
+def test_peaks_beyond_matching_distance_give_aupr_zero(tmp_path):
+    micrographs, coords = _fake_world(shift=MAX_DISTANCE + 2.0)
+    # threshold 0 keeps only the bump peaks (the near-flat background has stray local maxima,
+    # some of which fall next to a true particle by chance)
+    callback = HeldOutPicking(
+        every_n_steps=3, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, threshold=0.0
+    )
+    trainer = _trainer(tmp_path, [callback], max_steps=3)
+    trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
+    (h,) = callback.history
+    assert h["val/aupr"] == 0.0
+    assert h["val/precision@0.9"] == 0.0  # 0.9 recall never reached: logged as 0
+    assert "val/precision@0.25" not in h  # other levels only when reached
+    assert h["val/region_aupr_full"] < 0.5
+
+
+def test_final_evaluation_when_max_steps_is_not_a_multiple(tmp_path):
+    micrographs, coords = _fake_world(n_micrographs=1)
+    callback = HeldOutPicking(every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
+    trainer = _trainer(tmp_path, [callback], max_steps=5)
+    trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
+    assert [h["step"] for h in callback.history] == [2.0, 4.0, 5.0]
+    # and with max_epochs: 3 batches per epoch, 2 epochs -> steps 2, 4 and the final 6
+    callback = HeldOutPicking(every_n_steps=4, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(StubModule(), datamodule=StubData(micrographs, coords, num_batches=3))
+    assert [h["step"] for h in callback.history] == [4.0, 6.0]
+    assert float(trainer.callback_metrics["val/aupr"]) == 1.0
+
+
+def test_max_micrographs_and_region_radius(tmp_path):
+    micrographs, coords = _fake_world()
+    micrographs = dict(micrographs)
+    micrographs["mic1"] = _peak_image(_particles(1) + np.array([MAX_DISTANCE + 2.0, 0.0]))
+    callback = HeldOutPicking(
+        every_n_steps=1, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, max_micrographs=1,
+        region_radius_px=None,
+    )  # fmt: skip
+    trainer = _trainer(tmp_path, [callback], max_steps=1)
+    # mic1 (bad) is excluded, and the datamodule has no radius: no region AUPR
+    trainer.fit(StubModule(), datamodule=StubData(micrographs, coords, radius_px=None))
+    (h,) = callback.history
+    assert h["val/aupr"] == 1.0 and "val/region_aupr_full" not in h
+    assert callback.last_evaluation.n_true == int((coords["micrograph"] == "mic0").sum())
+
+
+def test_pictures_saved_and_logged_to_tensorboard(tmp_path, monkeypatch):
+    micrographs, coords = _fake_world(n_micrographs=2)
+    callback = HeldOutPicking(
+        every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, log_images=True
+    )
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
+    tags: list[tuple[str, tuple, int]] = []
+    monkeypatch.setattr(
+        logger.experiment,
+        "add_image",
+        lambda tag, img, global_step=None, dataformats="CHW": tags.append(
+            (tag, img.shape, global_step)
+        ),
+    )
+    trainer = _trainer(tmp_path, [callback], max_steps=4, logger=logger)
+    trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
+    for step in (2, 4):
+        folder = Path(logger.log_dir) / "val_images" / f"step_{step:06d}"
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == ["overlay_mic0.png", "pr_curve.png", "score_map_mic0.png"]
+        assert all((folder / n).stat().st_size > 500 for n in names)
+    logged = {(t, s) for t, _, s in tags}
+    assert logged >= {("val/pr_curve", 2), ("val/overlay/mic0", 4), ("val/score_map/mic0", 4)}
+    assert all(len(shape) == 3 and shape[2] == 3 for _, shape, _ in tags)
+
+
+def test_images_go_to_default_root_dir_without_logger(tmp_path):
+    micrographs, coords = _fake_world(n_micrographs=1)
+    callback = HeldOutPicking(
+        every_n_steps=1, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, log_images=True
+    )
+    _trainer(tmp_path, [callback], max_steps=1).fit(
+        StubModule(), datamodule=StubData(micrographs, coords)
+    )
+    assert (tmp_path / "val_images" / "step_000001" / "overlay_mic0.png").is_file()
+
+
+def test_distances_from_dataset_metadata(tmp_path):
+    micrographs, coords = _fake_world(n_micrographs=1)
+    data = StubData(micrographs, coords)
+    data.metadata = {"nms_radius_px": 10.0, "match_distance_px": 6.0}
+    data.downsample = 2.0
+    callback = HeldOutPicking(every_n_steps=1)
+    _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=data)
+    assert callback.radius == 5.0 and callback.max_distance == 3.0
+    assert callback.history[0]["val/aupr"] == 1.0
+    # no metadata and no setting: a clear error naming the key
+    with pytest.raises(ConfigError, match="held_out_picking.radius"):
+        _trainer(tmp_path, [HeldOutPicking(every_n_steps=1)], max_steps=1).fit(
+            StubModule(), datamodule=StubData(micrographs, coords)
+        )
+
+
+def test_missing_held_out_data_is_a_clear_error(tmp_path):
+    class NoVal(pl.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
+
+    callback = HeldOutPicking(every_n_steps=1, radius=5, max_distance=3)
+    with pytest.raises(ConfigError, match="val_micrographs"):
+        _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=NoVal())
+
+
+def test_micrographs_passed_directly(tmp_path):
+    micrographs, coords = _fake_world(n_micrographs=1)
+    callback = HeldOutPicking(
+        every_n_steps=1, radius=5, max_distance=3, micrographs=micrographs, coordinates=coords
+    )
+    module = StubModule()
+    loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
+    _trainer(tmp_path, [callback], max_steps=1).fit(module, train_dataloaders=loader)
+    assert callback.history[0]["val/aupr"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"every_n_steps": 0}, "every_n_steps"),
+        ({"every_n_steps": 2.5}, "every_n_steps"),
+        ({"radius": -1.0}, "radius"),
+        ({"max_distance": 0.0}, "max_distance"),
+        ({"max_micrographs": 0}, "max_micrographs"),
+        ({"region_radius_px": -2}, "region_radius_px"),
+    ],
+)
+def test_bad_settings(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        HeldOutPicking(**kwargs)
+
+
+def test_state_dict_round_trip():
+    a = HeldOutPicking(every_n_steps=3, radius=4, max_distance=2)
+    a._last_step = 6
+    a.history = [{"step": 6.0, "val/aupr": 0.5}]
+    b = HeldOutPicking(every_n_steps=3, radius=4, max_distance=2)
+    b.load_state_dict(a.state_dict())
+    assert b._last_step == 6 and b.history == a.history
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP pieces with a fake world: shards scored separately then merged == one process
+
+
+def test_shard_names_partition_round_robin():
+    names = [f"m{i}" for i in (3, 0, 4, 1, 2)]
+    shards = [shard_names(names, r, 2) for r in range(2)]
+    assert shards == [["m0", "m2", "m4"], ["m1", "m3"]]
+    for world in (1, 2, 3, 7):
+        parts = [shard_names(names, r, world) for r in range(world)]
+        assert sorted(sum(parts, [])) == sorted(names)
+    with pytest.raises(ValueError):
+        shard_names(names, 2, 2)
+
+
+def test_all_gather_without_distributed_is_identity():
+    assert not torch.distributed.is_initialized()
+    obj = {"a": 1}
+    assert all_gather_objects(obj) == [obj]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sharded_scoring_equals_single_process(world_size):
+    micrographs, coords = _fake_world(n_micrographs=4)
+    # one micrograph partly wrong so the metrics are not trivially 1
+    micrographs["mic2"] = _peak_image(_particles(2) + np.array([[4.0, 0.0]] * 3 + [[0.0, 0.0]] * 3))
+    names = sorted(micrographs)
+    net = PeakNet().eval()
+    kw = dict(radius=NMS_RADIUS, region_radius_px=2.0)
+    single, _ = score_shard(net, micrographs, coords, names, **kw)
+    expected, ev1 = compute_metrics(merge_shards([single]), coords, MAX_DISTANCE)
+    shards = [
+        score_shard(net, micrographs, coords, shard_names(names, r, world_size), **kw)[0]
+        for r in range(world_size)
+    ]
+    merged = merge_shards(shards[::-1])  # gather order must not matter
+    got, ev = compute_metrics(merged, coords, MAX_DISTANCE)
+    assert got == expected
+    assert 0.0 < got["val/aupr"] < 1.0
+    pd.testing.assert_frame_equal(merged.picks, merge_shards([single]).picks)
+    np.testing.assert_array_equal(
+        np.concatenate(merged.region_logits), np.concatenate(single.region_logits)
+    )
+    with pytest.raises(ValueError, match="more than one rank"):
+        merge_shards([single, single])
+
+
+def test_compute_metrics_against_obvious_reference():
+    # picks on two micrographs; reference AUPR computed by hand: sort by score, step-wise AP
+    truth = pd.DataFrame({"micrograph": ["a", "a", "b"], "x": [10.0, 30.0, 10.0], "y": [10.0] * 3})
+    picks = pd.DataFrame(
+        {
+            "micrograph": ["a", "a", "b", "b"],
+            "x": [10.5, 50.0, 10.0, 11.0],
+            "y": [10.0, 10.0, 10.0, 10.0],
+            "score": [0.9, 0.8, 0.7, 0.6],
+        }
+    )
+    merged = ShardResult(names=["a", "b"], picks=picks)
+    metrics, ev = compute_metrics(merged, truth, max_distance=2.0)
+    # ranks: TP (P=1, R=1/3), FP, TP (P=2/3, R=2/3), FP (duplicate near b's particle)
+    assert metrics["val/aupr"] == pytest.approx((1.0 + 2.0 / 3.0) / 3.0)
+    assert metrics["val/precision@0.25"] == 1.0
+    assert metrics["val/precision@0.5"] == pytest.approx(2.0 / 3.0)
+    assert metrics["val/precision@0.9"] == 0.0 and "val/precision@0.75" not in metrics
+    # a held-out micrograph without particles: its picks are false positives, not dropped
+    extra = pd.DataFrame({"micrograph": ["c"], "x": [1.0], "y": [1.0], "score": [0.95]})
+    merged = ShardResult(names=["a", "b", "c"], picks=pd.concat([picks, extra], ignore_index=True))
+    metrics, _ = compute_metrics(merged, truth, max_distance=2.0)
+    assert metrics["val/aupr"] == pytest.approx((0.5 / 1 + 2.0 / 4.0) / 3.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# a real 2-process gloo world (slow: process start-up)
+
+
+def _gloo_worker(rank: int, world_size: int, port: int, queue) -> None:
+    import os
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        micrographs, coords = _fake_world(n_micrographs=3)
+        names = sorted(micrographs)
+        shard, _ = score_shard(
+            PeakNet().eval(), micrographs, coords, shard_names(names, rank, world_size),
+            radius=NMS_RADIUS, region_radius_px=2.0,
+        )  # fmt: skip
+        merged = merge_shards(all_gather_objects(shard))
+        metrics, _ = compute_metrics(merged, coords, MAX_DISTANCE)
+        queue.put((rank, merged.names, metrics))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gloo_two_process_gather(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.start_processes(_gloo_worker, args=(2, port, queue), nprocs=2, start_method="spawn")
+    results = sorted(queue.get() for _ in range(2))
+    assert [r[0] for r in results] == [0, 1]
+    for _, names, metrics in results:
+        assert names == ["mic0", "mic1", "mic2"]
+        assert metrics["val/aupr"] == 1.0 and math.isclose(metrics["val/region_aupr_full"], 1.0)
