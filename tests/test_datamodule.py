@@ -309,3 +309,42 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_batches(tmp_path):
     assert len(resumed.seen) == 4
     for got, expected in zip(first.seen + resumed.seen, full.seen, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_ranks_draw_different_streams_and_patch_size_comes_from_the_model():
+    from types import SimpleNamespace
+
+    def attached(rank):
+        dm = make(patch_size=None, steps_per_epoch=2, seed=5)
+        dm.trainer = SimpleNamespace(
+            global_rank=rank,
+            global_step=0,
+            accumulate_grad_batches=1,
+            strategy=SimpleNamespace(root_device=torch.device("cpu")),
+            lightning_module=SimpleNamespace(net=SimpleNamespace(receptive_field=9)),
+        )
+        dm.setup()
+        return dm
+
+    rank0, rank1 = attached(0), attached(1)
+    p0 = [p for p, _ in rank0.train_dataloader()]
+    p1 = [p for p, _ in rank1.train_dataloader()]
+    assert rank1.patch_size == 9 and p1[0].shape == (256, 1, 9, 9)
+    assert rank1.train_sampler().rank == 1 and rank0.train_sampler().rank == 0
+    assert not torch.equal(p0[0], p1[0])
+    torch.testing.assert_close(p1[1], rank1.train_sampler().batch(1)[0], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_simulated_mode_generates_the_dataset_when_absent(tmp_path):
+    dm = PUDataModule(
+        simulated_dir=tmp_path / "tiny", simulated_preset="tiny", radius_px=None, patch_size=31
+    )
+    dm.prepare_data()
+    assert (tmp_path / "tiny" / "dataset.yaml").is_file()
+    dm.setup()
+    train = (tmp_path / "tiny" / "train.txt").read_text().split()
+    assert sorted(dm.train_micrographs) == sorted(train)
+    assert dm.radius_px == 4 and 0 < dm.pi_unlabeled < dm.pi < 0.1
+    patches, labels = next(iter(dm.train_dataloader()))
+    assert patches.shape == (256, 1, 31, 31) and torch.isfinite(patches).all()

@@ -541,7 +541,7 @@ class PUDataModule(pl.LightningDataModule):
         if meta:
             suggested = meta.get("suggested_pi", meta.get("pi"))
             per_mic = meta.get(
-                "expected_particles_per_micrograph", meta.get("particles_per_micrograph")
+                "mean_particles_per_micrograph", meta.get("particles_per_micrograph")
             )
             native_radius = meta.get("label_radius_px", radius)
             if (
