@@ -30,16 +30,18 @@ def region_aupr(logits, labels, thresholds: int | None = None) -> float:
     """
     from torchmetrics.classification import BinaryAveragePrecision
 
-    scores = _flat(logits, torch.float32)
+    scores = _flat(logits, torch.float64)
     target = _flat(labels, torch.int64)
     if scores.shape != target.shape:
         raise ValueError(f"logits ({scores.numel()}) and labels ({target.numel()}) differ in size")
     if target.numel() == 0 or int(target.sum()) == 0:
         return float("nan")
-    # torchmetrics treats inputs outside [0, 1] as logits and applies a sigmoid (monotone, so the
-    # AP is unchanged); pass probabilities explicitly to keep that out of the float precision path
+    # torchmetrics applies a sigmoid to inputs outside [0, 1], which in float32 merges logits
+    # above ~17 into ties; map scores to their rank in [0, 1] instead (same order, same ties)
+    values, rank = torch.unique(scores.double(), return_inverse=True)
+    unit = rank.double() / max(values.numel() - 1, 1)
     metric = BinaryAveragePrecision(thresholds=thresholds)
-    return float(metric(torch.sigmoid(scores.double()).float(), target))
+    return float(metric(unit, target))
 
 
 def region_labels(

@@ -1,0 +1,157 @@
+"""Greedy non-maximum suppression: exact agreement with a slow reference, hand-made cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from topaz_lightning.errors import InputError
+from topaz_lightning.picking import disk_offsets, non_maximum_suppression
+from topaz_lightning.picking.nms import _disk_max, reference_nms
+
+RADII = [0, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5.5, 7, 10]
+
+
+def _random_map(seed: int) -> tuple[np.ndarray, float, float]:
+    rng = np.random.default_rng(seed)
+    height, width = (int(v) for v in rng.integers(1, 28, 2))
+    radius = float(rng.choice(RADII))
+    kind = seed % 4
+    if kind == 0:  # continuous
+        score_map = rng.normal(size=(height, width))
+    elif kind == 1:  # many exact ties
+        score_map = rng.integers(0, 3, (height, width)).astype(np.float64)
+    elif kind == 2:  # a ramp: long greedy dependency chains
+        score_map = np.add.outer(np.arange(height), rng.choice([-1, 1]) * np.arange(width)).astype(
+            float
+        )
+    else:  # smooth blobs, like a score map
+        from scipy.ndimage import gaussian_filter
+
+        score_map = gaussian_filter(rng.normal(size=(height, width)), 2.0)
+    threshold = -math.inf if seed % 3 else float(np.median(score_map))
+    return score_map.astype(np.float32), radius, threshold
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_matches_slow_reference(seed):
+    score_map, radius, threshold = _random_map(seed)
+    ref_xy, ref_scores = reference_nms(score_map, radius, threshold)
+    # auto strategy, purely sequential, and forced vectorized rounds
+    for rounds in (None, 0, 1, 3, 1000):
+        xy, scores = non_maximum_suppression(score_map, radius, threshold, _dense_rounds=rounds)
+        np.testing.assert_array_equal(xy, ref_xy, err_msg=f"rounds={rounds}")
+        np.testing.assert_array_equal(scores, ref_scores)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_larger_maps_match_reference(seed):
+    rng = np.random.default_rng(100 + seed)
+    score_map = rng.integers(0, 50, (60, 70)).astype(np.float32)  # ties and structure
+    radius = [3, 4.5, 6][seed % 3]
+    ref = reference_nms(score_map, radius)
+    for rounds in (None, 1000):
+        got = non_maximum_suppression(score_map, radius, _dense_rounds=rounds)
+        np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_picks_are_at_least_radius_apart_and_maximal():
+    rng = np.random.default_rng(7)
+    score_map = rng.normal(size=(80, 90)).astype(np.float32)
+    radius = 6.0
+    xy, scores = non_maximum_suppression(score_map, radius)
+    d = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    assert d.min() >= radius
+    # every pixel lies within < radius of some pick (otherwise it would have been picked)
+    ys, xs = np.mgrid[:80, :90]
+    dist = np.hypot(xs[..., None] - xy[:, 0], ys[..., None] - xy[:, 1]).min(-1)
+    assert (dist < radius).all()
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_exactly_radius_apart_both_kept():
+    score_map = np.zeros((30, 30), dtype=np.float32)
+    score_map[5, 5] = 2.0
+    score_map[5, 15] = 1.0  # exactly 10 px away: kept (picks are "at least r apart")
+    score_map[14, 5] = 1.5  # 9 px away from the best: suppressed
+    xy, scores = non_maximum_suppression(score_map, 10, threshold=0.5)
+    assert xy.tolist() == [[5.0, 5.0], [15.0, 5.0]]
+    assert scores.tolist() == [2.0, 1.0]
+
+
+def test_ties_broken_by_flat_index():
+    score_map = np.ones((5, 12), dtype=np.float32)
+    xy, _ = non_maximum_suppression(score_map, 4)
+    assert xy[0].tolist() == [0.0, 0.0]
+    assert xy.tolist() == reference_nms(score_map, 4)[0].tolist()
+
+
+def test_threshold_and_max_picks():
+    rng = np.random.default_rng(3)
+    score_map = rng.normal(size=(40, 40))
+    xy_all, s_all = non_maximum_suppression(score_map, 3)
+    xy_t, s_t = non_maximum_suppression(score_map, 3, threshold=0.5)
+    # thresholding before NMS equals filtering the full result (lower scores never suppress higher)
+    np.testing.assert_array_equal(xy_t, xy_all[s_all >= 0.5])
+    xy_k, s_k = non_maximum_suppression(score_map, 3, max_picks=5)
+    np.testing.assert_array_equal(xy_k, xy_all[:5])
+    assert non_maximum_suppression(score_map, 3, max_picks=0)[0].shape == (0, 2)
+
+
+def test_scores_come_from_the_input_map_float64():
+    score_map = np.array([[0.1, 0.123456789012345]], dtype=np.float64)
+    _, scores = non_maximum_suppression(score_map, 5)
+    assert scores.dtype == np.float64 and scores[0] == 0.123456789012345
+
+
+def test_torch_input_and_empty_results():
+    t = torch.zeros(4, 6)
+    t[2, 3] = 1
+    xy, scores = non_maximum_suppression(t, 2, threshold=0.5)
+    assert xy.tolist() == [[3.0, 2.0]] and scores.tolist() == [1.0]
+    xy, scores = non_maximum_suppression(np.zeros((3, 3)), 2, threshold=1)
+    assert xy.shape == (0, 2) and scores.shape == (0,)
+    xy, _ = non_maximum_suppression(np.full((3, 3), -np.inf), 2)
+    assert len(xy) == 0
+
+
+def test_zero_radius_keeps_every_candidate_and_infinite_radius_one():
+    score_map = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert len(non_maximum_suppression(score_map, 0)[0]) == 12
+    xy, _ = non_maximum_suppression(score_map, math.inf)
+    assert xy.tolist() == [[3.0, 2.0]]
+
+
+@pytest.mark.parametrize("bad", [np.zeros(5), np.zeros((2, 2, 2))])
+def test_bad_shapes_raise(bad):
+    with pytest.raises(InputError):
+        non_maximum_suppression(bad, 3)
+
+
+def test_nan_and_negative_radius_raise():
+    with pytest.raises(InputError, match="NaN"):
+        non_maximum_suppression(np.array([[0.0, np.nan]]), 3)
+    with pytest.raises(InputError, match="radius"):
+        non_maximum_suppression(np.zeros((3, 3)), -1)
+
+
+@pytest.mark.parametrize("radius", [1.5, 3, 4.2, 10])
+def test_disk_offsets_and_disk_max(radius):
+    rows = disk_offsets(radius)
+    count = sum(2 * w + 1 for _, w in rows)
+    extent = int(math.ceil(radius))
+    dy, dx = np.mgrid[-extent : extent + 1, -extent : extent + 1]
+    assert count == int(((dx**2 + dy**2) < radius**2).sum())
+    rng = np.random.default_rng(int(radius * 10))
+    values = rng.normal(size=(15, 17)).astype(np.float32)
+    got = _disk_max(values, rows, -np.inf)
+    ref = np.full_like(values, -np.inf)
+    for y in range(15):
+        for x in range(17):
+            near = (np.arange(17)[None, :] - x) ** 2 + (np.arange(15)[:, None] - y) ** 2 < radius**2
+            ref[y, x] = values[near].max()
+    np.testing.assert_array_equal(got, ref)
