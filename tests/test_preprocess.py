@@ -299,3 +299,11 @@ def test_gmm_normalization_of_real_jpegs(empiar10017_dir):
         # the dominant (background) component is centred near 0 with unit spread
         assert abs(np.median(image)) < 0.5
         assert 0.5 < np.subtract(*np.percentile(image, [75, 25])) / 1.349 < 2.0
+
+
+def test_em_reports_non_convergence(caplog):
+    images = _synthetic_mixture([1.0, 1.2], 0.3, (2.0, 5.0), (1.0, 0.5), shape=(50, 50), seed=2)
+    with caplog.at_level("WARNING", logger="topaz_lightning"):
+        fit = fit_gmm(images, max_iter=2)
+    assert not fit.converged and fit.n_iter == 2
+    assert "did not converge" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from topaz_lightning.errors import InputError
+
+log = logging.getLogger("topaz_lightning")
 
 DEFAULT_SAMPLE_SIZE = 200_000
 MIN_SAMPLES_PER_IMAGE = 1_000
@@ -227,6 +230,13 @@ def fit_gmm_samples(
         sigma *= g
         floor *= g
 
+    if not converged:
+        log.warning(
+            "GMM normalization: EM did not converge in %d iterations (last change %.3g); "
+            "using the last parameters",
+            max_iter,
+            history[-1] - history[-2] if len(history) > 1 else float("nan"),
+        )
     if mu[0] > mu[1]:
         mu, sigma, pi = mu[::-1].copy(), sigma[::-1].copy(), 1 - pi
     return GMMFit(
