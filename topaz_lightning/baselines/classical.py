@@ -150,33 +150,7 @@ def template_picks(
 
 
 def average_precision(picks: pd.DataFrame, truth: pd.DataFrame, max_distance: float) -> float:
-    """AUPR of scored picks against complete truth (one-to-one matching within ``max_distance``).
+    """AUPR of scored picks against complete truth (``topaz_lightning.metrics.evaluate_picks``)."""
+    from topaz_lightning.metrics import evaluate_picks
 
-    Uses ``topaz_lightning.metrics.evaluate_picks`` when it exists; otherwise an equivalent
-    local computation (minimum-distance assignment per micrograph, then average precision).
-    """
-    try:
-        from topaz_lightning.metrics import evaluate_picks
-    except ImportError:
-        evaluate_picks = None
-    if evaluate_picks is not None:
-        return float(evaluate_picks(picks, truth, max_distance).aupr)
-    from scipy.optimize import linear_sum_assignment
-    from scipy.spatial.distance import cdist
-
-    matched = np.zeros(len(picks), dtype=bool)
-    picks = picks.reset_index(drop=True)
-    for name, group in picks.groupby("micrograph"):
-        true_xy = truth.loc[truth["micrograph"] == name, ["x", "y"]].to_numpy()
-        if len(true_xy) == 0:
-            continue
-        dist = cdist(group[["x", "y"]].to_numpy(), true_xy)
-        cost = np.where(dist <= max_distance, dist, 1e9)
-        rows, cols = linear_sum_assignment(cost)
-        ok = cost[rows, cols] < 1e9
-        matched[group.index.to_numpy()[rows[ok]]] = True
-    order = np.argsort(-picks["score"].to_numpy(), kind="stable")
-    hits = matched[order]
-    tp = np.cumsum(hits)
-    precision = tp / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / max(len(truth), 1))
+    return float(evaluate_picks(picks, truth, max_distance).aupr)
