@@ -93,12 +93,14 @@ def pick_micrographs(
 
 
 def threshold_for_recall(evaluation, target_recall: float) -> float:
-    """Highest score threshold whose picks reach ``target_recall`` on validation data.
+    """Score threshold whose picks reach ``target_recall`` on validation data.
 
     ``evaluation`` is a :class:`topaz_lightning.metrics.PickEvaluation` (or anything with
-    ``recall`` and ``thresholds`` arrays, thresholds descending). Keeping picks with
-    ``score >= threshold`` then reproduces the validation recall. Raises ConfigError when the
-    recall is never reached.
+    ``recall`` and ``thresholds`` arrays, thresholds descending). Let ``t_k`` be the highest curve
+    threshold reaching the recall; the value returned lies halfway between ``t_k`` and the next
+    lower curve threshold (or just below ``t_k`` at the end of the curve), so keeping picks with
+    ``score >= threshold`` reproduces the validation recall even when the scores were rounded
+    when the validation picks were written to a file. Raises ConfigError if never reached.
     """
     if not 0.0 < target_recall <= 1.0:
         raise ConfigError("target_recall", f"must lie in (0, 1], got {target_recall}")
@@ -110,4 +112,7 @@ def threshold_for_recall(evaluation, target_recall: float) -> float:
         raise ConfigError(
             "target_recall", f"recall {target_recall} is never reached (the maximum is {best:.3f})"
         )
-    return float(thresholds[reached[0]])
+    k = int(reached[0])
+    if k + 1 < thresholds.size:
+        return float((thresholds[k] + thresholds[k + 1]) / 2)
+    return float(thresholds[k] - 1e-6 * max(1.0, abs(thresholds[k])))

@@ -1,0 +1,251 @@
+"""tzl-pick and tzl-evaluate end to end on small synthetic micrographs with a known scorer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from tests.conftest import REPO
+from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
+
+BLOBS = {
+    "mic_a": [(20, 30, 3.0), (60, 25, 2.0), (45, 70, 1.5)],
+    "mic_b": [(30, 40, 2.5), (75, 75, 1.0)],
+}
+
+
+class BrightnessScorer(nn.Module):
+    """A stand-in classifier whose logit map is the (preprocessed) image itself, times a weight."""
+
+    receptive_field = 1
+    num_features = 1
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+
+    @property
+    def config(self) -> dict:
+        return {"_target_": f"{__name__}.BrightnessScorer"}
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return patches[:, 0, 0, 0] * self.weight
+
+    def score_map(self, images: torch.Tensor, tile_size: int | None = None) -> torch.Tensor:
+        return images[:, 0] * self.weight
+
+
+def _blob_image(blobs, shape=(96, 96), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[: shape[0], : shape[1]]
+    image = rng.normal(0, 0.01, shape)
+    for x, y, amp in blobs:
+        image += amp * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 3.0**2))
+    return image.astype(np.float32)
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    from topaz_lightning.io.micrographs import write_micrograph
+
+    mics = tmp_path / "micrographs"
+    rows = []
+    for k, (name, blobs) in enumerate(BLOBS.items()):
+        write_micrograph(mics / f"{name}.mrc", _blob_image(blobs, seed=k))
+        rows += [(name, x, y) for x, y, _ in blobs]
+    truth = pd.DataFrame(rows, columns=["micrograph", "x", "y"])
+    lines = ["image_name\tx_coord\ty_coord"] + [f"{n}\t{x}\t{y}" for n, x, y in rows]
+    (tmp_path / "truth.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "test.txt").write_text("mic_a\n")
+    truth.to_csv(tmp_path / "truth_frame.csv", index=False)
+    return tmp_path
+
+
+def _save_model(path: Path, downsample: float = 1.0) -> Path:
+    from topaz_lightning.models import save_model
+
+    extra = {"preprocess": {"downsample": downsample, "normalize": "none"}, "radius_px": 3}
+    return save_model(path, BrightnessScorer(), extra=extra, overwrite=True)
+
+
+def _cfg(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def _pick(data: Path, *extra: str, model: Path | None = None, out: str = "picks"):
+    from topaz_lightning.cli.pick import run
+
+    model = model or _save_model(data / "model.pt")
+    cfg = _cfg(
+        "pick",
+        [
+            f"model_path={model}",
+            f"micrographs={data / 'micrographs'}",
+            "radius=8",
+            f"output_dir={data / out}",
+            "progress=false",
+            "device=cpu",
+            *extra,
+        ],
+    )
+    return run(cfg)
+
+
+def _evaluate(data: Path, picks: Path, *extra: str, out: str = "eval"):
+    from topaz_lightning.cli.evaluate import run
+
+    cfg = _cfg(
+        "evaluate",
+        [
+            f"picks={picks}",
+            f"truth={data / 'truth.tsv'}",
+            "max_distance=3",
+            f"output_dir={data / out}",
+            *extra,
+        ],
+    )
+    return run(cfg)
+
+
+def test_pick_then_evaluate_round_trip(dataset, capsys):
+    picks = _pick(dataset, "threshold=0.5")
+    assert sorted(picks["micrograph"].unique()) == ["mic_a", "mic_b"]
+    assert len(picks) == 5  # one pick per blob above the threshold
+    written = pd.read_csv(dataset / "picks" / "picks.tsv", sep="\t")
+    assert len(written) == 5 and "score" in written.columns
+    got = sorted(zip(picks["micrograph"], picks["x"], picks["y"], strict=True))
+    want = sorted((n, float(x), float(y)) for n, b in BLOBS.items() for x, y, _ in b)
+    assert got == want
+
+    metrics = _evaluate(dataset, dataset / "picks" / "picks.tsv")
+    assert metrics["aupr"] == 1.0 and metrics["n_matched"] == 5
+    assert metrics["precision_at_recall"]["0.9"] == 1.0
+    saved = json.loads((dataset / "eval" / "metrics.json").read_text())
+    assert saved["aupr"] == 1.0 and len(saved["curve"]["recall"]) == 5
+    assert "AUPR" in capsys.readouterr().out
+    try:
+        import topaz_lightning.plots  # noqa: F401
+    except ImportError:
+        return
+    assert (dataset / "eval" / "pr_curve.png").stat().st_size > 0
+
+
+def test_evaluate_restricts_to_listed_micrographs_and_compares_runs(dataset):
+    _pick(dataset, "threshold=0.5")
+    _pick(dataset, "particles_per_micrograph=1", out="picks_top1")
+    metrics = _evaluate(
+        dataset,
+        dataset / "picks" / "picks.tsv",
+        f"micrographs={dataset / 'test.txt'}",
+        f"+compare.top1={dataset / 'picks_top1' / 'picks.tsv'}",
+    )
+    assert metrics["n_true"] == 3 and metrics["n_micrographs"] == 1
+    assert metrics["runs"]["top1"]["n_pred"] == 1
+
+
+def test_thresholds_top_k_probability_and_target_recall(dataset):
+    top2 = _pick(dataset, "particles_per_micrograph=2", out="top2")
+    assert top2.groupby("micrograph").size().tolist() == [2, 2]
+    prob = _pick(dataset, "score=probability", "threshold_probability=0.7", out="prob")
+    assert ((prob["score"] > 0.7) & (prob["score"] < 1)).all()
+    assert len(prob) == sum(amp > math.log(0.7 / 0.3) for b in BLOBS.values() for *_, amp in b)
+
+    everything = _pick(dataset, out="all")  # no threshold: background maxima too
+    assert len(everything) > 5
+    _evaluate(dataset, dataset / "all" / "picks.tsv", out="eval_all")
+    metrics = dataset / "eval_all" / "metrics.json"
+    at_recall = _pick(dataset, "target_recall=0.6", f"recall_metrics={metrics}", out="recall")
+    # recall 0.6 of 5 particles needs the 3 best-scoring picks
+    assert len(at_recall) == 3
+    with pytest.raises(ConfigError, match="only one"):
+        _pick(dataset, "threshold=1", "threshold_probability=0.5", out="bad")
+
+
+def test_downsampled_model_reports_original_pixels(dataset):
+    model = _save_model(dataset / "model_bin2.pt", downsample=2.0)
+    picks = _pick(dataset, "threshold=0.3", model=model)
+    assert len(picks) == 5
+    truth = pd.read_csv(dataset / "truth_frame.csv")
+    for name, group in picks.groupby("micrograph"):
+        t = truth[truth["micrograph"] == name][["x", "y"]].to_numpy()
+        d = np.hypot(*(group[["x", "y"]].to_numpy()[:, None] - t[None]).transpose(2, 0, 1)).min(1)
+        assert (d <= 2.0).all()  # one downsampled pixel is 2 original pixels
+
+
+def test_score_maps_per_micrograph_outputs_and_overwrite(dataset):
+    import mrcfile
+
+    from topaz_lightning.io.coordinates import read_coordinates
+
+    _pick(
+        dataset,
+        "threshold=0.5",
+        "save_score_maps=true",
+        "per_micrograph=true",
+        "format=star",
+        "output=picks_star",
+    )
+    files = sorted(p.name for p in (dataset / "picks" / "picks_star").iterdir())
+    assert files == ["mic_a.star", "mic_b.star"]
+    assert len(read_coordinates(dataset / "picks" / "picks_star")) == 5
+    with mrcfile.open(dataset / "picks" / "score_maps" / "mic_a.mrc") as mrc:
+        np.testing.assert_allclose(mrc.data, _blob_image(BLOBS["mic_a"], seed=0), rtol=1e-6)
+
+    _pick(dataset, "threshold=0.5")
+    with pytest.raises(OutputExistsError):
+        _pick(dataset, "threshold=0.5")
+    _pick(dataset, "threshold=0.5", "overwrite=true")
+
+
+def test_bad_inputs_are_reported(dataset):
+    with pytest.raises(InputError, match="model file not found"):
+        _pick(dataset, model=dataset / "missing.pt")
+    with pytest.raises(ConfigError, match="radius"):
+        from topaz_lightning.cli.pick import run
+
+        run(
+            _cfg(
+                "pick",
+                [f"model_path={_save_model(dataset / 'm.pt')}", "micrographs=x", "output_dir=y"],
+            )
+        )
+    (dataset / "names.txt").write_text("mic_a\nnot_there\n")
+    with pytest.raises(InputError, match="not_there"):
+        _pick(dataset, f"subset={dataset / 'names.txt'}")
+    # picks without scores cannot make a PR curve
+    with pytest.raises(InputError, match="score"):
+        _evaluate(dataset, dataset / "truth.tsv")
+
+
+def test_command_line_exit_status_and_message(dataset):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "topaz_lightning.cli.pick",
+            f"model_path={dataset / 'missing.pt'}",
+            f"micrographs={dataset / 'micrographs'}",
+            "radius=5",
+            f"output_dir={dataset / 'cli'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "missing.pt" in proc.stderr and "model file not found" in proc.stderr
