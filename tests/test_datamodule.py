@@ -252,6 +252,12 @@ def test_simulated_layout_gives_split_pi_and_radius(tmp_path, configs_dir):
     assert (
         len(dm3.val_micrographs) == 1 and "mic03" not in dm3.train_micrographs | dm3.val_micrographs
     )
+    dm4 = PUDataModule(
+        simulated_dir=tmp_path / "sim", num_val_micrographs=1, normalize="none", pi=0.1
+    )
+    dm4.setup()
+    assert len(dm4.val_micrographs) == 1 and len(dm4.train_micrographs) == 2
+    assert "mic03" not in dm4.train_micrographs | dm4.val_micrographs
 
 
 class Recorder(pl.LightningModule):
@@ -348,3 +354,33 @@ def test_simulated_mode_generates_the_dataset_when_absent(tmp_path):
     assert dm.radius_px == 4 and 0 < dm.pi_unlabeled < dm.pi < 0.1
     patches, labels = next(iter(dm.train_dataloader()))
     assert patches.shape == (256, 1, 31, 31) and torch.isfinite(patches).all()
+
+
+def test_train_config_composes_both_data_options(tmp_path, configs_dir):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    write_fake_simulated(tmp_path / "sim")
+    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
+        sim = compose(
+            "train",
+            overrides=[f"data.simulated_dir={tmp_path / 'sim'}", "data.normalize=none"],
+        )
+        files = compose(
+            "train",
+            overrides=[
+                "data=files",
+                f"data.micrographs={tmp_path / 'sim' / 'micrographs'}",
+                f"data.coordinates={tmp_path / 'sim' / 'particles.tsv'}",
+                "data.particles_per_micrograph=3",
+                "data.normalize=standardize",
+                "data.num_folds=2",
+            ],
+        )
+    dm = instantiate(sim.data)
+    dm.setup()
+    assert dm.pi == 0.12 and len(dm.train_micrographs) == 3
+    dm = instantiate(files.data)
+    dm.setup()
+    assert len(dm.train_micrographs) == 2 and len(dm.val_micrographs) == 2
+    assert dm.pi == pytest.approx(3 * 29 / 1600)

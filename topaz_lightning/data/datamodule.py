@@ -427,12 +427,15 @@ class PUDataModule(pl.LightningDataModule):
                 mic_source = self.simulated_dir / "micrographs"
             if coord_source is None:
                 coord_source = self.simulated_dir / "particles.tsv"
-            if self.num_folds is None and self.train_list is None and self.val_list is None:
-                if self.num_val_micrographs is None and self.val_fraction is None:
-                    self.train_list = self.simulated_dir / "train.txt"
-                    self.val_list = self.simulated_dir / "test.txt"
-            elif self.train_list is None and self.val_list is None:
+            if self.train_list is None and self.val_list is None:
+                # train.txt is the training pool; test.txt validates unless another split is asked
                 self.train_list = self.simulated_dir / "train.txt"
+                if (
+                    self.num_folds is None
+                    and self.num_val_micrographs is None
+                    and self.val_fraction is None
+                ):
+                    self.val_list = self.simulated_dir / "test.txt"
 
         if isinstance(mic_source, Mapping):
             images = {str(k): np.asarray(v, dtype=np.float32) for k, v in mic_source.items()}
