@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from topaz_lightning.data.splits import kfold_split, random_split, read_name_lis
 from topaz_lightning.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
+
+# Lightning warns that __len__ of an IterableDataset may be wrong with several loader workers; the
+# PU stream always runs in the main process (num_workers=0), where the length is exact.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 DEFAULT_RADIUS_PX = 3.0
 #: added to the seed of the validation sampler so its draws differ from training's
@@ -275,6 +280,14 @@ class PUDataModule(pl.LightningDataModule):
         self.pi_unlabeled = unlabeled_prior(
             self.pi, self.num_labeled_positive_regions, self.num_regions
         )
+        if self.pi * self.num_regions <= self.num_labeled_positive_regions:
+            log.warning(
+                "pi=%.6g (%s) is at or below the labeled fraction %.6g: pi_unlabeled clamped to %g",
+                self.pi,
+                self.pi_source,
+                self.num_labeled_positive_regions / self.num_regions,
+                self.pi_unlabeled,
+            )
         log.info(
             "data: %d training / %d validation micrographs, %d labeled particles "
             "(%d labeled positive regions of %d, fraction %.4g), pi=%.4g (%s), pi_unlabeled=%.4g",
