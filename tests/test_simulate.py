@@ -376,3 +376,25 @@ def test_default_simulate_config_composes_demo(configs_dir: Path):
     with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
         cfg = compose(config_name="simulate")
     assert cfg.simulate.name == "demo" and cfg.contact_sheet is True and cfg.overwrite is False
+
+
+@pytest.mark.parametrize("fmt", ["star", "box", "csv"])
+def test_labeled_subsets_in_other_coordinate_formats(tmp_path: Path, fmt: str):
+    from topaz_lightning.io.coordinates import read_coordinates
+
+    out = simulate_dataset(
+        tmp_path / fmt, "tiny", seed=0, coordinate_format=fmt, num_micrographs=2, num_test=0
+    )
+    info = yaml.safe_load((out / "dataset.yaml").read_text())
+    labeled = read_coordinates(out / info["labeled"]["all"])
+    truth = read_coordinates(out / "particles.tsv")
+    key = ["micrograph", "x", "y"]
+    got = labeled[key].sort_values(key).reset_index(drop=True)
+    want = truth[key].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert len(read_coordinates(out / info["labeled"]["10"])) == 10
+
+
+def test_bad_preset_name_is_refused():
+    with pytest.raises(ConfigError, match="name"):
+        get_preset("tiny", name="../escape")

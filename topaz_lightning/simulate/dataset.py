@@ -70,25 +70,30 @@ def simulate_micrographs(
         return [f.result() for f in futures]
 
 
-def _write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
-    from topaz_lightning.io.coordinates import write_coordinates
+def _labeled_writer(settings: SimulationSettings):
+    """(extension, write(df, path_without_extension)) for the labeled subsets' format."""
+    from topaz_lightning.errors import InputError
+    from topaz_lightning.io.coordinates import EXTENSIONS, canonical_format, write_coordinates
 
-    write_coordinates(df, path, fmt=fmt)
+    try:
+        fmt = canonical_format(settings.coordinate_format)
+    except InputError as err:
+        raise ConfigError("coordinate_format", str(err)) from None
+    # one-micrograph-per-file formats become a directory of files per subset
+    per_micrograph = fmt in ("box", "cryoppp")
+    ext = "" if per_micrograph else EXTENSIONS[fmt]
+    box_size = int(2 * round(1.5 * settings.particle_radius_px))
+
+    def write(df: pd.DataFrame, path: Path) -> None:
+        write_coordinates(df, path, fmt=fmt, per_micrograph=per_micrograph, box_size=box_size)
+
+    return ext, write
 
 
 def _write_mrc(path: Path, image: np.ndarray, pixel_size_a: float) -> None:
     from topaz_lightning.io.micrographs import write_micrograph
 
     write_micrograph(path, image, pixel_size_a=pixel_size_a)
-
-
-_EXTENSIONS = {
-    "tsv": ".tsv",
-    "star": ".star",
-    "star3.0": ".star",
-    "star3.1": ".star",
-    "csv": ".csv",
-}
 
 
 def simulate_dataset(
@@ -104,7 +109,8 @@ def simulate_dataset(
     Layout: ``micrographs/<name>.mrc`` (pixel size in the header), ``particles.tsv`` (complete
     truth, Topaz TSV), ``contaminants.tsv`` (the hard negatives, for analysis), ``train.txt`` and
     ``test.txt`` (micrograph names), ``labeled/particles_<N>.<ext>`` (seeded nested subsets of the
-    training micrographs' particles, N in ``labeled_sizes`` below the total, plus ``_all``) and
+    training micrographs' particles, N in ``labeled_sizes`` below the total, plus ``_all``; in
+    ``coordinate_format``, a directory of per-micrograph files for box/cryoppp) and
     ``dataset.yaml`` (settings and what training and evaluation need). The directory is built
     beside ``out_dir`` and renamed into place; an existing one is refused unless ``overwrite``.
     """
@@ -114,11 +120,7 @@ def simulate_dataset(
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ConfigError("num_workers", f"must be an integer >= 1; got {num_workers!r}")
     settings = resolve_settings(preset, **overrides)
-    fmt = settings.coordinate_format.lower()
-    if fmt not in _EXTENSIONS:
-        raise ConfigError(
-            "coordinate_format", f"expected one of {', '.join(_EXTENSIONS)}; got {fmt!r}"
-        )
+    ext, write_labeled = _labeled_writer(settings)
 
     micrographs = simulate_micrographs(settings, seed, num_workers)
     digits = max(3, len(str(settings.num_micrographs - 1)))
@@ -150,7 +152,9 @@ def simulate_dataset(
         (tmp / "micrographs").mkdir()
         for name, m in zip(names, micrographs, strict=True):
             _write_mrc(tmp / "micrographs" / f"{name}.mrc", m.image, settings.pixel_size_a)
-        _write_table(truth, tmp / "particles.tsv", "tsv")
+        from topaz_lightning.io.coordinates import write_coordinates
+
+        write_coordinates(truth, tmp / "particles.tsv", fmt="tsv")
         contaminants.to_csv(tmp / "contaminants.tsv", sep="\t", index=False, float_format="%.2f")
         (tmp / "train.txt").write_text("".join(f"{n}\n" for n in train_names))
         (tmp / "test.txt").write_text("".join(f"{n}\n" for n in test_names))
@@ -161,17 +165,16 @@ def simulate_dataset(
         )
         (tmp / "labeled").mkdir()
         labeled: dict[str, str] = {}
-        ext = _EXTENSIONS[fmt]
         for size in sorted(set(settings.labeled_sizes)):
             if size >= len(train_truth):
                 continue
             # prefixes of one permutation: the 10 are among the 100, which are among the 1000
             subset = train_truth.iloc[np.sort(subset_order[:size])]
             rel = f"labeled/particles_{size}{ext}"
-            _write_table(subset, tmp / rel, fmt)
+            write_labeled(subset, tmp / rel)
             labeled[str(size)] = rel
         rel = f"labeled/particles_all{ext}"
-        _write_table(train_truth, tmp / rel, fmt)
+        write_labeled(train_truth, tmp / rel)
         labeled["all"] = rel
 
         height, width = settings.shape

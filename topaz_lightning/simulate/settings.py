@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,10 @@ class SimulationSettings:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise ConfigError naming the first impossible setting."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(self.name)):
+            raise ConfigError(
+                "name", f"use letters, digits, '_', '.', '-' (it names files); got {self.name!r}"
+            )
         _positive(self, "num_micrographs", integer=True)
         if not 0 <= self.num_test < self.num_micrographs:
             raise ConfigError("num_test", f"must be in [0, num_micrographs-1]; got {self.num_test}")
@@ -339,13 +344,13 @@ def preset_names() -> list[str]:
     return sorted(PRESETS)
 
 
-def get_preset(name: str, **overrides: Any) -> SimulationSettings:
+def get_preset(preset: str, /, **overrides: Any) -> SimulationSettings:
     """The named preset as ``SimulationSettings``, with optional overrides (checked)."""
-    if name not in PRESETS:
+    if preset not in PRESETS:
         raise ConfigError(
-            "preset", f"unknown preset {name!r}; choose one of {', '.join(preset_names())}"
+            "preset", f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}"
         )
-    values = dict(PRESETS[name])
+    values = dict(PRESETS[preset])
     known = {f.name for f in dataclasses.fields(SimulationSettings)}
     for key in overrides:
         if key not in known:
