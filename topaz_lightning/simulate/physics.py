@@ -316,8 +316,15 @@ def project_molecule(
     sigma_px = max(molecule.sigma_a / pixel_size_a, 0.6)
     half = int(math.ceil(molecule.radius_a / pixel_size_a + 3 * sigma_px))
     box = 2 * half + 1
-    rotated = np.einsum("pij,aj->pai", rotations, molecule.coords_a) / pixel_size_a
-    return splat_gaussians(rotated[..., :2], molecule.weights, sigma_px, box), box
+    out = np.empty((len(rotations), box, box), dtype=np.float32)
+    # chunks bound the temporary (particles x atoms x box) arrays to a few tens of MB
+    for start in range(0, len(rotations), 256):
+        chunk = rotations[start : start + 256]
+        rotated = np.einsum("pij,aj->pai", chunk, molecule.coords_a) / pixel_size_a
+        out[start : start + len(chunk)] = splat_gaussians(
+            rotated[..., :2], molecule.weights, sigma_px, box
+        )
+    return out, box
 
 
 def smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
