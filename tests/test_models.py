@@ -51,7 +51,9 @@ def test_receptive_field_and_shapes(model):
     assert w % 2 == 1
     patches = torch.randn(5, 1, w, w)
     assert net(patches).shape == (5,)
-    assert net.features(patches).shape == (5, net.num_features)
+    features = net.features(patches)
+    assert features.shape == (5, net.num_features)
+    assert torch.equal(net.logits_from_features(features), net(patches))
     assert net.score_map(torch.randn(2, 1, 13, 17)).shape == (2, 13, 17)
 
 

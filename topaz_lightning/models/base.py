@@ -80,9 +80,13 @@ class PatchClassifier(nn.Module):
             raise RuntimeError(f"trunk produced {tuple(h.shape[-2:])} maps, expected 1x1")
         return h.flatten(1)
 
+    def logits_from_features(self, features: Tensor) -> Tensor:
+        """Logits ``(B,)`` from ``features(patches)``; lets an autoencoder share one trunk pass."""
+        return self.classifier(features).squeeze(1)
+
     def forward(self, patches: Tensor) -> Tensor:
         """Logits ``(B,)`` for patches ``(B, 1, w, w)`` centred on the regions to classify."""
-        return self.classifier(self.features(patches)).squeeze(1)
+        return self.logits_from_features(self.features(patches))
 
     def _dense_logits(self, padded: Tensor) -> Tensor:
         h = self.trunk(padded, dense=True)
