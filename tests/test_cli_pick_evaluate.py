@@ -249,3 +249,36 @@ def test_command_line_exit_status_and_message(dataset):
     )
     assert proc.returncode == 2
     assert "missing.pt" in proc.stderr and "model file not found" in proc.stderr
+
+
+def test_score_micrograph_with_conv31_matches_patches_tiles_and_batches():
+    from topaz_lightning.models import Conv31
+    from topaz_lightning.picking import pick_micrographs, score_micrograph, score_micrographs
+
+    torch.manual_seed(0)
+    net = Conv31(widths=(2, 3, 4))
+    net.train()
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(40, 36)).astype(np.float32)
+    whole = score_micrograph(net, image, tile_size=None)
+    assert net.training  # the caller's mode is restored
+    assert whole.shape == image.shape and whole.dtype == np.float32
+    np.testing.assert_allclose(score_micrograph(net, image, tile_size=16), whole, atol=1e-5)
+    # each pixel equals forward() on the zero-padded patch centred on it
+    w = net.receptive_field
+    padded = np.pad(image, w // 2)
+    net.eval()
+    with torch.no_grad():
+        for y, x in [(0, 0), (39, 35), (20, 7), (5, 30)]:
+            patch = torch.from_numpy(padded[y : y + w, x : x + w].copy())[None, None]
+            assert float(net(patch)) == pytest.approx(float(whole[y, x]), abs=1e-5)
+    images = {"a": image, "b": image[::-1].copy(), "c": image[:20]}
+    batched = dict(score_micrographs(net, images, "cpu", batch_size=2))
+    for name, img in images.items():
+        np.testing.assert_allclose(batched[name], score_micrograph(net, img), atol=1e-5)
+
+    picks = pick_micrographs(net, images, radius=6, max_picks=4, scale=2.0)
+    assert list(picks.columns) == ["micrograph", "x", "y", "score"]
+    assert picks.groupby("micrograph").size().tolist() == [4, 4, 4]
+    assert (picks["x"] % 2 == 0).all()  # model pixels scaled back by the factor 2
+    assert pick_micrographs(net, {}, radius=6).empty
