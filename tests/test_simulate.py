@@ -398,3 +398,19 @@ def test_labeled_subsets_in_other_coordinate_formats(tmp_path: Path, fmt: str):
 def test_bad_preset_name_is_refused():
     with pytest.raises(ConfigError, match="name"):
         get_preset("tiny", name="../escape")
+
+
+def test_cli_reports_impossible_settings_as_config_error(tmp_path: Path, configs_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    from topaz_lightning.cli.simulate import run
+
+    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
+        cfg = compose(
+            config_name="simulate",
+            overrides=["simulate=tiny", f"out_dir={tmp_path / 'x'}", "simulate.min_distance_px=80"],
+        )
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert err.value.key == "min_distance_px"
+    assert not (tmp_path / "x").exists()

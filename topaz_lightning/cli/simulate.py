@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -31,7 +32,16 @@ def run(cfg: DictConfig) -> Path:
     from topaz_lightning.simulate import SimulationSettings, simulate_dataset
     from topaz_lightning.simulate.contact_sheet import dataset_contact_sheet
 
-    settings = instantiate(cfg.simulate, _convert_="all")
+    try:
+        settings = instantiate(cfg.simulate, _convert_="all")
+    except InstantiationException as err:
+        # report an impossible setting as the one-line ConfigError, not Hydra's wrapper
+        if isinstance(err.__cause__, (ConfigError, TypeError)):
+            cause = err.__cause__
+            if isinstance(cause, TypeError):
+                raise ConfigError("simulate", str(cause)) from None
+            raise cause from None
+        raise
     if not isinstance(settings, SimulationSettings):
         raise ConfigError(
             "simulate._target_", "must build topaz_lightning.simulate.SimulationSettings"
