@@ -88,7 +88,8 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
         sync(device)
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = module.compute_loss(patches, labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss, _ = module.compute_loss(patches, labels)
         loss.backward()
         optimizer.step()
         sync(device)
@@ -118,6 +119,9 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--decoder", action="store_true", help="include the autoencoder head")
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast (trainer.precision=bf16-mixed)"
+    )
     parser.add_argument("--micrographs", type=int, default=8)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--particles", type=int, default=250)
@@ -126,7 +130,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(
         f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
-        f"batch=16+240 decoder={args.decoder} micrographs={args.micrographs}x{args.size}^2"
+        f"batch=16+240 decoder={args.decoder} bf16={args.bf16} micrographs={args.micrographs}x{args.size}^2"
     )
     print(
         f"{'model':<10}{'step ms':>10}{'min ms':>10}{'sample ms':>11}{'compute ms':>12}{'sample %':>10}"

@@ -117,6 +117,8 @@ def test_paper_empiar10096_matches_the_appendix():
     assert cfg.data.pi == 0.02 and cfg.data.radius_px == 4 and cfg.data.downsample == 4
     assert cfg.decoder is not None and cfg.module.recon_weight == "auto"
     assert cfg.objective._target_.endswith("GEBinomial")
+    assert cfg.callbacks.held_out_picking.radius == 10
+    assert cfg.callbacks.held_out_picking.max_distance == 7
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_cpu"])
@@ -276,3 +278,18 @@ def test_every_model_trains_two_steps_with_decoder(model, dataset, tmp_path):
     assert metrics["global_step"] == 2 and "train/recon" in metrics
     net, extra_saved = load_model(tmp_path / "model.pt")
     assert extra_saved["num_labeled_particles"] > 0
+
+
+def test_bf16_mixed_precision_trains_on_cpu(dataset, tmp_path):
+    from topaz_lightning.train import train
+
+    mics, coords = dataset
+    extra = [
+        "trainer.precision=bf16-mixed",
+        "decoder=dcgan",
+        "logger=none",
+        "callbacks.best_checkpoint=null",
+        "callbacks.held_out_picking=null",
+    ]
+    metrics = train(compose_train(small_overrides(mics, coords, 2, extra), tmp_path))
+    assert metrics["global_step"] == 2 and np.isfinite(metrics["train/loss"])
