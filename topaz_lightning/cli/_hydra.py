@@ -25,6 +25,24 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+USER_ERRORS = (InputError, ConfigError, OutputExistsError)
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The bad-input error behind ``err``, if any.
+
+    Hydra's ``instantiate`` wraps errors raised in constructors in an InstantiationException;
+    walk the cause chain so a missing file still ends in a one-line message, not a traceback.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, USER_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
     """Decorate ``fn(cfg)`` as a Hydra app reading ``configs/<config_name>.yaml``.
 
@@ -41,9 +59,12 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
             save_run_config(cfg, output_dir())
             try:
                 return fn(cfg)
-            except (InputError, ConfigError, OutputExistsError) as err:
-                log.error("%s", err)
-                print(f"error: {err}", file=sys.stderr)
+            except Exception as err:
+                user_error = _user_error(err)
+                if user_error is None:
+                    raise
+                log.error("%s", user_error)
+                print(f"error: {user_error}", file=sys.stderr)
                 sys.exit(2)
 
         return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run)
