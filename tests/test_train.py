@@ -293,3 +293,24 @@ def test_bf16_mixed_precision_trains_on_cpu(dataset, tmp_path):
     ]
     metrics = train(compose_train(small_overrides(mics, coords, 2, extra), tmp_path))
     assert metrics["global_step"] == 2 and np.isfinite(metrics["train/loss"])
+
+
+def test_short_training_on_the_simulators_tiny_preset(tmp_path):
+    from topaz_lightning.models import load_model
+    from topaz_lightning.train import train
+
+    overrides = [
+        "data.simulated_preset=tiny",
+        f"data.simulated_dir={tmp_path / 'tiny'}",
+        "data.batch_unlabeled=120",
+        "data.device=cpu",
+        "trainer.max_steps=10",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "callbacks.held_out_picking.every_n_steps=10",
+    ]
+    metrics = train(compose_train(overrides, tmp_path / "run"))
+    assert metrics["global_step"] == 10 and np.isfinite(metrics["train/loss"])
+    assert 0.0 <= metrics["val/aupr"] <= 1.0
+    _, extra = load_model(tmp_path / "run" / "model.pt")
+    assert extra["radius_px"] > 0 and 0 < extra["pi"] < 1
