@@ -122,8 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False
     )
-    for lg in loggers:
-        lg.log_hyperparams(run_config)
+    # the resolved config reaches the loggers as the module's hyperparameters (run_config)
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path not in (None, "last"):
