@@ -129,7 +129,7 @@ class PULitModule(pl.LightningModule):
         self, patches: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Objective (plus weighted reconstruction error with a decoder) for one minibatch."""
-        if self.pi_unlabeled is None:
+        if self.pi_unlabeled is None or (self.decoder is not None and self.recon_weight is None):
             self.finalize()
         if self.decoder is None:
             logits = self.net(patches)
