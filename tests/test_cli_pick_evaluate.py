@@ -282,3 +282,17 @@ def test_score_micrograph_with_conv31_matches_patches_tiles_and_batches():
     assert picks.groupby("micrograph").size().tolist() == [4, 4, 4]
     assert (picks["x"] % 2 == 0).all()  # model pixels scaled back by the factor 2
     assert pick_micrographs(net, {}, radius=6).empty
+
+
+def test_score_map_pictures_and_overlays(dataset):
+    pytest.importorskip("topaz_lightning.plots")
+    _pick(dataset, "threshold=0.5", "save_score_maps=true", "plot_score_maps=true")
+    assert (dataset / "picks" / "score_maps" / "mic_b.png").stat().st_size > 0
+    _evaluate(
+        dataset,
+        dataset / "picks" / "picks.tsv",
+        f"micrographs={dataset / 'test.txt'}",
+        f"overlay_micrographs={dataset / 'micrographs'}",
+    )
+    overlays = sorted(p.name for p in (dataset / "eval" / "overlays").iterdir())
+    assert overlays == ["mic_a.png"]  # only the evaluated micrograph

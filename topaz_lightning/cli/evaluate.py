@@ -114,7 +114,58 @@ def run(cfg: DictConfig) -> dict:
         else:
             plot_pr_curves(evaluations, plot_path, overwrite=overwrite)
             log.info("wrote %s", plot_path)
+    if cfg.get("overlay_micrographs"):
+        write_overlays(cfg, main_ev, truth, overwrite, names)
     return result
+
+
+def write_overlays(
+    cfg: DictConfig, ev, truth, overwrite: bool, names: list[str] | None = None
+) -> list[Path]:
+    """Overlay PNGs (true / matched / unmatched picks) for up to ``overlay_max`` micrographs.
+
+    Picks drawn are those with score >= ``overlay_threshold`` (``best_f1``: the best-F1
+    threshold; null: all). Micrographs without a file in ``overlay_micrographs`` are skipped.
+    """
+    from topaz_lightning.io.micrographs import list_micrographs, read_micrograph
+
+    try:
+        from topaz_lightning.plots import plot_overlay
+    except ImportError as err:
+        log.warning("skipping overlays (%s)", err)
+        return []
+    setting = cfg.get("overlay_threshold", "best_f1")
+    if setting == "best_f1":
+        threshold = ev.best_f1_threshold
+    else:
+        threshold = None if setting is None else float(setting)
+    radius = float(cfg.get("overlay_radius") or cfg.max_distance)
+    files = list_micrographs(cfg.overlay_micrographs)
+    picks = ev.picks
+    if names is None:  # the evaluated micrographs: those of the truth table
+        names = list(dict.fromkeys(truth["micrograph"].astype(str)))
+    names = [n for n in names if n in files]
+    out_dir = _target(cfg, "overlay_dir")
+    written = []
+    for name in names[: int(cfg.get("overlay_max", 4))]:
+        p = picks[picks["micrograph"] == name]
+        if threshold is not None:
+            p = p[p["score"] >= threshold]
+        t = truth[truth["micrograph"].astype(str) == name]
+        path = out_dir / f"{name}.png"
+        plot_overlay(
+            read_micrograph(files[name]),
+            t[["x", "y"]].to_numpy(dtype=float),
+            p[["x", "y"]].to_numpy(dtype=float),
+            p["matched"].to_numpy(),
+            path,
+            radius,
+            overwrite=overwrite,
+            title=f"{name}: {int(p['matched'].sum())} matched, {int((~p['matched']).sum())} unmatched picks",
+        )
+        written.append(path)
+    log.info("wrote %d overlay(s) to %s", len(written), out_dir)
+    return written
 
 
 @entry_point("evaluate")

@@ -195,8 +195,18 @@ def run(cfg: DictConfig):
         radius,
     )
 
+    heatmaps = bool(cfg.get("plot_score_maps"))
+    plot_score_map = None
+    if heatmaps:
+        try:
+            from topaz_lightning.plots import plot_score_map
+        except ImportError as err:
+            log.warning("skipping score-map pictures (%s)", err)
+
     def save_map(name, score_map):
         write_micrograph(score_dir / f"{name}.mrc", score_map, overwrite=overwrite)
+        if plot_score_map is not None:
+            plot_score_map(images[name], score_map, score_dir / f"{name}.png", overwrite=overwrite)
 
     picks = pick_micrographs(
         net,
