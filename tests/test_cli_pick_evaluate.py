@@ -286,7 +286,7 @@ def test_score_micrograph_with_conv31_matches_patches_tiles_and_batches():
 
 def test_score_map_pictures_and_overlays(dataset):
     pytest.importorskip("topaz_lightning.plots")
-    _pick(dataset, "threshold=0.5", "save_score_maps=true", "plot_score_maps=true")
+    _pick(dataset, "threshold=0.5", "plot_score_maps=true", "chunk_size=1")
     assert (dataset / "picks" / "score_maps" / "mic_b.png").stat().st_size > 0
     _evaluate(
         dataset,
@@ -296,3 +296,9 @@ def test_score_map_pictures_and_overlays(dataset):
     )
     overlays = sorted(p.name for p in (dataset / "eval" / "overlays").iterdir())
     assert overlays == ["mic_a.png"]  # only the evaluated micrograph
+
+
+def test_chunked_picking_gives_the_same_picks_without_gmm(dataset):
+    whole = _pick(dataset, "threshold=0.5", "progress=true", out="whole")
+    chunked = _pick(dataset, "threshold=0.5", "chunk_size=1", out="chunked")
+    pd.testing.assert_frame_equal(whole, chunked)

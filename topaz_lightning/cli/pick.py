@@ -29,6 +29,7 @@ import logging
 import math
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from topaz_lightning.cli._hydra import entry_point
@@ -158,7 +159,9 @@ def run(cfg: DictConfig):
             check_writable(output, overwrite)
     else:
         check_writable(output, overwrite)
-    score_dir = _target(cfg, "score_map_dir") if cfg.save_score_maps else None
+    score_dir = (
+        _target(cfg, "score_map_dir") if cfg.save_score_maps or cfg.get("plot_score_maps") else None
+    )
 
     net, extra = load_model(cfg.model_path)
     prep = dict(extra.get("preprocess") or {})
@@ -183,44 +186,67 @@ def run(cfg: DictConfig):
         sources = {n: sources[n] for n in wanted}
     if score_dir is not None and not overwrite:
         for name in sources:
-            check_writable(score_dir / f"{name}.mrc", overwrite)
-    raw = {name: read_micrograph(path) for name, path in sources.items()}
-    images = preprocess_images(raw, downsample=downsample, normalize=normalize, seed=int(cfg.seed))
-    del raw
+            for ext in (".mrc", ".png"):
+                check_writable(score_dir / f"{name}{ext}", overwrite)
     log.info(
         "picking %d micrograph(s): downsample %g, normalize %s, radius %g px",
-        len(images),
+        len(sources),
         downsample,
         normalize,
         radius,
     )
-
-    heatmaps = bool(cfg.get("plot_score_maps"))
     plot_score_map = None
-    if heatmaps:
+    if cfg.get("plot_score_maps"):
         try:
             from topaz_lightning.plots import plot_score_map
         except ImportError as err:
             log.warning("skipping score-map pictures (%s)", err)
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
 
-    def save_map(name, score_map):
-        write_micrograph(score_dir / f"{name}.mrc", score_map, overwrite=overwrite)
-        if plot_score_map is not None:
-            plot_score_map(images[name], score_map, score_dir / f"{name}.png", overwrite=overwrite)
+        bar = tqdm(total=len(sources), desc="picking", unit="micrograph")
 
-    picks = pick_micrographs(
-        net,
-        images,
-        radius=radius,
-        threshold=threshold,
-        device=str(cfg.device),
-        max_picks=None if k is None else int(k),
-        scale=downsample,
-        batch_size=int(cfg.batch_size),
-        tile_size=None if cfg.get("tile_size") is None else int(cfg.tile_size),
-        on_score_map=save_map if score_dir is not None else None,
-        progress=bool(cfg.progress),
-    )
+    names = list(sources)
+    chunk = int(cfg.get("chunk_size") or 0) or max(len(names), 1)
+    frames = []
+    for start in range(0, len(names), chunk):
+        part = names[start : start + chunk]
+        # the GMM normalization is fitted over the micrographs read together (one chunk)
+        raw = {name: read_micrograph(sources[name]) for name in part}
+        images = preprocess_images(
+            raw, downsample=downsample, normalize=normalize, seed=int(cfg.seed)
+        )
+        del raw
+
+        def after_scoring(name, score_map, images=images):
+            if cfg.save_score_maps:
+                write_micrograph(score_dir / f"{name}.mrc", score_map, overwrite=overwrite)
+            if plot_score_map is not None:
+                plot_score_map(
+                    images[name], score_map, score_dir / f"{name}.png", overwrite=overwrite
+                )
+            if bar is not None:
+                bar.update(1)
+
+        frames.append(
+            pick_micrographs(
+                net,
+                images,
+                radius=radius,
+                threshold=threshold,
+                device=str(cfg.device),
+                max_picks=None if k is None else int(k),
+                scale=downsample,
+                batch_size=int(cfg.batch_size),
+                tile_size=None if cfg.get("tile_size") is None else int(cfg.tile_size),
+                on_score_map=after_scoring,
+            )
+        )
+        del images
+    if bar is not None:
+        bar.close()
+    picks = pd.concat(frames, ignore_index=True) if frames else pick_micrographs(net, {}, radius)
     if cfg.score == "probability":
         picks["score"] = sigmoid(picks["score"].to_numpy())
     if picks.empty:
@@ -233,7 +259,7 @@ def run(cfg: DictConfig):
         per_micrograph=bool(cfg.per_micrograph),
         box_size=cfg.get("box_size"),
     )
-    print(f"wrote {len(picks)} picks from {len(images)} micrograph(s) to {output}")
+    print(f"wrote {len(picks)} picks from {len(names)} micrograph(s) to {output}")
     return picks
 
 

@@ -10,6 +10,9 @@ from topaz_lightning.metrics.pr import (
 )
 from topaz_lightning.metrics.region import region_aupr, region_aupr_maps, region_labels
 
+#: the name docs/architecture.md uses
+precision_recall = precision_recall_curve
+
 __all__ = [
     "RECALL_LEVELS",
     "PickEvaluation",
@@ -18,6 +21,7 @@ __all__ = [
     "format_table",
     "match_picks",
     "matched_distances",
+    "precision_recall",
     "precision_recall_curve",
     "region_aupr",
     "region_aupr_maps",
