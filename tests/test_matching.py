@@ -115,3 +115,44 @@ def test_bad_input_raises():
         match_picks([[0, np.nan]], [[0, 0]], 2)
     with pytest.raises(InputError, match="max_distance"):
         match_picks([[0, 0]], [[0, 0]], -1)
+
+
+def _slow_score_greedy(pred, true, scores, max_distance):
+    match = [-1] * len(pred)
+    taken = set()
+    for p in sorted(range(len(pred)), key=lambda k: (-scores[k], k)):
+        best = None
+        for t in range(len(true)):
+            d = float(np.hypot(*(pred[p] - true[t])))
+            if t not in taken and d <= max_distance and (best is None or (d, t) < best):
+                best = (d, t)
+        if best is not None:
+            match[p] = best[1]
+            taken.add(best[1])
+    return match
+
+
+def test_score_matching_prefers_the_higher_score():
+    pred = np.array([[3.0, 0.0], [1.0, 0.0]])
+    true = np.array([[0.0, 0.0]])
+    scores = np.array([0.9, 0.1])
+    assert match_picks(pred, true, 5).tolist() == [-1, 0]  # the paper's: closest wins
+    assert match_picks(pred, true, 5, scores=scores, method="score").tolist() == [0, -1]
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_score_matching_agrees_with_slow_greedy(seed):
+    rng = np.random.default_rng(500 + seed)
+    pred = np.round(rng.uniform(0, 60, (int(rng.integers(0, 60)), 2)))
+    true = np.round(rng.uniform(0, 60, (int(rng.integers(0, 40)), 2)))
+    scores = np.round(rng.normal(size=len(pred)), 1)
+    got = match_picks(pred, true, 6.0, scores=scores, method="score")
+    assert got.tolist() == _slow_score_greedy(pred, true, scores, 6.0)
+    _summary(pred, true, got)
+
+
+def test_score_matching_needs_scores_and_known_method():
+    with pytest.raises(InputError, match="scores"):
+        match_picks([[0, 0]], [[0, 0]], 2, method="score")
+    with pytest.raises(InputError, match="method"):
+        match_picks([[0, 0]], [[0, 0]], 2, method="nearest")

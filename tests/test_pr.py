@@ -180,3 +180,12 @@ def test_region_aupr_keeps_large_logits_apart():
     logits = np.array([30.0, 20.0, 25.0, -5.0])
     labels = np.array([1, 0, 1, 0])
     assert region_aupr(logits, labels) == pytest.approx(1.0)
+
+
+def test_score_matching_changes_the_curve():
+    truth = _df("a", [[0, 0]])
+    picks = _df("a", [[3, 0], [1, 0]], [0.9, 0.1])
+    paper = evaluate_picks(picks, truth, 5)
+    greedy = evaluate_picks(picks, truth, 5, matching="score")
+    assert paper.aupr == pytest.approx(0.5) and greedy.aupr == 1.0
+    assert greedy.as_dict()["matching"] == "score"

@@ -87,7 +87,13 @@ def run(cfg: DictConfig) -> dict:
     evaluations = {}
     for label, path in runs.items():
         picks = _read(path, cfg.get("picks_format"), "picks")
-        evaluations[label] = evaluate_picks(picks, truth, max_distance, micrographs=names)
+        evaluations[label] = evaluate_picks(
+            picks,
+            truth,
+            max_distance,
+            micrographs=names,
+            matching=str(cfg.get("matching", "distance")),
+        )
 
     table = format_table(evaluations)
     print(table)

@@ -57,14 +57,27 @@ def candidate_pairs(
     return i[keep], j[keep], d[keep]
 
 
-def match_picks(pred_xy, true_xy, max_distance: float) -> np.ndarray:
+MATCHING_METHODS = ("distance", "score")
+
+
+def match_picks(
+    pred_xy, true_xy, max_distance: float, scores=None, method: str = "distance"
+) -> np.ndarray:
     """Index of the true particle matched to each prediction (``-1``: unmatched), shape (n_pred,).
 
-    One-to-one, only pairs at distance ``<= max_distance``; maximizes the number of matches,
-    then minimizes their total distance. Scores are not used (see the module notes).
+    One-to-one, only pairs at distance ``<= max_distance``. ``method="distance"`` (the paper's):
+    maximizes the number of matches, then minimizes their total distance; scores are not used
+    (see the module notes). ``method="score"`` (an alternative, not the paper's): predictions
+    in order of descending ``scores`` (ties: lower index first) each take the nearest still
+    free particle, so a higher-scoring pick is never displaced by a lower-scoring one.
     """
     if not (max_distance >= 0):
         raise InputError(f"max_distance must be >= 0, got {max_distance}", where="max_distance")
+    if method not in MATCHING_METHODS:
+        raise InputError(
+            f"unknown matching method {method!r}; expected one of {MATCHING_METHODS}",
+            where="method",
+        )
     pred_xy = _as_xy(pred_xy, "pred_xy")
     true_xy = _as_xy(true_xy, "true_xy")
     n_pred, n_true = len(pred_xy), len(true_xy)
@@ -72,6 +85,15 @@ def match_picks(pred_xy, true_xy, max_distance: float) -> np.ndarray:
     i, j, d = candidate_pairs(pred_xy, true_xy, max_distance)
     if i.size == 0:
         return match
+    if method == "score":
+        if scores is None:
+            raise InputError("matching by score needs the scores", where="scores")
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (n_pred,):
+            raise InputError(
+                f"scores must have shape ({n_pred},), got {scores.shape}", where="scores"
+            )
+        return _match_by_score(i, j, d, scores, match, n_true)
     # components of the bipartite graph; nodes 0..n_pred-1 predictions, n_pred.. truths
     graph = coo_matrix((np.ones(i.size), (i, j + n_pred)), shape=(n_pred + n_true,) * 2)
     _, label = connected_components(graph, directed=False)
@@ -96,6 +118,18 @@ def match_picks(pred_xy, true_xy, max_distance: float) -> np.ndarray:
             r_idx, c_idx = linear_sum_assignment(cost)
             real = cost[r_idx, c_idx] < big
             match[rows[r_idx[real]]] = cols[c_idx[real]]
+    return match
+
+
+def _match_by_score(i, j, d, scores, match, n_true: int) -> np.ndarray:
+    # candidate pairs in the order the greedy visits them: pick by score, then nearest particle;
+    # the loop runs over candidate pairs only (a few per pick)
+    order = np.lexsort((j, d, i, -scores[i]))
+    taken = np.zeros(n_true, dtype=bool)
+    for p, t in zip(i[order].tolist(), j[order].tolist(), strict=True):
+        if match[p] < 0 and not taken[t]:
+            match[p] = t
+            taken[t] = True
     return match
 
 

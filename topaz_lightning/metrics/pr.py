@@ -48,6 +48,7 @@ class PickEvaluation:
     picks: pd.DataFrame | None = field(default=None, repr=False)
     """The evaluated picks with columns micrograph, x, y, score, ``matched`` (bool), ``truth``
     (row of the matched true particle in that micrograph's truth table, -1 if none)."""
+    matching: str = "distance"
 
     def threshold_at_recall(self, target_recall: float) -> float | None:
         """Highest score threshold whose recall is ``>= target_recall`` (None if never)."""
@@ -69,6 +70,7 @@ class PickEvaluation:
             "n_matched": self.n_matched,
             "max_distance": self.max_distance,
             "n_micrographs": self.n_micrographs,
+            "matching": self.matching,
             "aupr_definition": "step-wise average precision: sum_k (R_k - R_{k-1}) * P_k over "
             "distinct score thresholds, no interpolation; recall denominator = all true particles",
         }
@@ -205,6 +207,7 @@ def evaluate_picks(
     max_distance: float,
     micrographs: Iterable[str] | None = None,
     recall_levels: Iterable[float] = RECALL_LEVELS,
+    matching: str = "distance",
 ) -> PickEvaluation:
     """Match picks to true particles per micrograph, then pool into one precision-recall curve.
 
@@ -212,7 +215,8 @@ def evaluate_picks(
     size). Evaluated micrographs: ``micrographs`` when given (picks and particles elsewhere are
     dropped; a listed micrograph without particles makes its picks false positives), else every
     micrograph of ``truth_df`` (picks on micrographs absent from it are dropped with a warning,
-    since unannotated micrographs cannot tell true from false). Matching: :func:`match_picks`.
+    since unannotated micrographs cannot tell true from false). Matching: :func:`match_picks`
+    with ``method=matching`` (``distance``: the paper's; ``score``: greedy by score).
     """
     picks = _check_table(picks_df, "picks", need_score=True)
     truth = _check_table(truth_df, "truth", need_score=False)
@@ -238,12 +242,19 @@ def evaluate_picks(
         if name not in truth_groups:
             continue
         t = truth_groups[name]
-        m = match_picks(group[["x", "y"]].to_numpy(), t[["x", "y"]].to_numpy(), max_distance)
+        m = match_picks(
+            group[["x", "y"]].to_numpy(),
+            t[["x", "y"]].to_numpy(),
+            max_distance,
+            scores=group["score"].to_numpy(),
+            method=matching,
+        )
         rows = group.index.to_numpy()
         matched[rows] = m >= 0
         truth_row[rows] = m
     ev = precision_recall_curve(picks["score"].to_numpy(), matched, len(truth), recall_levels)
     ev.max_distance = float(max_distance)
     ev.n_micrographs = len(names)
+    ev.matching = matching
     ev.picks = picks.assign(matched=matched, truth=truth_row)
     return ev
