@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,10 @@ def test_short_training_lowers_loss_and_saves_a_reloadable_model(dataset, tmp_pa
     # validation ran at the end of each 10-step epoch on the held-out micrograph
     assert 0.0 <= metrics["val/region_aupr"] <= 1.0
     assert (out / "model_best.pt").is_file()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["global_step"] == 30 and saved["train/loss"] == pytest.approx(
+        metrics["train/loss"]
+    )
 
 
 def test_resume_from_checkpoint_gives_identical_weights(dataset, tmp_path):

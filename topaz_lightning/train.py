@@ -172,8 +172,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             save_model(best_path, best_module.net, model_config, extra=extra, overwrite=True)
             metrics["best_model_path"] = str(best_path)
             metrics["best_checkpoint"] = str(best)
+        _write_metrics(output_dir / "metrics.json", metrics)
         log.info("saved the trained classifier to %s", model_path)
     return metrics
+
+
+def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """Final metrics as JSON (one file per run, easy to gather across a sweep)."""
+    import json
+
+    from topaz_lightning.utils.atomic import atomic_output
+
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
