@@ -189,3 +189,18 @@ def test_score_matching_changes_the_curve():
     greedy = evaluate_picks(picks, truth, 5, matching="score")
     assert paper.aupr == pytest.approx(0.5) and greedy.aupr == 1.0
     assert greedy.as_dict()["matching"] == "score"
+
+
+def test_real_empiar10017_annotation_against_itself(empiar10017_dir):
+    from topaz_lightning.io.coordinates import read_coordinates
+
+    truth = read_coordinates(empiar10017_dir / "coords")
+    assert len(truth) == 2591
+    rng = np.random.default_rng(0)
+    picks = truth.assign(score=rng.normal(size=len(truth)))
+    ev = evaluate_picks(picks, truth, max_distance=0)
+    assert ev.aupr == 1.0 and ev.n_matched == 2591 and ev.n_micrographs == 4
+    # shifted by 30 px (inside the 54 px particle radius) every particle is still found once
+    moved = picks.assign(x=picks["x"] + 30.0)
+    ev = evaluate_picks(pd.concat([moved, moved.assign(score=moved["score"] - 10)]), truth, 54)
+    assert ev.n_matched == 2591 and ev.n_pred == 2 * 2591
