@@ -113,6 +113,8 @@ def test_torch_input_and_empty_results():
     t[2, 3] = 1
     xy, scores = non_maximum_suppression(t, 2, threshold=0.5)
     assert xy.tolist() == [[3.0, 2.0]] and scores.tolist() == [1.0]
+    xy, _ = non_maximum_suppression(t.to(torch.bfloat16), 2, threshold=0.5)
+    assert xy.tolist() == [[3.0, 2.0]]
     xy, scores = non_maximum_suppression(np.zeros((3, 3)), 2, threshold=1)
     assert xy.shape == (0, 2) and scores.shape == (0,)
     xy, _ = non_maximum_suppression(np.full((3, 3), -np.inf), 2)

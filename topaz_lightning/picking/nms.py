@@ -95,8 +95,11 @@ def _disk_max(values: np.ndarray, rows: list[tuple[int, int]], fill) -> np.ndarr
 
 
 def _as_score_array(score_map) -> np.ndarray:
-    if hasattr(score_map, "detach"):  # torch tensor
-        score_map = score_map.detach().cpu().numpy()
+    if hasattr(score_map, "detach"):  # torch tensor (half/bfloat16 have no numpy dtype)
+        import torch
+
+        wide = torch.float64 if score_map.dtype == torch.float64 else torch.float32
+        score_map = score_map.detach().to("cpu", wide).numpy()
     arr = np.asarray(score_map)
     if arr.ndim != 2:
         raise InputError(f"score map must be 2-D (H, W), got shape {arr.shape}", where="score_map")
