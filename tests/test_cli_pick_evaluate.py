@@ -286,16 +286,29 @@ def test_score_micrograph_with_conv31_matches_patches_tiles_and_batches():
 
 def test_score_map_pictures_and_overlays(dataset):
     pytest.importorskip("topaz_lightning.plots")
-    _pick(dataset, "threshold=0.5", "plot_score_maps=true", "chunk_size=1")
+    _pick(dataset, "threshold=0.5", "plot_score_maps=true", "save_score_maps=true", "chunk_size=1")
     assert (dataset / "picks" / "score_maps" / "mic_b.png").stat().st_size > 0
     _evaluate(
         dataset,
         dataset / "picks" / "picks.tsv",
         f"micrographs={dataset / 'test.txt'}",
         f"overlay_micrographs={dataset / 'micrographs'}",
+        f"score_maps={dataset / 'picks' / 'score_maps'}",
     )
-    overlays = sorted(p.name for p in (dataset / "eval" / "overlays").iterdir())
-    assert overlays == ["mic_a.png"]  # only the evaluated micrograph
+    pictures = sorted(p.name for p in (dataset / "eval").glob("*.png"))
+    # only the evaluated micrograph
+    assert pictures == ["overlay_mic_a.png", "pr_curve.png", "score_map_mic_a.png"]
+    # a model on 2x downsampled images: its score maps are half size; the picture still works
+    model = _save_model(dataset / "model_bin2.pt", downsample=2.0)
+    _pick(dataset, "save_score_maps=true", model=model, out="bin2")
+    _evaluate(
+        dataset,
+        dataset / "bin2" / "picks.tsv",
+        f"overlay_micrographs={dataset / 'micrographs'}",
+        f"score_maps={dataset / 'bin2' / 'score_maps'}",
+        out="eval_bin2",
+    )
+    assert (dataset / "eval_bin2" / "score_map_mic_b.png").stat().st_size > 0
 
 
 def test_chunked_picking_gives_the_same_picks_without_gmm(dataset):

@@ -122,6 +122,8 @@ def run(cfg: DictConfig) -> dict:
             log.info("wrote %s", plot_path)
     if cfg.get("overlay_micrographs"):
         write_overlays(cfg, main_ev, truth, overwrite, names)
+    elif cfg.get("score_maps"):
+        raise ConfigError("score_maps", "score-map pictures need overlay_micrographs (the images)")
     return result
 
 
@@ -132,11 +134,13 @@ def write_overlays(
 
     Picks drawn are those with score >= ``overlay_threshold`` (``best_f1``: the best-F1
     threshold; null: all). Micrographs without a file in ``overlay_micrographs`` are skipped.
+    With ``score_maps`` (the MRC directory of ``tzl-pick save_score_maps=true``) a heatmap of
+    each micrograph's score map is drawn too (``score_map_<name>.png``).
     """
     from topaz_lightning.io.micrographs import list_micrographs, read_micrograph
 
     try:
-        from topaz_lightning.plots import plot_overlay
+        from topaz_lightning.plots import plot_overlay, plot_score_map
     except ImportError as err:
         log.warning("skipping overlays (%s)", err)
         return []
@@ -158,9 +162,10 @@ def write_overlays(
         if threshold is not None:
             p = p[p["score"] >= threshold]
         t = truth[truth["micrograph"].astype(str) == name]
-        path = out_dir / f"{name}.png"
+        path = out_dir / f"overlay_{name}.png"
+        image = read_micrograph(files[name])
         plot_overlay(
-            read_micrograph(files[name]),
+            image,
             t[["x", "y"]].to_numpy(dtype=float),
             p[["x", "y"]].to_numpy(dtype=float),
             p["matched"].to_numpy(),
@@ -170,7 +175,22 @@ def write_overlays(
             title=f"{name}: {int(p['matched'].sum())} matched, {int((~p['matched']).sum())} unmatched picks",
         )
         written.append(path)
-    log.info("wrote %d overlay(s) to %s", len(written), out_dir)
+        if cfg.get("score_maps"):
+            map_path = Path(str(cfg.score_maps)) / f"{name}.mrc"
+            if not map_path.is_file():
+                log.warning("no score map %s; skipping its picture", map_path)
+                continue
+            score_map = read_micrograph(map_path)
+            if score_map.shape != image.shape:  # a downsampling model: shrink the image to match
+                from scipy.ndimage import zoom
+
+                factors = (score_map.shape[0] / image.shape[0], score_map.shape[1] / image.shape[1])
+                image = zoom(image, factors, order=1, grid_mode=True, mode="nearest")
+                image = image[: score_map.shape[0], : score_map.shape[1]]
+            path = out_dir / f"score_map_{name}.png"
+            plot_score_map(image, score_map, path, overwrite=overwrite, title=name)
+            written.append(path)
+    log.info("wrote %d picture(s) to %s", len(written), out_dir)
     return written
 
 
