@@ -315,3 +315,17 @@ def test_chunked_picking_gives_the_same_picks_without_gmm(dataset):
     whole = _pick(dataset, "threshold=0.5", "progress=true", out="whole")
     chunked = _pick(dataset, "threshold=0.5", "chunk_size=1", out="chunked")
     pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_name_lists(dataset):
+    from topaz_lightning.cli.pick import read_name_list
+
+    assert read_name_list(dataset / "test.txt") == ["mic_a"]
+    assert read_name_list(dataset / "micrographs") == ["mic_a", "mic_b"]
+    assert read_name_list(str(dataset / "micrographs" / "*_b.mrc")) == ["mic_b"]
+    assert read_name_list(["x/mic_a.mrc", "mic_b"]) == ["mic_a", "mic_b"]
+    (dataset / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(InputError, match="empty"):
+        read_name_list(dataset / "empty.txt")
+    with pytest.raises(InputError, match="not found"):
+        read_name_list(dataset / "nope.txt")

@@ -41,10 +41,15 @@ _IMAGE_EXTENSIONS = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 def read_name_list(source) -> list[str]:
-    """Micrograph names from a config list, or a text file of names/paths (one per line, # comments)."""
+    """Micrograph names from a config list, a text file of names/paths (one per line, # comments),
+    or a directory / glob of micrograph files."""
     if isinstance(source, (list, tuple, ListConfig)):
         return [_strip_ext(str(s)) for s in source]
     path = Path(str(source))
+    if path.is_dir() or (not path.exists() and any(c in str(source) for c in "*?[")):
+        from topaz_lightning.io.micrographs import list_micrographs
+
+        return list(list_micrographs(str(source)))
     if not path.is_file():
         raise InputError("micrograph name list not found", path=path)
     try:
