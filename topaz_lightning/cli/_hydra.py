@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +57,12 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
         def run(cfg: DictConfig):
             from topaz_lightning.utils.runinfo import save_run_config
 
-            save_run_config(cfg, output_dir())
+            # DDP re-launches this script once per extra rank: only rank 0 stamps the run
+            if (
+                int(os.environ.get("LOCAL_RANK", "0")) == 0
+                and int(os.environ.get("NODE_RANK", "0")) == 0
+            ):
+                save_run_config(cfg, output_dir())
             try:
                 return fn(cfg)
             except Exception as err:
