@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# make demo: the whole pipeline on the built-in simulated dataset (no downloads):
+#   simulate -> train (GE-binomial, conv31) -> pick the held-out micrographs -> evaluate + pictures.
+# Usage: scripts/demo.sh [OUT_DIR] ; DEMO_STEPS=... overrides the number of training steps.
+set -euo pipefail
+OUT=${1:-demo_out}
+STEPS=${DEMO_STEPS:-1500}
+BIN=${BIN:-.venv/bin}
+DATA="$OUT/data"
+RUN="$OUT/run_$(date +%Y%m%d_%H%M%S)"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+echo "== 1/4 simulate the demo dataset into $DATA"
+if [ -f "$DATA/dataset.yaml" ]; then
+  echo "   (exists, reused)"
+else
+  "$BIN/tzl-simulate" simulate=demo seed=0 out_dir="$DATA" num_workers=2 hydra.run.dir="$OUT/simulate_log"
+fi
+read -r NMS_RADIUS MATCH_DIST < <("$BIN/python" - "$DATA/dataset.yaml" <<'PY'
+import sys, yaml
+meta = yaml.safe_load(open(sys.argv[1]))
+print(meta["nms_radius_px"], meta["match_distance_px"])
+PY
+)
+
+echo "== 2/4 train conv31 + GE-binomial for $STEPS steps (16 positive + 240 unlabeled patches per step)"
+"$BIN/tzl-train" data.simulated_dir="$DATA" trainer.max_steps="$STEPS" \
+  callbacks.held_out_picking.every_n_steps=500 callbacks.held_out_picking.log_images=true \
+  hydra.run.dir="$RUN/train"
+
+echo "== 3/4 pick the held-out micrographs"
+"$BIN/tzl-pick" model_path="$RUN/train/model.pt" micrographs="$DATA/micrographs" \
+  subset="$DATA/test.txt" radius="$NMS_RADIUS" output_dir="$RUN/pick" save_score_maps=true progress=false
+
+echo "== 4/4 evaluate against the complete simulated truth"
+"$BIN/tzl-evaluate" picks="$RUN/pick/picks.tsv" truth="$DATA/particles.tsv" micrographs="$DATA/test.txt" \
+  max_distance="$MATCH_DIST" output_dir="$RUN/evaluate" \
+  overlay_micrographs="$DATA/micrographs" score_maps="$RUN/pick/score_maps"
+
+echo
+echo "demo finished: $RUN"
+echo "  metrics:  $RUN/evaluate/metrics.json"
+echo "  pictures: $RUN/evaluate/*.png"
