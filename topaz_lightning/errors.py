@@ -8,7 +8,9 @@ import os
 class InputError(ValueError):
     """Bad user input (file, coordinates or setting). The message names the source and the problem."""
 
-    def __init__(self, problem: str, path: str | os.PathLike | None = None, where: str | None = None):
+    def __init__(
+        self, problem: str, path: str | os.PathLike | None = None, where: str | None = None
+    ):
         self.problem = problem
         self.path = None if path is None else os.fspath(path)
         self.where = where

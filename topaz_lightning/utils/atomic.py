@@ -28,7 +28,9 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     """
     path = check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
+    )
     os.close(fd)
     # mkstemp creates 0600 files; give the output the permissions a plain open() would
     umask = os.umask(0)

@@ -14,7 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 import topaz_lightning
 
 
-def save_run_config(cfg: DictConfig, output_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
+def save_run_config(
+    cfg: DictConfig, output_dir: str | os.PathLike, name: str = "config.yaml"
+) -> Path:
     """Write ``cfg`` (resolved) plus provenance to ``output_dir/name`` atomically; return the path.
 
     The file can be fed back to the same command (``--config-path``/``--config-name``) to
