@@ -63,7 +63,8 @@ class StubModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.modes_seen.append(self.net.training)
-        return ((self.weight - batch[0]) ** 2).sum()
+        # the net's parameter joins the graph (gradient 0) so DDP sees every parameter used
+        return ((self.weight - batch[0]) ** 2).sum() + 0.0 * self.net.dummy
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -436,3 +437,51 @@ def test_gloo_two_process_gather(tmp_path):
     for _, names, metrics in results:
         assert names == ["mic0", "mic1", "mic2"]
         assert metrics["val/aupr"] == 1.0 and math.isclose(metrics["val/region_aupr_full"], 1.0)
+
+
+def _half_wrong_world():
+    """mic1 (scored by rank 1 of 2) has half its peaks shifted away: AUPR strictly between 0, 1."""
+    micrographs, coords = _fake_world(n_micrographs=3)
+    shift = np.array([[MAX_DISTANCE + 2.0, 0.0]] * 3 + [[0.0, 0.0]] * 3)
+    micrographs["mic1"] = _peak_image(_particles(1) + shift)
+    return micrographs, coords
+
+
+@pytest.mark.slow
+def test_lightning_ddp_spawn_two_ranks(tmp_path):
+    micrographs, coords = _half_wrong_world()
+    names = sorted(micrographs)
+    single, _ = score_shard(PeakNet().eval(), micrographs, coords, names, radius=NMS_RADIUS)
+    expected, _ = compute_metrics(merge_shards([single]), coords, MAX_DISTANCE)
+    assert 0.0 < expected["val/aupr"] < 1.0
+
+    callback = HeldOutPicking(
+        every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, log_images=True
+    )
+    best = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="val/aupr", mode="max", every_n_train_steps=2,
+        filename="best", save_last=True,
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=4,
+        callbacks=[best, callback],
+        logger=pl.loggers.CSVLogger(tmp_path, name="csv"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
+    # every rank logged the broadcast value; the main process gets rank 0's callback metrics
+    assert float(trainer.callback_metrics["val/aupr"]) == pytest.approx(expected["val/aupr"])
+    assert (tmp_path / "ckpt" / "best.ckpt").is_file()
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    logged = pd.read_csv(next((tmp_path / "csv").glob("version_*/metrics.csv")))
+    rows = logged.dropna(subset=["val/aupr"])
+    assert list(rows["step"]) == [2, 4]
+    assert np.allclose(rows["val/aupr"], expected["val/aupr"])
+    # pictures from rank 0's shard only (mic0, mic2)
+    folder = next((tmp_path / "csv").glob("version_*/val_images/step_000004"))
+    assert sorted(p.name for p in folder.glob("overlay_*")) == ["overlay_mic0.png"]

@@ -458,13 +458,19 @@ class HeldOutPicking(pl.Callback):
         if evaluation is not None:
             self.last_evaluation = evaluation
             self._pr_curves = (self._pr_curves + [(step, evaluation)])[-self.pr_history :]
-        if self.log_images and trainer.is_global_zero and evaluation is not None:
-            micrographs, coordinates = self._sources(trainer)
-            self._pictures(trainer, step, micrographs, coordinates, merged, maps, evaluation)
+        if self.log_images:
+            # trainer.log_dir is a collective under DDP: every rank must ask for it
+            image_dir = _image_dir(trainer) / f"step_{step:06d}"
+            if trainer.is_global_zero and evaluation is not None:
+                micrographs, coordinates = self._sources(trainer)
+                self._pictures(
+                    trainer, image_dir, step, micrographs, coordinates, merged, maps, evaluation
+                )
 
     def _pictures(
         self,
         trainer: pl.Trainer,
+        out_dir: Path,
         step: int,
         micrographs: Mapping[str, np.ndarray],
         coordinates: pd.DataFrame,
@@ -474,7 +480,6 @@ class HeldOutPicking(pl.Callback):
     ) -> None:
         from topaz_lightning import plots
 
-        out_dir = _image_dir(trainer) / f"step_{step:06d}"
         images: dict[str, np.ndarray] = {}
         curves = {f"step {s}": ev for s, ev in self._pr_curves}
         plots.plot_pr_curves(curves, out_dir / "pr_curve.png", overwrite=True)
