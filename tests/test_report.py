@@ -1,0 +1,413 @@
+"""Tests for tzl-report (sweep aggregation) and scripts/paper_tables.py (commands, table formatting)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
+from topaz_lightning.report import aggregate, best_row, load_sweep, mean_std, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+
+# val/aupr per (pi, fold): the best mean is pi=0.03
+AUPR = {
+    (0.01, 0): 0.30,
+    (0.01, 1): 0.40,
+    (0.03, 0): 0.50,
+    (0.03, 1): 0.42,
+    (0.1, 0): 0.20,
+    (0.1, 1): 0.10,
+}
+
+
+def _write_job(
+    job: Path,
+    overrides: list[str],
+    metrics: dict | None,
+    config: dict | None = None,
+    hydra_config: bool = False,
+) -> None:
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if config is not None:
+        target = job / ".hydra" / "config.yaml" if hydra_config else job / "config.yaml"
+        target.write_text(yaml.safe_dump(config))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _kfold_sweep(root: Path, skip_metrics: tuple[int, ...] = ()) -> Path:
+    """A fake pi k-fold sweep as tzl-train -m hparams_search=pi_kfold lays it out."""
+    sweep = root / "multirun" / "pi_kfold" / "2026-11-25_10-00-00"
+    for num, ((pi, fold), aupr) in enumerate(AUPR.items()):
+        metrics = None
+        if num not in skip_metrics:
+            metrics = {
+                "val/aupr": aupr,
+                "val/precision@0.9": aupr / 2,
+                "global_step": 60,
+                "model_path": str(sweep / str(num) / "model.pt"),
+            }
+        _write_job(
+            sweep / str(num),
+            [
+                f"data.pi={pi}",
+                f"data.fold={fold}",
+                "hparams_search=pi_kfold",
+                "trainer.max_steps=60",
+            ],
+            metrics,
+            config={"data": {"pi": pi, "fold": fold, "num_folds": 2}, "seed": 0},
+        )
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    return sweep
+
+
+def _cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(config_name="report", overrides=overrides)
+
+
+def _report(sweep: Path, *extra: str):
+    from topaz_lightning.cli.report import run
+
+    return run(_cfg([f"sweep_dir={sweep}", *extra]))
+
+
+def test_parse_override():
+    assert parse_override("data.pi=0.01") == ("data.pi", 0.01)
+    assert parse_override("+data.fold=3") == ("data.fold", 3)
+    assert parse_override("objective=ge_binomial") == ("objective", "ge_binomial")
+    assert parse_override("decoder=null") == ("decoder", None)
+    assert parse_override("a.b=[1,2]") == ("a.b", "[1,2]")
+    with pytest.raises(InputError, match="not key=value"):
+        parse_override("oops")
+
+
+def test_kfold_report_means_std_and_best_pi(tmp_path, capsys):
+    sweep = _kfold_sweep(tmp_path)
+    result = _report(sweep)
+    out = capsys.readouterr().out
+    assert result["group_by"] == ["data.pi"]
+    table = result["table"]
+    assert list(table["data.pi"]) == [0.01, 0.03, 0.1]
+    for pi in (0.01, 0.03, 0.1):
+        values = np.array([AUPR[(pi, f)] for f in (0, 1)])
+        row = table[table["data.pi"] == pi].iloc[0]
+        assert row["val/aupr mean"] == pytest.approx(values.mean())
+        assert row["val/aupr std"] == pytest.approx(np.std(values, ddof=1))
+        assert row["val/aupr n"] == 2
+    assert result["best"]["data.pi"] == 0.03
+    assert "Best (highest mean val/aupr): data.pi=0.03" in out
+    assert "0.460 ± 0.057" in out  # mean/std of 0.50, 0.42
+    # atomic outputs in <sweep>/report, and the report directory is not read as a job
+    csv = pd.read_csv(sweep / "report" / "report.csv")
+    assert csv["val/aupr mean"].tolist() == pytest.approx(table["val/aupr mean"].tolist())
+    assert len(pd.read_csv(sweep / "report" / "jobs.csv")) == 6
+    md = (sweep / "report" / "report.md").read_text()
+    assert "| data.pi |" in md and "## Jobs" in md
+    assert not list((sweep / "report").glob(".*.tmp*"))
+    # rerun: refused without overwrite; with overwrite the report dir is still skipped
+    with pytest.raises(OutputExistsError):
+        _report(sweep)
+    again = _report(sweep, "overwrite=true")
+    assert len(again["jobs"]) == 6
+
+
+def test_group_by_metric_list_and_min_mode(tmp_path):
+    sweep = _kfold_sweep(tmp_path)
+    result = _report(
+        sweep,
+        "group_by=[data.fold]",
+        "metric=[val/precision@0.9,val/aupr]",
+        "mode=min",
+        f"output_dir={tmp_path / 'out'}",
+    )
+    table = result["table"]
+    assert list(table["data.fold"]) == [0, 1]
+    fold1 = np.array([AUPR[(pi, 1)] for pi in (0.01, 0.03, 0.1)])
+    assert table.loc[1, "val/aupr mean"] == pytest.approx(fold1.mean())
+    assert table.loc[1, "val/precision@0.9 mean"] == pytest.approx(fold1.mean() / 2)
+    assert result["best"]["data.fold"] == 1  # lowest mean precision
+    # a key that was not overridden is looked up in each job's config
+    result = _report(sweep, "group_by=[data.num_folds]", f"output_dir={tmp_path / 'o2'}")
+    assert result["table"]["val/aupr n"].tolist() == [6]
+
+
+def test_no_group_gives_one_row(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed, value in enumerate([0.2, 0.4, 0.9]):
+        _write_job(sweep / str(seed), [f"seed={seed}"], {"val/aupr": value})
+    result = _report(sweep)
+    assert result["group_by"] == [] and result["best"] is None
+    row = result["table"].iloc[0]
+    assert row["val/aupr mean"] == pytest.approx(0.5)
+    assert row["val/aupr std"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+
+
+def test_jobs_without_metrics_are_listed_and_skipped(tmp_path, capsys, caplog):
+    sweep = _kfold_sweep(tmp_path, skip_metrics=(1, 4))
+    result = _report(sweep)
+    assert result["without_metrics"] == ["1", "4"]
+    out = capsys.readouterr().out
+    assert "2 job(s) without metrics.json" in out and "1, 4" in out
+    table = result["table"].set_index("data.pi")
+    assert table.loc[0.01, "val/aupr n"] == 1
+    assert table.loc[0.01, "val/aupr mean"] == pytest.approx(0.30)
+    assert math.isnan(table.loc[0.01, "val/aupr std"])
+    assert "1, 4" in (sweep / "report" / "report.md").read_text()
+
+
+def test_missing_metric_in_some_jobs_counts_only_present(tmp_path):
+    sweep = tmp_path / "s"
+    _write_job(sweep / "0", ["objective=pn", "seed=0"], {"val/aupr": 0.1, "val/best_f1": 0.3})
+    _write_job(sweep / "1", ["objective=pn", "seed=1"], {"val/aupr": 0.3})
+    _write_job(sweep / "2", ["objective=nnpu", "seed=0"], {"val/aupr": 0.5})
+    _write_job(sweep / "3", ["objective=nnpu", "seed=1"], {"val/aupr": 0.7})
+    jobs = load_sweep(sweep).jobs
+    table = aggregate(jobs, ["objective"], ["val/best_f1", "val/aupr"])
+    assert table["val/best_f1 n"].tolist() == [1, 0]
+    assert table["val/aupr mean"].tolist() == pytest.approx([0.2, 0.6])
+    assert best_row(table, "val/aupr")["objective"] == "nnpu"
+
+
+def test_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_sweep(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    (empty / "not_a_job").mkdir(parents=True)
+    with pytest.raises(InputError, match="no job subdirectories"):
+        load_sweep(empty)
+    sweep = _kfold_sweep(tmp_path / "a", skip_metrics=tuple(range(6)))
+    with pytest.raises(InputError, match="none of the 6 job"):
+        load_sweep(sweep)
+    sweep = _kfold_sweep(tmp_path / "b")
+    with pytest.raises(ConfigError, match="'val/auroc' is in no job.*available: val/aupr"):
+        _report(sweep, "metric=val/auroc")
+    with pytest.raises(ConfigError, match="group_by"):
+        aggregate(load_sweep(sweep).jobs, ["data.nothing"], ["val/aupr"])
+    (sweep / "0" / "metrics.json").write_text("{not json")
+    with pytest.raises(InputError, match="0/metrics.json: not valid JSON"):
+        load_sweep(sweep)
+    with pytest.raises(ConfigError, match="sweep_dir"):
+        from topaz_lightning.cli.report import run
+
+        run(_cfg([]))
+
+
+def test_hydra_config_and_mean_std_text(tmp_path):
+    sweep = tmp_path / "s"
+    _write_job(
+        sweep / "0", ["seed=0"], {"val/aupr": 0.5}, {"data": {"pi": 0.02}}, hydra_config=True
+    )
+    jobs = load_sweep(sweep, extra_keys=["data.pi", "data.missing"]).jobs
+    assert jobs.loc[0, "data.pi"] == 0.02 and jobs.loc[0, "data.missing"] is None
+    assert mean_std(0.33549, 0.0721, 5) == "0.335 ± 0.072"
+    assert mean_std(0.5, math.nan, 1) == "0.500"
+    assert mean_std(math.nan, math.nan, 0) == "-"
+
+
+def test_command_line_errors(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "topaz_lightning.cli.report", f"sweep_dir={tmp_path / 'missing'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "missing: sweep directory does not exist" in proc.stderr
+
+
+# ---- scripts/paper_tables.py ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def paper_tables():
+    spec = importlib.util.spec_from_file_location(
+        "paper_tables", REPO / "scripts" / "paper_tables.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["paper_tables"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cells_and_train_commands(paper_tables, tmp_path):
+    Cell = paper_tables.Cell
+    cells = paper_tables.table_cells("table5", [10, 100], ["pn", "ge_binomial"])
+    assert cells == [
+        Cell("pn", False, 10),
+        Cell("ge_binomial", False, 10),
+        Cell("pn", False, 100),
+        Cell("ge_binomial", False, 100),
+    ]
+    t4 = paper_tables.table_cells("table4", [10, None], ["pn"])
+    assert t4 == [
+        Cell("ge_binomial", False, 10),
+        Cell("ge_binomial", True, 10),
+        Cell("ge_binomial", False, None),
+        Cell("ge_binomial", True, None),
+    ]
+    assert all(
+        c.decoder and c.objective == "ge_binomial"
+        for c in paper_tables.table_cells("table2", [10], [])
+    )
+    supp = paper_tables.table_cells("supp1", [10], ["pn", "nnpu"])
+    assert [c.model_name for c in supp] == ["PN", "NNPU", "GE-binomial + autoencoder"]
+    assert paper_tables.parse_int_list("10, 100,all") == [10, 100, None]
+    assert paper_tables.replicate_counts("50,10", [10, 100, None]) == {10: 50, 100: 10, None: 10}
+
+    cmd = paper_tables.train_command(
+        Cell("ge_binomial", True, 10), [0, 1, 2], tmp_path / "sw", 300, ["data.simulated_dir=/d"]
+    )
+    assert cmd[:3] == ["tzl-train", "-m", "data.simulated_dir=/d"]
+    for item in (
+        "objective=ge_binomial",
+        "decoder=dcgan",
+        "data.num_labeled=10",
+        "data.labeled_seed=${seed}",
+        "seed=0,1,2",
+        "trainer.max_steps=300",
+        "callbacks.held_out_picking.every_n_steps=300",
+        f"hydra.sweep.dir={tmp_path / 'sw'}",
+        "hydra.sweep.subdir=r${seed}",
+    ):
+        assert item in cmd
+    cmd = paper_tables.train_command(Cell("pn", False, None), [3], tmp_path, 5, [])
+    assert (
+        "data.num_labeled=null" in cmd
+        and "data.labeled_seed=0" in cmd
+        and "decoder=dcgan" not in cmd
+    )
+    pick, evaluate = paper_tables.pick_commands(tmp_path / "r0", tmp_path / "ds", 10, 7)
+    assert (
+        pick[0] == "tzl-pick"
+        and "radius=10" in pick
+        and f"subset={tmp_path / 'ds' / 'test.txt'}" in pick
+    )
+    assert evaluate[0] == "tzl-evaluate" and "max_distance=7" in evaluate
+    assert paper_tables.paper_overrides("shapiro_like") == ["data.pi=0.01", "data.radius_px=4"]
+    assert paper_tables.paper_overrides("demo") == []
+
+
+def test_metric_conversion_and_table_format(paper_tables):
+    Cell = paper_tables.Cell
+    m = paper_tables.metrics_from_training(
+        {
+            "val/aupr": 0.4,
+            "val/precision@0.25": 0.6,
+            "val/precision@0.9": 0.0,
+            "val/region_aupr_full": 0.2,
+        }
+    )
+    assert m["aupr"] == 0.4 and m["precision@0.5"] == 0.0 and m["region_aupr"] == 0.2
+    e = paper_tables.metrics_from_evaluation(
+        {"aupr": 0.3, "precision_at_recall": {"0.25": 0.7, "0.5": 0.5, "0.75": None, "0.9": None}}
+    )
+    assert e == {
+        "aupr": 0.3,
+        "precision@0.25": 0.7,
+        "precision@0.5": 0.5,
+        "precision@0.75": 0.0,
+        "precision@0.9": 0.0,
+    }
+
+    pn, ge = Cell("pn", False, 10), Cell("ge_binomial", False, 10)
+    results = {
+        pn: [
+            dict.fromkeys(paper_tables.PICK_METRICS, 0.1),
+            dict.fromkeys(paper_tables.PICK_METRICS, 0.3),
+        ],
+        ge: [dict.fromkeys(paper_tables.PICK_METRICS, 0.5)],
+    }
+    text = paper_tables.format_table("table5", [pn, ge], results, [10])
+    lines = text.splitlines()
+    assert (
+        lines[0]
+        == "| Labeled particles | Method | AUPR | P@R 0.25 | P@R 0.5 | P@R 0.75 | P@R 0.9 | n |"
+    )
+    assert lines[2].startswith("| 10 | PN | 0.200 ± 0.141 |")  # std of 0.1, 0.3 (ddof 1)
+    assert lines[3].startswith("|  | GE-binomial | 0.500 | 0.500 |") and lines[3].endswith("| 1 |")
+
+    results = {
+        Cell("pn", False, 10): [{"region_aupr": 0.1}],
+        Cell("ge_binomial", True, None): [{"region_aupr": 0.4}],
+    }
+    text = paper_tables.format_table("supp1", list(results), results, [10, None], num_train=640)
+    assert "| Model (region AUPR) | 10 | all (640) |" in text
+    assert "| classifier: PN | 0.100 | - |" in text
+    assert "| classifier+autoencoder: GE-binomial + autoencoder | - | 0.400 |" in text
+
+
+def test_dry_run_prints_commands(paper_tables, tmp_path, capsys):
+    assert (
+        paper_tables.main(
+            [
+                "table4",
+                "--preset",
+                "tiny",
+                "--steps",
+                "7",
+                "--replicates",
+                "2",
+                "--labels",
+                "10",
+                "--out",
+                str(tmp_path),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "tzl-simulate simulate=tiny seed=0" in out
+    assert out.count("tzl-train -m") == 2 and "decoder=dcgan" in out
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_table_pipeline_end_to_end(paper_tables, tmp_path):
+    """Real tiny run: simulate, 2 objectives x 1 replicate x 20 steps, pick + evaluate, table."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    assert (
+        paper_tables.main(
+            [
+                "table5",
+                "--preset",
+                "tiny",
+                "--steps",
+                "20",
+                "--replicates",
+                "1",
+                "--labels",
+                "10",
+                "--objectives",
+                "pn,ge_binomial",
+                "--eval",
+                "pick",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    text = (tmp_path / "table5_tiny.md").read_text()
+    assert "NOT the paper's" in text and "| 10 | PN |" in text and "| GE-binomial |" in text
+    csv = pd.read_csv(tmp_path / "table5_tiny.csv")
+    assert len(csv) == 2 and csv["aupr"].between(0, 1).all()
+    # held-out picking in training and tzl-pick + tzl-evaluate roughly agree (GMM fits differ)
+    assert csv["aupr"].to_numpy() == pytest.approx(csv["train_val_aupr"].to_numpy(), abs=0.15)
