@@ -81,6 +81,11 @@ def _new_figure(width_px: int, height_px: int) -> Figure:
     return fig
 
 
+def _font(width_px: int) -> float:
+    # small pictures get small text so the legend does not hide the micrograph
+    return 7.0 if width_px >= 400 else 5.0
+
+
 def _display_size(shape: tuple[int, int], max_size_px: int | None) -> tuple[int, int]:
     height, width = shape
     scale = 1.0
@@ -191,10 +196,10 @@ def _overlay_figure(
                 (UNMATCHED_COLOR, "unmatched pick", int((~matched_arr).sum())),
             ]
         ]
-        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.8)
+        ax.legend(handles=handles, loc="upper right", fontsize=_font(width_px), framealpha=0.8)
     if title:
         ax.text(
-            0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", fontsize=8,
+            0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", fontsize=_font(width_px),
             color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 2},
         )  # fmt: skip
     return fig
@@ -240,7 +245,7 @@ def _score_map_figure(
     )
     if title:
         ax.text(
-            0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", fontsize=8,
+            0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", fontsize=_font(width_px),
             color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 2},
         )  # fmt: skip
     return fig
