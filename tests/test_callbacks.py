@@ -485,3 +485,61 @@ def test_lightning_ddp_spawn_two_ranks(tmp_path):
     # pictures from rank 0's shard only (mic0, mic2)
     folder = next((tmp_path / "csv").glob("version_*/val_images/step_000004"))
     assert sorted(p.name for p in folder.glob("overlay_*")) == ["overlay_mic0.png"]
+
+
+# ---------------------------------------------------------------------------------------------
+# configs and loggers
+
+
+@pytest.mark.parametrize(
+    "group_file", sorted((Path(__file__).parents[1] / "configs" / "callbacks").glob("*.yaml"))
+)
+def test_callbacks_configs_compose_and_instantiate(group_file, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    configs = Path(__file__).parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        cfg = compose("train", overrides=[f"callbacks={group_file.stem}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    nodes = {k: v for k, v in (cfg.callbacks or {}).items() if v is not None}
+    built = {k: instantiate(v) for k, v in nodes.items()}
+    assert all(isinstance(cb, pl.Callback) for cb in built.values())
+    if group_file.stem == "default":
+        picking = built["held_out_picking"]
+        assert isinstance(picking, HeldOutPicking)
+        best = built["best_checkpoint"]
+        assert best.monitor == "val/aupr" and best.mode == "max"
+        assert best._every_n_train_steps == picking.every_n_steps
+        assert any(getattr(cb, "save_last", False) for cb in built.values())
+
+
+def test_images_sent_to_wandb_like_logger(tmp_path):
+    from pytorch_lightning.loggers.logger import DummyLogger
+
+    class WandbLogger(DummyLogger):  # stands in for the real one (matched by class name)
+        def __init__(self):
+            super().__init__()
+            self.images: list[tuple[str, int]] = []
+
+        def log_image(self, key, images, step=None, **kwargs):
+            assert images[0].ndim == 3 and images[0].shape[2] == 3
+            self.images.append((key, step))
+
+        @property
+        def save_dir(self):
+            return str(tmp_path)
+
+    logger = WandbLogger()
+    micrographs, coords = _fake_world(n_micrographs=1)
+    callback = HeldOutPicking(every_n_steps=1, radius=5, max_distance=3, log_images=True)
+    _trainer(tmp_path, [callback], max_steps=1, logger=logger).fit(
+        StubModule(), datamodule=StubData(micrographs, coords)
+    )
+    assert sorted(logger.images) == [
+        ("val/overlay/mic0", 1),
+        ("val/pr_curve", 1),
+        ("val/score_map/mic0", 1),
+    ]
