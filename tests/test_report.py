@@ -411,3 +411,90 @@ def test_table_pipeline_end_to_end(paper_tables, tmp_path):
     assert len(csv) == 2 and csv["aupr"].between(0, 1).all()
     # held-out picking in training and tzl-pick + tzl-evaluate roughly agree (GMM fits differ)
     assert csv["aupr"].to_numpy() == pytest.approx(csv["train_val_aupr"].to_numpy(), abs=0.15)
+
+
+def _fake_table_outputs(root: Path, steps: int, cells, seeds=(0, 1)) -> Path:
+    """A simulated dataset stub and finished runs (training + test evaluation) for main()."""
+    dataset = root / "data" / "demo_seed0"
+    dataset.mkdir(parents=True)
+    (dataset / "dataset.yaml").write_text(
+        yaml.safe_dump({"nms_radius_px": 10, "match_distance_px": 7})
+    )
+    (dataset / "train.txt").write_text("m0\nm1\n")
+    rows = ["image_name\tx_coord\ty_coord"] + [f"m{i % 3}\t{i}\t{i}" for i in range(30)]
+    (dataset / "particles.tsv").write_text("\n".join(rows) + "\n")  # 20 particles on m0, m1
+    for k, cell in enumerate(cells):
+        for s in seeds:
+            job = root / "runs" / "demo_seed0" / f"conv31_steps{steps}" / cell / f"r{s}"
+            (job / "test_eval").mkdir(parents=True)
+            (job / "model.pt").write_text("")
+            value = 0.1 * (k + 1) + 0.02 * s
+            (job / "metrics.json").write_text(
+                json.dumps({"val/aupr": value, "val/region_aupr_full": value / 2})
+            )
+            (job / "test_eval" / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "aupr": value + 0.01,
+                        "precision_at_recall": {"0.25": 0.9, "0.5": 0.8, "0.75": None, "0.9": None},
+                    }
+                )
+            )
+    return dataset
+
+
+def test_main_builds_table_from_finished_runs(paper_tables, tmp_path, capsys):
+    # every run is finished and evaluated, so main() only reads and formats (no subprocess)
+    _fake_table_outputs(
+        tmp_path,
+        5,
+        ["ge_binomial_n10", "ge_binomial+ae_n10", "ge_binomial_nall", "ge_binomial+ae_nall"],
+    )
+    argv = [
+        "table4",
+        "--preset",
+        "demo",
+        "--steps",
+        "5",
+        "--replicates",
+        "2",
+        "--labels",
+        "10,1000",
+        "--out",
+        str(tmp_path),
+    ]
+    assert paper_tables.main(argv) == 0
+    text = (tmp_path / "table4_demo.md").read_text()
+    assert "NOT the paper's" in text and "+ " not in capsys.readouterr().out.split("# table4")[0]
+    # 1000 >= the 20 training particles -> all; tzl-evaluate's numbers, mean ± std over 2 seeds
+    assert (
+        "| 10 | classifier | 0.120 ± 0.014 | 0.900 ± 0.000 | 0.800 ± 0.000 | 0.000 ± 0.000 |"
+        in text
+    )
+    assert "| all (20) | classifier | 0.320 ± 0.014 |" in text
+    assert "|  | classifier + autoencoder | 0.420 ± 0.014 |" in text
+    csv = pd.read_csv(tmp_path / "table4_demo.csv")
+    assert len(csv) == 8 and csv["train_val_aupr"].iloc[0] == pytest.approx(0.1)
+    # supp1 reads region AUPR from training only
+    _fake_table_outputs(tmp_path / "s", 5, ["pn_n10", "ge_binomial+ae_n10"])
+    assert (
+        paper_tables.main(
+            [
+                "supp1",
+                "--steps",
+                "5",
+                "--replicates",
+                "2",
+                "--labels",
+                "10",
+                "--objectives",
+                "pn",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
+    text = (tmp_path / "s" / "supp1_demo.md").read_text()
+    assert "| classifier: PN | 0.055 ± 0.007 |" in text
+    assert "| classifier+autoencoder: GE-binomial + autoencoder | 0.105 ± 0.007 |" in text
