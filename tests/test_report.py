@@ -498,3 +498,8 @@ def test_main_builds_table_from_finished_runs(paper_tables, tmp_path, capsys):
     text = (tmp_path / "s" / "supp1_demo.md").read_text()
     assert "| classifier: PN | 0.055 ± 0.007 |" in text
     assert "| classifier+autoencoder: GE-binomial + autoencoder | 0.105 ± 0.007 |" in text
+
+
+def test_escaped_interpolation_and_null_overrides():
+    assert parse_override(r"data.labeled_seed=$\{seed\}") == ("data.labeled_seed", "${seed}")
+    assert parse_override("callbacks.progress_bar=null") == ("callbacks.progress_bar", None)

@@ -79,6 +79,8 @@ def parse_override(text: str, path: str | os.PathLike | None = None) -> tuple[st
         raise InputError(f"override {text!r} is not key=value", path=path)
     key, value = text.split("=", 1)
     key = key.lstrip("+~").strip()
+    # Hydra escapes interpolations when it records overrides (${seed} is saved with \{ \})
+    value = value.replace("\\{", "{").replace("\\}", "}")
     if key.startswith("hydra.") or key.startswith("hydra/"):
         return key, value
     try:

@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> dict:
             f"(failed or unfinished): {', '.join(sweep.without_metrics)}."
         )
     if sweep.fixed:
-        fixed = ", ".join(f"{k}={v}" for k, v in sweep.fixed.items())
+        fixed = ", ".join(f"{k}={key_text(v)}" for k, v in sweep.fixed.items())
         lines.append(f"Fixed overrides: {fixed}.")
     lines += ["", summary_markdown(table, group_by, metrics), ""]
     best_info = None
