@@ -197,7 +197,7 @@ def metrics_from_training(metrics: dict) -> dict[str, float]:
     out = {"aupr": float(metrics.get("val/aupr", math.nan))}
     for r in RECALL_LEVELS:
         out[f"precision@{r:g}"] = _finite_or_zero(metrics.get(f"val/precision@{r:g}"))
-    out["region_aupr"] = float(metrics.get("val/region_aupr_full", math.nan))
+    out["region_aupr"] = float(metrics.get("val/region_aupr", math.nan))
     out["train_val_aupr"] = out["aupr"]
     return out
 
@@ -478,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the paper's numbers.\n"
         f"{args.model}, {args.steps} steps, replicates ({rep_text}), metrics: "
         + (
-            "region AUPR over every pixel of test.txt (tzl-train's val/region_aupr_full)"
+            "region AUPR over every pixel of test.txt (tzl-train's val/region_aupr)"
             if args.table == "supp1"
             else "final held-out picking on test.txt (tzl-train); unreached recall counts as precision 0"
             if args.eval == "val"

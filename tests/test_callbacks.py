@@ -154,7 +154,7 @@ def test_peaks_at_particles_give_aupr_one_and_checkpoint_sees_it(tmp_path):
         assert h["val/aupr"] == 1.0
         assert h["val/precision@0.9"] == 1.0
         assert h["val/precision@0.25"] == 1.0
-        assert h["val/region_aupr_full"] == pytest.approx(1.0)
+        assert h["val/region_aupr"] == pytest.approx(1.0)
     assert float(trainer.callback_metrics["val/aupr"]) == 1.0
     assert float(best.best_model_score) == 1.0
     assert Path(best.best_model_path).name == "best.ckpt"
@@ -182,7 +182,7 @@ def test_peaks_beyond_matching_distance_give_aupr_zero(tmp_path):
     assert h["val/aupr"] == 0.0
     assert h["val/precision@0.9"] == 0.0  # 0.9 recall never reached: logged as 0
     assert "val/precision@0.25" not in h  # other levels only when reached
-    assert h["val/region_aupr_full"] < 0.5
+    assert h["val/region_aupr"] < 0.5
 
 
 def test_final_evaluation_when_max_steps_is_not_a_multiple(tmp_path):
@@ -220,7 +220,7 @@ def test_max_micrographs_and_region_radius(tmp_path):
     # mic1 (bad) is excluded, and the datamodule has no radius: no region AUPR
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords, radius_px=None))
     (h,) = callback.history
-    assert h["val/aupr"] == 1.0 and "val/region_aupr_full" not in h
+    assert h["val/aupr"] == 1.0 and "val/region_aupr" not in h
     assert callback.last_evaluation.n_true == int((coords["micrograph"] == "mic0").sum())
 
 
@@ -436,7 +436,7 @@ def test_gloo_two_process_gather(tmp_path):
     assert [r[0] for r in results] == [0, 1]
     for _, names, metrics in results:
         assert names == ["mic0", "mic1", "mic2"]
-        assert metrics["val/aupr"] == 1.0 and math.isclose(metrics["val/region_aupr_full"], 1.0)
+        assert metrics["val/aupr"] == 1.0 and math.isclose(metrics["val/region_aupr"], 1.0)
 
 
 def _half_wrong_world():

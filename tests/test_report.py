@@ -311,7 +311,7 @@ def test_metric_conversion_and_table_format(paper_tables):
             "val/aupr": 0.4,
             "val/precision@0.25": 0.6,
             "val/precision@0.9": 0.0,
-            "val/region_aupr_full": 0.2,
+            "val/region_aupr": 0.2,
         }
     )
     assert m["aupr"] == 0.4 and m["precision@0.5"] == 0.0 and m["region_aupr"] == 0.2
@@ -430,7 +430,7 @@ def _fake_table_outputs(root: Path, steps: int, cells, seeds=(0, 1)) -> Path:
             (job / "model.pt").write_text("")
             value = 0.1 * (k + 1) + 0.02 * s
             (job / "metrics.json").write_text(
-                json.dumps({"val/aupr": value, "val/region_aupr_full": value / 2})
+                json.dumps({"val/aupr": value, "val/region_aupr": value / 2})
             )
             (job / "test_eval" / "metrics.json").write_text(
                 json.dumps(

@@ -189,7 +189,7 @@ def test_short_training_lowers_loss_and_saves_a_reloadable_model(dataset, tmp_pa
     assert losses[-5:].mean() < losses[:5].mean()
     assert "train/loss" in metrics
     # validation ran at the end of each 10-step epoch on the held-out micrograph
-    assert 0.0 <= metrics["val/region_aupr"] <= 1.0
+    assert 0.0 <= metrics["val/patch_aupr"] <= 1.0
     assert (out / "model_best.pt").is_file()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["global_step"] == 30 and saved["train/loss"] == pytest.approx(

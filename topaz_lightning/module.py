@@ -184,7 +184,11 @@ class PULitModule(pl.LightningModule):
         self._val_labels.append(labels.detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
-        """Log val/region_aupr: average precision of the region scores over all held-out batches."""
+        """Log val/patch_aupr: average precision over the sampled held-out patches (16:240 class mix).
+
+        The region AUPR over every pixel of the held-out micrographs (the paper's Supp. Table 1)
+        is the held-out picking callback's ``val/region_aupr``.
+        """
         if not getattr(self, "_val_logits", None):
             return
         from torchmetrics.functional.classification import binary_average_precision
@@ -193,7 +197,7 @@ class PULitModule(pl.LightningModule):
         labels = torch.cat(self._val_labels).long()
         if 0 < int(labels.sum()) < labels.numel():
             aupr = binary_average_precision(logits, labels)
-            self.log("val/region_aupr", aupr.to(self.device), sync_dist=True)
+            self.log("val/patch_aupr", aupr.to(self.device), sync_dist=True)
         self._val_logits, self._val_labels = [], []
 
     # ------------------------------------------------------------------ optim

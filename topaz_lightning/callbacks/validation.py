@@ -152,7 +152,7 @@ def compute_metrics(
 
     Returns ``({"val/aupr": ..., "val/precision@0.9": ..., ...}, PickEvaluation)``.
     ``val/precision@0.9`` is 0.0 when 0.9 recall is never reached (no threshold gets there);
-    the other recall levels are present only when reached. ``val/region_aupr_full`` (region
+    the other recall levels are present only when reached. ``val/region_aupr`` (region
     AUPR over every pixel of the scored micrographs) is present when the shard carried region
     logits and labels with at least one positive.
     """
@@ -180,7 +180,7 @@ def compute_metrics(
         logits = torch.from_numpy(np.concatenate(merged.region_logits).astype(np.float32))
         labels = torch.from_numpy(np.concatenate(merged.region_labels).astype(np.int64))
         if bool(labels.any()):
-            metrics["val/region_aupr_full"] = float(region_aupr(logits, labels))
+            metrics["val/region_aupr"] = float(region_aupr(logits, labels))
         del logits, labels
     return metrics, evaluation
 
@@ -192,9 +192,9 @@ def compute_metrics(
 class HeldOutPicking(pl.Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of training) pick the held-out
     micrographs with the current classifier and log ``val/aupr``, ``val/precision@0.9``,
-    ``val/precision@{0.25,0.5,0.75}`` (when reached), ``val/best_f1`` and ``val/region_aupr_full``
+    ``val/precision@{0.25,0.5,0.75}`` (when reached), ``val/best_f1`` and ``val/region_aupr``
     (region AUPR over every pixel of the held-out micrographs; named apart from the
-    LightningModule's ``val/region_aupr`` on sampled validation patches).
+    LightningModule's ``val/patch_aupr`` on sampled validation patches).
 
     Micrographs and truth come from ``trainer.datamodule.val_micrographs`` /
     ``val_coordinates`` unless passed as ``micrographs`` / ``coordinates``. Picks are local maxima
