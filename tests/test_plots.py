@@ -172,3 +172,24 @@ def test_downscaled_display_keeps_circle_positions():
     blue = (rgb[..., 2].astype(int) - rgb[..., 0].astype(int)) > 40
     ys, xs = np.nonzero(blue)
     assert abs(xs.mean() - 75) < 2 and abs(ys.mean() - 25) < 2
+
+
+def test_score_map_color_scales_differ_and_bad_scale_is_refused():
+    from topaz_lightning.plots import score_map_rgb
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    logits = np.full((64, 64), -8.0, np.float32)
+    logits[20:24, 30:34] = -2.0  # a peak that is still a small probability
+    by_logit = score_map_rgb(image, logits, color_scale="logit", max_size_px=None)
+    by_prob = score_map_rgb(image, logits, color_scale="probability", max_size_px=None)
+    assert by_logit.shape == by_prob.shape == (64, 64, 3)
+
+    def redness(rgb):  # red minus blue over the peak
+        patch = rgb[21:23, 31:33].astype(int)
+        return (patch[..., 0] - patch[..., 2]).mean()
+
+    # on the logit scale the peak is drawn red; on the 0..1 scale (p = 0.12) it stays blue
+    assert redness(by_logit) > 0 > redness(by_prob)
+    with pytest.raises(InputError, match="color_scale"):
+        score_map_rgb(image, logits, color_scale="rainbow")

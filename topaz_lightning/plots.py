@@ -214,7 +214,13 @@ def _score_map_figure(
     percentiles: tuple[float, float],
     cmap: str,
     title: str | None,
+    color_scale: str = "logit",
 ) -> Figure:
+    if color_scale not in ("logit", "probability"):
+        raise InputError(
+            f"color_scale must be 'logit' or 'probability', got {color_scale!r}",
+            where="color_scale",
+        )
     image = _as_image(image, "image")
     scores = _as_image(score_map, "score_map")
     if scores.shape != image.shape:
@@ -227,9 +233,19 @@ def _score_map_figure(
     width_px, height_px = _display_size(image.shape, max_size_px)
     # shrink before the sigmoid: display only, and 16x cheaper on a 4096 px micrograph
     shown = _block_mean(np.nan_to_num(scores, nan=0.0), _shrink_factor(image.shape, width_px))
-    if logits:
-        # float64: float32 exp overflows (with warnings) for logits below about -88
-        shown = 1.0 / (1.0 + np.exp(-np.clip(shown.astype(np.float64), -60.0, 60.0)))
+    shown = shown.astype(np.float64)
+    if color_scale == "probability":
+        vmin, vmax = 0.0, 1.0
+        if logits:
+            # float64: float32 exp overflows (with warnings) for logits below about -88
+            shown = 1.0 / (1.0 + np.exp(-np.clip(shown, -60.0, 60.0)))
+    else:
+        if not logits:
+            p = np.clip(shown, 1e-12, 1.0 - 1e-12)
+            shown = np.log(p) - np.log1p(-p)
+        vmin, vmax = (float(v) for v in np.percentile(shown, [50.0, 99.9]))
+        if not vmax > vmin:
+            vmax = vmin + 1.0
     fig = _new_figure(width_px, height_px)
     ax = _image_axes(fig, image, percentiles, width_px)
     height, width = image.shape
@@ -237,8 +253,8 @@ def _score_map_figure(
     ax.imshow(
         shown,
         cmap=cmap,
-        vmin=0.0,
-        vmax=1.0,
+        vmin=vmin,
+        vmax=vmax,
         alpha=alpha,
         interpolation="antialiased",
         extent=(-0.5, width - 0.5, height - 0.5, -0.5),
@@ -387,6 +403,7 @@ def plot_score_map(
     path: str | os.PathLike,
     *,
     logits: bool = True,
+    color_scale: str = "logit",
     alpha: float = 0.45,
     overwrite: bool = False,
     max_size_px: int | None = DEFAULT_MAX_SIZE_PX,
@@ -398,11 +415,17 @@ def plot_score_map(
 
     ``score_map`` has the micrograph's shape; with ``logits=True`` (what
     ``picking.score_micrograph`` returns) it is passed through the sigmoid first, otherwise it
-    must already be a probability in [0, 1]. The colour map runs blue (0) to red (1) and is
-    blended with opacity ``alpha``. Size rules as in :func:`plot_overlay`.
+    must already be a probability in [0, 1]. The colour map runs blue (low) to red (high) and is
+    blended with opacity ``alpha``. ``color_scale="probability"`` maps probability 0..1 onto the
+    colours; ``"logit"`` (default) maps the logit between the map's median and its 99.9th
+    percentile, because a PU classifier trained with a small pi gives even clear particles small
+    probabilities, which on a 0..1 scale all look the same blue. Size rules as in
+    :func:`plot_overlay`.
     """
     check_writable(path, overwrite)
-    fig = _score_map_figure(image, score_map, logits, alpha, max_size_px, percentiles, cmap, title)
+    fig = _score_map_figure(
+        image, score_map, logits, alpha, max_size_px, percentiles, cmap, title, color_scale
+    )
     return _save(fig, path, overwrite)
 
 
@@ -411,6 +434,7 @@ def score_map_rgb(
     score_map: np.ndarray,
     *,
     logits: bool = True,
+    color_scale: str = "logit",
     alpha: float = 0.45,
     max_size_px: int | None = DEFAULT_MAX_SIZE_PX,
     percentiles: tuple[float, float] = (1.0, 99.0),
@@ -418,7 +442,9 @@ def score_map_rgb(
     title: str | None = None,
 ) -> np.ndarray:
     """Same picture as :func:`plot_score_map` as a ``uint8`` RGB array (H, W, 3)."""
-    fig = _score_map_figure(image, score_map, logits, alpha, max_size_px, percentiles, cmap, title)
+    fig = _score_map_figure(
+        image, score_map, logits, alpha, max_size_px, percentiles, cmap, title, color_scale
+    )
     return _render(fig)
 
 
