@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from topaz_lightning.errors import InputError, OutputExistsError
 from topaz_lightning.models import Conv31, Decoder, ResNet8, load_model, receptive_field, save_model
+from topaz_lightning.models.base import DENSE_METHODS, dense_mode, merge_phases, split_phases
 
 CONFIG_FILES = sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
 EXPECTED_FIELD = {"conv31": 31, "resnet8": 49, "resnet16": 85}
@@ -79,13 +80,14 @@ def test_receptive_field_is_exact(model):
     assert support[0].any() and support[-1].any() and support[:, 0].any() and support[:, -1].any()
 
 
-def test_dense_scores_equal_patch_scores(model):
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_dense_scores_equal_patch_scores(model, method):
     _, _, net = model
     w, r = net.receptive_field, net.receptive_field // 2
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(2, 1, 23, 29, generator=gen)
     with torch.no_grad():
-        dense = net.score_map(images)
+        dense = net.score_map(images, method=method)
         padded = F.pad(images, (r, r, r, r))
         # random centres plus all four corners and edge midpoints
         ys = torch.randint(0, 23, (12,), generator=gen).tolist() + [0, 0, 22, 22, 11, 0]
@@ -97,13 +99,66 @@ def test_dense_scores_equal_patch_scores(model):
             torch.testing.assert_close(dense[b, ys, xs], net(patches), atol=1e-4, rtol=1e-4)
 
 
-def test_tiled_score_map_equals_untiled(model):
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_tiled_score_map_equals_untiled(model, method):
     _, _, net = model
     images = torch.randn(1, 1, 19, 26)
     with torch.no_grad():
         torch.testing.assert_close(
-            net.score_map(images, tile_size=7), net.score_map(images), atol=1e-5, rtol=1e-5
+            net.score_map(images, tile_size=7, method=method),
+            net.score_map(images, method=method),
+            atol=1e-5,
+            rtol=1e-5,
         )
+
+
+@pytest.mark.parametrize(
+    "shape, tile_size",
+    [((2, 1, 1, 1), None), ((1, 1, 2, 3), None), ((2, 1, 33, 40), None), ((1, 1, 37, 30), 9)],
+)
+def test_polyphase_and_dilated_methods_agree(model, shape, tile_size):
+    # odd and even sizes (every split pads odd maps) and odd tiles against the dilated reference
+    _, _, net = model
+    gen = torch.Generator().manual_seed(sum(shape))
+    images = torch.randn(*shape, generator=gen)
+    with torch.inference_mode():
+        net.fold_batchnorm = False  # the layers exactly as written
+        try:
+            reference = net.score_map(images, method="dilated")
+        finally:
+            net.fold_batchnorm = True
+        got = net.score_map(images, tile_size=tile_size, method="polyphase")
+        dilated = net.score_map(images, tile_size=tile_size, method="dilated")
+        default = net.score_map(images, tile_size=tile_size)
+    assert got.shape == dilated.shape == reference.shape == (shape[0], *shape[2:])
+    torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dilated, reference, atol=1e-4, rtol=1e-4)  # BatchNorm folded
+    assert torch.equal(default, dilated)  # dilated is the default (faster on CPU)
+
+
+def test_score_map_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        Conv31().eval().score_map(torch.zeros(1, 1, 8, 8), method="unfold")
+    with pytest.raises(ValueError, match="method"):
+        dense_mode("strided")
+    assert dense_mode(True) == "dilated" and dense_mode(False) == "patch"
+
+
+@pytest.mark.parametrize("stride, h, w", [(2, 5, 6), (2, 1, 1), (3, 7, 4), (1, 3, 3)])
+def test_split_phases_matches_slicing_and_merge_inverts(stride, h, w):
+    x = torch.arange(2 * 3 * h * w, dtype=torch.float32).view(2, 3, h, w)
+    parts = split_phases(x, stride)
+    ph, pw = -(-h // stride), -(-w // stride)
+    assert parts.shape == (2 * stride * stride, 3, ph, pw)
+    for n in range(2):
+        for i in range(stride):
+            for j in range(stride):
+                comp = parts[n * stride * stride + i * stride + j]
+                expected = x[n, :, i::stride, j::stride]  # the obvious definition
+                rows, cols = expected.shape[-2:]
+                assert torch.equal(comp[:, :rows, :cols], expected)
+                assert not comp[:, rows:].any() and not comp[:, :, cols:].any()  # zero padding
+    assert torch.equal(merge_phases(parts, stride)[..., :h, :w], x)
 
 
 def test_channels_last_gives_same_scores(model):
@@ -220,3 +275,20 @@ def test_load_unknown_target(tmp_path):
     save_model(path, Conv31(), {"_target_": "topaz_lightning.models.NoSuchNet"})
     with pytest.raises(InputError, match="model_config"):
         load_model(path)
+
+
+def test_batchnorm_folding_only_in_eval_dense_scoring():
+    torch.manual_seed(0)
+    net = Conv31()
+    randomize_batchnorm(net)
+    images = torch.randn(2, 1, 15, 18)
+    with torch.no_grad():
+        net.train()  # batch statistics: nothing to fold, the layers run as written
+        folded = net.score_map(images)
+        net.fold_batchnorm = False
+        assert torch.equal(net.score_map(images), folded)
+        net.eval()
+        unfolded = net.score_map(images)
+        net.fold_batchnorm = True
+        torch.testing.assert_close(net.score_map(images), unfolded, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(folded, unfolded)  # train vs eval BatchNorm really differ

@@ -5,19 +5,37 @@ strided. It runs in two modes:
 
 * patch mode: the layers run as written (with their strides) on a ``w x w`` patch, where
   ``w`` is the receptive field; the last feature map is ``1 x 1``.
-* dense mode: every stride is removed and the later layers are dilated by the product of the
-  strides before them (the "jump"). On an image zero-padded by ``w // 2`` on each side this
-  evaluates the patch-mode network at every pixel, so the score map has the input's size and
+* dense mode: the patch-mode network evaluated at every pixel of an image zero-padded by
+  ``w // 2`` on each side, so the score map has the input's size and
   ``score_map[b, y, x] == forward(patch centred on (x, y))`` exactly (up to float rounding).
+  Two equivalent implementations (``method``):
 
-No patch is ever unfolded, so dense scoring costs one feature map per layer, and can be
-tiled to bound memory further (``tile_size``).
+  - ``"dilated"``: every stride is removed and the later layers are dilated by the product of
+    the strides before them (the "jump").
+  - ``"polyphase"``: a convolution dilated by ``J`` on a map equals an
+    ordinary convolution on each of the ``J x J`` polyphase components of that map. So each
+    layer runs undilated; after a stride-``s`` convolution the map is split into its ``s x s``
+    polyphase components, stacked along the batch dimension (``pixel_unshuffle`` + reshape,
+    padded at the bottom/right to a multiple of ``s``). The final logits are interleaved back
+    (``pixel_shuffle``, innermost split first) and cropped to the image size. Same arithmetic
+    as the dilated path with ordinary stride-1 convolutions. Measured on this project's CPU
+    (oneDNN, AVX-512) it is 10-30% *slower* than ``"dilated"``, whose dilated convolutions
+    already run near the machine's sgemm peak, so ``"dilated"`` is the default.
+
+In both, no patch is ever unfolded, so dense scoring costs one feature map per layer, and it
+can be tiled to bound memory further (``tile_size``).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+DenseMethod = Literal["dilated", "polyphase"]
+DENSE_METHODS: tuple[str, ...] = ("dilated", "polyphase")
 
 
 def receptive_field(layers: list[tuple[int, int]]) -> int:
@@ -34,28 +52,112 @@ def receptive_field(layers: list[tuple[int, int]]) -> int:
     return field
 
 
-def apply_conv(conv: nn.Conv2d, x: Tensor, dense: bool, jump: int) -> tuple[Tensor, int]:
-    """Run ``conv`` in patch mode (as written) or dense mode (stride -> dilation).
+def dense_mode(dense: bool | str) -> str:
+    """Normalise a ``dense`` argument: False -> ``"patch"``, True -> ``"dilated"`` (the
+    original dense path), or one of ``"dilated"``/``"polyphase"``/``"patch"`` as given."""
+    if dense is False:
+        return "patch"
+    if dense is True:
+        return "dilated"
+    if dense in DENSE_METHODS or dense == "patch":
+        return str(dense)
+    raise ValueError(f"dense scoring method must be one of {DENSE_METHODS}, got {dense!r}")
 
-    Returns the output and the jump of the next layer (unchanged in patch mode, where the
-    stride already subsampled the tensor; multiplied by the stride in dense mode).
+
+def split_phases(x: Tensor, stride: int) -> Tensor:
+    """``(N, C, h, w)`` -> ``(N * s * s, C, ceil(h / s), ceil(w / s))``: the ``s x s`` polyphase
+    components ``x[..., i::s, j::s]`` (row-major in ``(i, j)``) stacked along the batch.
+
+    The map is zero-padded at the bottom/right to a multiple of ``s`` first; the padding only
+    ever adds rows/columns past the valid ones, which :func:`merge_phases` callers crop off.
     """
-    if not dense:
+    if stride == 1:
+        return x
+    n, c, h, w = x.shape
+    x = F.pad(x, (0, -w % stride, 0, -h % stride))
+    x = F.pixel_unshuffle(x, stride)  # channel c * s * s + i * s + j holds x[c, i::s, j::s]
+    x = x.view(n, c, stride * stride, *x.shape[-2:]).transpose(1, 2)
+    return x.reshape(n * stride * stride, c, *x.shape[-2:])
+
+
+def merge_phases(x: Tensor, stride: int) -> Tensor:
+    """Inverse of :func:`split_phases` (without the crop): ``(N * s * s, C, h, w)`` ->
+    ``(N, C, s * h, s * w)``, interleaving the polyphase components back."""
+    if stride == 1:
+        return x
+    ns2, c, h, w = x.shape
+    n = ns2 // (stride * stride)
+    x = x.view(n, stride * stride, c, h, w).transpose(1, 2)
+    return F.pixel_shuffle(x.reshape(n, c * stride * stride, h, w), stride)
+
+
+def apply_conv(conv: nn.Conv2d, x: Tensor, dense: bool | str, jump: int) -> tuple[Tensor, int]:
+    """Run ``conv`` in patch mode (as written) or one of the dense modes.
+
+    ``dense`` is False (patch mode), True or ``"dilated"`` (stride -> dilation by ``jump``),
+    or ``"polyphase"`` (undilated stride-1 conv on the polyphase components stacked in the
+    batch, then a split into ``stride x stride`` finer components; see :func:`split_phases`).
+    Returns the output and the jump of the next layer (unchanged in patch mode, where the
+    stride already subsampled the tensor; multiplied by the stride in the dense modes).
+    """
+    mode = dense_mode(dense)
+    if mode == "patch":
         return conv(x), jump
+    stride = conv.stride[0]
+    if mode == "polyphase":
+        y = F.conv2d(x, conv.weight, conv.bias, stride=1, padding=0, dilation=conv.dilation)
+        return split_phases(y, stride), jump * stride
     dilation = jump * conv.dilation[0]
     y = F.conv2d(x, conv.weight, conv.bias, stride=1, padding=0, dilation=dilation)
-    return y, jump * conv.stride[0]
+    return y, jump * stride
+
+
+def apply_conv_bn(
+    conv: nn.Conv2d,
+    bn: nn.BatchNorm2d,
+    x: Tensor,
+    dense: bool | str,
+    jump: int,
+    fold: bool = True,
+) -> tuple[Tensor, int]:
+    """``bn(conv(x))`` via :func:`apply_conv`. In a dense mode with ``fold`` and ``bn`` in eval
+    mode, the BatchNorm (an affine map per channel) is folded into the convolution's weight and
+    bias, which saves one pass over the feature map; the result differs only by float rounding.
+    Patch mode (training and ``forward``) always runs the two layers as written."""
+    mode = dense_mode(dense)
+    if mode == "patch" or not fold or bn.training or not bn.track_running_stats:
+        y, jump = apply_conv(conv, x, mode, jump)
+        return bn(y), jump
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    stride = conv.stride[0]
+    if mode == "polyphase":
+        y = F.conv2d(x, weight, shift, stride=1, padding=0, dilation=conv.dilation)
+        return split_phases(y, stride), jump * stride
+    y = F.conv2d(x, weight, shift, stride=1, padding=0, dilation=jump * conv.dilation[0])
+    return y, jump * stride
 
 
 class PatchClassifier(nn.Module):
     """Base class: subclasses set ``receptive_field``, ``num_features``, ``classifier``
-    (``nn.Linear(num_features, 1)``) and implement ``trunk(x, dense) -> (B, F, h, w)``."""
+    (``nn.Linear(num_features, 1)``), ``phase_strides`` (the strides of the trunk's
+    convolutions, in the order they run) and implement ``trunk(x, dense) -> (B, F, h, w)``,
+    where ``dense`` is False, ``"dilated"`` or ``"polyphase"`` (see :func:`apply_conv`)."""
 
     receptive_field: int
     num_features: int
     classifier: nn.Linear
+    phase_strides: tuple[int, ...]
+    #: dense scoring folds eval-mode BatchNorm into the preceding convolution (about 6% faster
+    #: on CPU, same scores up to float rounding); set False for the layers exactly as written
+    fold_batchnorm: bool = True
 
-    def trunk(self, x: Tensor, dense: bool) -> Tensor:  # pragma: no cover - abstract
+    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:  # pragma: no cover - abstract
         """Feature maps of ``x``; in patch mode a ``receptive_field`` patch gives ``1 x 1``."""
         raise NotImplementedError
 
@@ -88,26 +190,45 @@ class PatchClassifier(nn.Module):
         """Logits ``(B,)`` for patches ``(B, 1, w, w)`` centred on the regions to classify."""
         return self.logits_from_features(self.features(patches))
 
-    def _dense_logits(self, padded: Tensor) -> Tensor:
-        h = self.trunk(padded, dense=True)
+    def _dense_logits(self, padded: Tensor, method: str) -> Tensor:
+        h = self.trunk(padded, dense=method)
         weight = self.classifier.weight.view(1, self.num_features, 1, 1)
-        return F.conv2d(h, weight, self.classifier.bias).squeeze(1)
+        logits = F.conv2d(h, weight, self.classifier.bias)
+        if method == "polyphase":
+            for stride in reversed(self.phase_strides):  # innermost split is undone first
+                logits = merge_phases(logits, stride)
+            if logits.shape[0] != padded.shape[0]:  # phase_strides disagrees with the trunk
+                raise RuntimeError(
+                    f"polyphase merge left batch {logits.shape[0]}, expected {padded.shape[0]}; "
+                    f"check phase_strides={self.phase_strides}"
+                )
+            # the splits padded at the bottom/right only: the valid map is the top-left corner
+            out_h, out_w = (n - self.receptive_field + 1 for n in padded.shape[-2:])
+            logits = logits[..., :out_h, :out_w]
+        return logits.squeeze(1)
 
-    def score_map(self, images: Tensor, tile_size: int | None = None) -> Tensor:
+    def score_map(
+        self, images: Tensor, tile_size: int | None = None, method: DenseMethod = "dilated"
+    ) -> Tensor:
         """Dense logits ``(B, H, W)`` for images ``(B, 1, H, W)``.
 
         ``score_map[b, y, x]`` equals ``forward`` on the ``receptive_field`` patch centred on
         ``(x, y)``, with zeros outside the image. Use the model in eval mode (BatchNorm running
         statistics) for that equality to hold. ``tile_size`` (output pixels per tile side)
         bounds memory on large micrographs; the result is identical to the untiled one.
+        ``method`` picks the implementation (module docstring): ``"dilated"`` (default, the
+        faster one as measured on CPU) or ``"polyphase"``; both give the same scores up to float
+        rounding. ``fold_batchnorm`` (attribute) folds eval BatchNorm into the convolutions.
         """
+        if method not in DENSE_METHODS:
+            raise ValueError(f"method must be one of {DENSE_METHODS}, got {method!r}")
         if images.dim() != 4 or images.shape[1] != 1:
             raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(images.shape)}")
         r = self.receptive_field // 2
         padded = F.pad(images, (r, r, r, r))
         height, width = images.shape[-2:]
         if tile_size is None or (tile_size >= height and tile_size >= width):
-            return self._dense_logits(padded)
+            return self._dense_logits(padded, method)
         if tile_size < 1:
             raise ValueError(f"tile_size must be positive, got {tile_size}")
         out = images.new_empty((images.shape[0], height, width))
@@ -117,7 +238,7 @@ class PatchClassifier(nn.Module):
                 x1 = min(x0 + tile_size, width)
                 # output pixels [y0, y1) need padded rows [y0, y1 + 2r)
                 tile = padded[..., y0 : y1 + 2 * r, x0 : x1 + 2 * r]
-                out[:, y0:y1, x0:x1] = self._dense_logits(tile)
+                out[:, y0:y1, x0:x1] = self._dense_logits(tile, method)
         return out
 
     @property
@@ -129,4 +250,13 @@ class PatchClassifier(nn.Module):
     _init_kwargs: dict
 
 
-__all__ = ["PatchClassifier", "apply_conv", "receptive_field"]
+__all__ = [
+    "DENSE_METHODS",
+    "PatchClassifier",
+    "apply_conv",
+    "apply_conv_bn",
+    "dense_mode",
+    "merge_phases",
+    "receptive_field",
+    "split_phases",
+]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from topaz_lightning.models.base import PatchClassifier, apply_conv, receptive_field
+from topaz_lightning.models.base import PatchClassifier, apply_conv_bn, receptive_field
 
 # (kernel, stride) of each convolution. "Stride by 2" is realised as the stride of the
 # convolution itself (no pooling layer), which makes the receptive field exactly
@@ -43,13 +43,14 @@ class Conv31(PatchClassifier):
             in_channels = width
         self.layers = nn.ModuleList(layers)
         self.receptive_field = receptive_field(list(CONV31_LAYERS))
+        self.phase_strides = tuple(stride for _, stride in CONV31_LAYERS)
         self.num_features = widths[-1]
         self.classifier = nn.Linear(self.num_features, 1)
 
-    def trunk(self, x: Tensor, dense: bool) -> Tensor:
-        """Feature maps; ``dense`` swaps strides for dilations (see ``models.base``)."""
+    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:
+        """Feature maps; ``dense`` picks patch mode or a dense method (see ``models.base``)."""
         jump = 1
         for layer in self.layers:
-            x, jump = apply_conv(layer["conv"], x, dense, jump)
-            x = layer["act"](layer["bn"](x))
+            x, jump = apply_conv_bn(layer["conv"], layer["bn"], x, dense, jump, self.fold_batchnorm)
+            x = layer["act"](x)
         return x

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from topaz_lightning.models.base import PatchClassifier, apply_conv, receptive_field
+from topaz_lightning.models.base import (
+    PatchClassifier,
+    apply_conv_bn,
+    dense_mode,
+    receptive_field,
+    split_phases,
+)
 
 
 class ResidualBlock(nn.Module):
@@ -14,8 +20,10 @@ class ResidualBlock(nn.Module):
 
     All convolutions are unpadded, so the skip path is the input cropped to the centres of the
     outputs: output ``j`` sits on input ``s * j + (k // 2) * (1 + s)`` (patch mode), or on input
-    ``j + jump * (k // 2) * (1 + s)`` in dense mode. A 1 x 1 conv + BN projects the skip when the
-    width changes or the block is strided.
+    ``j + jump * (k // 2) * (1 + s)`` in dilated dense mode. In polyphase dense mode the input's
+    components are ``jump`` pixels apart, so the skip starts at ``(k // 2) * (1 + s)`` and is
+    split into ``s x s`` components like the main path. A 1 x 1 conv + BN projects the skip when
+    the width changes or the block is strided.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel: int = 3):
@@ -34,22 +42,28 @@ class ResidualBlock(nn.Module):
         self.act = nn.PReLU(out_channels)
         self.offset = (kernel // 2) * (1 + stride)
 
-    def forward(self, x: Tensor, dense: bool, jump: int) -> tuple[Tensor, int]:
-        """Block output and the jump for the next layer (see ``models.base.apply_conv``)."""
-        h, mid_jump = apply_conv(self.conv1, x, dense, jump)
-        h = self.act1(self.bn1(h))
-        h, out_jump = apply_conv(self.conv2, h, dense, mid_jump)
-        h = self.bn2(h)
+    def forward(
+        self, x: Tensor, dense: bool | str, jump: int, fold: bool = True
+    ) -> tuple[Tensor, int]:
+        """Block output and the jump for the next layer (see ``models.base.apply_conv``);
+        ``fold`` folds eval BatchNorm into the convolutions in dense modes."""
+        mode = dense_mode(dense)
+        h, mid_jump = apply_conv_bn(self.conv1, self.bn1, x, mode, jump, fold)
+        h = self.act1(h)
+        h, out_jump = apply_conv_bn(self.conv2, self.bn2, h, mode, mid_jump, fold)
         rows, cols = h.shape[-2:]
-        if dense:
-            start, step = self.offset * jump, 1
+        if mode == "polyphase":
+            start = self.offset
+            skip = split_phases(x[..., start:, start:], self.stride)[..., :rows, :cols]
         else:
-            start, step = self.offset, self.stride
-        skip = x[
-            ...,
-            start : start + step * (rows - 1) + 1 : step,
-            start : start + step * (cols - 1) + 1 : step,
-        ]
+            start, step = (
+                (self.offset * jump, 1) if mode == "dilated" else (self.offset, self.stride)
+            )
+            skip = x[
+                ...,
+                start : start + step * (rows - 1) + 1 : step,
+                start : start + step * (cols - 1) + 1 : step,
+            ]
         if self.project is not None:
             skip = self.project(skip)
         return self.act(h + skip), out_jump
@@ -86,15 +100,17 @@ class ResNet(PatchClassifier):
             in_channels = width
         self.blocks = nn.ModuleList(modules)
         self.receptive_field = receptive_field(layers)
+        self.phase_strides = tuple(stride for _, stride in layers)
         self.num_features = in_channels
         self.classifier = nn.Linear(self.num_features, 1)
 
-    def trunk(self, x: Tensor, dense: bool) -> Tensor:
-        """Feature maps; ``dense`` swaps strides for dilations (see ``models.base``)."""
-        x, jump = apply_conv(self.stem, x, dense, 1)
-        x = self.stem_act(self.stem_bn(x))
+    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:
+        """Feature maps; ``dense`` picks patch mode or a dense method (see ``models.base``)."""
+        fold = self.fold_batchnorm
+        x, jump = apply_conv_bn(self.stem, self.stem_bn, x, dense, 1, fold)
+        x = self.stem_act(x)
         for block in self.blocks:
-            x, jump = block(x, dense, jump)
+            x, jump = block(x, dense, jump, fold)
         return x
 
 
