@@ -70,6 +70,16 @@ def test_save_run_config_stamps_provenance(tmp_path):
     assert (tmp_path / "run_info.yaml").exists()
 
 
+def test_save_run_config_keeps_earlier_stamps(tmp_path):
+    save_run_config(OmegaConf.create({"seed": 1}), tmp_path)
+    save_run_config(OmegaConf.create({"seed": 2}), tmp_path)
+    save_run_config(OmegaConf.create({"seed": 3}), tmp_path)
+    assert OmegaConf.load(tmp_path / "config.yaml").seed == 3
+    older = sorted(p for p in tmp_path.glob("config.*.yaml"))
+    assert sorted(OmegaConf.load(p).seed for p in older) == [1, 2]
+    assert len(list(tmp_path.glob("run_info.*.yaml"))) == 2
+
+
 def test_user_error_unwraps_hydra_instantiation_errors():
     inner = InputError("no such file", path="/x/mics.mrc")
     try:

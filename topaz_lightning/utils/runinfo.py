@@ -20,7 +20,9 @@ def save_run_config(
     """Write ``cfg`` (resolved) plus provenance to ``output_dir/name`` atomically; return the path.
 
     The file can be fed back to the same command (``--config-path``/``--config-name``) to
-    reproduce the run: it holds every setting, including the seed.
+    reproduce the run: it holds every setting, including the seed. When the directory already
+    holds stamps of an earlier invocation (a resumed run, a rerun that may yet be refused), they
+    are kept, renamed ``<stem>.<their time>.yaml``, so no run's provenance is ever lost.
     """
     from topaz_lightning.utils.atomic import atomic_output
 
@@ -37,9 +39,24 @@ def save_run_config(
     text = "# " + "\n# ".join(f"{k}: {v}" for k, v in header.items()) + "\n"
     text += OmegaConf.to_yaml(OmegaConf.create(resolved))
     target = out / name
-    with atomic_output(target, overwrite=True) as tmp:
-        tmp.write_text(text)
     meta = out / "run_info.yaml"
-    with atomic_output(meta, overwrite=True) as tmp:
+    for old in (target, meta):
+        _keep_previous(old)
+    with atomic_output(target) as tmp:
+        tmp.write_text(text)
+    with atomic_output(meta) as tmp:
         tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(header)))
     return target
+
+
+def _keep_previous(path: Path) -> None:
+    """Rename an existing ``path`` to ``<stem>.<its mtime>[.<n>]<suffix>`` beside it."""
+    if not path.exists():
+        return
+    stamp = _dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+    candidate = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    n = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}.{stamp}.{n}{path.suffix}")
+        n += 1
+    os.replace(path, candidate)
