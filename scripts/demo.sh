@@ -4,7 +4,7 @@
 # Usage: scripts/demo.sh [OUT_DIR] ; DEMO_STEPS=... overrides the number of training steps.
 set -euo pipefail
 OUT=${1:-demo_out}
-STEPS=${DEMO_STEPS:-1500}
+STEPS=${DEMO_STEPS:-3000}
 BIN=${BIN:-.venv/bin}
 DATA="$OUT/data"
 RUN="$OUT/run_$(date +%Y%m%d_%H%M%S)"
