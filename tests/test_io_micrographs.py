@@ -256,3 +256,15 @@ def test_list_micrographs_errors(tmp_path):
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(empty / "same.png")
     with pytest.raises(InputError, match="share the name 'same'"):
         list_micrographs(empty)
+
+
+def test_read_micrograph_names_strips_only_image_extensions(tmp_path):
+    from topaz_lightning.io.micrographs import read_micrograph_names
+
+    listing = tmp_path / "names.txt"
+    listing.write_text("# test split\nsub/mic_a.MRC\n\nmic.001\nC:\\data\\mic_c.jpg\n")
+    assert read_micrograph_names(listing) == ["mic_a", "mic.001", "mic_c"]
+    assert read_micrograph_names(("a/b.tiff", "c")) == ["b", "c"]
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(InputError, match="bad.txt"):
+        read_micrograph_names(tmp_path / "bad.txt")

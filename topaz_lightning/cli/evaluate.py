@@ -52,7 +52,7 @@ def _read(path, fmt, what: str):
 
 def run(cfg: DictConfig) -> dict:
     """Run the evaluation described by a composed ``evaluate`` config; return the metrics dict."""
-    from topaz_lightning.cli.pick import read_name_list
+    from topaz_lightning.io.micrographs import read_micrograph_names
     from topaz_lightning.metrics import evaluate_picks, format_table
     from topaz_lightning.utils.atomic import atomic_output, check_writable
 
@@ -77,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
     truth = _read(cfg.truth, cfg.get("truth_format"), "truth")
     names = None
     if cfg.get("micrographs") is not None:
-        names = read_name_list(cfg.micrographs)
+        names = read_micrograph_names(cfg.micrographs)
         unknown = sorted(set(names) - set(truth["micrograph"].astype(str)))
         if unknown:
             log.warning(

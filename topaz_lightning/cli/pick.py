@@ -30,48 +30,13 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from topaz_lightning.cli._hydra import entry_point
 from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.io.micrographs import read_micrograph_names as read_name_list
 
 log = logging.getLogger("topaz_lightning")
-
-_IMAGE_EXTENSIONS = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
-
-
-def read_name_list(source) -> list[str]:
-    """Micrograph names from a config list, a text file of names/paths (one per line, # comments),
-    or a directory / glob of micrograph files."""
-    if isinstance(source, (list, tuple, ListConfig)):
-        return [_strip_ext(str(s)) for s in source]
-    path = Path(str(source))
-    if path.is_dir() or (not path.exists() and any(c in str(source) for c in "*?[")):
-        from topaz_lightning.io.micrographs import list_micrographs
-
-        return list(list_micrographs(str(source)))
-    if not path.is_file():
-        raise InputError("micrograph name list not found", path=path)
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read micrograph name list ({err})", path=path) from err
-    names = [
-        _strip_ext(line.strip())
-        for line in lines
-        if line.strip() and not line.strip().startswith("#")
-    ]
-    if not names:
-        raise InputError("micrograph name list is empty", path=path)
-    return names
-
-
-def _strip_ext(entry: str) -> str:
-    name = Path(entry).name
-    for ext in _IMAGE_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _target(cfg: DictConfig, key: str) -> Path:

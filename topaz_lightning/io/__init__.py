@@ -20,6 +20,7 @@ _MICROGRAPH_NAMES = (
     "write_micrograph",
     "list_micrographs",
     "micrograph_name",
+    "read_micrograph_names",
 )
 
 __all__ = [

@@ -328,6 +328,37 @@ def list_micrographs(source: str | os.PathLike | Iterable[str | os.PathLike]) ->
     )
 
 
+def read_micrograph_names(source: str | os.PathLike | Iterable[str]) -> list[str]:
+    """Micrograph names from a list, a text file of names or paths, or a directory/glob of files.
+
+    A list file holds one name or path per line (blank lines and ``#`` comments ignored); an
+    entry is reduced to its micrograph name (directory and image extension removed) and need not
+    exist. A directory or glob pattern gives the names of the micrograph files it holds.
+    Raises ``InputError`` naming the file if it is missing, unreadable or names nothing.
+    """
+    from topaz_lightning.io.coordinates import micrograph_name_from_reference
+
+    if not isinstance(source, str | os.PathLike):
+        return [micrograph_name_from_reference(str(s)) for s in source]
+    path = Path(source)
+    if path.is_dir() or (not path.exists() and _has_glob(os.fspath(source))):
+        return list(list_micrographs(source))
+    if not path.is_file():
+        raise InputError("micrograph name list not found", path=path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read micrograph name list ({err})", path=path) from err
+    names = [
+        micrograph_name_from_reference(line.strip())
+        for line in lines
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    if not names:
+        raise InputError("micrograph name list is empty", path=path)
+    return names
+
+
 def _read_list_file(list_path: Path) -> dict[str, Path]:
     try:
         lines = list_path.read_text().splitlines()
