@@ -26,6 +26,24 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def require(cfg: DictConfig, keys: tuple[str, ...], example: str) -> None:
+    """Raise ``ConfigError`` for the first of ``keys`` that is missing, null or empty.
+
+    ``example`` is a command-line example shown in the message (``is required (e.g. ...)``).
+    """
+    from omegaconf import OmegaConf
+
+    for key in keys:
+        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+            raise ConfigError(key, f"is required (e.g. {example})")
+
+
+def resolve_output(cfg: DictConfig, key: str) -> Path:
+    """The path in ``cfg[key]``; a relative one is taken inside ``cfg.output_dir``."""
+    target = Path(str(cfg[key]))
+    return target if target.is_absolute() else Path(str(cfg.output_dir)) / target
+
+
 USER_ERRORS = (InputError, ConfigError, OutputExistsError)
 
 

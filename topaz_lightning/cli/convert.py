@@ -24,9 +24,9 @@ import logging
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from topaz_lightning.cli._hydra import entry_point
+from topaz_lightning.cli._hydra import entry_point, require
 from topaz_lightning.errors import ConfigError
 from topaz_lightning.io.coordinates import (
     canonical_format,
@@ -120,9 +120,7 @@ def convert(
 @entry_point("convert")
 def main(cfg: DictConfig) -> None:
     """tzl-convert entry point: see the module docstring and configs/convert.yaml."""
-    for key in ("input", "output"):
-        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
-            raise ConfigError(key, "is required (e.g. input=picks.star output=picks.tsv)")
+    require(cfg, ("input", "output"), "input=picks.star output=picks.tsv")
     convert(
         input=cfg.input,
         output=cfg.output,

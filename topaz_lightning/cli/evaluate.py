@@ -25,17 +25,12 @@ import json
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from topaz_lightning.cli._hydra import entry_point
+from topaz_lightning.cli._hydra import entry_point, require, resolve_output
 from topaz_lightning.errors import ConfigError, InputError
 
 log = logging.getLogger("topaz_lightning")
-
-
-def _target(cfg: DictConfig, key: str) -> Path:
-    target = Path(str(cfg[key]))
-    return target if target.is_absolute() else Path(cfg.output_dir) / target
 
 
 def _read(path, fmt, what: str):
@@ -56,18 +51,17 @@ def run(cfg: DictConfig) -> dict:
     from topaz_lightning.metrics import evaluate_picks, format_table
     from topaz_lightning.utils.atomic import atomic_output, check_writable
 
-    for key in ("picks", "truth", "max_distance", "output_dir"):
-        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
-            raise ConfigError(
-                key,
-                "is required (e.g. picks=picks.tsv truth=particles.tsv max_distance=7 output_dir=eval)",
-            )
+    require(
+        cfg,
+        ("picks", "truth", "max_distance", "output_dir"),
+        "picks=picks.tsv truth=particles.tsv max_distance=7 output_dir=eval",
+    )
     max_distance = float(cfg.max_distance)
     if not max_distance >= 0:
         raise ConfigError("max_distance", f"must be >= 0, got {cfg.max_distance}")
     overwrite = bool(cfg.overwrite)
-    metrics_path = check_writable(_target(cfg, "metrics"), overwrite)
-    plot_path = check_writable(_target(cfg, "plot"), overwrite) if cfg.get("plot") else None
+    metrics_path = check_writable(resolve_output(cfg, "metrics"), overwrite)
+    plot_path = check_writable(resolve_output(cfg, "plot"), overwrite) if cfg.get("plot") else None
 
     runs = {str(cfg.label): str(cfg.picks)}
     for label, path in (cfg.get("compare") or {}).items():
@@ -155,7 +149,7 @@ def write_overlays(
     if names is None:  # the evaluated micrographs: those of the truth table
         names = list(dict.fromkeys(truth["micrograph"].astype(str)))
     names = [n for n in names if n in files]
-    out_dir = _target(cfg, "overlay_dir")
+    out_dir = resolve_output(cfg, "overlay_dir")
     written = []
     for name in names[: int(cfg.get("overlay_max", 4))]:
         p = picks[picks["micrograph"] == name]

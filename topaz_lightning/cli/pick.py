@@ -32,16 +32,11 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from topaz_lightning.cli._hydra import entry_point
+from topaz_lightning.cli._hydra import entry_point, require, resolve_output
 from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.io.micrographs import read_micrograph_names as read_name_list
 
 log = logging.getLogger("topaz_lightning")
-
-
-def _target(cfg: DictConfig, key: str) -> Path:
-    target = Path(str(cfg[key]))
-    return target if target.is_absolute() else Path(cfg.output_dir) / target
 
 
 def choose_threshold(cfg: DictConfig) -> float:
@@ -103,12 +98,11 @@ def run(cfg: DictConfig):
     from topaz_lightning.preprocess import preprocess_images
     from topaz_lightning.utils.atomic import check_writable
 
-    for key in ("model_path", "micrographs", "output_dir"):
-        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
-            raise ConfigError(
-                key,
-                "is required (e.g. model_path=model.pt micrographs=dir/ radius=8 output_dir=picks)",
-            )
+    require(
+        cfg,
+        ("model_path", "micrographs", "output_dir"),
+        "model_path=model.pt micrographs=dir/ radius=8 output_dir=picks",
+    )
     if OmegaConf.is_missing(cfg, "radius") or cfg.get("radius") is None:
         raise ConfigError(
             "radius", "NMS radius in model (downsampled) pixels is required, e.g. radius=8"
@@ -123,14 +117,16 @@ def run(cfg: DictConfig):
         raise ConfigError("particles_per_micrograph", f"must be >= 0, got {k}")
     threshold = choose_threshold(cfg)
     overwrite = bool(cfg.overwrite)
-    output = _target(cfg, "output")
+    output = resolve_output(cfg, "output")
     if cfg.per_micrograph:
         if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
             check_writable(output, overwrite)
     else:
         check_writable(output, overwrite)
     score_dir = (
-        _target(cfg, "score_map_dir") if cfg.save_score_maps or cfg.get("plot_score_maps") else None
+        resolve_output(cfg, "score_map_dir")
+        if cfg.save_score_maps or cfg.get("plot_score_maps")
+        else None
     )
 
     net, extra = load_model(cfg.model_path)

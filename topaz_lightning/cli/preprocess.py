@@ -25,15 +25,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from topaz_lightning.cli._hydra import entry_point
-from topaz_lightning.errors import ConfigError
+from topaz_lightning.cli._hydra import entry_point, require, resolve_output
 
 log = logging.getLogger("topaz_lightning")
-
-
-def _coordinates_target(cfg: DictConfig) -> Path:
-    target = Path(cfg.coordinates_output)
-    return target if target.is_absolute() else Path(cfg.output_dir) / target
 
 
 def run(cfg: DictConfig) -> dict:
@@ -44,9 +38,7 @@ def run(cfg: DictConfig) -> dict:
     from topaz_lightning.preprocess.pipeline import check_preprocess_settings
     from topaz_lightning.utils.atomic import atomic_output, check_writable
 
-    for key in ("input", "output_dir"):
-        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
-            raise ConfigError(key, "is required (e.g. input=micrographs/ output_dir=processed)")
+    require(cfg, ("input", "output_dir"), "input=micrographs/ output_dir=processed")
     check_preprocess_settings(cfg.downsample, cfg.normalize)
     factor = float(cfg.downsample)
     output_dir = Path(cfg.output_dir)
@@ -61,7 +53,7 @@ def run(cfg: DictConfig) -> dict:
 
         # read (and so validate) the coordinates before the long part of the work
         coords = read_coordinates(cfg.coordinates)
-        coords_target = check_writable(_coordinates_target(cfg), overwrite)
+        coords_target = check_writable(resolve_output(cfg, "coordinates_output"), overwrite)
         unknown = sorted(set(coords["micrograph"].astype(str)) - set(sources))
         if unknown:
             log.warning(
