@@ -16,6 +16,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from topaz_lightning.errors import ConfigError
+from topaz_lightning.metrics import RECALL_LEVELS
+from topaz_lightning.picking import PICK_COLUMNS
 
 __all__ = [
     "HeldOutPicking",
@@ -26,9 +28,6 @@ __all__ = [
     "score_shard",
     "compute_metrics",
 ]
-
-RECALL_LEVELS = (0.25, 0.5, 0.75, 0.9)
-_PICK_COLUMNS = ["micrograph", "x", "y", "score"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +44,7 @@ class ShardResult:
     """
 
     names: list[str] = field(default_factory=list)
-    picks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_PICK_COLUMNS))
+    picks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PICK_COLUMNS))
     region_logits: list[np.ndarray] = field(default_factory=list)
     region_labels: list[np.ndarray] = field(default_factory=list)
 
@@ -80,7 +79,7 @@ def merge_shards(shards: Sequence[ShardResult]) -> ShardResult:
         picks = picks.sort_values(["micrograph", "score"], ascending=[True, False], kind="stable")
         picks = picks.reset_index(drop=True)
     else:
-        picks = pd.DataFrame(columns=_PICK_COLUMNS)
+        picks = pd.DataFrame(columns=PICK_COLUMNS)
     # region arrays: ordered by micrograph name so the result does not depend on world size
     pairs = {}
     for s in shards:
@@ -115,28 +114,24 @@ def score_shard(
     """Score ``names`` with ``net``, pick with NMS and (optionally) collect region logits/labels.
 
     Returns the shard result and the dense score maps (logits) of the micrographs in
-    ``keep_maps`` (for pictures). ``net`` is used as given: the caller sets eval mode.
+    ``keep_maps`` (for pictures). Scoring and NMS are :mod:`topaz_lightning.picking`'s
+    (``score_micrographs`` runs the net in eval mode without gradients and restores its mode);
+    region labels are :func:`topaz_lightning.metrics.region_labels`.
     """
-    from topaz_lightning.data import positive_mask
-    from topaz_lightning.picking import non_maximum_suppression, score_micrograph
+    from topaz_lightning.metrics import region_labels
+    from topaz_lightning.picking import picks_from_score_map, score_micrographs
 
     keep = set(keep_maps)
     result = ShardResult(names=list(names))
     tables = []
     maps: dict[str, np.ndarray] = {}
-    for name in names:
-        image = micrographs[name]
-        score_map = np.asarray(score_micrograph(net, image, device=device), dtype=np.float32)
-        xy, scores = non_maximum_suppression(score_map, radius, threshold=threshold)
-        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        tables.append(
-            pd.DataFrame({"micrograph": name, "x": xy[:, 0], "y": xy[:, 1], "score": scores})
-        )
+    images = {name: micrographs[name] for name in names}
+    for name, score_map in score_micrographs(net, images, device=device):
+        tables.append(picks_from_score_map(name, score_map, radius, threshold=threshold))
         if region_radius_px is not None:
-            mask = positive_mask(score_map.shape, _truth_xy(coordinates, name), region_radius_px)
+            mask = region_labels({name: score_map.shape}, coordinates, region_radius_px)[name]
             result.region_logits.append(score_map.reshape(-1))
-            result.region_labels.append(np.asarray(mask, dtype=bool).reshape(-1))
+            result.region_labels.append(mask.reshape(-1))
         if name in keep:
             maps[name] = score_map
     nonempty = [t for t in tables if len(t)]
@@ -177,11 +172,9 @@ def compute_metrics(
     if best_f1 is not None and math.isfinite(float(best_f1)):
         metrics["val/best_f1"] = float(best_f1)
     if merged.region_logits:
-        logits = torch.from_numpy(np.concatenate(merged.region_logits).astype(np.float32))
-        labels = torch.from_numpy(np.concatenate(merged.region_labels).astype(np.int64))
-        if bool(labels.any()):
-            metrics["val/region_aupr"] = float(region_aupr(logits, labels))
-        del logits, labels
+        value = region_aupr(merged.region_logits, merged.region_labels)  # NaN without a positive
+        if math.isfinite(value):
+            metrics["val/region_aupr"] = value
     return metrics, evaluation
 
 
@@ -327,16 +320,6 @@ class HeldOutPicking(pl.Callback):
             setattr(self, attr, float(meta[key]) / factor)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        try:
-            import topaz_lightning.metrics as metrics
-            import topaz_lightning.picking as picking
-
-            for module, name in [(picking, "score_micrograph"), (metrics, "evaluate_picks")]:
-                getattr(module, name)
-        except (ImportError, AttributeError) as err:
-            rank_zero_warn(f"HeldOutPicking disabled: picking/metrics unavailable ({err})")
-            self._disabled = True
-            return
         self._resolve_distances(trainer)
         micrographs, _ = self._sources(trainer)
         if len(micrographs) == 0:
@@ -463,9 +446,7 @@ class HeldOutPicking(pl.Callback):
             image_dir = _image_dir(trainer) / f"step_{step:06d}"
             if trainer.is_global_zero and evaluation is not None:
                 micrographs, coordinates = self._sources(trainer)
-                self._pictures(
-                    trainer, image_dir, step, micrographs, coordinates, merged, maps, evaluation
-                )
+                self._pictures(trainer, image_dir, step, micrographs, coordinates, maps, evaluation)
 
     def _pictures(
         self,
@@ -474,7 +455,6 @@ class HeldOutPicking(pl.Callback):
         step: int,
         micrographs: Mapping[str, np.ndarray],
         coordinates: pd.DataFrame,
-        merged: ShardResult,
         maps: Mapping[str, np.ndarray],
         evaluation: Any,
     ) -> None:
@@ -488,7 +468,8 @@ class HeldOutPicking(pl.Callback):
         cut = -math.inf if cut is None or not math.isfinite(float(cut)) else float(cut)
         for name in sorted(maps):
             image = micrographs[name]
-            picks = _matched_picks(evaluation, merged.picks, coordinates, name, self.max_distance)
+            # the evaluated picks carry the evaluation's own ``matched`` flags
+            picks = evaluation.picks[evaluation.picks["micrograph"] == name]
             picks = picks[picks["score"] >= cut]
             pred_xy = picks[["x", "y"]].to_numpy(dtype=np.float64)
             truth_xy = _truth_xy(coordinates, name)
@@ -516,20 +497,6 @@ def _is_final_epoch(trainer: pl.Trainer) -> bool:
         return True
     max_epochs = trainer.max_epochs
     return max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
-
-
-def _matched_picks(
-    evaluation: Any, picks: pd.DataFrame, coordinates: pd.DataFrame, name: str, max_distance: float
-) -> pd.DataFrame:
-    """The picks of one micrograph with a ``matched`` column, as the evaluation matched them."""
-    evaluated = getattr(evaluation, "picks", None)
-    if evaluated is not None and "matched" in evaluated.columns:
-        return evaluated[evaluated["micrograph"] == name]
-    from topaz_lightning.metrics import match_picks
-
-    rows = picks[picks["micrograph"] == name]
-    match = match_picks(rows[["x", "y"]].to_numpy(), _truth_xy(coordinates, name), max_distance)
-    return rows.assign(matched=np.asarray(match) >= 0)
 
 
 def _image_dir(trainer: pl.Trainer) -> Path:
