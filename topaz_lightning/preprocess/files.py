@@ -12,17 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from topaz_lightning.errors import ConfigError, OutputExistsError
+from topaz_lightning.errors import ConfigError
 from topaz_lightning.preprocess.gmm import (
     DEFAULT_SAMPLE_SIZE,
     GMMFit,
     check_not_constant,
     fit_gmm_samples,
     image_rng,
+    normalize_gmm,
     sample_pixels,
     samples_per_image,
 )
 from topaz_lightning.preprocess.pipeline import check_preprocess_settings
+from topaz_lightning.utils.atomic import check_writable
 
 log = logging.getLogger("topaz_lightning")
 
@@ -64,14 +66,13 @@ def _write_job(job: tuple) -> tuple[int, int]:
     from topaz_lightning.io.micrographs import read_pixel_size, write_micrograph
     from topaz_lightning.preprocess.pipeline import standardize
 
-    path, target, factor, normalize, scale, overwrite = job
+    path, target, factor, normalize, fit, index, overwrite = job
     image = _load_small(path, factor)
     if normalize == "standardize":
         image = standardize(image, str(path))
     elif normalize == "gmm":
         check_not_constant(image, str(path))
-        alpha, mu, sigma = scale
-        image = ((image.astype(np.float64) / alpha - mu) / sigma).astype(np.float32)
+        image = normalize_gmm(image, fit, index)
     pixel_size = read_pixel_size(path)
     out_pixel = None if pixel_size is None else pixel_size * factor
     write_micrograph(target, image, pixel_size_a=out_pixel, overwrite=overwrite)
@@ -109,8 +110,7 @@ def check_outputs(
     for target in targets.values():
         if target.resolve() in inputs:
             raise ConfigError("output_dir", f"output {target} would replace an input micrograph")
-        if target.exists() and not overwrite:
-            raise OutputExistsError(target)
+        check_writable(target, overwrite)
 
 
 def preprocess_files(
@@ -183,7 +183,6 @@ def _two_passes(
     sources, targets, names, factor, normalize, seed, sample_size, overwrite, pool, progress
 ):
     fit = None
-    scales: dict[str, tuple[float, float, float] | None] = dict.fromkeys(names)
     if normalize == "gmm":
         n = samples_per_image(len(names), sample_size)
         jobs = [(sources[name], k, factor, n, seed) for k, name in enumerate(names)]
@@ -198,11 +197,10 @@ def _two_passes(
             fit.n_iter,
             fit.converged,
         )
-        for k, name in enumerate(names):
-            scales[name] = (float(fit.alpha[k]), fit.mu_prime, fit.sigma_prime)
 
     jobs = [
-        (sources[name], targets[name], factor, normalize, scales[name], overwrite) for name in names
+        (sources[name], targets[name], factor, normalize, fit, k, overwrite)
+        for k, name in enumerate(names)
     ]
     shapes = _run_jobs(_write_job, jobs, pool, "writing micrographs", progress)
     return fit, shapes
