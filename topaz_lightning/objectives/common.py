@@ -1,10 +1,10 @@
-"""Shared pieces of the PU objectives: input checks, labeled/unlabeled split, stable losses."""
+"""Shared pieces of the PU objectives: input checks, labeled/unlabeled split, stable losses, base class."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from topaz_lightning.errors import ConfigError
 
@@ -51,3 +51,25 @@ def total(logits: Tensor, terms: dict[str, Tensor]) -> Tensor:
     if not terms:
         return logits.sum() * 0.0
     return torch.stack(list(terms.values())).sum()
+
+
+class PUObjective(nn.Module):
+    """Base of the objectives: ``forward`` checks pi, splits the minibatch and sums the terms.
+
+    A subclass implements :meth:`terms`, returning the named loss terms for the labeled-positive
+    logits ``z_p`` and unlabeled logits ``z_u`` (either may be empty; a term without data is left
+    out). The loss is their sum.
+    """
+
+    def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
+        """Named loss terms (they sum to the loss); implemented by each objective."""
+        raise NotImplementedError
+
+    def forward(
+        self, logits: Tensor, labels: Tensor, pi: float
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss and its terms for logits ``(B,)``, labels ``(B,)`` (1 = labeled positive)."""
+        pi = check_pi(pi)
+        z_p, z_u = split(logits, labels)
+        terms = self.terms(z_p, z_u, pi)
+        return total(logits, terms), terms

@@ -6,9 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from topaz_lightning.objectives.common import check_pi, loss_positive, split, total
+from topaz_lightning.objectives.common import PUObjective, loss_positive
 
 # added to the variance so the normal approximation stays defined when all predictions saturate
 VARIANCE_EPS = 1e-6
@@ -41,7 +41,7 @@ def normal_count_probs(z_u: Tensor) -> Tensor:
     return torch.cat([cdf[:1], cdf[1:] - cdf[:-1], upper_tail])
 
 
-class GEBinomial(nn.Module):
+class GEBinomial(PUObjective):
     """``E_P[L(g, 1)] + slack * (-sum_k q_k log p_k)`` (the paper: slack 1).
 
     q_k is ``normal_count_probs`` of the N unlabeled logits, p_k the Binomial(N, pi) pmf,
@@ -54,12 +54,8 @@ class GEBinomial(nn.Module):
         super().__init__()
         self.slack = float(slack)
 
-    def forward(
-        self, logits: Tensor, labels: Tensor, pi: float
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss and its terms for logits ``(B,)``, labels ``(B,)`` (1 = labeled positive)."""
-        pi = check_pi(pi)
-        z_p, z_u = split(logits, labels)
+    def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
+        """Named loss terms from the labeled-positive and unlabeled logits."""
         terms = {}
         if z_p.numel():
             terms["positive"] = loss_positive(z_p).mean()
@@ -67,4 +63,4 @@ class GEBinomial(nn.Module):
             q = normal_count_probs(z_u)
             log_p = binomial_log_pmf(z_u.numel(), pi, z_u.dtype, z_u.device)
             terms["ge"] = -self.slack * (q * log_p).sum()
-        return total(logits, terms), terms
+        return terms

@@ -6,12 +6,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from topaz_lightning.objectives.common import check_pi, loss_positive, split, total
+from topaz_lightning.objectives.common import PUObjective, loss_positive
 
 
-class GEKL(nn.Module):
+class GEKL(PUObjective):
     """``E_P[L(g, 1)] + slack * KL(Bernoulli(pi) || Bernoulli(mean_U g))`` (paper: slack 100).
 
     ``KL = pi log(pi / m) + (1 - pi) log((1 - pi) / (1 - m))`` with ``m = mean_U sigmoid(z)``;
@@ -24,12 +24,8 @@ class GEKL(nn.Module):
         super().__init__()
         self.slack = float(slack)
 
-    def forward(
-        self, logits: Tensor, labels: Tensor, pi: float
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss and its terms for logits ``(B,)``, labels ``(B,)`` (1 = labeled positive)."""
-        pi = check_pi(pi)
-        z_p, z_u = split(logits, labels)
+    def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
+        """Named loss terms from the labeled-positive and unlabeled logits."""
         terms = {}
         if z_p.numel():
             terms["positive"] = loss_positive(z_p).mean()
@@ -39,4 +35,4 @@ class GEKL(nn.Module):
             log_mean_neg = torch.logsumexp(F.logsigmoid(-z_u), 0) - log_n
             kl = pi * (math.log(pi) - log_mean) + (1.0 - pi) * (math.log1p(-pi) - log_mean_neg)
             terms["ge"] = self.slack * kl
-        return total(logits, terms), terms
+        return terms

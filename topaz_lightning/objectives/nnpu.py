@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from topaz_lightning.objectives.common import check_pi, loss_negative, loss_positive, split, total
+from topaz_lightning.objectives.common import PUObjective, loss_negative, loss_positive
 
 
-class NNPU(nn.Module):
+class NNPU(PUObjective):
     """``pi * E_P[L(g, 1)] + max{0, E_U[L(g, 0)] - pi * E_P[L(g, 0)]}`` with cross-entropy L.
 
     The bracket estimates the risk of the negatives; the max keeps it non-negative. As in the
@@ -18,12 +18,8 @@ class NNPU(nn.Module):
     without unlabeled regions it is dropped.
     """
 
-    def forward(
-        self, logits: Tensor, labels: Tensor, pi: float
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss and its terms for logits ``(B,)``, labels ``(B,)`` (1 = labeled positive)."""
-        pi = check_pi(pi)
-        z_p, z_u = split(logits, labels)
+    def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
+        """Named loss terms from the labeled-positive and unlabeled logits."""
         terms = {}
         if z_p.numel():
             terms["positive"] = pi * loss_positive(z_p).mean()
@@ -32,4 +28,4 @@ class NNPU(nn.Module):
             if z_p.numel():
                 negative_risk = negative_risk - pi * loss_negative(z_p).mean()
             terms["unlabeled"] = negative_risk.clamp(min=0.0)
-        return total(logits, terms), terms
+        return terms
