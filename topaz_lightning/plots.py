@@ -133,6 +133,14 @@ def _image_axes(
     return ax
 
 
+def _title_box(ax: Any, title: str, width_px: int) -> None:
+    """White title text on a translucent black box in the top-left corner of the picture."""
+    ax.text(
+        0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", fontsize=_font(width_px),
+        color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 2},
+    )  # fmt: skip
+
+
 def _circles(ax: Any, xy: np.ndarray, radius: float, color: str, linewidth: float) -> None:
     if len(xy) == 0:
         return
@@ -198,10 +206,7 @@ def _overlay_figure(
         ]
         ax.legend(handles=handles, loc="upper right", fontsize=_font(width_px), framealpha=0.8)
     if title:
-        ax.text(
-            0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", fontsize=_font(width_px),
-            color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 2},
-        )  # fmt: skip
+        _title_box(ax, title, width_px)
     return fig
 
 
@@ -260,10 +265,7 @@ def _score_map_figure(
         extent=(-0.5, width - 0.5, height - 0.5, -0.5),
     )
     if title:
-        ax.text(
-            0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left", fontsize=_font(width_px),
-            color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 2},
-        )  # fmt: skip
+        _title_box(ax, title, width_px)
     return fig
 
 
@@ -413,9 +415,8 @@ def plot_score_map(
 ) -> Path:
     """Save a heatmap of particle probability over the grey micrograph (the paper's Figure 2B).
 
-    ``score_map`` has the micrograph's shape; with ``logits=True`` (what
-    ``picking.score_micrograph`` returns) it is passed through the sigmoid first, otherwise it
-    must already be a probability in [0, 1]. The colour map runs blue (low) to red (high) and is
+    ``score_map`` has the micrograph's shape; ``logits=True`` means it holds logits (what
+    ``picking.score_micrograph`` returns), otherwise probabilities in [0, 1]. The colour map runs blue (low) to red (high) and is
     blended with opacity ``alpha``. ``color_scale="probability"`` maps probability 0..1 onto the
     colours; ``"logit"`` (default) maps the logit between the map's median and its 99.9th
     percentile, because a PU classifier trained with a small pi gives even clear particles small
