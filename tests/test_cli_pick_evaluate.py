@@ -209,6 +209,17 @@ def test_score_maps_per_micrograph_outputs_and_overwrite(dataset):
     _pick(dataset, "threshold=0.5", "overwrite=true")
 
 
+def test_score_map_outputs_checked_only_for_what_is_written(dataset):
+    score_dir = dataset / "picks" / "score_maps"
+    score_dir.mkdir(parents=True)
+    (score_dir / "mic_a.png").write_bytes(b"an earlier picture")
+    _pick(dataset, "threshold=0.5", "save_score_maps=true")  # writes MRCs only
+    assert (score_dir / "mic_a.png").read_bytes() == b"an earlier picture"
+    with pytest.raises(OutputExistsError, match="mic_a.mrc"):
+        _pick(dataset, "threshold=0.5", "save_score_maps=true", "output=again.tsv")
+    assert not (dataset / "picks" / "again.tsv").exists()
+
+
 def test_bad_inputs_are_reported(dataset):
     with pytest.raises(InputError, match="model file not found"):
         _pick(dataset, model=dataset / "missing.pt")

@@ -123,11 +123,13 @@ def run(cfg: DictConfig):
             check_writable(output, overwrite)
     else:
         check_writable(output, overwrite)
-    score_dir = (
-        resolve_output(cfg, "score_map_dir")
-        if cfg.save_score_maps or cfg.get("plot_score_maps")
-        else None
-    )
+    # score-map outputs: the MRC maps and/or their PNG pictures
+    score_exts = [
+        ext
+        for ext, wanted in ((".mrc", cfg.save_score_maps), (".png", cfg.get("plot_score_maps")))
+        if wanted
+    ]
+    score_dir = resolve_output(cfg, "score_map_dir") if score_exts else None
 
     net, extra = load_model(cfg.model_path)
     prep = dict(extra.get("preprocess") or {})
@@ -150,9 +152,9 @@ def run(cfg: DictConfig):
                 path=str(cfg.subset),
             )
         sources = {n: sources[n] for n in wanted}
-    if score_dir is not None and not overwrite:
+    if score_dir is not None:
         for name in sources:
-            for ext in (".mrc", ".png"):
+            for ext in score_exts:
                 check_writable(score_dir / f"{name}{ext}", overwrite)
     log.info(
         "picking %d micrograph(s): downsample %g, normalize %s, radius %g px",
