@@ -340,6 +340,9 @@ def test_unknown_preset_and_bad_workers(tmp_path: Path):
     assert "tiny" in str(err.value)  # lists the choices
     with pytest.raises(ConfigError, match="num_workers"):
         simulate_dataset(tmp_path / "y", preset="tiny", num_workers=0)
+    with pytest.raises(ConfigError, match="unknown simulation setting") as err:
+        get_preset("tiny", num_micrograph=3)
+    assert err.value.key == "num_micrograph"
 
 
 # ---------------------------------------------------------------- command line
