@@ -103,12 +103,18 @@ def apply_conv(conv: nn.Conv2d, x: Tensor, dense: bool | str, jump: int) -> tupl
     mode = dense_mode(dense)
     if mode == "patch":
         return conv(x), jump
+    return _dense_conv(conv, conv.weight, conv.bias, x, mode, jump)
+
+
+def _dense_conv(
+    conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, x: Tensor, mode: str, jump: int
+) -> tuple[Tensor, int]:
+    """``conv``'s geometry with the given weight/bias in dense ``mode``; returns (y, next jump)."""
     stride = conv.stride[0]
     if mode == "polyphase":
-        y = F.conv2d(x, conv.weight, conv.bias, stride=1, padding=0, dilation=conv.dilation)
+        y = F.conv2d(x, weight, bias, stride=1, padding=0, dilation=conv.dilation)
         return split_phases(y, stride), jump * stride
-    dilation = jump * conv.dilation[0]
-    y = F.conv2d(x, conv.weight, conv.bias, stride=1, padding=0, dilation=dilation)
+    y = F.conv2d(x, weight, bias, stride=1, padding=0, dilation=jump * conv.dilation[0])
     return y, jump * stride
 
 
@@ -134,13 +140,7 @@ def apply_conv_bn(
         scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
     if conv.bias is not None:
         shift = shift + conv.bias * scale
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    stride = conv.stride[0]
-    if mode == "polyphase":
-        y = F.conv2d(x, weight, shift, stride=1, padding=0, dilation=conv.dilation)
-        return split_phases(y, stride), jump * stride
-    y = F.conv2d(x, weight, shift, stride=1, padding=0, dilation=jump * conv.dilation[0])
-    return y, jump * stride
+    return _dense_conv(conv, conv.weight * scale.view(-1, 1, 1, 1), shift, x, mode, jump)
 
 
 class PatchClassifier(nn.Module):
