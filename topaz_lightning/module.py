@@ -151,11 +151,11 @@ class PULitModule(pl.LightningModule):
         return loss + self.recon_weight * recon_err, terms
 
     def _logits_from_features(self, features: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        # reuse the features when the classifier exposes its head (one pass, one BatchNorm update);
-        # otherwise fall back to a second forward pass
-        head = getattr(self.net, "classifier", None)
-        if isinstance(head, nn.Linear) and head.out_features == 1:
-            return head(features).reshape(-1)
+        # reuse the features when the classifier exposes its head (one pass, one BatchNorm update;
+        # models.PatchClassifier.logits_from_features); otherwise a second forward pass
+        head = getattr(self.net, "logits_from_features", None)
+        if callable(head):
+            return head(features)
         return self.net(patches)
 
     def training_step(
