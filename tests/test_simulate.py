@@ -346,6 +346,29 @@ def test_unknown_preset_and_bad_workers(tmp_path: Path):
 
 
 # ---------------------------------------------------------------- command line
+def test_cli_refuses_an_existing_contact_sheet_elsewhere(tmp_path: Path, configs_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    from topaz_lightning.cli.simulate import run
+
+    sheet = tmp_path / "sheet.png"
+    sheet.write_bytes(b"an earlier sheet")
+    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
+        cfg = compose(
+            config_name="simulate",
+            overrides=[
+                "simulate=tiny",
+                f"out_dir={tmp_path / 'cli'}",
+                "simulate.num_micrographs=2",
+                f"contact_sheet_path={sheet}",
+            ],
+        )
+    with pytest.raises(OutputExistsError, match="sheet.png"):
+        run(cfg)
+    assert sheet.read_bytes() == b"an earlier sheet"
+    assert not (tmp_path / "cli").exists()  # refused before simulating
+
+
 def test_cli_writes_dataset_and_contact_sheet(tmp_path: Path, configs_dir: Path):
     from hydra import compose, initialize_config_dir
 

@@ -31,6 +31,7 @@ def run(cfg: DictConfig) -> Path:
     """Simulate the dataset described by ``cfg`` (the resolved ``simulate`` config); return its path."""
     from topaz_lightning.simulate import SimulationSettings, simulate_dataset
     from topaz_lightning.simulate.contact_sheet import dataset_contact_sheet
+    from topaz_lightning.utils.atomic import check_writable
 
     try:
         settings = instantiate(cfg.simulate, _convert_="all")
@@ -48,6 +49,10 @@ def run(cfg: DictConfig) -> Path:
         )
     if cfg.out_dir is None:
         raise ConfigError("out_dir", "set the output directory")
+    # the default contact sheet lives in the freshly built dataset; one elsewhere may already exist
+    sheet = None
+    if cfg.contact_sheet and cfg.contact_sheet_path:
+        sheet = check_writable(cfg.contact_sheet_path, bool(cfg.overwrite))
     out = simulate_dataset(
         cfg.out_dir,
         preset=settings,
@@ -58,9 +63,8 @@ def run(cfg: DictConfig) -> Path:
     log.info("wrote %s (%d micrographs)", out, settings.num_micrographs)
     print(f"simulated dataset: {out}")
     if cfg.contact_sheet:
-        sheet = (
-            Path(cfg.contact_sheet_path) if cfg.contact_sheet_path else out / "contact_sheet.png"
-        )
+        if sheet is None:
+            sheet = out / "contact_sheet.png"
         dataset_contact_sheet(out, sheet, overwrite=True)
         print(f"contact sheet: {sheet}")
     return out
