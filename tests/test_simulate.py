@@ -440,3 +440,26 @@ def test_cli_reports_impossible_settings_as_config_error(tmp_path: Path, configs
         run(cfg)
     assert err.value.key == "min_distance_px"
     assert not (tmp_path / "x").exists()
+
+
+def test_failed_replacement_keeps_the_earlier_dataset(tmp_path: Path, monkeypatch):
+    import os
+
+    from topaz_lightning.simulate import dataset as ds
+
+    out, new = tmp_path / "data", tmp_path / "new"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    new.mkdir()
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src) == new:
+            raise OSError("disk trouble")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ds.os, "replace", replace)
+    with pytest.raises(OSError, match="disk trouble"):
+        ds._move_into_place(new, out, overwrite=True)
+    assert (out / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "new"]

@@ -230,6 +230,9 @@ def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
         os.replace(out_dir, trash / out_dir.name)
         try:
             os.replace(tmp, out_dir)
+        except BaseException:
+            os.replace(trash / out_dir.name, out_dir)  # keep the earlier dataset
+            raise
         finally:
             shutil.rmtree(trash, ignore_errors=True)
     else:
