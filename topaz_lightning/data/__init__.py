@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from topaz_lightning.data.labels import disk_area, disk_offsets, positive_mask
+from topaz_lightning.data.labels import disk_area, disk_offsets, positive_mask, positive_masks
 from topaz_lightning.data.prior import (
     PriorWarning,
     labeled_fraction,
@@ -23,6 +23,7 @@ __all__ = [
     "labeled_fraction",
     "pi_from_particles_per_micrograph",
     "positive_mask",
+    "positive_masks",
     "random_split",
     "rotate_patches",
     "unlabeled_prior",

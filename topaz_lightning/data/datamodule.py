@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from topaz_lightning.data.labels import disk_area, positive_mask
+from topaz_lightning.data.labels import disk_area, positive_masks
 from topaz_lightning.data.prior import pi_from_particles_per_micrograph, unlabeled_prior
 from topaz_lightning.data.sampler import PUBatchDataset, PUPatchSampler
 from topaz_lightning.data.splits import kfold_split, random_split, read_name_list
@@ -347,14 +347,8 @@ class PUDataModule(pl.LightningDataModule):
         self, images: Mapping[str, np.ndarray], coordinates: pd.DataFrame
     ) -> dict[str, np.ndarray]:
         """Boolean positive-region mask per micrograph for the given particles (``radius_px``)."""
-        radius = self._radius()
-        groups = {n: g for n, g in coordinates.groupby("micrograph")}
-        out = {}
-        for name, image in images.items():
-            g = groups.get(name)
-            xy = np.zeros((0, 2)) if g is None else g[["x", "y"]].to_numpy(np.float64)
-            out[name] = positive_mask(image.shape, xy, radius)
-        return out
+        shapes = {name: image.shape for name, image in images.items()}
+        return positive_masks(shapes, coordinates, self._radius())
 
     def train_sampler(self) -> PUPatchSampler:
         """The training patch sampler (built once, on the sampler device, for this process's rank)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
+import pandas as pd
 
 
 def disk_offsets(radius_px: float) -> np.ndarray:
@@ -58,3 +61,21 @@ def positive_mask(shape: tuple[int, int], xy: np.ndarray, radius_px: float) -> n
     pixels = pixels[inside]
     mask[pixels[:, 0], pixels[:, 1]] = True
     return mask
+
+
+def positive_masks(
+    shapes: Mapping[str, tuple[int, int]], coordinates: pd.DataFrame, radius_px: float
+) -> dict[str, np.ndarray]:
+    """:func:`positive_mask` per micrograph: ``{name: mask}`` for every name in ``shapes``.
+
+    ``coordinates`` is a table with columns micrograph, x, y; micrographs without a row get an
+    all-False mask, rows of micrographs not in ``shapes`` are ignored.
+    """
+    micrograph = coordinates["micrograph"].astype(str)
+    groups = {n: g for n, g in coordinates.groupby(micrograph, sort=False)}
+    out = {}
+    for name, shape in shapes.items():
+        g = groups.get(name)
+        xy = np.zeros((0, 2)) if g is None else g[["x", "y"]].to_numpy(dtype=np.float64)
+        out[name] = positive_mask(tuple(shape), xy, radius_px)
+    return out

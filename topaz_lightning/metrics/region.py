@@ -47,16 +47,13 @@ def region_aupr(logits, labels, thresholds: int | None = None) -> float:
 def region_labels(
     shapes: Mapping[str, tuple[int, int]], truth_df: pd.DataFrame, radius_px: float
 ) -> dict[str, np.ndarray]:
-    """Positive-region masks per micrograph: pixels within ``radius_px`` (<=) of a true particle."""
-    from topaz_lightning.data.labels import positive_mask
+    """Positive-region masks per micrograph: pixels within ``radius_px`` (<=) of a true particle.
 
-    groups = {n: g for n, g in truth_df.groupby(truth_df["micrograph"].astype(str), sort=False)}
-    out = {}
-    for name, shape in shapes.items():
-        g = groups.get(name)
-        xy = np.zeros((0, 2)) if g is None else g[["x", "y"]].to_numpy(dtype=np.float64)
-        out[name] = positive_mask(tuple(shape), xy, radius_px)
-    return out
+    The labels of :func:`topaz_lightning.data.labels.positive_masks` (the training labels).
+    """
+    from topaz_lightning.data.labels import positive_masks
+
+    return positive_masks(shapes, truth_df, radius_px)
 
 
 def region_aupr_maps(
