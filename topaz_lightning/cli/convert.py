@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from topaz_lightning.cli._hydra import entry_point, require
 from topaz_lightning.errors import ConfigError
 from topaz_lightning.io.coordinates import (
+    ONE_MICROGRAPH_PER_FILE,
     canonical_format,
     read_coordinates,
     transform_coordinates,
@@ -100,7 +101,7 @@ def convert(
         per_micrograph = (
             output.is_dir()
             or output_text.endswith(("/", os.sep))
-            or (fmt in ("box", "cryoppp") and several)
+            or (fmt in ONE_MICROGRAPH_PER_FILE and several)
         )
     if per_micrograph and fmt is None:
         raise ConfigError("output_format", "required when writing one file per micrograph")

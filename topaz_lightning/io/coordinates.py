@@ -43,8 +43,8 @@ EXTENSIONS = {
     "csv": ".csv",
 }
 _EXT_FORMAT = {".tsv": "tsv", ".txt": "tsv", ".star": "star3.0", ".box": "box", ".csv": "csv"}
-# Formats with no micrograph column: the file name is the micrograph name.
-_ONE_MICROGRAPH_PER_FILE = ("box", "cryoppp")
+#: Formats with no micrograph column: the file name is the micrograph name.
+ONE_MICROGRAPH_PER_FILE = ("box", "cryoppp")
 # Image extensions removed from micrograph references such as _rlnMicrographName.
 _IMAGE_EXTENSIONS = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # Suffixes RELION appends to per-micrograph pick files (Micrograph_autopick.star).
@@ -692,7 +692,7 @@ def write_coordinates(
     names = list(dict.fromkeys(df["micrograph"].astype(str)))
 
     if not per_micrograph:
-        if fmt in _ONE_MICROGRAPH_PER_FILE and len(names) > 1:
+        if fmt in ONE_MICROGRAPH_PER_FILE and len(names) > 1:
             raise InputError(
                 f"the {fmt} format holds one micrograph per file but the table has {len(names)}; "
                 "use per_micrograph=true with a directory output",

@@ -73,14 +73,19 @@ def simulate_micrographs(
 def _labeled_writer(settings: SimulationSettings):
     """(extension, write(df, path_without_extension)) for the labeled subsets' format."""
     from topaz_lightning.errors import InputError
-    from topaz_lightning.io.coordinates import EXTENSIONS, canonical_format, write_coordinates
+    from topaz_lightning.io.coordinates import (
+        EXTENSIONS,
+        ONE_MICROGRAPH_PER_FILE,
+        canonical_format,
+        write_coordinates,
+    )
 
     try:
         fmt = canonical_format(settings.coordinate_format)
     except InputError as err:
         raise ConfigError("coordinate_format", str(err)) from None
     # one-micrograph-per-file formats become a directory of files per subset
-    per_micrograph = fmt in ("box", "cryoppp")
+    per_micrograph = fmt in ONE_MICROGRAPH_PER_FILE
     ext = "" if per_micrograph else EXTENSIONS[fmt]
     box_size = int(2 * round(1.5 * settings.particle_radius_px))
 
