@@ -105,9 +105,8 @@ def convert(
         )
     if per_micrograph and fmt is None:
         raise ConfigError("output_format", "required when writing one file per micrograph")
-    if fmt == "box" and box_size is None:
-        raise ConfigError("box_size", "required for EMAN .box output (box edge in output px)")
-    if fmt is None and output.suffix.lower() == ".box" and box_size is None:
+    writes_box = fmt == "box" or (fmt is None and output.suffix.lower() == ".box")
+    if writes_box and box_size is None:
         raise ConfigError("box_size", "required for EMAN .box output (box edge in output px)")
     written = write_coordinates(
         out, output, fmt=fmt, overwrite=overwrite, per_micrograph=per_micrograph, box_size=box_size

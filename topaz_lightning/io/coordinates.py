@@ -651,8 +651,8 @@ _WRITERS = {
 
 
 def _format_for_output(path: Path) -> str:
-    ext_fmt = {".star": "star3.1", ".box": "box", ".tsv": "tsv", ".txt": "tsv", ".csv": "csv"}
-    fmt = ext_fmt.get(path.suffix.lower())
+    # as when reading, except that a new .star file is RELION 3.1
+    fmt = {**_EXT_FORMAT, ".star": "star3.1"}.get(path.suffix.lower())
     if fmt is None:
         raise InputError(
             f"cannot tell the output format from the extension '{path.suffix}'; pass fmt= one of "
