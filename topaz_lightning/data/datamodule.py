@@ -470,7 +470,9 @@ class PUDataModule(pl.LightningDataModule):
         truth = truth.copy()
         if "micrograph" in truth.columns:
             truth["micrograph"] = truth["micrograph"].astype(str)
-        _validate(truth, {n: im.shape for n, im in images.items()}, source)
+        from topaz_lightning.io.coordinates import validate_coordinates
+
+        validate_coordinates(truth, {n: im.shape for n, im in images.items()}, source)
         return images, truth[["micrograph", "x", "y"]].astype({"x": float, "y": float}), source
 
     def _split(self, names: list[str]) -> tuple[list[str], list[str]]:
@@ -572,13 +574,3 @@ class PUDataModule(pl.LightningDataModule):
             "set data.pi (fraction of regions that are positive) or data.particles_per_micrograph "
             f"(expected particles per micrograph; pi = n * {disk_area(radius)} / (H*W))",
         )
-
-
-def _validate(truth: pd.DataFrame, shapes: dict[str, tuple[int, int]], source: str) -> None:
-    """Coordinates against image shapes: io.coordinates.validate_coordinates (InputError if bad)."""
-    missing = {"micrograph", "x", "y"} - set(truth.columns)
-    if missing:
-        raise InputError(f"coordinate table lacks column(s) {sorted(missing)}", source)
-    from topaz_lightning.io.coordinates import validate_coordinates
-
-    validate_coordinates(truth, shapes, source)
