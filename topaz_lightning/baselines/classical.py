@@ -113,7 +113,7 @@ def pick_with_score_maps(
     score_maps: dict[str, np.ndarray], nms_radius_px: float, border_px: float = 0.0
 ) -> pd.DataFrame:
     """Non-maximum suppression on each score map: DataFrame[micrograph, x, y, score]."""
-    from topaz_lightning.picking.nms import non_maximum_suppression
+    from topaz_lightning.picking.pick import picks_from_score_map
 
     frames = []
     for name, score_map in score_maps.items():
@@ -124,10 +124,7 @@ def pick_with_score_maps(
             score_map[-b:] = -np.inf
             score_map[:, :b] = -np.inf
             score_map[:, -b:] = -np.inf
-        xy, scores = non_maximum_suppression(score_map, nms_radius_px)
-        frames.append(
-            pd.DataFrame({"micrograph": name, "x": xy[:, 0], "y": xy[:, 1], "score": scores})
-        )
+        frames.append(picks_from_score_map(name, score_map, nms_radius_px))
     if not frames:
         return pd.DataFrame({"micrograph": [], "x": [], "y": [], "score": []})
     return pd.concat(frames, ignore_index=True)
