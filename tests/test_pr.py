@@ -14,7 +14,7 @@ from topaz_lightning.metrics import (
     precision_recall_curve,
     region_aupr,
 )
-from topaz_lightning.picking import threshold_for_recall
+from topaz_lightning.picking import sigmoid, threshold_for_recall
 
 
 def _df(name, xy, scores=None):
@@ -204,3 +204,10 @@ def test_real_empiar10017_annotation_against_itself(empiar10017_dir):
     moved = picks.assign(x=picks["x"] + 30.0)
     ev = evaluate_picks(pd.concat([moved, moved.assign(score=moved["score"] - 10)]), truth, 54)
     assert ev.n_matched == 2591 and ev.n_pred == 2 * 2591
+
+
+def test_sigmoid_matches_formula_and_saturates_without_warnings():
+    z = np.linspace(-30.0, 30.0, 601)
+    np.testing.assert_allclose(sigmoid(z), 1.0 / (1.0 + np.exp(-z)), rtol=1e-14, atol=0)
+    with np.errstate(all="raise"):
+        assert sigmoid(np.array([-800.0, 0.0, 800.0])).tolist() == [0.0, 0.5, 1.0]

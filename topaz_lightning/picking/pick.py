@@ -29,8 +29,10 @@ def logit(probability: float) -> float:
 
 
 def sigmoid(scores: np.ndarray) -> np.ndarray:
-    """Probability from logit scores (numerically stable)."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
+    """Probability from logit scores (float64; no overflow warning for very negative logits)."""
+    from scipy.special import expit
+
+    return expit(np.asarray(scores, dtype=np.float64))
 
 
 def picks_from_score_map(
