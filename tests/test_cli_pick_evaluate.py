@@ -340,3 +340,19 @@ def test_name_lists(dataset):
         read_name_list(dataset / "empty.txt")
     with pytest.raises(InputError, match="not found"):
         read_name_list(dataset / "nope.txt")
+
+
+def test_per_micrograph_output_that_is_a_file_is_refused_before_scoring(dataset):
+    (dataset / "picks").mkdir()
+    (dataset / "picks" / "stars").write_text("not a directory")
+    for overwrite in ("overwrite=false", "overwrite=true"):
+        with pytest.raises(InputError, match="must be a directory"):
+            _pick(
+                dataset,
+                "per_micrograph=true",
+                "format=star",
+                "output=stars",
+                "save_score_maps=true",
+                overwrite,
+            )
+    assert not (dataset / "picks" / "score_maps").exists()

@@ -288,6 +288,29 @@ def test_per_micrograph_writer_refuses_nonempty_directory(tmp_path):
     assert len(read_coordinates(out)) == 4
 
 
+def test_check_coordinate_output_matches_the_writer(tmp_path):
+    from topaz_lightning.io.coordinates import check_coordinate_output
+
+    assert check_coordinate_output(tmp_path / "new.tsv") == tmp_path / "new.tsv"
+    assert check_coordinate_output(tmp_path / "d", per_micrograph=True) == tmp_path / "d"
+    (tmp_path / "empty").mkdir()
+    check_coordinate_output(tmp_path / "empty", per_micrograph=True)
+    out = write_coordinates(_table(2), tmp_path / "d", fmt="box", per_micrograph=True, box_size=4)
+    with pytest.raises(OutputExistsError):
+        check_coordinate_output(out, per_micrograph=True)
+    check_coordinate_output(out, overwrite=True, per_micrograph=True)
+    single = write_coordinates(_table(2), tmp_path / "p.tsv")
+    with pytest.raises(OutputExistsError):
+        check_coordinate_output(single)
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="must be a directory"):
+            check_coordinate_output(single, overwrite=overwrite, per_micrograph=True)
+        with pytest.raises(InputError, match="must be a directory"):
+            write_coordinates(
+                _table(2), single, fmt="tsv", overwrite=overwrite, per_micrograph=True
+            )
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     bad = _table().astype({"x": object})
     bad.loc[1, "x"] = "oops"

@@ -91,7 +91,7 @@ def threshold_from_metrics(path, target_recall: float) -> float:
 
 def run(cfg: DictConfig):
     """Run the picking described by a composed ``pick`` config; returns the picks DataFrame."""
-    from topaz_lightning.io.coordinates import write_coordinates
+    from topaz_lightning.io.coordinates import check_coordinate_output, write_coordinates
     from topaz_lightning.io.micrographs import list_micrographs, read_micrograph, write_micrograph
     from topaz_lightning.models import load_model
     from topaz_lightning.picking import pick_micrographs, sigmoid
@@ -117,12 +117,9 @@ def run(cfg: DictConfig):
         raise ConfigError("particles_per_micrograph", f"must be >= 0, got {k}")
     threshold = choose_threshold(cfg)
     overwrite = bool(cfg.overwrite)
-    output = resolve_output(cfg, "output")
-    if cfg.per_micrograph:
-        if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-            check_writable(output, overwrite)
-    else:
-        check_writable(output, overwrite)
+    output = check_coordinate_output(
+        resolve_output(cfg, "output"), overwrite, per_micrograph=bool(cfg.per_micrograph)
+    )
     # score-map outputs: the MRC maps and/or their PNG pictures
     score_exts = [
         ext

@@ -5,6 +5,7 @@ from __future__ import annotations
 from topaz_lightning.io.coordinates import (
     FORMATS,
     canonical_format,
+    check_coordinate_output,
     detect_format,
     micrograph_name_from_reference,
     read_coordinates,
@@ -26,6 +27,7 @@ _MICROGRAPH_NAMES = (
 __all__ = [
     "FORMATS",
     "canonical_format",
+    "check_coordinate_output",
     "detect_format",
     "micrograph_name_from_reference",
     "read_coordinates",

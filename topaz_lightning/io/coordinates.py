@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from topaz_lightning.errors import InputError, OutputExistsError
-from topaz_lightning.utils.atomic import atomic_output
+from topaz_lightning.utils.atomic import atomic_output, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -662,6 +662,24 @@ def _format_for_output(path: Path) -> str:
     return fmt
 
 
+def check_coordinate_output(
+    path: str | os.PathLike, overwrite: bool = False, per_micrograph: bool = False
+) -> Path:
+    """Refuse now an output that :func:`write_coordinates` would refuse; return it as a Path.
+
+    One file: it must not exist unless ``overwrite``. One file per micrograph: ``path`` must be
+    a directory (or not exist yet), and a non-empty one is refused unless ``overwrite``.
+    """
+    path = Path(path)
+    if not per_micrograph:
+        return check_writable(path, overwrite)
+    if path.exists() and not path.is_dir():
+        raise InputError("per-micrograph output must be a directory, found a file", path)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(path)
+    return path
+
+
 def write_coordinates(
     df: pd.DataFrame,
     path: str | os.PathLike,
@@ -704,11 +722,8 @@ def write_coordinates(
 
     groups = {name: group for name, group in df.groupby(df["micrograph"].astype(str), sort=False)}
     ext = EXTENSIONS[fmt]
-    if path.exists() and not path.is_dir():
-        raise InputError("per-micrograph output must be a directory, found a file", path)
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(path)
+    check_coordinate_output(path, overwrite, per_micrograph=True)
+    if path.is_dir() and any(path.iterdir()):  # overwrite: replace file by file
         for name in names:
             with atomic_output(path / f"{name}{ext}", overwrite=True) as tmp:
                 writer(groups[name], tmp, box_size)
