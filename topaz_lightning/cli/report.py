@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
-from topaz_lightning.cli._hydra import entry_point
+from topaz_lightning.cli._hydra import entry_point, require
 from topaz_lightning.errors import ConfigError
 
 log = logging.getLogger("topaz_lightning")
@@ -58,8 +58,7 @@ def run(cfg: DictConfig) -> dict:
     )
     from topaz_lightning.utils.atomic import atomic_output, check_writable
 
-    if OmegaConf.is_missing(cfg, "sweep_dir") or cfg.get("sweep_dir") in (None, ""):
-        raise ConfigError("sweep_dir", "is required, e.g. sweep_dir=multirun/pi_kfold/<time>")
+    require(cfg, ("sweep_dir",), "sweep_dir=multirun/pi_kfold/<time>")
     metrics = _names(cfg.get("metric", "val/aupr"), "metric")
     if metrics is None:
         raise ConfigError("metric", "is required, e.g. metric=val/aupr")
@@ -74,7 +73,8 @@ def run(cfg: DictConfig) -> dict:
     if group_by is None:
         group_by = default_group_by(sweep)
     table = aggregate(sweep.jobs, group_by, metrics, source=sweep.path)
-    best = best_row(table, metrics[0], str(cfg.get("mode", "max"))) if group_by else None
+    mode = str(cfg.get("mode", "max"))
+    best = best_row(table, metrics[0], mode) if group_by else None
 
     lines = [f"# Sweep report: {sweep.path}", ""]
     lines.append(
@@ -95,7 +95,6 @@ def run(cfg: DictConfig) -> dict:
     best_info = None
     if best is not None:
         setting = ", ".join(f"{k}={key_text(best[k])}" for k in group_by)
-        mode = str(cfg.get("mode", "max"))
         summary = mean_std(
             best[f"{metrics[0]} mean"], best[f"{metrics[0]} std"], int(best[f"{metrics[0]} n"])
         )
@@ -110,8 +109,7 @@ def run(cfg: DictConfig) -> dict:
     text = "\n".join(lines)
     print(text)
     if cfg.get("list_jobs", True):
-        listed = [k for k in sweep.swept]
-        text += "\n## Jobs\n\n" + jobs_markdown(sweep.jobs, listed, metrics) + "\n"
+        text += "\n## Jobs\n\n" + jobs_markdown(sweep.jobs, sweep.swept, metrics) + "\n"
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(paths["report.csv"], overwrite=overwrite) as tmp:
