@@ -201,6 +201,13 @@ def test_errors(tmp_path):
     (sweep / "0" / "metrics.json").write_text("{not json")
     with pytest.raises(InputError, match="0/metrics.json: not valid JSON"):
         load_sweep(sweep)
+    (sweep / "0" / "metrics.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(InputError, match="0/metrics.json: not valid JSON"):
+        load_sweep(sweep)
+    (sweep / "0" / "metrics.json").write_text("{}")
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_bytes(b"- data.pi=\xff")
+    with pytest.raises(InputError, match="overrides.yaml: not valid YAML"):
+        load_sweep(sweep)
     with pytest.raises(ConfigError, match="sweep_dir"):
         from topaz_lightning.cli.report import run
 

@@ -63,7 +63,7 @@ class Sweep:
 def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise InputError(f"not valid YAML ({err})", path=path) from err
     except OSError as err:
         raise InputError(f"cannot read ({err.strerror})", path=path) from err
@@ -166,7 +166,7 @@ def load_sweep(
             continue
         try:
             metrics = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError as err:
+        except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
             raise InputError(f"not valid JSON ({err})", path=metrics_path) from err
         metrics = _numeric_metrics(metrics, metrics_path)
         row: dict[str, Any] = {"job": job.name}
