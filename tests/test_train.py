@@ -319,3 +319,20 @@ def test_short_training_on_the_simulators_tiny_preset(tmp_path):
     assert 0.0 <= metrics["val/aupr"] <= 1.0
     _, extra = load_model(tmp_path / "run" / "model.pt")
     assert extra["radius_px"] > 0 and 0 < extra["pi"] < 1
+
+
+def test_fresh_run_refuses_to_replace_an_earlier_runs_model(dataset, tmp_path):
+    from topaz_lightning.errors import OutputExistsError
+    from topaz_lightning.train import train
+
+    mics, coords = dataset
+    (tmp_path / "model.pt").write_bytes(b"an earlier run's model")
+    extra = ["logger=none", "callbacks.best_checkpoint=null", "callbacks.held_out_picking=null"]
+    with pytest.raises(OutputExistsError, match="model.pt"):
+        train(compose_train(small_overrides(mics, coords, 2, extra), tmp_path))
+    assert (tmp_path / "model.pt").read_bytes() == b"an earlier run's model"
+    metrics = train(
+        compose_train(small_overrides(mics, coords, 2, [*extra, "overwrite=true"]), tmp_path)
+    )
+    assert metrics["global_step"] == 2
+    assert (tmp_path / "model.pt").read_bytes() != b"an earlier run's model"

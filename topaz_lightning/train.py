@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from topaz_lightning.errors import ConfigError
+from topaz_lightning.errors import ConfigError, OutputExistsError
 
 log = logging.getLogger("topaz_lightning")
 
@@ -99,11 +99,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     the :class:`~topaz_lightning.module.PULitModule` (``cfg.module``), callbacks, loggers and the
     trainer; fit (resuming from ``cfg.ckpt_path`` if set: ``"last"`` or a checkpoint path); then
     save the trained classifier to ``<paths.output_dir>/model.pt`` with the preprocessing, radius,
-    pi and receptive field that ``tzl-pick`` needs to reproduce the run.
+    pi and receptive field that ``tzl-pick`` needs to reproduce the run. A fresh run refuses
+    (OutputExistsError, before any work) to replace an earlier run's outputs unless
+    ``cfg.overwrite``.
     """
     from topaz_lightning.models import save_model
 
     output_dir = Path(cfg.paths.output_dir)
+    _refuse_existing_outputs(output_dir, cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.seed), workers=True)
 
@@ -175,6 +178,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _write_metrics(output_dir / "metrics.json", metrics)
         log.info("saved the trained classifier to %s", model_path)
     return metrics
+
+
+#: what a finished run leaves in its output directory
+RUN_OUTPUTS = ("model.pt", "model_best.pt", "metrics.json")
+
+
+def _refuse_existing_outputs(output_dir: Path, cfg: DictConfig) -> None:
+    """Before any work: a fresh run (no ckpt_path) must not replace an earlier run's outputs.
+
+    A resumed run (``ckpt_path`` set) rewrites them by design; ``overwrite=true`` allows it too.
+    """
+    if cfg.get("ckpt_path") is not None or bool(cfg.get("overwrite", False)):
+        return
+    for name in RUN_OUTPUTS:
+        if (output_dir / name).exists():
+            raise OutputExistsError(output_dir / name)
 
 
 def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
