@@ -356,3 +356,13 @@ def test_per_micrograph_output_that_is_a_file_is_refused_before_scoring(dataset)
                 overwrite,
             )
     assert not (dataset / "picks" / "score_maps").exists()
+
+
+def test_unreadable_recall_metrics_name_the_file(tmp_path):
+    from topaz_lightning.cli.pick import threshold_from_metrics
+
+    bad = tmp_path / "metrics.json"
+    for content in (b"\xff\xfe{}", b"{not json"):
+        bad.write_bytes(content)
+        with pytest.raises(InputError, match="metrics.json: cannot read metrics JSON"):
+            threshold_from_metrics(bad, 0.5)

@@ -463,3 +463,12 @@ def test_failed_replacement_keeps_the_earlier_dataset(tmp_path: Path, monkeypatc
         ds._move_into_place(new, out, overwrite=True)
     assert (out / "old.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "new"]
+
+
+def test_load_dataset_info_names_a_bad_file(tmp_path: Path):
+    from topaz_lightning.errors import InputError
+    from topaz_lightning.simulate.dataset import load_dataset_info
+
+    (tmp_path / "dataset.yaml").write_bytes(b"shape: \xff")
+    with pytest.raises(InputError, match="dataset.yaml: not valid YAML"):
+        load_dataset_info(tmp_path)

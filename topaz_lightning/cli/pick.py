@@ -74,7 +74,7 @@ def threshold_from_metrics(path, target_recall: float) -> float:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
         raise InputError(f"cannot read metrics JSON ({err})", path=path) from err
     curve = data.get("curve") if isinstance(data, dict) else None
     if not isinstance(curve, dict) or not {"threshold", "recall"} <= set(curve):

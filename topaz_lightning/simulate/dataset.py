@@ -255,8 +255,10 @@ def load_dataset_info(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError("no dataset.yaml here; is this a simulated dataset?", path=path)
     try:
         info = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise InputError(f"not valid YAML: {err}", path=path) from None
+    except OSError as err:
+        raise InputError(f"cannot read ({err.strerror})", path=path) from None
     if not isinstance(info, dict) or "shape" not in info:
         raise InputError("expected a mapping with the dataset's metadata (shape, ...)", path=path)
     return info
