@@ -160,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     if trainer.is_global_zero:
         model_path = output_dir / "model.pt"
-        save_model(model_path, module.net.cpu(), model_config, extra=extra, overwrite=True)
+        save_model(model_path, module.net, model_config, extra=extra, overwrite=True)
         metrics["model_path"] = str(model_path)
         best = _best_checkpoint(trainer)
         if best is not None:
