@@ -73,3 +73,29 @@ class PUObjective(nn.Module):
         z_p, z_u = split(logits, labels)
         terms = self.terms(z_p, z_u, pi)
         return total(logits, terms), terms
+
+
+class GECriterion(PUObjective):
+    """Generalized expectation: ``E_P[L(g, 1)] + slack * penalty(z_u, pi)``.
+
+    Terms: ``positive`` (mean cross entropy of the labeled positives) and ``ge`` (the slack-weighted
+    penalty on the unlabeled logits); a term without data is left out. Subclasses define
+    :meth:`penalty`.
+    """
+
+    def __init__(self, slack: float):
+        super().__init__()
+        self.slack = float(slack)
+
+    def penalty(self, z_u: Tensor, pi: float) -> Tensor:
+        """The GE penalty on a non-empty set of unlabeled logits; implemented by each criterion."""
+        raise NotImplementedError
+
+    def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
+        """``positive`` and ``ge`` (see the class docstring)."""
+        terms = {}
+        if z_p.numel():
+            terms["positive"] = loss_positive(z_p).mean()
+        if z_u.numel():
+            terms["ge"] = self.slack * self.penalty(z_u, pi)
+        return terms

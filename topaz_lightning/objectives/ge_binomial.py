@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from topaz_lightning.objectives.common import PUObjective, loss_positive
+from topaz_lightning.objectives.common import GECriterion
 
 # added to the variance so the normal approximation stays defined when all predictions saturate
 VARIANCE_EPS = 1e-6
@@ -41,7 +41,7 @@ def normal_count_probs(z_u: Tensor) -> Tensor:
     return torch.cat([cdf[:1], cdf[1:] - cdf[:-1], upper_tail])
 
 
-class GEBinomial(PUObjective):
+class GEBinomial(GECriterion):
     """``E_P[L(g, 1)] + slack * (-sum_k q_k log p_k)`` (the paper: slack 1).
 
     q_k is ``normal_count_probs`` of the N unlabeled logits, p_k the Binomial(N, pi) pmf,
@@ -51,16 +51,10 @@ class GEBinomial(PUObjective):
     """
 
     def __init__(self, slack: float = 1.0):
-        super().__init__()
-        self.slack = float(slack)
+        super().__init__(slack)
 
-    def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
-        """Named loss terms from the labeled-positive and unlabeled logits."""
-        terms = {}
-        if z_p.numel():
-            terms["positive"] = loss_positive(z_p).mean()
-        if z_u.numel():
-            q = normal_count_probs(z_u)
-            log_p = binomial_log_pmf(z_u.numel(), pi, z_u.dtype, z_u.device)
-            terms["ge"] = -self.slack * (q * log_p).sum()
-        return terms
+    def penalty(self, z_u: Tensor, pi: float) -> Tensor:
+        """Cross entropy ``-sum_k q_k log p_k`` of the count distributions, k = 0..N."""
+        q = normal_count_probs(z_u)
+        log_p = binomial_log_pmf(z_u.numel(), pi, z_u.dtype, z_u.device)
+        return -(q * log_p).sum()

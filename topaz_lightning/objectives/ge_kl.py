@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from topaz_lightning.objectives.common import PUObjective, loss_positive
+from topaz_lightning.objectives.common import GECriterion
 
 
-class GEKL(PUObjective):
+class GEKL(GECriterion):
     """``E_P[L(g, 1)] + slack * KL(Bernoulli(pi) || Bernoulli(mean_U g))`` (paper: slack 100).
 
     ``KL = pi log(pi / m) + (1 - pi) log((1 - pi) / (1 - m))`` with ``m = mean_U sigmoid(z)``;
@@ -21,18 +21,11 @@ class GEKL(PUObjective):
     """
 
     def __init__(self, slack: float = 100.0):
-        super().__init__()
-        self.slack = float(slack)
+        super().__init__(slack)
 
-    def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
-        """Named loss terms from the labeled-positive and unlabeled logits."""
-        terms = {}
-        if z_p.numel():
-            terms["positive"] = loss_positive(z_p).mean()
-        if z_u.numel():
-            log_n = math.log(z_u.numel())
-            log_mean = torch.logsumexp(F.logsigmoid(z_u), 0) - log_n
-            log_mean_neg = torch.logsumexp(F.logsigmoid(-z_u), 0) - log_n
-            kl = pi * (math.log(pi) - log_mean) + (1.0 - pi) * (math.log1p(-pi) - log_mean_neg)
-            terms["ge"] = self.slack * kl
-        return terms
+    def penalty(self, z_u: Tensor, pi: float) -> Tensor:
+        """``KL(Bernoulli(pi) || Bernoulli(mean_U sigmoid(z)))`` in the log domain."""
+        log_n = math.log(z_u.numel())
+        log_mean = torch.logsumexp(F.logsigmoid(z_u), 0) - log_n
+        log_mean_neg = torch.logsumexp(F.logsigmoid(-z_u), 0) - log_n
+        return pi * (math.log(pi) - log_mean) + (1.0 - pi) * (math.log1p(-pi) - log_mean_neg)
