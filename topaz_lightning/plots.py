@@ -417,11 +417,11 @@ def plot_score_map(
 
     ``score_map`` has the micrograph's shape; ``logits=True`` means it holds logits (what
     ``picking.score_micrograph`` returns), otherwise probabilities in [0, 1]. The colour map
-    runs blue (low) to red (high) and is blended with opacity ``alpha``. ``color_scale="probability"`` maps probability 0..1 onto the
-    colours; ``"logit"`` (default) maps the logit between the map's median and its 99.9th
-    percentile, because a PU classifier trained with a small pi gives even clear particles small
-    probabilities, which on a 0..1 scale all look the same blue. Size rules as in
-    :func:`plot_overlay`.
+    runs blue (low) to red (high) and is blended with opacity ``alpha``.
+    ``color_scale="probability"`` maps probability 0..1 onto the colours; ``"logit"`` (default)
+    maps the logit between the map's median and its 99.9th percentile, because a PU classifier
+    trained with a small pi gives even clear particles small probabilities, which on a 0..1
+    scale all look the same blue. Size rules as in :func:`plot_overlay`.
     """
     check_writable(path, overwrite)
     fig = _score_map_figure(
