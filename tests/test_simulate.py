@@ -346,23 +346,25 @@ def test_unknown_preset_and_bad_workers(tmp_path: Path):
 
 
 # ---------------------------------------------------------------- command line
-def test_cli_refuses_an_existing_contact_sheet_elsewhere(tmp_path: Path, configs_dir: Path):
+def _simulate_cfg(configs_dir: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
+    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
+        return compose(config_name="simulate", overrides=list(overrides))
+
+
+def test_cli_refuses_an_existing_contact_sheet_elsewhere(tmp_path: Path, configs_dir: Path):
     from topaz_lightning.cli.simulate import run
 
     sheet = tmp_path / "sheet.png"
     sheet.write_bytes(b"an earlier sheet")
-    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
-        cfg = compose(
-            config_name="simulate",
-            overrides=[
-                "simulate=tiny",
-                f"out_dir={tmp_path / 'cli'}",
-                "simulate.num_micrographs=2",
-                f"contact_sheet_path={sheet}",
-            ],
-        )
+    cfg = _simulate_cfg(
+        configs_dir,
+        "simulate=tiny",
+        f"out_dir={tmp_path / 'cli'}",
+        "simulate.num_micrographs=2",
+        f"contact_sheet_path={sheet}",
+    )
     with pytest.raises(OutputExistsError, match="sheet.png"):
         run(cfg)
     assert sheet.read_bytes() == b"an earlier sheet"
@@ -370,20 +372,15 @@ def test_cli_refuses_an_existing_contact_sheet_elsewhere(tmp_path: Path, configs
 
 
 def test_cli_writes_dataset_and_contact_sheet(tmp_path: Path, configs_dir: Path):
-    from hydra import compose, initialize_config_dir
-
     from topaz_lightning.cli.simulate import run
 
-    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
-        cfg = compose(
-            config_name="simulate",
-            overrides=[
-                "simulate=tiny",
-                f"out_dir={tmp_path / 'cli'}",
-                "seed=3",
-                "simulate.num_micrographs=2",
-            ],
-        )
+    cfg = _simulate_cfg(
+        configs_dir,
+        "simulate=tiny",
+        f"out_dir={tmp_path / 'cli'}",
+        "seed=3",
+        "simulate.num_micrographs=2",
+    )
     out = run(cfg)
     assert (out / "dataset.yaml").exists() and (out / "contact_sheet.png").stat().st_size > 10_000
     info = yaml.safe_load((out / "dataset.yaml").read_text())
@@ -397,10 +394,7 @@ def test_cli_writes_dataset_and_contact_sheet(tmp_path: Path, configs_dir: Path)
 
 
 def test_default_simulate_config_composes_demo(configs_dir: Path):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
-        cfg = compose(config_name="simulate")
+    cfg = _simulate_cfg(configs_dir)
     assert cfg.simulate.name == "demo" and cfg.contact_sheet is True and cfg.overwrite is False
 
 
@@ -427,15 +421,11 @@ def test_bad_preset_name_is_refused():
 
 
 def test_cli_reports_impossible_settings_as_config_error(tmp_path: Path, configs_dir: Path):
-    from hydra import compose, initialize_config_dir
-
     from topaz_lightning.cli.simulate import run
 
-    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
-        cfg = compose(
-            config_name="simulate",
-            overrides=["simulate=tiny", f"out_dir={tmp_path / 'x'}", "simulate.min_distance_px=80"],
-        )
+    cfg = _simulate_cfg(
+        configs_dir, "simulate=tiny", f"out_dir={tmp_path / 'x'}", "simulate.min_distance_px=80"
+    )
     with pytest.raises(ConfigError) as err:
         run(cfg)
     assert err.value.key == "min_distance_px"
