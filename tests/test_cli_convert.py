@@ -137,3 +137,23 @@ def test_cli_reports_bad_input(tmp_path, monkeypatch, capsys):
     assert exc.value.code == 2
     assert "input" in capsys.readouterr().err
     assert not (tmp_path / "x.tsv").exists()
+
+
+def test_existing_output_is_refused_before_reading_micrographs(ucsf_dir, tmp_path, monkeypatch):
+    import topaz_lightning.cli.convert as convert_module
+    from topaz_lightning.errors import OutputExistsError
+
+    def no_reading(source):
+        raise AssertionError("micrographs read before the output was checked")
+
+    monkeypatch.setattr(convert_module, "_micrograph_shapes", no_reading)
+    existing = tmp_path / "picks.tsv"
+    existing.write_text("keep me")
+    with pytest.raises(OutputExistsError, match="picks.tsv"):
+        convert(ucsf_dir / UCSF_STAR, existing, micrographs=ucsf_dir)
+    assert existing.read_text() == "keep me"
+    boxes = tmp_path / "boxes"
+    boxes.mkdir()
+    (boxes / "old.box").write_text("1 2 3 4\n")
+    with pytest.raises(OutputExistsError, match="boxes"):
+        convert(ucsf_dir / UCSF_STAR, boxes, output_format="box", box_size=64, micrographs=ucsf_dir)

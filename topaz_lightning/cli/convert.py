@@ -31,6 +31,7 @@ from topaz_lightning.errors import ConfigError
 from topaz_lightning.io.coordinates import (
     ONE_MICROGRAPH_PER_FILE,
     canonical_format,
+    check_coordinate_output,
     read_coordinates,
     transform_coordinates,
     validate_coordinates,
@@ -79,6 +80,23 @@ def convert(
     """Read ``input``, optionally validate, flip and scale, and write ``output``; return its path."""
     factor = _resolve_scale(scale, downsample)
     df = read_coordinates(input, fmt=input_format)
+    output_text = os.fspath(output)
+    output = Path(output)
+    fmt = canonical_format(output_format) if output_format is not None else None
+    if per_micrograph is None:
+        several = df["micrograph"].nunique() > 1
+        per_micrograph = (
+            output.is_dir()
+            or output_text.endswith(("/", os.sep))
+            or (fmt in ONE_MICROGRAPH_PER_FILE and several)
+        )
+    if per_micrograph and fmt is None:
+        raise ConfigError("output_format", "required when writing one file per micrograph")
+    writes_box = fmt == "box" or (fmt is None and output.suffix.lower() == ".box")
+    if writes_box and box_size is None:
+        raise ConfigError("box_size", "required for EMAN .box output (box edge in output px)")
+    # refuse an existing output before reading any micrograph
+    check_coordinate_output(output, overwrite, per_micrograph)
     shapes = None
     if micrographs is not None:
         shapes = _micrograph_shapes(micrographs)
@@ -93,21 +111,6 @@ def convert(
             raise ConfigError("flip_y", "needs image_height or micrographs to know image heights")
     out = transform_coordinates(df, scale=factor, flip_y=flip_y, heights=heights)
 
-    output_text = os.fspath(output)
-    output = Path(output)
-    fmt = canonical_format(output_format) if output_format is not None else None
-    if per_micrograph is None:
-        several = out["micrograph"].nunique() > 1
-        per_micrograph = (
-            output.is_dir()
-            or output_text.endswith(("/", os.sep))
-            or (fmt in ONE_MICROGRAPH_PER_FILE and several)
-        )
-    if per_micrograph and fmt is None:
-        raise ConfigError("output_format", "required when writing one file per micrograph")
-    writes_box = fmt == "box" or (fmt is None and output.suffix.lower() == ".box")
-    if writes_box and box_size is None:
-        raise ConfigError("box_size", "required for EMAN .box output (box edge in output px)")
     written = write_coordinates(
         out, output, fmt=fmt, overwrite=overwrite, per_micrograph=per_micrograph, box_size=box_size
     )
