@@ -322,6 +322,25 @@ def test_score_map_pictures_and_overlays(dataset):
     assert (dataset / "eval_bin2" / "score_map_mic_b.png").stat().st_size > 0
 
 
+def test_existing_overlay_or_bad_score_maps_setting_is_refused_before_metrics(dataset):
+    _pick(dataset, "threshold=0.5", "save_score_maps=true")
+    picks = dataset / "picks" / "picks.tsv"
+    with pytest.raises(ConfigError, match="score_maps"):
+        _evaluate(dataset, picks, f"score_maps={dataset / 'picks' / 'score_maps'}")
+    assert not (dataset / "eval").exists()
+    (dataset / "eval").mkdir()
+    (dataset / "eval" / "score_map_mic_a.png").write_bytes(b"an earlier picture")
+    with pytest.raises(OutputExistsError, match="score_map_mic_a.png"):
+        _evaluate(
+            dataset,
+            picks,
+            f"micrographs={dataset / 'test.txt'}",
+            f"overlay_micrographs={dataset / 'micrographs'}",
+            f"score_maps={dataset / 'picks' / 'score_maps'}",
+        )
+    assert sorted(p.name for p in (dataset / "eval").iterdir()) == ["score_map_mic_a.png"]
+
+
 def test_chunked_picking_gives_the_same_picks_without_gmm(dataset):
     whole = _pick(dataset, "threshold=0.5", "progress=true", out="whole")
     chunked = _pick(dataset, "threshold=0.5", "chunk_size=1", out="chunked")

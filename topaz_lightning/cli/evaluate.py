@@ -78,6 +78,13 @@ def run(cfg: DictConfig) -> dict:
                 "%d listed micrograph(s) have no true particles (e.g. %s)", len(unknown), unknown[0]
             )
 
+    if cfg.get("score_maps") and not cfg.get("overlay_micrographs"):
+        raise ConfigError("score_maps", "score-map pictures need overlay_micrographs (the images)")
+    if cfg.get("overlay_micrographs"):
+        # refuse existing pictures before any output is written
+        for path in _overlay_paths(cfg, truth, names):
+            check_writable(path, overwrite)
+
     evaluations = {}
     for label, path in runs.items():
         picks = _read(path, cfg.get("picks_format"), "picks")
@@ -116,9 +123,27 @@ def run(cfg: DictConfig) -> dict:
             log.info("wrote %s", plot_path)
     if cfg.get("overlay_micrographs"):
         write_overlays(cfg, main_ev, truth, overwrite, names)
-    elif cfg.get("score_maps"):
-        raise ConfigError("score_maps", "score-map pictures need overlay_micrographs (the images)")
     return result
+
+
+def _overlay_names(cfg: DictConfig, truth, names: list[str] | None, files: dict) -> list[str]:
+    """The micrographs drawn: listed (or all in the truth table) with a file, at most overlay_max."""
+    if names is None:  # the evaluated micrographs: those of the truth table
+        names = list(dict.fromkeys(truth["micrograph"].astype(str)))
+    return [n for n in names if n in files][: int(cfg.get("overlay_max", 4))]
+
+
+def _overlay_paths(cfg: DictConfig, truth, names: list[str] | None) -> list[Path]:
+    """Every picture ``write_overlays`` would write."""
+    from topaz_lightning.io.micrographs import list_micrographs
+
+    out_dir = resolve_output(cfg, "overlay_dir")
+    paths = []
+    for name in _overlay_names(cfg, truth, names, list_micrographs(cfg.overlay_micrographs)):
+        paths.append(out_dir / f"overlay_{name}.png")
+        if cfg.get("score_maps") and (Path(str(cfg.score_maps)) / f"{name}.mrc").is_file():
+            paths.append(out_dir / f"score_map_{name}.png")
+    return paths
 
 
 def write_overlays(
@@ -146,12 +171,9 @@ def write_overlays(
     radius = float(cfg.get("overlay_radius") or cfg.max_distance)
     files = list_micrographs(cfg.overlay_micrographs)
     picks = ev.picks
-    if names is None:  # the evaluated micrographs: those of the truth table
-        names = list(dict.fromkeys(truth["micrograph"].astype(str)))
-    names = [n for n in names if n in files]
     out_dir = resolve_output(cfg, "overlay_dir")
     written = []
-    for name in names[: int(cfg.get("overlay_max", 4))]:
+    for name in _overlay_names(cfg, truth, names, files):
         p = picks[picks["micrograph"] == name]
         if threshold is not None:
             p = p[p["score"] >= threshold]
