@@ -265,6 +265,8 @@ def test_read_micrograph_names_strips_only_image_extensions(tmp_path):
     listing.write_text("# test split\nsub/mic_a.MRC\n\nmic.001\nC:\\data\\mic_c.jpg\n")
     assert read_micrograph_names(listing) == ["mic_a", "mic.001", "mic_c"]
     assert read_micrograph_names(("a/b.tiff", "c")) == ["b", "c"]
+    one = _write_mrc(tmp_path / "mic_d.mrc", np.zeros((4, 4), np.float32))
+    assert read_micrograph_names(one) == ["mic_d"]
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(InputError, match="bad.txt"):
         read_micrograph_names(tmp_path / "bad.txt")

@@ -333,7 +333,7 @@ def read_micrograph_names(source: str | os.PathLike | Iterable[str]) -> list[str
 
     A list file holds one name or path per line (blank lines and ``#`` comments ignored); an
     entry is reduced to its micrograph name (directory and image extension removed) and need not
-    exist. A directory or glob pattern gives the names of the micrograph files it holds.
+    exist. A directory, glob pattern or single micrograph file gives the names of its files.
     Raises ``InputError`` naming the file if it is missing, unreadable or names nothing.
     """
     from topaz_lightning.io.coordinates import micrograph_name_from_reference
@@ -345,6 +345,8 @@ def read_micrograph_names(source: str | os.PathLike | Iterable[str]) -> list[str
         return list(list_micrographs(source))
     if not path.is_file():
         raise InputError("micrograph name list not found", path=path)
+    if path.suffix.lower() in SUPPORTED_EXTENSIONS:  # one micrograph file, not a list
+        return [micrograph_name(path)]
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
