@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from topaz_lightning.errors import ConfigError, InputError
-
-_IMAGE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+from topaz_lightning.io.coordinates import micrograph_name_from_reference as _name_of
 
 
 def read_name_list(
@@ -56,11 +55,6 @@ def read_name_list(
         if not names:
             raise ConfigError(key, "the micrograph list is empty")
     return list(dict.fromkeys(names))
-
-
-def _name_of(entry: str) -> str:
-    path = Path(entry)
-    return path.stem if path.suffix.lower() in _IMAGE_SUFFIXES else path.name
 
 
 def _show(names: Sequence[str]) -> str:
