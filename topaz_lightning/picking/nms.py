@@ -250,25 +250,3 @@ def _sequential(flat_live: np.ndarray, disk: np.ndarray) -> np.ndarray:
         pos += j + 1
         chunk = 64
     return np.asarray(picks, dtype=np.int64)
-
-
-def reference_nms(
-    score_map, radius: float, threshold: float = -math.inf
-) -> tuple[np.ndarray, np.ndarray]:
-    """Slow, obvious greedy NMS with the same definition (for tests and validation only)."""
-    arr = np.asarray(score_map)
-    s32 = arr.astype(np.float32) + np.float32(0)
-    height, width = arr.shape
-    order = sorted(
-        (i for i in range(height * width) if s32.flat[i] > -np.inf and arr.flat[i] >= threshold),
-        key=lambda i: (-float(s32.flat[i]), i),
-    )
-    picks: list[tuple[int, int]] = []
-    r2 = float(radius) ** 2
-    for i in order:
-        y, x = divmod(i, width)
-        if all((x - px) ** 2 + (y - py) ** 2 >= r2 for px, py in picks):
-            picks.append((x, y))
-    xy = np.array(picks, dtype=np.float64).reshape(-1, 2)
-    scores = np.array([arr[int(y), int(x)] for x, y in xy], dtype=np.float64)
-    return xy, scores
