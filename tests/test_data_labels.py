@@ -14,6 +14,7 @@ from topaz_lightning.data import (
     labeled_fraction,
     pi_from_particles_per_micrograph,
     positive_mask,
+    positive_masks,
     unlabeled_prior,
 )
 
@@ -123,3 +124,21 @@ def test_unlabeled_prior_warns_and_clamps_when_pi_at_or_below_labeled_fraction()
 def test_unlabeled_prior_rejects_impossible_pi(pi):
     with pytest.raises(ValueError, match="pi must be in"):
         unlabeled_prior(pi, 0, 100)
+
+
+def test_positive_masks_per_micrograph_from_a_table():
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {
+            "micrograph": ["a", "a", "b", "elsewhere"],
+            "x": [2.0, 9.0, 4.0, 1.0],
+            "y": [3.0, 5.0, 0.0, 1.0],
+        }
+    )
+    shapes = {"a": (8, 12), "b": (6, 7), "empty": (5, 5)}
+    masks = positive_masks(shapes, table, 2.0)
+    assert sorted(masks) == ["a", "b", "empty"]
+    np.testing.assert_array_equal(masks["a"], slow_positive_mask((8, 12), [[2, 3], [9, 5]], 2.0))
+    np.testing.assert_array_equal(masks["b"], slow_positive_mask((6, 7), [[4, 0]], 2.0))
+    assert masks["empty"].shape == (5, 5) and not masks["empty"].any()
