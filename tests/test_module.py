@@ -207,3 +207,15 @@ def test_short_fit_lowers_loss_and_takes_pi_from_datamodule(tmp_path):
     assert len(losses) == 30 and np.all(np.isfinite(losses))
     assert losses[-5:].mean() < losses[:5].mean() * 0.9
     assert {"train/loss"} <= set(trainer.callback_metrics)
+
+
+def test_patch_aupr_keeps_saturated_logits_in_order(monkeypatch):
+    module = PULitModule(_conv31(), PNObjective(), pi_unlabeled=0.1)
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, value))
+    module.on_validation_epoch_start()
+    # positives rank 1st and 5th: AP = (1/1 + 2/5) / 2 = 0.7; logits above ~17 must not tie
+    module._val_logits.append(torch.tensor([30.0, 25.0, 20.0, 18.0, -1.0, -2.0]))
+    module._val_labels.append(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+    module.on_validation_epoch_end()
+    assert float(logged["val/patch_aupr"]) == pytest.approx(0.7, abs=1e-6)

@@ -191,13 +191,15 @@ class PULitModule(pl.LightningModule):
         """
         if not getattr(self, "_val_logits", None):
             return
-        from torchmetrics.functional.classification import binary_average_precision
+        # metrics.region_aupr ranks the logits itself: torchmetrics' own sigmoid would merge
+        # logits above ~17 into float32 ties and misorder saturated predictions
+        from topaz_lightning.metrics import region_aupr
 
         logits = torch.cat(self._val_logits)
         labels = torch.cat(self._val_labels).long()
         if 0 < int(labels.sum()) < labels.numel():
-            aupr = binary_average_precision(logits, labels)
-            self.log("val/patch_aupr", aupr.to(self.device), sync_dist=True)
+            aupr = torch.tensor(region_aupr(logits, labels), device=self.device)
+            self.log("val/patch_aupr", aupr, sync_dist=True)
         self._val_logits, self._val_labels = [], []
 
     # ------------------------------------------------------------------ optim
