@@ -150,6 +150,8 @@ def train_command(
         f"task_name=paper_tables_{cell.name}",
         f"hydra.sweep.dir={sweep_dir}",
         "hydra.sweep.subdir=r${seed}",
+        # only jobs without metrics.json are (re)run: replace what a crashed attempt left behind
+        "overwrite=true",
         *extra,
     ]
     return cmd
