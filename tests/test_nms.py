@@ -180,3 +180,12 @@ def test_disk_offsets_and_disk_max(radius):
             near = (np.arange(17)[None, :] - x) ** 2 + (np.arange(15)[:, None] - y) ** 2 < radius**2
             ref[y, x] = values[near].max()
     np.testing.assert_array_equal(got, ref)
+
+
+def test_score_micrograph_refuses_non_2d_input():
+    from topaz_lightning.models import Conv31
+    from topaz_lightning.picking import score_micrograph
+
+    torch.manual_seed(0)
+    with pytest.raises(InputError, match=r"2-D micrograph.*\(2, 40, 40\)"):
+        score_micrograph(Conv31(), np.zeros((2, 40, 40), np.float32))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from topaz_lightning.errors import ConfigError
+from topaz_lightning.errors import ConfigError, InputError
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -78,6 +78,8 @@ def score_micrograph(
     """Dense logits (H, W) float32 for one micrograph (H, W); see :func:`score_micrographs`."""
     image = np.asarray(image)
     if image.ndim != 2:
-        raise ValueError(f"expected a 2-D micrograph, got shape {image.shape}")
+        raise InputError(
+            f"expected a 2-D micrograph (H, W), got shape {image.shape}", where="image"
+        )
     ((_, score_map),) = list(score_micrographs(net, {"_": image}, device, 1, tile_size))
     return score_map
