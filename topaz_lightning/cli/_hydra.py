@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+# topaz_lightning/configs: in a checkout a link to the top-level configs/, in a wheel a copy of it
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 log = logging.getLogger("topaz_lightning")
 
