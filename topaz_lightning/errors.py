@@ -38,3 +38,24 @@ class OutputExistsError(FileExistsError):
         super().__init__(
             f"{os.fspath(path)}: output already exists; pass overwrite=true to replace it"
         )
+
+
+class PartialFailureError(RuntimeError):
+    """A multi-file job finished, but some inputs failed (skip-and-report); the CLI exits with 3.
+
+    ``failures`` is a list of ``(name, reason)``; ``report`` the failures.tsv written, if any.
+    """
+
+    def __init__(self, failures: list[tuple[str, str]], report: str | os.PathLike | None = None):
+        self.failures = list(failures)
+        self.report = None if report is None else os.fspath(report)
+        where = f" (listed in {self.report})" if self.report else ""
+        first = "; ".join(f"{name}: {reason}" for name, reason in self.failures[:3])
+        more = f"; ... {len(self.failures) - 3} more" if len(self.failures) > 3 else ""
+        super().__init__(f"{len(self.failures)} input(s) failed{where}: {first}{more}")
+
+
+#: exit status of a command when some inputs failed and the others were done
+EXIT_PARTIAL_FAILURE = 3
+#: exit status for bad input or impossible settings
+EXIT_USER_ERROR = 2

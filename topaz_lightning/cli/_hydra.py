@@ -12,7 +12,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
+from topaz_lightning.errors import (
+    EXIT_PARTIAL_FAILURE,
+    EXIT_USER_ERROR,
+    ConfigError,
+    InputError,
+    OutputExistsError,
+    PartialFailureError,
+)
 
 # topaz_lightning/configs: in a checkout a link to the top-level configs/, in a wheel a copy of it
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -68,7 +75,8 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
 
     The resolved config (with version, time and command line) is saved into the run's output
     directory before ``fn`` runs. Bad input and impossible settings end the process with exit
-    status 2 and a one-line message naming the file/key, instead of a traceback.
+    status 2 and a one-line message naming the file/key, instead of a traceback; a multi-file job
+    whose some inputs failed (``PartialFailureError``) exits with status 3.
     """
 
     def decorate(fn: Callable[[DictConfig], object]) -> Callable[[], None]:
@@ -84,13 +92,18 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
                 save_run_config(cfg, output_dir())
             try:
                 return fn(cfg)
+            except PartialFailureError as err:
+                # the other inputs were done; the failures are listed in failures.tsv
+                log.error("%s", err)
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(EXIT_PARTIAL_FAILURE)
             except Exception as err:
                 user_error = _user_error(err)
                 if user_error is None:
                     raise
                 log.error("%s", user_error)
                 print(f"error: {user_error}", file=sys.stderr)
-                sys.exit(2)
+                sys.exit(EXIT_USER_ERROR)
 
         return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run)
 
