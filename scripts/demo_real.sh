@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo-real: the same pipeline on the 4 real EMPIAR-10017 micrographs in ../shared/data
+# make demo-real: the same pipeline on the 4 real EMPIAR-10017 micrographs in data/samples
 # (8-bit JPEG, 4096 px, 108 px particles): downsample 4x in memory (particles ~27 px across),
 # train on 3 micrographs, pick and evaluate the 4th against its (incomplete) annotation.
 # Usage: scripts/demo_real.sh [OUT_DIR] ; DEMO_STEPS=... overrides the number of training steps.
@@ -7,7 +7,7 @@ set -euo pipefail
 OUT=${1:-demo_out_real}
 STEPS=${DEMO_STEPS:-3000}
 BIN=${BIN:-.venv/bin}
-SRC=${EMPIAR10017_DIR:-../shared/data/empiar10017_dev}
+SRC=${EMPIAR10017_DIR:-data/samples/empiar10017_dev}
 RUN="$OUT/run_$(date +%Y%m%d_%H%M%S)"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # 4x downsampling: particle radius ~13.5 px; NMS radius and match distance follow the paper's

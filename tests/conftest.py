@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the real data in ../shared/data, small synthetic images, thread limits."""
+"""Shared fixtures: the real sample data in data/samples, the composed train config, thread limits."""
 
 from __future__ import annotations
 
@@ -8,28 +8,27 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLES = REPO / "data" / "samples"
 
 # two cores on CI, two xdist workers: keep each worker single-threaded
 torch.set_num_threads(1)
 
 
-def shared_data(label: str) -> Path:
-    """Path of a dataset in ../shared/data by label; skip the test if the folder is absent."""
-    path = SHARED_DATA / label
-    if not path.exists():
-        pytest.skip(f"shared data {label} not present at {path}")
+def sample_data(label: str) -> Path:
+    """Path of a sample dataset in data/samples by label (tracked in the repository: never skipped)."""
+    path = SAMPLES / label
+    assert path.is_dir(), f"sample data {label} missing at {path} (it is tracked in git)"
     return path
 
 
 @pytest.fixture
 def empiar10017_dir() -> Path:
-    return shared_data("empiar10017_dev")
+    return sample_data("empiar10017_dev")
 
 
 @pytest.fixture
 def ucsf_dir() -> Path:
-    return shared_data("ucsf_mrc_sample")
+    return sample_data("ucsf_mrc_sample")
 
 
 @pytest.fixture

@@ -6,15 +6,15 @@ the input frame before scaling). The resolved config is saved into Hydra's run d
 Example usage::
 
     # CryoPPP directory -> one RELION 3.1 STAR file at 4x downsampled size
-    tzl-convert input=../shared/data/empiar10017_dev/coords output=empiar10017_bin4.star scale=0.25
+    tzl-convert input=data/samples/empiar10017_dev/coords output=empiar10017_bin4.star scale=0.25
 
     # RELION 3.0 autopicks -> EMAN box files (one per micrograph), checked against the image
-    tzl-convert input=../shared/data/ucsf_mrc_sample/Ucsf_stack_1142_DW_autopick.star \
+    tzl-convert input=data/samples/ucsf_mrc_sample/Ucsf_stack_1142_DW_autopick.star \
         output=boxes/ output_format=box box_size=64 \
-        micrographs=../shared/data/ucsf_mrc_sample
+        micrographs=data/samples/ucsf_mrc_sample
 
     # JPEG frame (y down) -> original MRC frame of EMPIAR-10017 (vertical flip)
-    tzl-convert input=../shared/data/empiar10017_dev/coords output=mrc_frame.tsv \
+    tzl-convert input=data/samples/empiar10017_dev/coords output=mrc_frame.tsv \
         flip_y=true image_height=4096
 """
 

@@ -15,7 +15,7 @@ Example usage::
         micrographs=data/simulated/demo_seed0/test.txt max_distance=6 output_dir=eval_demo
 
     # EMPIAR-10017: CryoPPP CSVs (one per micrograph) as truth, particle radius ~54 px at full size
-    tzl-evaluate picks=picks_10017/picks.star truth=../shared/data/empiar10017_dev/coords \
+    tzl-evaluate picks=picks_10017/picks.star truth=data/samples/empiar10017_dev/coords \
         max_distance=40 output_dir=eval_10017
 """
 

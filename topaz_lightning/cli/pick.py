@@ -18,7 +18,7 @@ Example usage::
 
     # EMPIAR-10017 JPEGs (model trained on 4x downsampled images: radius in downsampled px),
     # STAR output at full size, top 150 per micrograph, score maps saved as MRC
-    tzl-pick model_path=model.pt micrographs=../shared/data/empiar10017_dev/images radius=12 \
+    tzl-pick model_path=model.pt micrographs=data/samples/empiar10017_dev/images radius=12 \
         particles_per_micrograph=150 output=picks.star save_score_maps=true output_dir=picks_10017
 """
 

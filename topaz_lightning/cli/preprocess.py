@@ -10,11 +10,11 @@ outputs are refused unless ``overwrite=true``.
 Example usage::
 
     # the four EMPIAR-10017 JPEGs, 4x downsampled, with their particle coordinates
-    tzl-preprocess input=../shared/data/empiar10017_dev/images output_dir=empiar10017_bin4 \
-        downsample=4 coordinates=../shared/data/empiar10017_dev/coords
+    tzl-preprocess input=data/samples/empiar10017_dev/images output_dir=empiar10017_bin4 \
+        downsample=4 coordinates=data/samples/empiar10017_dev/coords
 
     # the UCSF MRC, 2x, per-image standardization, single process
-    tzl-preprocess input=../shared/data/ucsf_mrc_sample output_dir=ucsf_bin2 downsample=2 \
+    tzl-preprocess input=data/samples/ucsf_mrc_sample output_dir=ucsf_bin2 downsample=2 \
         normalize=standardize num_workers=1
 """
 
