@@ -7,15 +7,21 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from topaz_lightning.errors import InputError, OutputExistsError
-from topaz_lightning.utils.atomic import atomic_output, check_writable
+from topaz_lightning.errors import InputError
+from topaz_lightning.geometry import MAX_COORDINATE_PX
+from topaz_lightning.utils.atomic import (
+    atomic_output,
+    check_output_dir,
+    check_writable,
+    make_temp_dir,
+    safe_output_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +124,14 @@ def _sniff(head: str) -> str | None:
     lines = [ln for ln in lines if ln]
     if not lines:
         return None
-    if any(ln.startswith(("data_", "loop_", "_rln")) for ln in lines):
-        return "star3.1" if any(ln.startswith("data_optics") for ln in lines) else "star3.0"
     content = [ln for ln in lines if not ln.startswith("#")]
     if not content:
         return None
     first = content[0]
+    # the header line decides: a STAR file opens with a data_ block (or a loop_/_rln key); a
+    # row of another format that starts with data_ (a micrograph called data_0001) does not count
+    if first.startswith(("data_", "loop_", "_rln")):
+        return "star3.1" if any(ln.startswith("data_optics") for ln in content) else "star3.0"
     tokens = [t.strip().strip('"').lower() for t in first.replace(",", " ").split()]
     if "image_name" in tokens:
         return "tsv"
@@ -204,6 +212,20 @@ def _parse_float(token: str, path: Path, lineno: int, column: str) -> float:
         ) from None
 
 
+def _check_value(value: float, path: Path, where: str, column: str) -> float:
+    """Refuse at read what no micrograph can hold: NaN/inf, negative or absurd coordinates."""
+    if not np.isfinite(value):
+        raise InputError(f"{column} is {value}; expected a finite number", path, where)
+    if column != "score" and not 0.0 <= value <= MAX_COORDINATE_PX:
+        raise InputError(
+            f"{column} = {value:g} is outside 0..{MAX_COORDINATE_PX:g} px; coordinates are pixel "
+            "positions in the micrograph (check the column order and units)",
+            path,
+            where,
+        )
+    return value
+
+
 def _read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
@@ -278,9 +300,15 @@ def _read_header_table(
                 if key == "diameter" and tok == "":
                     out[key].append(np.nan)
                     continue
-                out[key].append(_parse_float(tok, path, lineno, header_names[key]))
+                value = _parse_float(tok, path, lineno, header_names[key])
+                if key in ("x", "y", "score"):
+                    name = "score" if key == "score" else header_names[key]
+                    _check_value(value, path, f"line {lineno}", name)
+                out[key].append(value)
             else:
-                out[key].append(tok)
+                # a micrograph name becomes a file name in per-micrograph outputs: refuse at read
+                # what could point outside an output directory
+                out[key].append(safe_output_name(tok, path, f"line {lineno}"))
     return out, len(lines) - 1
 
 
@@ -336,8 +364,19 @@ def _read_box(path: Path) -> pd.DataFrame:
         x0, y0, w, h = (
             _parse_float(t, path, lineno, c) for t, c in zip(fields[:4], labels, strict=True)
         )
-        xs.append(x0 + w / 2.0)
-        ys.append(y0 + h / 2.0)
+        for value, label in ((x0, "x corner"), (y0, "y corner")):
+            if not np.isfinite(value) or abs(value) > MAX_COORDINATE_PX:
+                _check_value(value, path, f"line {lineno}", label)
+        for value, label in ((w, "box width"), (h, "box height")):
+            if not (np.isfinite(value) and 0 <= value <= MAX_COORDINATE_PX):
+                raise InputError(
+                    f"{label} = {value:g}; expected a size in 0..{MAX_COORDINATE_PX:g} px",
+                    path,
+                    f"line {lineno}",
+                )
+        # a box may stick out of the image (corner < 0), its centre may not
+        xs.append(_check_value(x0 + w / 2.0, path, f"line {lineno}", "x centre"))
+        ys.append(_check_value(y0 + h / 2.0, path, f"line {lineno}", "y centre"))
     if not xs:
         raise InputError("empty coordinate file (no boxes)", path)
     return _make_table([name] * len(xs), xs, ys)
@@ -385,7 +424,7 @@ def _read_star(path: Path) -> pd.DataFrame:
     if len(block) == 0:
         raise InputError("empty coordinate file (STAR loop has no rows)", path, where)
 
-    def numeric(key: str) -> np.ndarray:
+    def numeric(key: str, column: str) -> np.ndarray:
         values = pd.to_numeric(block[key], errors="coerce").to_numpy(dtype=np.float64)
         bad = np.isnan(values) & ~block[key].astype(str).str.strip().str.lower().isin(["nan"])
         if bad.any():
@@ -395,10 +434,18 @@ def _read_star(path: Path) -> pd.DataFrame:
                 path,
                 f"{where}, row {row + 1}, key _{key}",
             )
+        if column == "score":
+            wrong = ~np.isfinite(values)
+        else:
+            wrong = ~(np.isfinite(values) & (values >= 0) & (values <= MAX_COORDINATE_PX))
+        if wrong.any():
+            row = int(np.flatnonzero(wrong)[0])
+            _check_value(float(values[row]), path, f"{where}, row {row + 1}, key _{key}", column)
         return values
 
-    xs, ys = numeric("rlnCoordinateX"), numeric("rlnCoordinateY")
-    scores = numeric("rlnAutopickFigureOfMerit") if "rlnAutopickFigureOfMerit" in block else None
+    xs, ys = numeric("rlnCoordinateX", "x"), numeric("rlnCoordinateY", "y")
+    has_score = "rlnAutopickFigureOfMerit" in block
+    scores = numeric("rlnAutopickFigureOfMerit", "score") if has_score else None
     if "rlnMicrographName" in block.columns:
         names = [micrograph_name_from_reference(v) for v in block["rlnMicrographName"].astype(str)]
     else:
@@ -673,11 +720,35 @@ def check_coordinate_output(
     path = Path(path)
     if not per_micrograph:
         return check_writable(path, overwrite)
-    if path.exists() and not path.is_dir():
-        raise InputError("per-micrograph output must be a directory, found a file", path)
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputExistsError(path)
-    return path
+    return check_output_dir(path, overwrite)
+
+
+def per_micrograph_paths(
+    names: list[str] | pd.Series, directory: str | os.PathLike, fmt: str
+) -> dict[str, Path]:
+    """``{name: directory/<name><ext>}`` for one-file-per-micrograph output, refusing any name
+    that is not a plain file name (InputError naming the first bad row) so data can never
+    choose a path outside ``directory``."""
+    directory = Path(directory)
+    ext = EXTENSIONS[canonical_format(fmt)]
+    out: dict[str, Path] = {}
+    for row, name in enumerate(pd.Series(names).astype(str), start=1):
+        if name not in out:
+            safe_output_name(name, source=None, where=f"row {row}")
+            out[name] = directory / f"{name}{ext}"
+    return out
+
+
+def _check_finite_xy(df: pd.DataFrame, path: Path) -> None:
+    xy = df[["x", "y"]].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{int(bad.sum())} coordinate(s) are NaN or infinite; not writing them",
+            path,
+            f"row {row + 1} (micrograph {str(df['micrograph'].iloc[row])!r})",
+        )
 
 
 def write_coordinates(
@@ -707,6 +778,7 @@ def write_coordinates(
     if fmt == "box" and (box_size is None or not np.isfinite(box_size) or box_size <= 0):
         raise InputError("writing EMAN .box files needs a positive box_size (pixels)", path)
     writer = _WRITERS[fmt]
+    _check_finite_xy(df, path)
     names = list(dict.fromkeys(df["micrograph"].astype(str)))
 
     if not per_micrograph:
@@ -721,19 +793,21 @@ def write_coordinates(
         return path
 
     groups = {name: group for name, group in df.groupby(df["micrograph"].astype(str), sort=False)}
-    ext = EXTENSIONS[fmt]
+    try:
+        targets = per_micrograph_paths(df["micrograph"], path, fmt)
+    except InputError as err:
+        raise InputError(err.problem, path, f"table {err.where}") from None
     check_coordinate_output(path, overwrite, per_micrograph=True)
     if path.is_dir() and any(path.iterdir()):  # overwrite: replace file by file
         for name in names:
-            with atomic_output(path / f"{name}{ext}", overwrite=True) as tmp:
+            with atomic_output(targets[name], overwrite=True) as tmp:
                 writer(groups[name], tmp, box_size)
         return path
     # fresh directory: build it beside the target, then rename it into place in one step
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp_dir = make_temp_dir(path)
     try:
         for name in names:
-            writer(groups[name], tmp_dir / f"{name}{ext}", box_size)
+            writer(groups[name], tmp_dir / targets[name].name, box_size)
         if path.is_dir():
             path.rmdir()  # empty (checked above)
         os.replace(tmp_dir, path)

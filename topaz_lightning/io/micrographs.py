@@ -99,29 +99,88 @@ def _single_section(data: np.ndarray, path: Path) -> np.ndarray:
     return data
 
 
+# header quirks seen in files from older software that do not change how the data is read;
+# everything else mrcfile warns about (size/mode disagreeing with the file length, a truncated
+# extended header, ...) means the pixels would be misread, and is refused
+_TOLERATED_MRC_QUIRKS = ("Map ID string not found", "Unrecognised machine stamp")
+
+
 def _open_mrc(path: Path):
-    """Memory-map an MRC file; fall back to permissive mode for header quirks, never for bad data."""
+    """Memory-map an MRC file; any mrcfile validation warning is an InputError naming the file.
+
+    A missing map ID or an unknown machine stamp (header quirks of older writers) are read in
+    mrcfile's permissive mode with a warning, and only if nothing else is wrong.
+    """
     import mrcfile
 
-    try:
-        return mrcfile.mmap(path, mode="r", permissive=False)
-    except Exception as strict_err:  # noqa: BLE001 - mrcfile raises ValueError, OSError, EOFError...
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                mrc = mrcfile.mmap(path, mode="r", permissive=True)
-            except Exception as err:  # noqa: BLE001
-                raise InputError(f"not a readable MRC file ({err})", path=path) from err
-        if mrc.data is None:
-            mrc.close()
-            detail = "; ".join(str(w.message) for w in caught) or str(strict_err)
-            raise InputError(f"corrupt or truncated MRC file ({detail})", path=path) from strict_err
-        warnings.warn(
-            f"{path}: MRC header is not standard ({strict_err}); read anyway",
-            RuntimeWarning,
-            stacklevel=3,
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mrc = mrcfile.mmap(path, mode="r", permissive=False)
+        except Exception as strict_err:  # noqa: BLE001 - mrcfile raises ValueError, OSError...
+            if not str(strict_err).startswith(_TOLERATED_MRC_QUIRKS):
+                raise InputError(f"not a valid MRC file ({strict_err})", path=path) from strict_err
+            mrc = _open_permissive(path, strict_err)
+            return mrc
+    problems = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if problems:
+        mrc.close()
+        raise InputError(
+            f"MRC header disagrees with the file ({'; '.join(problems)}); refusing to guess "
+            "how to read the pixels",
+            path=path,
         )
-        return mrc
+    try:
+        _check_mrc_header(mrc.header, path)
+    except InputError:
+        mrc.close()
+        raise
+    return mrc
+
+
+def _open_permissive(path: Path, strict_err: Exception):
+    import mrcfile
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+        except Exception as err:  # noqa: BLE001
+            raise InputError(f"not a readable MRC file ({err})", path=path) from err
+    problems = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, RuntimeWarning)
+        and not str(w.message).startswith(_TOLERATED_MRC_QUIRKS)
+    ]
+    if mrc.data is None or problems:
+        mrc.close()
+        detail = "; ".join(problems) or str(strict_err)
+        raise InputError(f"corrupt or truncated MRC file ({detail})", path=path) from strict_err
+    try:
+        _check_mrc_header(mrc.header, path)
+    except InputError:
+        mrc.close()
+        raise
+    warnings.warn(
+        f"{path}: MRC header is not standard ({strict_err}); read anyway",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return mrc
+
+
+def _check_mrc_header(header, path: Path) -> None:
+    """Refuse a non-standard axis order: mrcfile (and we) always read x fastest, so a file whose
+    MAPC/MAPR/MAPS say otherwise would come out transposed. 0,0,0 (unset) counts as standard."""
+    axes = (int(header.mapc), int(header.mapr), int(header.maps))
+    if axes not in ((1, 2, 3), (0, 0, 0)):
+        raise InputError(
+            f"non-standard MRC axis order MAPC/MAPR/MAPS = {axes}; only 1,2,3 (x fastest, as "
+            "MRC2014 and every common cryo-EM program write micrographs) is read. Rewrite the "
+            "file with standard axes",
+            path=path,
+        )
 
 
 IMOD_STAMP = 1146047817
