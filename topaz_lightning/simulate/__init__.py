@@ -12,10 +12,14 @@ from topaz_lightning.simulate.micrograph import (
     simulate_micrograph,
 )
 from topaz_lightning.simulate.physics import CTFParams, ctf_transfer, ctf_zero_frequencies
-from topaz_lightning.simulate.settings import PRESETS, SimulationSettings, get_preset, preset_names
+from topaz_lightning.simulate.settings import (
+    SimulationSettings,
+    get_preset,
+    load_preset,
+    preset_names,
+)
 
 __all__ = [
-    "PRESETS",
     "CTFParams",
     "SimulatedMicrograph",
     "SimulationSettings",
@@ -23,6 +27,7 @@ __all__ = [
     "ctf_zero_frequencies",
     "get_preset",
     "load_dataset_info",
+    "load_preset",
     "make_molecule",
     "preset_names",
     "resolve_settings",

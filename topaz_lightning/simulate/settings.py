@@ -1,4 +1,4 @@
-"""Simulation settings: every knob of the micrograph simulator, its checks, and the named presets."""
+"""Simulation settings: every knob of the micrograph simulator, its checks, and the named presets (configs/simulate/*.yaml)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from topaz_lightning.errors import ConfigError
@@ -263,94 +264,31 @@ def _non_negative(settings: SimulationSettings, key: str) -> None:
         raise ConfigError(key, f"must be >= 0; got {value!r}")
 
 
-# The presets; configs/simulate/<name>.yaml hold the same values (a test keeps them equal).
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        name="tiny",
-        num_micrographs=4,
-        num_test=1,
-        shape=(256, 256),
-        pixel_size_a=7.0,
-        particles_per_micrograph=20,
-        min_distance_px=14.0,
-        ice_crystals_per_micrograph=0.5,
-        aggregates_per_micrograph=1.0,
-        dark_blobs_per_micrograph=4.0,
-        ice_crystal_radius_px=(10.0, 30.0),
-    ),
-    "demo": dict(
-        name="demo",
-        num_micrographs=10,
-        num_test=2,
-        shape=(512, 512),
-        pixel_size_a=7.0,
-        particles_per_micrograph=80,
-        min_distance_px=14.0,
-        clustering=0.5,
-        ice_crystals_per_micrograph=0.7,
-        ice_crystal_radius_px=(12.0, 45.0),
-        aggregates_per_micrograph=3.0,
-        dark_blobs_per_micrograph=12.0,
-    ),
-    "empiar10096_like": dict(
-        name="empiar10096_like",
-        num_micrographs=20,
-        num_test=4,
-        shape=(928, 960),
-        pixel_size_a=7.0,
-        particles_per_micrograph=290,
-        min_distance_px=14.0,
-        clustering=0.5,
-        ice_crystals_per_micrograph=1.5,
-        aggregates_per_micrograph=8.0,
-        dark_blobs_per_micrograph=40.0,
-    ),
-    "shapiro_like": dict(
-        name="shapiro_like",
-        num_micrographs=20,
-        num_test=4,
-        shape=(384, 384),
-        pixel_size_a=8.0,
-        particle_kind="filament",
-        particle_diameter_a=240.0,
-        filament_diameter_a=48.0,
-        num_atoms=300,
-        atom_sigma_a=6.0,
-        orientation="flat",
-        max_tilt_deg=35.0,
-        particles_per_micrograph=17,
-        min_distance_px=30.0,
-        edge_margin_px=12.0,
-        clustering=0.3,
-        defocus_um=(1.0, 3.0),
-        ice_crystals_per_micrograph=1.0,
-        ice_crystal_radius_px=(10.0, 40.0),
-        aggregates_per_micrograph=3.0,
-        aggregate_radius_px=(8.0, 20.0),
-        dark_blobs_per_micrograph=10.0,
-        dark_blob_radius_px=(2.0, 20.0),
-        snr=0.02,
-        raw_pixel_size_a=1.0,
-        label_radius_px=4,
-        suggested_pi=0.01,
-        nms_radius_px=15.0,
-        match_distance_px=15.0,
-    ),
-}
+#: the preset files: configs/simulate/<name>.yaml (packaged with topaz_lightning/configs)
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "simulate"
 
 
 def preset_names() -> list[str]:
-    """Names of the built-in presets."""
-    return sorted(PRESETS)
+    """Names of the built-in presets (the files in configs/simulate/)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(preset: str) -> dict[str, Any]:
+    """The settings of a preset as written in configs/simulate/<preset>.yaml (without _target_)."""
+    import yaml
+
+    if preset not in preset_names():
+        raise ConfigError(
+            "preset", f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}"
+        )
+    values = yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text())
+    values.pop("_target_", None)
+    return values
 
 
 def get_preset(preset: str, /, **overrides: Any) -> SimulationSettings:
     """The named preset as ``SimulationSettings``, with optional overrides (checked)."""
-    if preset not in PRESETS:
-        raise ConfigError(
-            "preset", f"unknown preset {preset!r}; choose one of {', '.join(preset_names())}"
-        )
-    return SimulationSettings(**PRESETS[preset]).replace(**overrides)
+    return SimulationSettings(**load_preset(preset)).replace(**overrides)
 
 
-__all__ = ["PRESETS", "SimulationSettings", "get_preset", "preset_names"]
+__all__ = ["PRESET_DIR", "SimulationSettings", "get_preset", "load_preset", "preset_names"]
