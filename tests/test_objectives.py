@@ -167,7 +167,8 @@ def ref_ge_binomial(z, y, pi, slack=1.0):
 
 CASES = [
     (PN(), ref_pn),
-    (NNPU(), ref_nnpu),
+    # the value of both NNPU rules is the risk; only "clamp" has the value's gradient (below: kiryo)
+    (NNPU(rule="clamp"), ref_nnpu),
     (GEKL(), ref_ge_kl),
     (GEKL(slack=3.0), lambda z, y, pi: ref_ge_kl(z, y, pi, slack=3.0)),
     (GEBinomial(), ref_ge_binomial),
@@ -207,17 +208,119 @@ def test_matches_reference_value_and_gradient(case, n_pos, n_unl, pi, scale, see
     )
 
 
-def test_nnpu_bracket_clamped_when_negative():
+def test_nnpu_clamp_rule_gives_no_unlabeled_gradient_when_negative():
     # unlabeled scored very low, positives scored low too: the bracket goes negative
     labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
     logits = torch.tensor([-5.0, -6.0, -20.0, -20.0], requires_grad=True)
     pi = 0.5
-    loss, terms, grad = loss_and_grad(NNPU(), logits, labels, pi)
+    loss, terms, grad = loss_and_grad(NNPU(rule="clamp"), logits, labels, pi)
     assert terms["unlabeled"].item() == 0.0
     z, y = logits.detach().numpy().astype(np.float64), labels.numpy()
     assert ref_nnpu(z, y, pi) == pytest.approx(loss.item(), rel=1e-6)
     # only the positive term trains: the unlabeled logits get no gradient
     assert grad[2:].abs().max() == 0 and (grad[:2] < 0).all()
+
+
+def ref_nnpu_kiryo_grad(z, y, pi, beta=0.0, gamma=1.0):
+    """Gradient w.r.t. the logits of Kiryo et al.'s Algorithm 1, from the explicit formula.
+
+    With s = sigmoid: d/dz -log s(z) = s(z) - 1 and d/dz -log(1 - s(z)) = s(z). While
+    R_U^- - pi R_P^- >= -beta the step follows the unbiased risk pi R_P^+ + R_U^- - pi R_P^-,
+    otherwise -gamma (R_U^- - pi R_P^-).
+    """
+    zp, zu = z[y == 1], z[y == 0]
+    sp, su = expit(zp), expit(zu)
+    bracket = np.mean(-np.log1p(-su)) - pi * np.mean(-np.log1p(-sp))
+    d_bracket = np.zeros_like(z)
+    d_bracket[y == 0] = su / len(zu)
+    d_bracket[y == 1] = -pi * sp / len(zp)
+    if bracket < -beta:
+        return -gamma * d_bracket, bracket
+    d_positive = np.zeros_like(z)
+    d_positive[y == 1] = pi * (sp - 1) / len(zp)
+    return d_positive + d_bracket, bracket
+
+
+def nnpu_batch(bracket_sign: str, seed: int = 0):
+    gen = np.random.default_rng(seed)
+    if bracket_sign == "negative":  # positives scored high, unlabeled low, pi large
+        zp, zu, pi = gen.normal(3.0, 0.5, 16), gen.normal(-3.0, 0.5, 240), 0.9
+    else:  # an untrained model: every logit near 0
+        zp, zu, pi = gen.normal(0.0, 0.5, 16), gen.normal(0.0, 0.5, 240), 0.3
+    z = np.concatenate([zp, zu])
+    y = np.concatenate([np.ones(16), np.zeros(240)])
+    return z, y, pi
+
+
+@pytest.mark.parametrize("sign", ["negative", "positive"])
+@pytest.mark.parametrize("beta,gamma", [(0.0, 1.0), (0.0, 0.3), (0.05, 2.0)])
+def test_nnpu_kiryo_gradient_matches_reference(sign, beta, gamma):
+    z, y, pi = nnpu_batch(sign)
+    ref_grad, bracket = ref_nnpu_kiryo_grad(z, y, pi, beta, gamma)
+    assert (bracket < -0.5) if sign == "negative" else (bracket > 0.1)  # the case is what it says
+    logits = torch.tensor(z, requires_grad=True)
+    labels = torch.tensor(y)
+    loss, terms, grad = loss_and_grad(NNPU(beta=beta, gamma=gamma), logits, labels, pi)
+    np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-10, atol=1e-14)
+    # the value is the non-negative risk whichever way the step goes
+    assert loss.item() == pytest.approx(ref_nnpu(z, y, pi), rel=1e-12)
+    assert torch.allclose(loss, sum(terms.values()))
+
+
+def test_nnpu_kiryo_beta_band_uses_unbiased_risk_gradient():
+    # -beta <= bracket < 0: the ordinary step on the unbiased (unclamped) risk, not the max's
+    z, y, pi = nnpu_batch("negative")
+    _, bracket = ref_nnpu_kiryo_grad(z, y, pi)
+    beta = -bracket + 0.01
+    ref_grad, _ = ref_nnpu_kiryo_grad(z, y, pi, beta=beta)
+    logits = torch.tensor(z, requires_grad=True)
+    _, _, grad = loss_and_grad(NNPU(beta=beta), logits, torch.tensor(y), pi)
+    np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-10, atol=1e-14)
+    assert (grad[16:] > 0).all()  # the unlabeled logits are pushed down, as for the risk
+
+
+def test_nnpu_kiryo_gradient_through_a_model():
+    # the rule's gradient reaches the parameters by the chain rule: dL/dw = X^T dL/dz
+    _, y, pi = nnpu_batch("negative")
+    noise = np.random.default_rng(4).normal(size=(len(y), 3))
+    x = np.column_stack([y, np.ones_like(y), noise])
+    w = np.array([6.0, -3.0, 0.3, -0.2, 0.1])  # positives near +3, unlabeled near -3
+    weight = torch.tensor(w, requires_grad=True)
+    logits = torch.tensor(x) @ weight
+    loss, _ = NNPU()(logits, torch.tensor(y), pi)
+    (grad,) = torch.autograd.grad(loss, weight)
+    ref_grad, bracket = ref_nnpu_kiryo_grad(logits.detach().numpy(), y, pi)
+    assert bracket < 0
+    np.testing.assert_allclose(grad.numpy(), x.T @ ref_grad, rtol=1e-10, atol=1e-14)
+
+
+def test_nnpu_rules_agree_when_the_bracket_is_positive():
+    z, y, pi = nnpu_batch("positive")
+    grads = []
+    for rule in ("kiryo", "clamp"):
+        logits = torch.tensor(z, requires_grad=True)
+        grads.append(loss_and_grad(NNPU(rule=rule), logits, torch.tensor(y), pi)[2])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"rule": "max"}, {"beta": -0.1}, {"gamma": 0.0}, {"gamma": float("nan")}]
+)
+def test_nnpu_bad_settings_are_refused(kwargs):
+    with pytest.raises(ConfigError):
+        NNPU(**kwargs)
+
+
+def test_each_objective_declares_its_prior(objective):
+    from topaz_lightning.objectives.common import PRIOR_NAMES
+
+    assert objective.prior in PRIOR_NAMES
+
+
+def test_priors_follow_the_paper_definitions():
+    # PN and NNPU weight the classes of the whole population; GE constrains the unlabeled draws
+    assert PN.prior == "pi" and NNPU.prior == "pi"
+    assert GEKL.prior == "pi_unlabeled" and GEBinomial.prior == "pi_unlabeled"
 
 
 def test_ge_binomial_q_is_a_distribution():

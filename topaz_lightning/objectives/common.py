@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from topaz_lightning.errors import ConfigError
 
+#: which prior an objective's ``forward`` receives as ``pi`` (see :class:`PUObjective`)
+PriorName = Literal["pi", "pi_unlabeled"]
+PRIOR_NAMES: tuple[str, ...] = ("pi", "pi_unlabeled")
 
-def check_pi(pi: float) -> float:
-    """Return ``pi`` as a float, or raise ConfigError unless ``0 < pi < 1``."""
+
+def check_pi(pi: float, name: str = "pi") -> float:
+    """Return ``pi`` as a float, or raise ConfigError (key ``name``) unless ``0 < pi < 1``."""
     pi = float(pi)
     if not 0.0 < pi < 1.0:
-        raise ConfigError(
-            "pi",
-            f"the prior of a positive among unlabeled regions must lie strictly between 0 and 1, got {pi}",
-        )
+        raise ConfigError(name, f"the prior must lie strictly between 0 and 1, got {pi}")
     return pi
 
 
@@ -59,7 +62,17 @@ class PUObjective(nn.Module):
     A subclass implements :meth:`terms`, returning the named loss terms for the labeled-positive
     logits ``z_p`` and unlabeled logits ``z_u`` (either may be empty; a term without data is left
     out). The loss is their sum.
+
+    ``prior`` (class attribute) names the prior the objective's formula is written with, which the
+    training module passes as ``pi`` (docs/models_objectives.md, "Which prior"):
+
+    - ``"pi"``: the class prior of the whole population, the fraction of ALL regions that are
+      positive (PN's weights, NNPU's risk);
+    - ``"pi_unlabeled"``: the expected fraction of positives among the UNLABELED draws,
+      ``(pi * N - N_lab) / (N - N_lab)`` (the GE criteria constrain the unlabeled minibatch).
     """
+
+    prior: ClassVar[PriorName] = "pi"
 
     def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
         """Named loss terms (they sum to the loss); implemented by each objective."""
@@ -69,7 +82,7 @@ class PUObjective(nn.Module):
         self, logits: Tensor, labels: Tensor, pi: float
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss and its terms for logits ``(B,)``, labels ``(B,)`` (1 = labeled positive)."""
-        pi = check_pi(pi)
+        pi = check_pi(pi, self.prior)
         z_p, z_u = split(logits, labels)
         terms = self.terms(z_p, z_u, pi)
         return total(logits, terms), terms
@@ -78,10 +91,15 @@ class PUObjective(nn.Module):
 class GECriterion(PUObjective):
     """Generalized expectation: ``E_P[L(g, 1)] + slack * penalty(z_u, pi)``.
 
+    ``pi`` is ``pi_unlabeled`` (``prior``): the penalty constrains the expected fraction of
+    positives among the unlabeled draws, which never land on a labeled particle's region.
+
     Terms: ``positive`` (mean cross entropy of the labeled positives) and ``ge`` (the slack-weighted
     penalty on the unlabeled logits); a term without data is left out. Subclasses define
     :meth:`penalty`.
     """
+
+    prior: ClassVar[PriorName] = "pi_unlabeled"
 
     def __init__(self, slack: float):
         super().__init__()
