@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -45,6 +46,97 @@ def _read(path, fmt, what: str):
     return df
 
 
+def resolve_max_distance(cfg: DictConfig) -> float:
+    """The match distance in the picks' pixels: ``max_distance`` when set, else the trained
+    model's (``model_path``: ``extra["geometry"]``'s match distance, in micrograph pixels), else a
+    simulated dataset's (``dataset``: ``match_distance_px`` of its dataset.yaml)."""
+    value = cfg.get("max_distance")
+    if value is not None:
+        try:
+            distance = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError("max_distance", f"must be a number >= 0, got {value!r}") from None
+        if not (distance >= 0 and math.isfinite(distance)):
+            raise ConfigError("max_distance", f"must be a finite number >= 0, got {value}")
+        return distance
+    if cfg.get("model_path"):
+        from topaz_lightning.geometry import RunGeometry
+        from topaz_lightning.models import load_model
+
+        _, extra = load_model(str(cfg.model_path))
+        record = extra.get("geometry")
+        geometry = RunGeometry.from_dict(record, source=str(cfg.model_path)) if record else None
+        if geometry is None or geometry.match_distance_px is None:
+            raise ConfigError(
+                "max_distance",
+                f"{cfg.model_path} stores no match distance (trained without a particle size); "
+                "give max_distance= in the picks' pixels",
+            )
+        log.info("max_distance %.3g px from %s", geometry.match_distance_px, cfg.model_path)
+        return float(geometry.match_distance_px)
+    if cfg.get("dataset"):
+        from topaz_lightning.simulate.dataset import load_dataset_info
+
+        info = load_dataset_info(str(cfg.dataset))
+        distance = info.get("match_distance_px")
+        if isinstance(distance, bool) or not isinstance(distance, int | float) or distance < 0:
+            raise InputError(
+                f"match_distance_px must be a number >= 0, got {distance!r}",
+                path=str(cfg.dataset),
+            )
+        log.info("max_distance %.3g px from %s", distance, cfg.dataset)
+        return float(distance)
+    raise ConfigError(
+        "max_distance",
+        "is required: give max_distance=<px>, or model_path=<model.pt> / dataset=<simulated "
+        "dataset> to take the trained or simulated match distance",
+    )
+
+
+def _names(values, limit: int = 5) -> str:
+    shown = sorted(values)[:limit]
+    more = f" ... ({len(values)} in all)" if len(values) > limit else ""
+    return ", ".join(repr(v) for v in shown) + more
+
+
+def check_names(picks, truth, names: list[str] | None, source: str) -> None:
+    """Stop when no pick is on an evaluated micrograph (the names do not match: exit 2, a few names
+    of each side); warn about the micrographs only one side has."""
+    evaluated = set(names) if names is not None else set(truth["micrograph"].astype(str))
+    picked = set(picks["micrograph"].astype(str))
+    common = picked & evaluated
+    if not common:
+        raise InputError(
+            f"no pick is on an evaluated micrograph: the micrograph names do not match (picks: "
+            f"{_names(picked)}; truth: {_names(evaluated)}). Check that both name the same "
+            "micrographs (file names without directory or extension)",
+            path=source,
+        )
+    only_picks = picked - evaluated
+    if only_picks:
+        log.warning(
+            "%s: %d micrograph(s) of the picks are not evaluated (not in the truth/list), ignored: %s",
+            source,
+            len(only_picks),
+            _names(only_picks),
+        )
+    only_truth = evaluated - picked
+    if only_truth:
+        log.warning(
+            "%s: %d evaluated micrograph(s) have no picks (counted as missed): %s",
+            source,
+            len(only_truth),
+            _names(only_truth),
+        )
+
+
+def _overlay_file(out_dir: Path, prefix: str, name: str, suffix: str) -> Path:
+    """``out_dir/<prefix><name><suffix>`` for a micrograph name that is a plain file name."""
+    from topaz_lightning.utils.atomic import safe_output_name
+
+    return out_dir / f"{prefix}{safe_output_name(name)}{suffix}"
+
+
 def run(cfg: DictConfig) -> dict:
     """Run the evaluation described by a composed ``evaluate`` config; return the metrics dict."""
     from topaz_lightning.io.micrographs import read_micrograph_names
@@ -53,12 +145,10 @@ def run(cfg: DictConfig) -> dict:
 
     require(
         cfg,
-        ("picks", "truth", "max_distance", "output_dir"),
+        ("picks", "truth", "output_dir"),
         "picks=picks.tsv truth=particles.tsv max_distance=7 output_dir=eval",
     )
-    max_distance = float(cfg.max_distance)
-    if not max_distance >= 0:
-        raise ConfigError("max_distance", f"must be >= 0, got {cfg.max_distance}")
+    max_distance = resolve_max_distance(cfg)
     overwrite = bool(cfg.overwrite)
     metrics_path = check_writable(resolve_output(cfg, "metrics"), overwrite)
     plot_path = check_writable(resolve_output(cfg, "plot"), overwrite) if cfg.get("plot") else None
@@ -88,6 +178,7 @@ def run(cfg: DictConfig) -> dict:
     evaluations = {}
     for label, path in runs.items():
         picks = _read(path, cfg.get("picks_format"), "picks")
+        check_names(picks, truth, names, path)
         evaluations[label] = evaluate_picks(
             picks,
             truth,
@@ -140,9 +231,12 @@ def _overlay_paths(cfg: DictConfig, truth, names: list[str] | None) -> list[Path
     out_dir = resolve_output(cfg, "overlay_dir")
     paths = []
     for name in _overlay_names(cfg, truth, names, list_micrographs(cfg.overlay_micrographs)):
-        paths.append(out_dir / f"overlay_{name}.png")
-        if cfg.get("score_maps") and (Path(str(cfg.score_maps)) / f"{name}.mrc").is_file():
-            paths.append(out_dir / f"score_map_{name}.png")
+        paths.append(_overlay_file(out_dir, "overlay_", name, ".png"))
+        if (
+            cfg.get("score_maps")
+            and _overlay_file(Path(str(cfg.score_maps)), "", name, ".mrc").is_file()
+        ):
+            paths.append(_overlay_file(out_dir, "score_map_", name, ".png"))
     return paths
 
 
@@ -168,7 +262,7 @@ def write_overlays(
         threshold = ev.best_f1_threshold
     else:
         threshold = None if setting is None else float(setting)
-    radius = float(cfg.get("overlay_radius") or cfg.max_distance)
+    radius = float(cfg.get("overlay_radius") or resolve_max_distance(cfg))
     files = list_micrographs(cfg.overlay_micrographs)
     picks = ev.picks
     out_dir = resolve_output(cfg, "overlay_dir")
@@ -178,7 +272,7 @@ def write_overlays(
         if threshold is not None:
             p = p[p["score"] >= threshold]
         t = truth[truth["micrograph"].astype(str) == name]
-        path = out_dir / f"overlay_{name}.png"
+        path = _overlay_file(out_dir, "overlay_", name, ".png")
         image = read_micrograph(files[name])
         plot_overlay(
             image,
@@ -192,7 +286,7 @@ def write_overlays(
         )
         written.append(path)
         if cfg.get("score_maps"):
-            map_path = Path(str(cfg.score_maps)) / f"{name}.mrc"
+            map_path = _overlay_file(Path(str(cfg.score_maps)), "", name, ".mrc")
             if not map_path.is_file():
                 log.warning("no score map %s; skipping its picture", map_path)
                 continue
@@ -203,7 +297,7 @@ def write_overlays(
                 factors = (score_map.shape[0] / image.shape[0], score_map.shape[1] / image.shape[1])
                 image = zoom(image, factors, order=1, grid_mode=True, mode="nearest")
                 image = image[: score_map.shape[0], : score_map.shape[1]]
-            path = out_dir / f"score_map_{name}.png"
+            path = _overlay_file(out_dir, "score_map_", name, ".png")
             plot_score_map(image, score_map, path, overwrite=overwrite, title=name)
             written.append(path)
     log.info("wrote %d picture(s) to %s", len(written), out_dir)
