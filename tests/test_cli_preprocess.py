@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import REPO
 from topaz_lightning.cli.preprocess import run
-from topaz_lightning.errors import InputError, OutputExistsError
+from topaz_lightning.errors import ConfigError, InputError, PartialFailureError
 from topaz_lightning.io.micrographs import read_micrograph, read_pixel_size
 from topaz_lightning.preprocess import preprocess_images
 from topaz_lightning.preprocess.files import preprocess_files
@@ -81,9 +81,14 @@ def test_preprocess_command_writes_mrcs_and_scaled_coordinates(inputs, tmp_path)
     assert summary["gmm"]["converged"]
     assert (out / "preprocess.yaml").exists()
 
-    # a second run refuses to overwrite anything and leaves the outputs alone
+    # the same command again continues the (finished) job: nothing changes
     before = (out / "mic_a.mrc").read_bytes()
-    with pytest.raises(OutputExistsError, match="overwrite=true"):
+    summary_text = (out / "preprocess.yaml").read_text()
+    run(_cfg(overrides))
+    assert (out / "mic_a.mrc").read_bytes() == before
+    assert (out / "preprocess.yaml").read_text() == summary_text
+    # other settings into the same directory are refused, naming what changed
+    with pytest.raises(ConfigError, match="normalize='gmm' \\(now 'none'\\)"):
         run(_cfg(overrides + ["normalize=none"]))
     assert (out / "mic_a.mrc").read_bytes() == before
     run(_cfg(overrides + ["normalize=none", "overwrite=true"]))
@@ -91,16 +96,24 @@ def test_preprocess_command_writes_mrcs_and_scaled_coordinates(inputs, tmp_path)
 
 
 @pytest.mark.parametrize("normalize", ["gmm", "standardize"])
-def test_preprocess_constant_micrograph_names_the_file(tmp_path, normalize):
+def test_preprocess_constant_micrograph_is_skipped_and_reported(tmp_path, normalize):
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(np.full((16, 16), 9, np.uint8)).save(folder / "flat.png")
-    # processed (and written) before the constant one: must not be left behind
     Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(folder / "a_ok.png")
-    overrides = [f"input={folder}", f"output_dir={tmp_path / 'out'}", "num_workers=1"]
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16).T).save(folder / "z_ok.png")
+    out = tmp_path / "out"
+    overrides = [f"input={folder}", f"output_dir={out}", "num_workers=1", "progress=false"]
+    with pytest.raises(PartialFailureError, match=r"flat\.png.*constant"):
+        run(_cfg(overrides + [f"normalize={normalize}"]))
+    assert sorted(p.name for p in out.glob("*.mrc")) == ["a_ok.mrc", "z_ok.mrc"]
+    lines = (out / "failures.tsv").read_text().splitlines()
+    assert lines[0] == "name\treason" and len(lines) == 2
+    assert lines[1].startswith("flat\t") and "constant" in lines[1]
+    # strict: the first bad micrograph stops the job with its own error
     with pytest.raises(InputError, match=r"flat\.png.*constant"):
-        run(_cfg(overrides + [f"normalize={normalize}", "progress=false"]))
-    assert not list((tmp_path / "out").glob("*.mrc"))
+        run(_cfg(overrides + [f"normalize={normalize}", "strict=true", "overwrite=true"]))
+    assert not (out / "z_ok.mrc").exists()
 
 
 def test_preprocess_files_in_parallel_equals_serial(inputs, tmp_path):
@@ -119,7 +132,7 @@ def test_preprocess_files_in_parallel_equals_serial(inputs, tmp_path):
     assert serial.shapes == parallel.shapes == {"mic_a": (32, 43), "mic_b": (27, 33)}
 
 
-def test_tzl_preprocess_subprocess_saves_config_and_refuses_overwrite(inputs, tmp_path):
+def test_tzl_preprocess_subprocess_saves_config_and_continues(inputs, tmp_path):
     folder, _ = inputs
     out = tmp_path / "out"
     cmd = [
@@ -136,6 +149,14 @@ def test_tzl_preprocess_subprocess_saves_config_and_refuses_overwrite(inputs, tm
     assert "normalize: standardize" in (out / "config.yaml").read_text()
     image = read_micrograph(out / "mic_b.mrc")
     assert image.mean() == pytest.approx(0, abs=1e-5) and image.std() == pytest.approx(1, abs=1e-4)
+    before = (out / "mic_b.mrc").read_bytes()
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert second.returncode == 2
-    assert "already exists" in second.stderr and "overwrite=true" in second.stderr
+    assert second.returncode == 0, second.stderr
+    assert "2 done by an earlier run" in second.stdout
+    assert (out / "mic_b.mrc").read_bytes() == before
+    # other settings: refused with exit status 2, naming the key
+    third = subprocess.run(
+        [*cmd, "downsample=2"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert third.returncode == 2
+    assert "downsample=1.0 (now 2.0)" in third.stderr and "overwrite=true" in third.stderr

@@ -4,8 +4,13 @@ Reads a directory, glob or list file of MRC/TIFF/PNG/JPEG micrographs and writes
 ``output_dir/<name>.mrc`` for each, with the pixel size scaled; optionally scales a coordinate
 file by the same factor into ``output_dir``. Normalization ``gmm`` is the paper's per-image-scaled
 two-component Gaussian mixture fit over a pixel sample of all micrographs. The resolved config,
-the fitted mixture (``preprocess.yaml``) and the log are saved in ``output_dir``. Existing
-outputs are refused unless ``overwrite=true``.
+the fitted mixture (``preprocess.yaml``) and the log are saved in ``output_dir``.
+
+When things go wrong: a rerun of the same command continues an interrupted job (micrographs
+already written are kept, the stored GMM fit is reused; ``preprocess_job.json`` records the
+job); a micrograph that cannot be read is skipped, and the others are done, listed in
+``failures.tsv``, exit status 3 (``strict=true``: the first bad file stops the job);
+``overwrite=true`` starts over and first removes the earlier job's outputs.
 
 Example usage::
 
@@ -31,19 +36,24 @@ log = logging.getLogger("topaz_lightning")
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run the preprocessing described by a composed ``preprocess`` config; return a summary dict."""
+    """Run the preprocessing described by a composed ``preprocess`` config; return a summary dict.
+
+    Raises ``PartialFailureError`` (exit status 3) after doing every good micrograph when some
+    could not be read, unless ``cfg.strict`` (then the first bad one raises).
+    """
+    from topaz_lightning.geometry import coordinates_to_model_frame
     from topaz_lightning.io.micrographs import list_micrographs
-    from topaz_lightning.preprocess.files import preprocess_files
-    from topaz_lightning.preprocess.fourier import scale_coordinates
+    from topaz_lightning.preprocess.files import job_settings, open_job, preprocess_files
     from topaz_lightning.preprocess.pipeline import check_preprocess_settings
-    from topaz_lightning.utils.atomic import atomic_output, check_writable
+    from topaz_lightning.utils.atomic import atomic_output
+    from topaz_lightning.utils.jobs import FailureLog
 
     require(cfg, ("input", "output_dir"), "input=micrographs/ output_dir=processed")
     check_preprocess_settings(cfg.downsample, cfg.normalize)
     factor = float(cfg.downsample)
     output_dir = Path(cfg.output_dir)
     overwrite = bool(cfg.overwrite)
-    summary_path = check_writable(output_dir / "preprocess.yaml", overwrite)
+    summary_path = output_dir / "preprocess.yaml"
 
     sources = list_micrographs(cfg.input)
     coords = None
@@ -53,7 +63,7 @@ def run(cfg: DictConfig) -> dict:
 
         # read (and so validate) the coordinates before the long part of the work
         coords = read_coordinates(cfg.coordinates)
-        coords_target = check_writable(resolve_output(cfg, "coordinates_output"), overwrite)
+        coords_target = resolve_output(cfg, "coordinates_output")
         unknown = sorted(set(coords["micrograph"].astype(str)) - set(sources))
         if unknown:
             log.warning(
@@ -62,6 +72,11 @@ def run(cfg: DictConfig) -> dict:
                 unknown[0],
             )
 
+    extras = [summary_path] + ([coords_target] if coords_target is not None else [])
+    settings = job_settings(factor, cfg.normalize, int(cfg.seed), int(cfg.sample_size))
+    # start, continue or refuse: decided (and stale outputs removed) before any work
+    job = open_job(output_dir, list(sources), settings, overwrite, extra_outputs=extras)
+    failures = FailureLog(strict=bool(cfg.strict))
     result = preprocess_files(
         sources,
         output_dir,
@@ -72,11 +87,14 @@ def run(cfg: DictConfig) -> dict:
         num_workers=cfg.num_workers,
         overwrite=overwrite,
         progress=bool(cfg.progress),
+        failures=failures,
+        job=job,
     )
     if coords is not None:
         from topaz_lightning.io.coordinates import write_coordinates
 
-        write_coordinates(scale_coordinates(coords, factor), coords_target, overwrite=overwrite)
+        # this job's own file (checked above): a continued run writes it again, identically
+        write_coordinates(coordinates_to_model_frame(coords, factor), coords_target, overwrite=True)
         log.info("wrote %d scaled coordinates to %s", len(coords), coords_target)
 
     summary = {
@@ -91,13 +109,18 @@ def run(cfg: DictConfig) -> dict:
                 "pixel_size_a": result.pixel_sizes[name],
             }
             for name in sources
+            if name in result.outputs
         },
+        "failed": [name for name, _ in result.failures],
         "gmm": None if result.fit is None else result.fit.as_dict(),
         "coordinates": None if coords_target is None else str(coords_target),
     }
-    with atomic_output(summary_path, overwrite=overwrite) as tmp:
+    with atomic_output(summary_path, overwrite=True) as tmp:
         tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(summary)))
-    print(f"preprocessed {len(sources)} micrograph(s) into {output_dir}")
+    earlier = f" ({len(result.continued)} done by an earlier run)" if result.continued else ""
+    print(f"preprocessed {len(result.outputs)} micrograph(s) into {output_dir}{earlier}")
+    # failures.tsv (or removal of a stale one); PartialFailureError -> exit status 3
+    failures.finish(output_dir)
     return summary
 
 

@@ -1,18 +1,18 @@
-"""Preprocess micrograph files into MRCs (downsample + normalize), in parallel, with a progress bar."""
+"""Preprocess micrograph files into MRCs (downsample + normalize) in worker threads, continuing interrupted jobs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from multiprocessing import get_context
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from topaz_lightning.errors import ConfigError
+from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
 from topaz_lightning.preprocess.gmm import (
     DEFAULT_SAMPLE_SIZE,
     GMMFit,
@@ -24,13 +24,18 @@ from topaz_lightning.preprocess.gmm import (
     samples_per_image,
 )
 from topaz_lightning.preprocess.pipeline import check_preprocess_settings
-from topaz_lightning.utils.atomic import check_writable
+from topaz_lightning.utils.atomic import atomic_output, safe_output_name
+from topaz_lightning.utils.jobs import FAILURES_FILE, FailureLog
 
 log = logging.getLogger("topaz_lightning")
 
+#: the record of a preprocessing job in its output directory: settings, inputs and the GMM fit
+JOB_FILE = "preprocess_job.json"
+_JOB_VERSION = 1
+
 
 def default_num_workers() -> int:
-    """Worker processes used when none is configured: min(usable cores, 4)."""
+    """Worker threads used when none is configured: min(usable cores, 4)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -40,12 +45,323 @@ def default_num_workers() -> int:
 
 @dataclass
 class PreprocessResult:
-    """What ``preprocess_files`` wrote: one MRC per micrograph, its shape, and the GMM fit if any."""
+    """What ``preprocess_files`` did: the MRC of every micrograph done, its shape and pixel size.
+
+    ``outputs``/``shapes``/``pixel_sizes`` cover every micrograph whose output is complete, the
+    ones an earlier interrupted run wrote (``continued``) included; ``failures`` lists
+    ``(name, reason)`` of the micrographs that could not be done (see ``FailureLog``).
+    """
 
     outputs: dict[str, Path]
     shapes: dict[str, tuple[int, int]]
     pixel_sizes: dict[str, float | None]
     fit: GMMFit | None
+    continued: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def output_paths(names: Iterable[str], output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where ``preprocess_files`` writes each micrograph: ``output_dir/<name>.mrc``."""
+    return {
+        name: Path(output_dir) / f"{safe_output_name(name, where='micrograph name')}.mrc"
+        for name in names
+    }
+
+
+def job_settings(
+    downsample: float, normalize: str, seed: int = 0, sample_size: int = DEFAULT_SAMPLE_SIZE
+) -> dict:
+    """The settings that decide the output pixels (seed and sample size matter only for gmm)."""
+    settings = {"downsample": float(downsample), "normalize": str(normalize)}
+    if normalize == "gmm":
+        settings.update(seed=int(seed), sample_size=int(sample_size))
+    return settings
+
+
+@dataclass
+class PreprocessJob:
+    """The job record of one output directory (``preprocess_job.json``) and what it allows.
+
+    ``continuing`` is True when an earlier run with the same settings (and, for gmm, the same
+    micrographs) left outputs there: they are kept and the rest is done. ``fit`` is the GMM fit
+    that run stored, so a continued job normalizes with exactly the same parameters.
+    """
+
+    output_dir: Path
+    settings: dict
+    inputs: list[str]
+    extra_outputs: list[str]
+    continuing: bool = False
+    fit: GMMFit | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.output_dir / JOB_FILE
+
+    def save(self) -> None:
+        """Write the record atomically (before any output it covers is written)."""
+        record = {
+            "version": _JOB_VERSION,
+            "command": "tzl-preprocess",
+            "settings": self.settings,
+            "inputs": self.inputs,
+            "extra_outputs": self.extra_outputs,
+            "gmm": None if self.fit is None else _fit_to_record(self.fit),
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(self.path, overwrite=True) as tmp:
+            # json writes floats with repr(): they read back bit for bit
+            tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+    def save_fit(self, fit: GMMFit) -> None:
+        self.fit = fit
+        self.save()
+
+
+def _fit_to_record(fit: GMMFit) -> dict:
+    return {
+        "pi": float(fit.pi),
+        "mu": [float(v) for v in fit.mu],
+        "sigma": [float(v) for v in fit.sigma],
+        "names": list(fit.names),
+        "alpha": [float(v) for v in fit.alpha],
+        "log_likelihood": float(fit.log_likelihood),
+        "n_iter": int(fit.n_iter),
+        "converged": bool(fit.converged),
+    }
+
+
+def _fit_from_record(data: dict, path: Path) -> GMMFit:
+    try:
+        fit = GMMFit(
+            pi=float(data["pi"]),
+            mu=np.array(data["mu"], dtype=np.float64),
+            sigma=np.array(data["sigma"], dtype=np.float64),
+            alpha=np.array(data["alpha"], dtype=np.float64),
+            names=[str(n) for n in data["names"]],
+            log_likelihood=float(data["log_likelihood"]),
+            n_iter=int(data["n_iter"]),
+            converged=bool(data["converged"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"stored GMM fit is incomplete ({err})", path=path, where="gmm") from err
+    ok = (
+        fit.mu.shape == fit.sigma.shape == (2,)
+        and fit.alpha.shape == (len(fit.names),)
+        and np.isfinite(fit.mu).all()
+        and (fit.sigma > 0).all()
+        and (fit.alpha > 0).all()
+        and 0 < fit.pi < 1
+    )
+    if not ok:
+        raise InputError("stored GMM fit has impossible values", path=path, where="gmm")
+    return fit
+
+
+def _read_record(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("version") != _JOB_VERSION:
+            raise ValueError("not a version-1 record")
+        settings, inputs = record["settings"], record["inputs"]
+        extras = record.get("extra_outputs", [])
+        if not isinstance(settings, dict) or not isinstance(inputs, list):
+            raise ValueError("settings/inputs have the wrong type")
+        if not isinstance(extras, list):
+            raise ValueError("extra_outputs has the wrong type")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError) as err:
+        raise InputError(
+            f"not a tzl-preprocess job record ({err}); start over with overwrite=true "
+            "or choose another output_dir",
+            path=path,
+        ) from err
+    return record
+
+
+def _recorded_outputs(output_dir: Path, record: dict | None) -> list[Path]:
+    """Files an earlier run recorded as its own, limited to plain names inside ``output_dir``."""
+    if record is None:
+        # a directory written before job records existed: its summary names the micrographs
+        names = _summary_names(output_dir / "preprocess.yaml")
+        return [output_dir / f"{n}.mrc" for n in names]
+    out = []
+    for name in record["inputs"]:
+        try:
+            out.append(output_dir / f"{safe_output_name(str(name))}.mrc")
+        except InputError:
+            log.warning("%s: ignoring unsafe micrograph name %r", output_dir / JOB_FILE, name)
+    for extra in record.get("extra_outputs", []):
+        path = Path(str(extra))
+        # never remove anything outside the output directory because a record says so
+        if not path.is_absolute() and path.name == str(extra):
+            out.append(output_dir / path.name)
+    return out
+
+
+def _summary_names(summary: Path) -> list[str]:
+    if not summary.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(summary))
+        names = list(data.get("micrographs") or {})
+    except Exception:  # noqa: BLE001 - an unreadable old summary only means nothing to clean
+        return []
+    safe = []
+    for name in names:
+        try:
+            safe.append(safe_output_name(str(name)))
+        except InputError:
+            continue
+    return safe
+
+
+def _remove_temporaries(output_dir: Path, filenames: Iterable[str]) -> None:
+    """Remove half-written temporaries (``.<file>.<random>.tmp<suffix>``) a killed run left."""
+    if not output_dir.is_dir():
+        return
+    wanted = set(filenames)
+    for entry in os.listdir(output_dir):
+        if not entry.startswith(".") or ".tmp" not in entry:
+            continue
+        stem = entry[1 : entry.rindex(".tmp")]  # "<file>.<random>"
+        if "." in stem and stem.rsplit(".", 1)[0] in wanted:
+            path = output_dir / entry
+            if path.is_file():
+                path.unlink()
+
+
+def open_job(
+    output_dir: str | os.PathLike,
+    names: Sequence[str],
+    settings: Mapping,
+    overwrite: bool = False,
+    extra_outputs: Sequence[str | os.PathLike] = (),
+) -> PreprocessJob:
+    """Decide, before any work, whether a run into ``output_dir`` starts, continues or is refused.
+
+    - ``overwrite``: start over; the outputs the earlier job recorded (its micrographs, summary
+      and coordinates inside ``output_dir``, failures.tsv) and this run's targets are removed.
+    - a job record with the same settings (for gmm also the same micrographs): continue.
+    - different settings, or outputs without a record: refused (ConfigError/OutputExistsError).
+
+    ``extra_outputs`` are further files the caller writes (summary, coordinates): recorded so
+    that a continued run may rewrite them and ``overwrite`` removes them. The new record is
+    written before this returns.
+    """
+    output_dir = Path(output_dir)
+    names = list(names)
+    settings = dict(settings)
+    extras = [os.fspath(p) for p in extra_outputs]
+    # a recorded extra inside output_dir is kept by its plain name (portable between mounts)
+    extras = [
+        Path(p).name if Path(p).parent.resolve() == output_dir.resolve() else p for p in extras
+    ]
+    record_path = output_dir / JOB_FILE
+    targets = output_paths(names, output_dir)
+    if overwrite:
+        try:
+            record = _read_record(record_path)
+        except InputError:
+            record = None  # a broken record is replaced too
+        stale = _recorded_outputs(output_dir, record) + list(targets.values())
+        stale.append(output_dir / FAILURES_FILE)
+        removed = 0
+        for path in dict.fromkeys(stale):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed += 1
+        if removed:
+            log.info(
+                "overwrite=true: removed %d output(s) of the earlier job in %s", removed, output_dir
+            )
+        _remove_temporaries(output_dir, [t.name for t in targets.values()])
+        if record_path.exists():
+            record_path.unlink()  # last: until here a rerun still knows what to remove
+        job = PreprocessJob(output_dir, settings, names, extras)
+        job.save()
+        return job
+
+    record = _read_record(record_path)
+    if record is None:
+        for target in [*targets.values(), *map(Path, extra_outputs)]:
+            if target.exists():
+                raise OutputExistsError(target)
+        job = PreprocessJob(output_dir, settings, names, extras)
+        job.save()
+        return job
+
+    old_settings = record["settings"]
+    if old_settings != settings:
+        changed = sorted(
+            k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k)
+        )
+        # normalize=gmm vs standardize: seed/sample_size (gmm only) need not be listed
+        changed = [k for k in changed if k in old_settings and k in settings] or changed
+        detail = ", ".join(
+            f"{k}={old_settings.get(k)!r} (now {settings.get(k)!r})" for k in changed
+        )
+        raise ConfigError(
+            "output_dir",
+            f"{output_dir} holds outputs of a tzl-preprocess job with {detail}; rerun with "
+            "the same settings to continue it, overwrite=true to start over, or another output_dir",
+        )
+    old_inputs = [str(n) for n in record["inputs"]]
+    fit = None
+    if settings["normalize"] == "gmm":
+        if old_inputs != names:
+            added = sorted(set(names) - set(old_inputs))
+            missing = sorted(set(old_inputs) - set(names))
+            raise ConfigError(
+                "input",
+                f"the micrographs differ from the job in {output_dir} ({len(added)} new, e.g. "
+                f"{added[:2]}; {len(missing)} missing, e.g. {missing[:2]}): gmm normalization is "
+                "fit over all micrographs together, so it cannot continue with others; "
+                "overwrite=true starts over",
+            )
+        if record.get("gmm") is not None:
+            fit = _fit_from_record(record["gmm"], record_path)
+    # per-image normalizations may take new micrographs; earlier ones stay recorded
+    inputs = list(dict.fromkeys(old_inputs + names))
+    old_extras = [str(p) for p in record.get("extra_outputs", [])]
+    job = PreprocessJob(
+        output_dir,
+        settings,
+        inputs,
+        list(dict.fromkeys(old_extras + extras)),
+        continuing=True,
+        fit=fit,
+    )
+    job.save()
+    return job
+
+
+def _is_complete(target: Path) -> bool:
+    """An output is complete if it exists and is a valid MRC of the size its header says.
+
+    Outputs are renamed into place only when written, so this fails only for a file someone
+    else damaged; that micrograph is then done again.
+    """
+    if not target.is_file():
+        return False
+    import mrcfile
+
+    try:
+        with mrcfile.mmap(target, mode="r", permissive=False) as mrc:
+            return mrc.data is not None and mrc.data.ndim == 2
+    except Exception as err:  # noqa: BLE001 - mrcfile raises ValueError, OSError, ...
+        log.warning("%s: earlier output is not a valid MRC (%s); doing it again", target, err)
+        return False
+
+
+def _output_shape(target: Path) -> tuple[int, int]:
+    import mrcfile
+
+    with mrcfile.open(target, mode="r", header_only=True, permissive=False) as mrc:
+        return int(mrc.header.ny), int(mrc.header.nx)
 
 
 def _load_small(path: Path, factor: float) -> np.ndarray:
@@ -55,62 +371,67 @@ def _load_small(path: Path, factor: float) -> np.ndarray:
     return downsample(read_micrograph(path), factor)
 
 
-def _sample_job(job: tuple) -> tuple[np.ndarray, tuple[int, int]]:
+def _sample_job(job: tuple) -> np.ndarray:
     path, index, factor, n, seed = job
     image = _load_small(path, factor)
     check_not_constant(image, str(path))
-    return sample_pixels(image, n, image_rng(seed, index)), image.shape
+    return sample_pixels(image, n, image_rng(seed, index))
 
 
 def _write_job(job: tuple) -> tuple[int, int]:
     from topaz_lightning.io.micrographs import read_pixel_size, write_micrograph
     from topaz_lightning.preprocess.pipeline import standardize
 
-    path, target, factor, normalize, fit, index, overwrite = job
+    path, target, name, factor, normalize, fit = job
     image = _load_small(path, factor)
     if normalize == "standardize":
         image = standardize(image, str(path))
     elif normalize == "gmm":
         check_not_constant(image, str(path))
-        image = normalize_gmm(image, fit, index)
+        if name not in fit.names:
+            raise InputError(
+                f"not part of the GMM fit stored in {JOB_FILE} (it could not be read when the "
+                "fit was made); start over with overwrite=true to fit all micrographs together",
+                path=path,
+            )
+        image = normalize_gmm(image, fit, name)
     pixel_size = read_pixel_size(path)
     out_pixel = None if pixel_size is None else pixel_size * factor
-    write_micrograph(target, image, pixel_size_a=out_pixel, overwrite=overwrite)
+    # the job record says these targets belong to this job (open_job checked them)
+    write_micrograph(target, image, pixel_size_a=out_pixel, overwrite=True)
     return image.shape
 
 
-def _run_jobs(
+def _run_each(
     fn: Callable[[tuple], object],
-    jobs: list[tuple],
-    pool: ProcessPoolExecutor | None,
+    jobs: list[tuple[str, tuple]],
+    pool: ThreadPoolExecutor | None,
+    failures: FailureLog,
     desc: str,
     progress: bool,
-) -> list:
+) -> dict[str, object]:
+    """``{name: fn(job)}`` for every job that did not fail; a bad micrograph goes to ``failures``."""
     from tqdm import tqdm
 
-    results = []
+    results: dict[str, object] = {}
     with tqdm(total=len(jobs), desc=desc, unit="mic", disable=not progress) as bar:
-        outcomes = map(fn, jobs) if pool is None else pool.map(fn, jobs)
-        for result in outcomes:
-            results.append(result)
-            bar.update()
+        if pool is None:
+            for name, job in jobs:
+                with failures.guard(name):
+                    results[name] = fn(job)
+                bar.update()
+            return results
+        futures = [(name, pool.submit(fn, job)) for name, job in jobs]
+        try:
+            for name, future in futures:
+                with failures.guard(name):
+                    results[name] = future.result()
+                bar.update()
+        finally:
+            # strict failure, Ctrl-C: drop what has not started; running ones finish their file
+            for _, future in futures:
+                future.cancel()
     return results
-
-
-def output_paths(names: Iterable[str], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Where ``preprocess_files`` writes each micrograph: ``output_dir/<name>.mrc``."""
-    return {name: Path(output_dir) / f"{name}.mrc" for name in names}
-
-
-def check_outputs(
-    sources: Mapping[str, Path], targets: Mapping[str, Path], overwrite: bool
-) -> None:
-    """Refuse (before any work) outputs that exist without overwrite, or that would replace an input."""
-    inputs = {Path(p).resolve() for p in sources.values()}
-    for target in targets.values():
-        if target.resolve() in inputs:
-            raise ConfigError("output_dir", f"output {target} would replace an input micrograph")
-        check_writable(target, overwrite)
 
 
 def preprocess_files(
@@ -123,15 +444,25 @@ def preprocess_files(
     num_workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    failures: FailureLog | None = None,
+    job: PreprocessJob | None = None,
 ) -> PreprocessResult:
     """Downsample and normalize micrograph files into ``output_dir/<name>.mrc`` (float32).
 
     Gives the same pixels as ``preprocess_images`` on the same micrographs and seed, without
     holding them all in memory: for ``gmm`` a first pass reads, downsamples and samples each
-    micrograph in parallel, the mixture is fit on the pooled sample, and a second pass re-reads,
-    normalizes and writes. The pixel size (if the input has one) is multiplied by the factor.
-    Every output is checked before any work starts; each is written atomically, and if any
-    micrograph fails, the outputs this call created are removed again.
+    micrograph, the mixture is fit on the pooled sample and stored in the job record, and a
+    second pass re-reads, normalizes and writes. The pixel size (if the input has one) is
+    multiplied by the factor.
+
+    Continue, do not start over: each output is written atomically, so one that exists is
+    complete; a rerun into the same ``output_dir`` (see :func:`open_job`) keeps those and does
+    the rest with the stored GMM fit, ending with the same files as an uninterrupted run.
+
+    Bad micrographs (``InputError``) go to ``failures`` (a :class:`FailureLog`; by default a
+    strict one, so the first raises) and the others are done. The work runs in
+    ``num_workers`` threads of this process (the FFTs, file reads and array arithmetic release
+    the GIL), so killing the process leaves no worker behind that could write later.
     """
     check_preprocess_settings(downsample, normalize)
     factor = float(downsample)
@@ -141,66 +472,87 @@ def preprocess_files(
     sources = {name: Path(p) for name, p in sources.items()}
     if not sources:
         raise ConfigError("input", "no micrographs to preprocess")
+    output_dir = Path(output_dir)
     targets = output_paths(sources, output_dir)
-    check_outputs(sources, targets, overwrite)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    inputs = {p.resolve() for p in sources.values()}
+    for target in targets.values():
+        if target.resolve() in inputs:
+            raise ConfigError("output_dir", f"output {target} would replace an input micrograph")
     names = list(sources)
-
-    pool = None
-    if num_workers > 1 and len(names) > 1:
-        # spawn, not fork: the parent may hold threads (tqdm, BLAS) that fork would copy mid-lock
-        pool = ProcessPoolExecutor(
-            max_workers=min(num_workers, len(names)), mp_context=get_context("spawn")
-        )
-    existed = {name for name, target in targets.items() if target.exists()}
-    try:
-        fit, shapes = _two_passes(
-            sources, targets, names, factor, normalize, seed, sample_size, overwrite, pool, progress
-        )
-    except BaseException:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-            pool = None
-        # a failed run leaves no new half-set of outputs behind
-        for name, target in targets.items():
-            if name not in existed and target.exists():
-                target.unlink()
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    from topaz_lightning.io.micrographs import read_pixel_size
-
-    return PreprocessResult(
-        outputs=targets,
-        shapes={name: tuple(s) for name, s in zip(names, shapes, strict=True)},
-        pixel_sizes={name: read_pixel_size(targets[name]) for name in names},
-        fit=fit,
+    settings = job_settings(factor, normalize, seed, sample_size)
+    if job is None:
+        job = open_job(output_dir, names, settings, overwrite)
+    if failures is None:
+        failures = FailureLog(strict=True)
+    _remove_temporaries(
+        output_dir,
+        [t.name for t in targets.values()]
+        + [JOB_FILE, FAILURES_FILE]
+        + [Path(p).name for p in job.extra_outputs],
     )
 
-
-def _two_passes(
-    sources, targets, names, factor, normalize, seed, sample_size, overwrite, pool, progress
-):
-    fit = None
-    if normalize == "gmm":
-        n = samples_per_image(len(names), sample_size)
-        jobs = [(sources[name], k, factor, n, seed) for k, name in enumerate(names)]
-        sampled = _run_jobs(_sample_job, jobs, pool, "sampling pixels", progress)
-        fit = fit_gmm_samples([s for s, _ in sampled], names=names)
+    done = [name for name in names if job.continuing and _is_complete(targets[name])]
+    if done:
         log.info(
-            "GMM fit: pi=%.4f mu=%s sigma=%s dominant=%d (%d iterations, converged=%s)",
-            fit.pi,
-            np.round(fit.mu, 4).tolist(),
-            np.round(fit.sigma, 4).tolist(),
-            fit.dominant,
-            fit.n_iter,
-            fit.converged,
+            "continuing the job in %s: %d of %d micrograph(s) already done",
+            output_dir,
+            len(done),
+            len(names),
         )
+    workers = min(num_workers, len(names))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="tzl-preprocess") if workers > 1 else None
+    try:
+        fit = job.fit
+        failed_now: set[str] = set()
+        if normalize == "gmm" and fit is None:
+            n = samples_per_image(len(names), sample_size)
+            jobs = [(name, (sources[name], k, factor, n, seed)) for k, name in enumerate(names)]
+            sampled = _run_each(_sample_job, jobs, pool, failures, "sampling pixels", progress)
+            failed_now = set(names) - set(sampled)
+            good = [name for name in names if name in sampled]
+            if good:
+                fit = fit_gmm_samples([sampled[name] for name in good], names=good)
+                job.save_fit(fit)
+        if fit is not None:
+            log.info(
+                "GMM fit: pi=%.4f mu=%s sigma=%s dominant=%d (%d iterations, converged=%s)",
+                fit.pi,
+                np.round(fit.mu, 4).tolist(),
+                np.round(fit.sigma, 4).tolist(),
+                fit.dominant,
+                fit.n_iter,
+                fit.converged,
+            )
+        todo = [name for name in names if name not in done and name not in failed_now]
+        if normalize == "gmm" and fit is None:
+            todo = []  # every micrograph failed while sampling
+        jobs = [
+            (name, (sources[name], targets[name], name, factor, normalize, fit)) for name in todo
+        ]
+        written = _run_each(_write_job, jobs, pool, failures, "writing micrographs", progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
-    jobs = [
-        (sources[name], targets[name], factor, normalize, fit, k, overwrite)
-        for k, name in enumerate(names)
-    ]
-    shapes = _run_jobs(_write_job, jobs, pool, "writing micrographs", progress)
-    return fit, shapes
+    order = {name: k for k, name in enumerate(names)}
+    # the same failure list whichever pass (or which earlier run) met the bad file
+    failures.failures.sort(key=lambda item: order.get(item[0], len(order)))
+    shapes = {
+        name: tuple(int(s) for s in written[name])
+        if name in written
+        else _output_shape(targets[name])
+        for name in names
+        if name in written or name in done
+    }
+    from topaz_lightning.io.micrographs import read_pixel_size
+
+    # as the outputs store them (a float32 header field), for new and earlier outputs alike
+    pixel_sizes = {name: read_pixel_size(targets[name]) for name in shapes}
+    return PreprocessResult(
+        outputs={name: targets[name] for name in shapes},
+        shapes=shapes,
+        pixel_sizes=pixel_sizes,
+        fit=fit,
+        continued=done,
+        failures=list(failures.failures),
+    )
