@@ -91,6 +91,10 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
             ):
                 save_run_config(cfg, output_dir())
             try:
+                from topaz_lightning.cli.validate import validate
+
+                # every setting is checked here, before the command reads any data
+                validate(config_name, cfg)
                 return fn(cfg)
             except PartialFailureError as err:
                 # the other inputs were done; the failures are listed in failures.tsv

@@ -1,0 +1,328 @@
+"""One validation pass per command over the composed config, before any data is read (ConfigError -> exit 2)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from topaz_lightning.errors import ConfigError
+
+log = logging.getLogger("topaz_lightning")
+
+_MISSING = object()
+#: data.batch_positive above this is almost surely a typo (the paper uses 16 of 256)
+BATCH_POSITIVE_WARN = 1000
+
+
+# ------------------------------------------------------------------------------------------------
+# typed getters: each names the key in its error
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    if OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is _MISSING:
+        return _MISSING
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception:  # noqa: BLE001 - a ??? value: the command reports it as required
+        return _MISSING
+
+
+def integer(
+    cfg: DictConfig,
+    key: str,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allow_none: bool = False,
+) -> int | None:
+    """``cfg[key]`` as an int within bounds; ConfigError naming ``key`` otherwise (absent: None)."""
+    value = _get(cfg, key)
+    if value is _MISSING:
+        return None
+    if value is None:
+        if allow_none:
+            return None
+        raise ConfigError(key, "must be set (got null)")
+    bounds = _bounds(minimum, maximum)
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    ):
+        raise ConfigError(key, f"must be a whole number{bounds}, got {value!r}")
+    number = int(value)
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise ConfigError(key, f"must be a whole number{bounds}, got {number}")
+    return number
+
+
+def number(
+    cfg: DictConfig,
+    key: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    allow_none: bool = False,
+    allow_inf: bool = False,
+) -> float | None:
+    """``cfg[key]`` as a float within bounds (finite unless ``allow_inf``); ConfigError otherwise."""
+    value = _get(cfg, key)
+    if value is _MISSING:
+        return None
+    if value is None:
+        if allow_none:
+            return None
+        raise ConfigError(key, "must be set (got null)")
+    low = (
+        "" if minimum is None else (f" > {minimum:g}" if exclusive_minimum else f" >= {minimum:g}")
+    )
+    high = "" if maximum is None else f" <= {maximum:g}"
+    want = f"a number{low}{' and' if low and high else ''}{high}"
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be {want}, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be {want}, got {value!r}") from None
+    if math.isnan(x) or (math.isinf(x) and not allow_inf):
+        raise ConfigError(key, f"must be {want}, got {value!r}")
+    if minimum is not None and (x < minimum or (exclusive_minimum and x == minimum)):
+        raise ConfigError(key, f"must be {want}, got {value!r}")
+    if maximum is not None and x > maximum:
+        raise ConfigError(key, f"must be {want}, got {value!r}")
+    return x
+
+
+def choice(cfg: DictConfig, key: str, options: tuple, allow_none: bool = False) -> Any:
+    """``cfg[key]`` if it is one of ``options``; ConfigError listing them otherwise."""
+    value = _get(cfg, key)
+    if value is _MISSING or (value is None and allow_none):
+        return None
+    if value not in options:
+        shown = ", ".join(str(o) for o in options) + (" or null" if allow_none else "")
+        raise ConfigError(key, f"must be one of {shown}; got {value!r}")
+    return value
+
+
+def boolean(cfg: DictConfig, key: str) -> bool | None:
+    """``cfg[key]`` if it is true/false (a string 'yes' or a number is refused)."""
+    value = _get(cfg, key)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _bounds(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in {minimum}..{maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
+
+
+def _coordinate_format(cfg: DictConfig, key: str) -> str | None:
+    from topaz_lightning.errors import InputError
+    from topaz_lightning.io.coordinates import canonical_format
+
+    value = _get(cfg, key)
+    if value is _MISSING or value is None:
+        return None
+    try:
+        return canonical_format(str(value))
+    except InputError as err:
+        raise ConfigError(key, err.problem) from None
+
+
+def _writable_parent(key: str, path: Path) -> None:
+    """The nearest existing ancestor of ``path`` must be a directory we may write into."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(key, f"{parent} is not a directory, so {path} cannot be written")
+    if not os.access(parent, os.W_OK | os.X_OK) or not parent.stat().st_mode & 0o200:
+        raise ConfigError(key, f"cannot write into {parent} (read-only)")
+
+
+# ------------------------------------------------------------------------------------------------
+# per command
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """tzl-train: trainer schedule, optimizer, batch composition, patch and label settings."""
+    max_steps = _get(cfg, "trainer.max_steps")
+    if max_steps is not _MISSING:
+        # the patch sampler is an endless stream: training is bounded by steps, not epochs
+        integer(cfg, "trainer.max_steps", minimum=1)
+    integer(cfg, "seed", allow_none=True)
+    number(cfg, "module.optimizer.lr", minimum=0, exclusive_minimum=True)
+    number(cfg, "module.optimizer.weight_decay", minimum=0, allow_none=True)
+    number(cfg, "module.pi_unlabeled", minimum=0, maximum=1, allow_none=True)
+    recon = _get(cfg, "module.recon_weight")
+    if recon is not _MISSING and recon != "auto":
+        number(cfg, "module.recon_weight", minimum=0, allow_none=True)
+    for flag in ("trainer.enable_progress_bar", "trainer.enable_model_summary"):
+        boolean(cfg, flag)
+
+    positive = integer(cfg, "data.batch_positive", minimum=1, allow_none=True)
+    unlabeled = integer(cfg, "data.batch_unlabeled", minimum=0, allow_none=True)
+    if positive is not None and positive > BATCH_POSITIVE_WARN:
+        log.warning(
+            "data.batch_positive=%d: %d labeled patches per minibatch is far above the paper's "
+            "16 (of 256); is it a typo?",
+            positive,
+            positive,
+        )
+    if unlabeled is not None and positive is not None and unlabeled > 100 * BATCH_POSITIVE_WARN:
+        log.warning("data.batch_unlabeled=%d is very large (the paper: 240)", unlabeled)
+    integer(cfg, "data.steps_per_epoch", minimum=1, allow_none=True)
+    integer(cfg, "data.val_batches", minimum=0, allow_none=True)
+    patch = integer(cfg, "data.patch_size", minimum=1, allow_none=True)
+    if patch is not None and patch % 2 == 0:
+        raise ConfigError(
+            "data.patch_size", f"must be odd (a patch has a centre pixel), got {patch}"
+        )
+    integer(cfg, "data.num_labeled", minimum=1, allow_none=True)
+    integer(cfg, "data.num_val_micrographs", minimum=0, allow_none=True)
+    number(cfg, "data.val_fraction", minimum=0, maximum=1, allow_none=True)
+    folds = integer(cfg, "data.num_folds", minimum=2, allow_none=True)
+    fold = integer(cfg, "data.fold", minimum=0, allow_none=True)
+    if folds is not None and fold is not None and fold >= folds:
+        raise ConfigError("data.fold", f"must be < data.num_folds={folds}, got {fold}")
+    number(cfg, "data.pi", minimum=0, maximum=1, exclusive_minimum=True, allow_none=True)
+    number(cfg, "data.particles_per_micrograph", minimum=0, exclusive_minimum=True, allow_none=True)
+    number(cfg, "data.radius_px", minimum=0, allow_none=True)
+    downsample = _get(cfg, "data.downsample")
+    if downsample is not _MISSING and downsample is not None:
+        from topaz_lightning.geometry import check_downsample
+
+        check_downsample(downsample, "data.downsample")
+    choice(cfg, "data.normalize", ("gmm", "standardize", "none"), allow_none=True)
+    integer(cfg, "callbacks.held_out_picking.every_n_steps", minimum=1, allow_none=True)
+
+
+def prepare_train(cfg: DictConfig) -> None:
+    """Make settings that Lightning treats as contradictions simply work.
+
+    ``trainer.enable_progress_bar=false`` with a progress-bar callback configured is a
+    MisconfigurationException in Lightning; the flag wins and the callback is dropped.
+    """
+    if _get(cfg, "trainer.enable_progress_bar") is False:
+        callbacks = cfg.get("callbacks")
+        if isinstance(callbacks, DictConfig):
+            with open_dict(callbacks):
+                for name in list(callbacks.keys()):
+                    node = callbacks[name]
+                    target = node.get("_target_", "") if isinstance(node, DictConfig) else ""
+                    if "ProgressBar" in str(target):
+                        callbacks[name] = None
+
+
+def validate_pick(cfg: DictConfig) -> None:
+    """tzl-pick: NMS radius, thresholds, tiling/chunking, and the output (format, box_size, parent)."""
+    number(cfg, "radius", minimum=0)
+    number(cfg, "threshold", allow_none=True)
+    number(cfg, "threshold_probability", minimum=0, maximum=1, allow_none=True)
+    number(cfg, "target_recall", minimum=0, maximum=1, exclusive_minimum=True, allow_none=True)
+    integer(cfg, "particles_per_micrograph", minimum=1, allow_none=True)
+    choice(cfg, "score", ("logit", "probability"))
+    integer(cfg, "tile_size", minimum=1, allow_none=True)
+    integer(cfg, "chunk_size", minimum=1, allow_none=True)
+    integer(cfg, "batch_size", minimum=1, allow_none=True)
+    integer(cfg, "seed", allow_none=True)
+    downsample = _get(cfg, "downsample")
+    if downsample is not _MISSING and downsample is not None:
+        from topaz_lightning.geometry import check_downsample
+
+        check_downsample(downsample, "downsample")
+    choice(cfg, "normalize", ("gmm", "standardize", "none"), allow_none=True)
+    box_size = number(cfg, "box_size", minimum=0, exclusive_minimum=True, allow_none=True)
+    fmt = _coordinate_format(cfg, "format")
+    per_micrograph = boolean(cfg, "per_micrograph")
+    output = _get(cfg, "output")
+    if output in (_MISSING, None, ""):
+        return
+    if per_micrograph and fmt is None:
+        raise ConfigError("format", "required when per_micrograph=true (e.g. format=star)")
+    if fmt is None:
+        from topaz_lightning.io.coordinates import _EXT_FORMAT
+
+        suffix = Path(str(output)).suffix.lower()
+        if suffix not in _EXT_FORMAT:
+            raise ConfigError(
+                "output",
+                f"cannot tell the format from the extension {suffix!r}; use .tsv/.star/.box/.csv "
+                "or set format=",
+            )
+        fmt = {**_EXT_FORMAT, ".star": "star3.1"}[suffix]
+    if fmt == "box" and box_size is None:
+        raise ConfigError("box_size", "required for EMAN .box output (box edge in original px)")
+    out_dir = _get(cfg, "output_dir")
+    if out_dir not in (_MISSING, None, ""):
+        target = Path(str(output))
+        target = target if target.is_absolute() else Path(str(out_dir)) / target
+        _writable_parent("output", target)
+
+
+def validate_evaluate(cfg: DictConfig) -> None:
+    """tzl-evaluate: match distance, matching rule, formats, overlay settings."""
+    number(cfg, "max_distance", minimum=0, allow_none=True)
+    choice(cfg, "matching", ("distance", "score"))
+    _coordinate_format(cfg, "picks_format")
+    _coordinate_format(cfg, "truth_format")
+    integer(cfg, "overlay_max", minimum=0, allow_none=True)
+    number(cfg, "overlay_radius", minimum=0, exclusive_minimum=True, allow_none=True)
+    threshold = _get(cfg, "overlay_threshold")
+    if threshold not in (_MISSING, None, "best_f1"):
+        number(cfg, "overlay_threshold")
+
+
+def validate_preprocess(cfg: DictConfig) -> None:
+    """tzl-preprocess: downsampling factor, normalization, GMM sample, workers."""
+    from topaz_lightning.geometry import check_downsample
+
+    if _get(cfg, "downsample") is not _MISSING:
+        check_downsample(_get(cfg, "downsample"), "downsample")
+    choice(cfg, "normalize", ("gmm", "standardize", "none"))
+    integer(cfg, "sample_size", minimum=1)
+    integer(cfg, "num_workers", minimum=1, allow_none=True)
+    integer(cfg, "seed", allow_none=True)
+
+
+def validate_convert(cfg: DictConfig) -> None:
+    """tzl-convert: formats, scale/downsample, y-flip height, box size."""
+    _coordinate_format(cfg, "input_format")
+    _coordinate_format(cfg, "output_format")
+    number(cfg, "scale", minimum=0, exclusive_minimum=True, allow_none=True)
+    number(cfg, "downsample", minimum=0, exclusive_minimum=True, allow_none=True)
+    number(cfg, "image_height", minimum=0, exclusive_minimum=True, allow_none=True)
+    number(cfg, "box_size", minimum=0, exclusive_minimum=True, allow_none=True)
+    boolean(cfg, "flip_y")
+
+
+VALIDATORS: dict[str, Callable[[DictConfig], None]] = {
+    "train": validate_train,
+    "pick": validate_pick,
+    "evaluate": validate_evaluate,
+    "preprocess": validate_preprocess,
+    "convert": validate_convert,
+}
+PREPARERS: dict[str, Callable[[DictConfig], None]] = {"train": prepare_train}
+
+
+def validate(command: str, cfg: DictConfig) -> None:
+    """Check the composed config of ``command`` (train, pick, ...) before any data is read; adjust
+    the settings that only need reconciling (see :func:`prepare_train`). Unknown commands pass."""
+    checker = VALIDATORS.get(command)
+    if checker is not None:
+        checker(cfg)
+    preparer = PREPARERS.get(command)
+    if preparer is not None:
+        preparer(cfg)
