@@ -4,7 +4,7 @@ Example usage:
     .venv/bin/python scripts/bench_models.py --threads 2 --batch 256 --repeats 10
     .venv/bin/python scripts/bench_models.py --skip-train --threads 1 --image 512,1024
 
-Each model gets patches of its receptive-field size (31 for conv31, 49 for resnet8), fp32,
+Each model gets patches of its receptive-field size (31 for conv31, 71 for resnet8, 49 for resnet8_prelu), fp32,
 in train mode, with and without channels_last; the median over ``--repeats`` timed steps is
 printed after ``--warmup`` untimed ones (both layouts are warmed, then timed alternately).
 Then dense scoring (``score_map``, eval mode, ``torch.inference_mode``) of one square
@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from topaz_lightning.models import Conv31, ResNet8, ResNet16
+from topaz_lightning.models import Conv31, PReLUResNet8, PReLUResNet16, ResNet8, ResNet16
 
 
 def train_step(net, patches, labels) -> float:
@@ -91,7 +91,13 @@ def main() -> None:
     methods = args.methods.split(",")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    builders = {"conv31": Conv31, "resnet8": ResNet8, "resnet16": ResNet16}
+    builders = {
+        "conv31": Conv31,
+        "resnet8": ResNet8,
+        "resnet16": ResNet16,
+        "resnet8_prelu": PReLUResNet8,
+        "resnet16_prelu": PReLUResNet16,
+    }
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, fp32")
     for name in args.models.split(","):
         net = builders[name]().train()

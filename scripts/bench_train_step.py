@@ -62,7 +62,13 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
     from topaz_lightning.module import PULitModule
 
     device = torch.device(args.device)
-    net = {"conv31": models.Conv31, "resnet8": models.ResNet8, "resnet16": models.ResNet16}[name]()
+    net = {
+        "conv31": models.Conv31,
+        "resnet8": models.ResNet8,
+        "resnet16": models.ResNet16,
+        "resnet8_prelu": models.PReLUResNet8,
+        "resnet16_prelu": models.PReLUResNet16,
+    }[name]()
     decoder = models.Decoder(net.num_features, net.receptive_field) if args.decoder else None
     module = PULitModule(
         net, objective(), None, pi_unlabeled=0.02, decoder=decoder, num_labeled_particles=100

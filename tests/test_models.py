@@ -11,11 +11,28 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from topaz_lightning.errors import InputError, OutputExistsError
-from topaz_lightning.models import Conv31, Decoder, ResNet8, load_model, receptive_field, save_model
+from topaz_lightning.models import (
+    Conv31,
+    Decoder,
+    PReLUResNet8,
+    ResNet8,
+    ResNet16,
+    load_model,
+    receptive_field,
+    save_model,
+)
 from topaz_lightning.models.base import DENSE_METHODS, dense_mode, merge_phases, split_phases
+from topaz_lightning.models.decoder import upsampling_plan
 
 CONFIG_FILES = sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
-EXPECTED_FIELD = {"conv31": 31, "resnet8": 49, "resnet16": 85}
+# resnet8/resnet16 are Topaz's networks (its receptive fields); the *_prelu ones are this project's
+EXPECTED_FIELD = {
+    "conv31": 31,
+    "resnet8": 71,
+    "resnet16": 91,
+    "resnet8_prelu": 49,
+    "resnet16_prelu": 85,
+}
 
 
 def test_every_model_has_a_config():
@@ -184,13 +201,65 @@ def test_receptive_field_arithmetic():
     assert receptive_field([(3, 1)] * 4) == 9
 
 
-@pytest.mark.parametrize("patch_size", [31, 49, 21, 15])
+@pytest.mark.parametrize("patch_size", [31, 49, 71, 85, 91, 21, 15, 7, 64])
 def test_decoder_output_shape(patch_size):
     dec = Decoder(num_features=128, patch_size=patch_size)
     out = dec(torch.randn(6, 128))
     assert out.shape == (6, 1, patch_size, patch_size)
     out.square().mean().backward()
     assert all(p.grad is not None for p in dec.parameters())
+
+
+def test_decoder_has_only_transposed_convolutions_up_to_the_patch():
+    # the native ladder 1 -> 4 -> 8 -> 16 -> 31 (channels 128, 64, 32, 1) for conv31's patches,
+    # checked layer by layer with the transposed-convolution size formula
+    dec = Decoder(num_features=128, patch_size=31)
+    convs = [m for m in dec.layers if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convs] == [128, 64, 32, 1]
+    size, sizes = 1, []
+    for m in convs:
+        k, s, p, op = m.kernel_size[0], m.stride[0], m.padding[0], m.output_padding[0]
+        size = (size - 1) * s - 2 * p + k + op
+        sizes.append(size)
+    assert sizes == [4, 8, 16, 31]
+    allowed = (torch.nn.ConvTranspose2d, torch.nn.BatchNorm2d, torch.nn.LeakyReLU)
+    assert all(isinstance(m, allowed) for m in dec.layers)
+    assert upsampling_plan(31) == (4, [0, 0], 0)
+
+
+def test_decoder_fits_every_model_config(configs_dir):
+    make = instantiate(OmegaConf.load(configs_dir / "decoder" / "dcgan.yaml"))
+    for path in CONFIG_FILES:
+        net = instantiate(OmegaConf.load(path))
+        w = net.receptive_field
+        dec = make(num_features=net.num_features, patch_size=w)
+        patches = torch.randn(2, 1, w, w)
+        assert dec(net.features(patches)).shape == patches.shape, path.stem
+
+
+def test_topaz_resnet_parameter_counts():
+    # by hand from Topaz's layer list (units 32, BatchNorm: convs without bias, BN 2 per channel)
+    basic7 = 49 * 32 + 2 * 32
+    block_u = 2 * (32 * 32 * 9 + 2 * 32)  # conv0 + bn0, conv1 + bn1 (of the sum)
+    block_u_2u = 32 * 32 * 9 + 2 * 32 + 32 * 64 * 9 + 32 * 64 + 2 * 64  # + 1x1 projection
+    block_2u = 2 * (64 * 64 * 9 + 2 * 64)
+    basic5 = 64 * 128 * 25 + 2 * 128
+    linear = 128 + 1
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(ResNet8()) == basic7 + block_u + block_u_2u + block_2u + basic5 + linear
+    assert count(ResNet16()) == basic7 + 4 * block_u + block_u_2u + 2 * block_2u + basic5 + linear
+    assert count(ResNet8()) == 329_249 and count(ResNet16()) == 458_913
+    # without BatchNorm (Topaz's pretrained models): each conv but the projection has a bias
+    no_bn = (
+        (49 * 32 + 32)
+        + 2 * (32 * 32 * 9 + 32)
+        + (32 * 32 * 9 + 32 + 32 * 64 * 9 + 64 + 32 * 64)
+        + 2 * (64 * 64 * 9 + 64)
+        + (64 * 128 * 25 + 128)
+        + linear
+    )
+    assert count(ResNet8(bn=False)) == no_bn == 328_801
+    assert all(not isinstance(m, torch.nn.PReLU) for m in ResNet8().modules())
 
 
 def test_decoder_from_config_reconstructs_classifier_features(configs_dir):
@@ -223,10 +292,10 @@ def test_save_load_round_trip(model, tmp_path):
 def test_save_uses_net_config_and_refuses_overwrite(tmp_path):
     import numpy as np
 
-    net = ResNet8(width=8).eval()
+    net = PReLUResNet8(width=8).eval()
     path = save_model(tmp_path / "m.pt", net, extra={"pi": np.float64(0.1)})
     loaded, extra = load_model(path)
-    assert isinstance(loaded, ResNet8) and loaded.num_features == 32 and extra == {"pi": 0.1}
+    assert isinstance(loaded, PReLUResNet8) and loaded.num_features == 32 and extra == {"pi": 0.1}
     with pytest.raises(OutputExistsError):
         save_model(path, net)
     save_model(path, net, overwrite=True)

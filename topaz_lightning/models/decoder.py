@@ -2,39 +2,69 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-# z (1 x 1) -> tconv 4x4 -> 4 x 4 -> tconv 4x4 stride 2 -> 10 x 10 -> tconv 3x3 stride 2 -> 21 x 21
-NATIVE_SIZE = 21
+
+def upsampling_plan(patch_size: int) -> tuple[int, list[int], int]:
+    """``(first_kernel, output_paddings, final_output_padding)`` reaching ``patch_size`` natively.
+
+    The decoder is: transposed conv ``k0 x k0`` (1 x 1 -> ``k0 x k0``), then transposed convs 4x4
+    stride 2 padding 1 (``s -> 2 s + output_padding``), then a transposed conv 3x3 stride 2
+    padding 1 (``s -> 2 s - 1 + output_padding``). Working back from ``patch_size``, each stride-2
+    layer halves the size (rounding down, the remainder becoming its output padding) while the
+    size is >= 8; what is left is ``k0`` (4..7). At 31 this is 4 -> 8 -> 16 -> 31 with no output
+    padding: the DCGAN/Topaz generator for the paper's 31 x 31 patches.
+    """
+    size = int(patch_size)
+    if size < 1:
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
+    half = (size + 1) // 2  # final layer: 2 * half - 1 + pad = size
+    final_pad = size - (2 * half - 1)
+    pads: list[int] = []
+    while half >= 8:
+        pads.append(half % 2)
+        half //= 2
+    return half, pads[::-1], final_pad
 
 
 class Decoder(nn.Module):
-    """z -> transposed conv 4x4 128 + BN + LeakyReLU(0.2) -> transposed conv 4x4 32 stride 2 +
-    BN + LeakyReLU(0.2) -> transposed conv 3x3 1 stride 2 -> 21 x 21 -> ``patch_size``.
+    """DCGAN-style decoder producing ``patch_size`` x ``patch_size`` reconstructions natively.
 
-    The paper's layers give a 21 x 21 image. To reach the ``patch_size`` x ``patch_size`` patch
-    the classifier saw, a larger patch is obtained by bilinear interpolation of the 21 x 21
-    output (``align_corners=False``, i.e. pixel areas stretched over the same field of view) and
-    a smaller one by cropping the central ``patch_size`` x ``patch_size`` pixels.
+    z (1 x 1, ``num_features``) -> transposed conv ``k0 x k0`` to ``units * 2**depth`` channels +
+    BN + LeakyReLU(0.2) -> ``depth`` x [transposed conv 4x4 stride 2, channels halved, + BN +
+    LeakyReLU(0.2)] -> transposed conv 3x3 stride 2 to 1 channel. Sizes from
+    :func:`upsampling_plan`; for the paper's conv31 (31 x 31): 4 -> 8 -> 16 -> 31 with 128, 64,
+    32 channels, as Topaz builds it (``ConvGenerator``, ngf = 32, depth 2). No interpolation and no
+    crop: every output pixel is a transposed-convolution output.
     """
 
-    def __init__(self, num_features: int, patch_size: int, widths: tuple[int, int] = (128, 32)):
+    def __init__(self, num_features: int, patch_size: int, units: int = 32):
         super().__init__()
-        if patch_size < 1:
-            raise ValueError(f"patch_size must be positive, got {patch_size}")
         self.num_features = int(num_features)
         self.patch_size = int(patch_size)
-        w1, w2 = (int(w) for w in widths)
-        self.layers = nn.Sequential(
-            nn.ConvTranspose2d(self.num_features, w1, 4),
-            nn.BatchNorm2d(w1),
+        units = int(units)
+        if units < 1:
+            raise ValueError(f"units must be positive, got {units}")
+        first_kernel, pads, final_pad = upsampling_plan(self.patch_size)
+        channels = units * 2 ** len(pads)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(self.num_features, channels, first_kernel, bias=False),
+            nn.BatchNorm2d(channels),
             nn.LeakyReLU(0.2),
-            nn.ConvTranspose2d(w1, w2, 4, stride=2),
-            nn.BatchNorm2d(w2),
-            nn.LeakyReLU(0.2),
-            nn.ConvTranspose2d(w2, 1, 3, stride=2),
+        ]
+        for pad in pads:
+            layers += [
+                nn.ConvTranspose2d(
+                    channels, channels // 2, 4, stride=2, padding=1, output_padding=pad, bias=False
+                ),
+                nn.BatchNorm2d(channels // 2),
+                nn.LeakyReLU(0.2),
+            ]
+            channels //= 2
+        layers.append(
+            nn.ConvTranspose2d(channels, 1, 3, stride=2, padding=1, output_padding=final_pad)
         )
+        self.layers = nn.Sequential(*layers)
 
     def forward(self, features: Tensor) -> Tensor:
         """Reconstructions ``(B, 1, patch_size, patch_size)`` from features ``(B, F)``."""
@@ -42,9 +72,7 @@ class Decoder(nn.Module):
             raise ValueError(
                 f"expected features of shape (B, {self.num_features}), got {tuple(features.shape)}"
             )
-        x = self.layers(features[:, :, None, None])
-        size = self.patch_size
-        if size > NATIVE_SIZE:
-            return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        start = (NATIVE_SIZE - size) // 2
-        return x[..., start : start + size, start : start + size]
+        out = self.layers(features[:, :, None, None])
+        if out.shape[-1] != self.patch_size:  # would mean upsampling_plan's arithmetic is wrong
+            raise RuntimeError(f"decoder produced {out.shape[-1]} px, expected {self.patch_size}")
+        return out

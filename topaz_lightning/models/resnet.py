@@ -1,4 +1,5 @@
-"""Residual CNN region classifiers (ResNet8, ResNet16) with the same dense-scoring contract."""
+"""This project's own residual classifiers (PReLU, receptive fields 49 and 85); Topaz's ResNet8/16
+are in ``models.topaz_resnet``."""
 
 from __future__ import annotations
 
@@ -114,10 +115,12 @@ class ResNet(PatchClassifier):
         return x
 
 
-class ResNet8(ResNet):
-    """8 weighted layers: stem 7x7 + 3 residual blocks (strides 2, 2, 2) + linear.
+class PReLUResNet8(ResNet):
+    """``model=resnet8_prelu``: 8 weighted layers, stem 7x7 + 3 residual blocks (strides 2, 2, 2)
+    + linear, PReLU activations.
 
-    Receptive field 1 + 6 + (2 + 4) + (4 + 8) + (8 + 16) = 49 pixels.
+    Receptive field 1 + 6 + (2 + 4) + (4 + 8) + (8 + 16) = 49 pixels. Not Topaz's ``resnet8``
+    (receptive field 71, ReLU; :class:`topaz_lightning.models.ResNet8`).
     """
 
     def __init__(self, width: int = 32):
@@ -126,10 +129,12 @@ class ResNet8(ResNet):
         self._init_kwargs = {"width": w}
 
 
-class ResNet16(ResNet):
-    """16 weighted layers: stem 7x7 + 7 residual blocks (strides 1, 2, 1, 2, 1, 1, 1) + linear.
+class PReLUResNet16(ResNet):
+    """``model=resnet16_prelu``: 16 weighted layers, stem 7x7 + 7 residual blocks (strides 1, 2,
+    1, 2, 1, 1, 1) + linear, PReLU activations.
 
-    Receptive field 1 + 6 + 4 + 6 + 8 + 12 + 16 + 16 + 16 = 85 pixels, for larger particles.
+    Receptive field 1 + 6 + 4 + 6 + 8 + 12 + 16 + 16 + 16 = 85 pixels, for larger particles. Not
+    Topaz's ``resnet16`` (receptive field 91, ReLU; :class:`topaz_lightning.models.ResNet16`).
     """
 
     def __init__(self, width: int = 32):
