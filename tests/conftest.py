@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 SAMPLES = REPO / "data" / "samples"
 
 # two cores on CI, two xdist workers: keep each worker single-threaded
@@ -34,3 +37,45 @@ def ucsf_dir() -> Path:
 @pytest.fixture
 def configs_dir() -> Path:
     return REPO / "configs"
+
+
+def compose_config(
+    name: str, overrides: Sequence[str] = (), output_dir: str | Path | None = None
+) -> DictConfig:
+    """Compose the real ``configs/<name>.yaml`` as its command would (no copied configs), with
+    the ``hydra:`` paths pinned: ``paths.root_dir`` = the repository, ``paths.output_dir`` =
+    ``output_dir`` (or a path that does not exist)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides))
+    if "paths" in cfg:
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(REPO)
+            cfg.paths.output_dir = str(output_dir) if output_dir else "/nonexistent/output"
+    return cfg
+
+
+#: what cfg_train adds to every composed training config: small, quiet, on the CPU
+TEST_TRAIN_OVERRIDES = (
+    "trainer=cpu",
+    "logger=none",
+    "callbacks.progress_bar=null",
+    "trainer.enable_model_summary=false",
+    "data.device=cpu",
+)
+
+
+@pytest.fixture
+def cfg_train(tmp_path) -> Callable[..., DictConfig]:
+    """The real tzl-train config (like lightning-hydra-template's ``cfg_train``), shrunk for
+    tests: ``cfg_train(overrides, output_dir=tmp_path / "run")``."""
+
+    def make(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:
+        out = output_dir if output_dir is not None else tmp_path / "run"
+        return compose_config("train", [*TEST_TRAIN_OVERRIDES, *overrides], out)
+
+    return make

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from topaz_lightning.data import (
-    PriorWarning,
-    disk_area,
-    disk_offsets,
+    check_prior_settings,
     labeled_fraction,
     pi_from_particles_per_micrograph,
     positive_mask,
     positive_masks,
     unlabeled_prior,
 )
+from topaz_lightning.errors import ConfigError
+from topaz_lightning.geometry import disk_area, disk_offsets
 
 
 def slow_positive_mask(shape, xy, radius):
@@ -81,7 +81,7 @@ def test_pi_from_particles_per_micrograph():
     assert pi_from_particles_per_micrograph(290, (928, 960), 4) == pytest.approx(
         290 * 49 / (928 * 960)
     )
-    with pytest.raises(ValueError, match="pi must be < 1"):
+    with pytest.raises(ConfigError, match="particles_per_micrograph.*pi must be < 1"):
         pi_from_particles_per_micrograph(10, (10, 10), 3)
 
 
@@ -109,15 +109,29 @@ def test_unlabeled_prior_with_nothing_labeled_is_pi():
     assert unlabeled_prior(0.02, 0, 1000) == pytest.approx(0.02)
 
 
-def test_unlabeled_prior_warns_and_clamps_when_pi_at_or_below_labeled_fraction():
-    with pytest.warns(PriorWarning, match=r"pi=0.01 .*labeled fraction 0.02"):
-        value = unlabeled_prior(0.01, 20, 1000, epsilon=1e-4)
-    assert value == 1e-4
-    with pytest.warns(PriorWarning):
-        unlabeled_prior(0.02, 20, 1000)  # exactly equal: nothing left to find
+def test_unlabeled_prior_is_zero_when_pi_at_or_below_labeled_fraction():
+    # every positive already labeled: exactly 0 (the module switches to PN), no clamp, no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        assert unlabeled_prior(0.01, 20, 1000) == 0.0
+        assert unlabeled_prior(0.02, 20, 1000) == 0.0  # exactly equal: nothing left to find
         assert unlabeled_prior(0.03, 20, 1000) == pytest.approx(10 / 980)
+
+
+@pytest.mark.parametrize(
+    "pi,n,match",
+    [
+        (0.1, 5, "at most one"),
+        (1.0, None, r"data.pi.*\(0, 1\)"),
+        (0.0, None, r"data.pi.*\(0, 1\)"),
+        ("x", None, "data.pi"),
+        (None, -3, "data.particles_per_micrograph"),
+        (None, float("inf"), "data.particles_per_micrograph"),
+    ],
+)
+def test_prior_settings_are_checked_once_with_the_key(pi, n, match):
+    with pytest.raises(ConfigError, match=match):
+        check_prior_settings(pi, n)
 
 
 @pytest.mark.parametrize("pi", [0.0, 1.0, -0.1, float("nan")])

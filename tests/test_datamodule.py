@@ -1,4 +1,4 @@
-"""Tests for PUDataModule: sources, splits, k-fold, num_labeled, pi, errors, configs, Lightning resume."""
+"""Tests for PUDataModule and its sources: geometry, splits, k-fold, num_labeled, pi, errors, configs, resume."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from topaz_lightning.data import PriorWarning, PUDataModule, kfold_split, positive_mask
+from tests.conftest import compose_config
+from topaz_lightning.data import FilesDataModule, SimulatedDataModule, kfold_split, positive_mask
 from topaz_lightning.errors import ConfigError, InputError
 
 
@@ -33,7 +34,7 @@ def make(**kwargs):
         micrographs=images, coordinates=coords, pi=0.2, normalize="none", patch_size=11, seed=0
     )
     args.update(kwargs)
-    return PUDataModule(**args)
+    return FilesDataModule(**args)
 
 
 def test_setup_exposes_the_data_contract_and_batches():
@@ -63,21 +64,25 @@ def test_pi_unlabeled_follows_from_pi_and_the_labeled_regions():
     ]
     n_lab = sum(int(m.sum()) for m in masks)
     n_all = sum(m.size for m in masks)
-    assert dm.num_labeled_positive_regions == n_lab and dm.num_regions == n_all
+    assert dm.geometry.num_labeled_positive_regions == n_lab and dm.geometry.num_regions == n_all
     assert dm.pi_unlabeled == pytest.approx((0.1 * n_all - n_lab) / (n_all - n_lab))
 
 
 def test_pi_from_particles_per_micrograph_uses_the_disk_area():
-    dm = make(pi=None, particles_per_micrograph=7, radius_px=4)
+    dm = make(pi=None, particles_per_micrograph=7, label_radius_px_model=4)
     dm.setup()
     assert dm.pi == pytest.approx(7 * 49 / (48 * 64))
 
 
-def test_pi_at_labeled_fraction_warns():
+def test_pi_at_or_below_the_labeled_fraction_gives_pi_unlabeled_zero_without_a_warning():
+    import warnings
+
     dm = make(pi=0.001)
-    with pytest.warns(PriorWarning, match="at or below the observed labeled fraction"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         dm.setup()
-    assert 0 < dm.pi_unlabeled < 1e-3
+    # every positive is labeled: 0 exactly (the module then trains PN), no clamp to 1e-4
+    assert dm.pi_unlabeled == 0.0 and dm.geometry.pi == 0.001
 
 
 def test_num_labeled_subsample_is_reproducible_with_its_seed():
@@ -147,7 +152,7 @@ def test_empty_coordinate_file_is_rejected(tmp_path):
 
 
 def test_pi_settings_must_be_exactly_one():
-    with pytest.raises(ConfigError, match="exactly one of pi and particles_per_micrograph"):
+    with pytest.raises(ConfigError, match="at most one of pi and particles_per_micrograph"):
         make(pi=0.1, particles_per_micrograph=5)
     with pytest.raises(ConfigError, match="data.pi"):
         make(pi=None).setup()
@@ -155,40 +160,46 @@ def test_pi_settings_must_be_exactly_one():
         make(pi=1.5)
 
 
-def test_files_config_requires_micrographs_and_coordinates(configs_dir):
+def test_files_config_requires_micrographs_and_coordinates():
     from hydra.utils import instantiate
 
-    cfg = OmegaConf.load(configs_dir / "data" / "files.yaml")
-    cfg.seed = 0
+    cfg = compose_config("train", ["data=files"])
     # Hydra wraps constructor errors in InstantiationException; the ConfigError is its cause
     with pytest.raises(Exception) as info:
-        instantiate(cfg)
+        instantiate(cfg.data)
     cause = info.value if isinstance(info.value, ConfigError) else info.value.__cause__
     assert isinstance(cause, ConfigError) and "data.micrographs" in str(cause)
     assert "required" in str(cause)
 
 
-def test_every_data_config_has_a_target(configs_dir):
-    files = sorted((configs_dir / "data").glob("*.yaml"))
+def test_every_data_config_has_a_target_and_the_shared_keys(configs_dir):
+    files = sorted(p for p in (configs_dir / "data").glob("*.yaml") if not p.stem.startswith("_"))
     assert {f.stem for f in files} >= {"files", "simulated"}
+    shared = set(OmegaConf.load(configs_dir / "data" / "_base.yaml"))
     for f in files:
-        assert OmegaConf.load(f)["_target_"].startswith("topaz_lightning.data")
+        cfg = compose_config("train", [f"data={f.stem}"])
+        assert cfg.data._target_.startswith("topaz_lightning.data")
+        assert shared <= set(cfg.data), f.stem
 
 
-def test_files_config_on_real_mrc_and_star(configs_dir, ucsf_dir):
+def test_files_config_on_real_mrc_and_star(ucsf_dir):
     from hydra.utils import instantiate
 
-    cfg = OmegaConf.load(configs_dir / "data" / "files.yaml")
-    cfg.seed = 0
-    cfg.micrographs = str(ucsf_dir / "*.mrc")
-    cfg.coordinates = str(ucsf_dir / "Ucsf_stack_1142_DW_autopick.star")
-    cfg.particles_per_micrograph = 300
-    cfg.downsample = 2
-    cfg.normalize = "standardize"
-    cfg.patch_size = 31
-    cfg.steps_per_epoch = 2
-    cfg.device = "cpu"
-    dm = instantiate(cfg)
+    cfg = compose_config(
+        "train",
+        [
+            "data=files",
+            f"data.micrographs={ucsf_dir / '*.mrc'}",
+            f"data.coordinates={ucsf_dir / 'Ucsf_stack_1142_DW_autopick.star'}",
+            "data.particles_per_micrograph=300",
+            "data.downsample=2",
+            "data.normalize=standardize",
+            "data.patch_size=31",
+            "data.steps_per_epoch=2",
+            "data.device=cpu",
+        ],
+    )
+    dm = instantiate(cfg.data)
     dm.setup()
     ((name, image),) = dm.train_micrographs.items()
     assert image.shape == (927 // 2, 959 // 2 + 1) or abs(image.shape[0] - 463.5) < 1
@@ -198,6 +209,8 @@ def test_files_config_on_real_mrc_and_star(configs_dir, ucsf_dir):
     raw = read_coordinates(ucsf_dir / "Ucsf_stack_1142_DW_autopick.star")
     np.testing.assert_allclose(dm.train_coordinates["x"], raw["x"] / 2)
     assert dm.num_labeled_particles == 45
+    # the header's pixel size is unset (1.0): unknown, and no particle size was given
+    assert dm.geometry.pixel_size_a is None and dm.geometry.nms_radius_px_model is None
     patches, labels = next(iter(dm.train_dataloader()))
     assert patches.shape == (256, 1, 31, 31) and torch.isfinite(patches).all()
 
@@ -219,40 +232,50 @@ def write_fake_simulated(root: Path, pi=0.12):
     (root / "dataset.yaml").write_text(
         f"preset: tiny\nseed: 0\nshape: [40, 40]\nlabel_radius_px: 4\n"
         f"particles_per_micrograph: 3\nsuggested_pi: {pi}\n"
+        "nms_radius_px: 10\nmatch_distance_px: 7\n"
     )
 
 
-def test_simulated_layout_gives_split_pi_and_radius(tmp_path, configs_dir):
+def test_simulated_layout_gives_split_pi_and_radius(tmp_path):
     from hydra.utils import instantiate
 
     write_fake_simulated(tmp_path / "sim")
-    cfg = OmegaConf.load(configs_dir / "data" / "simulated.yaml")
-    cfg = OmegaConf.merge(
-        {"seed": 0, "data": cfg}, {"data": {"simulated_dir": str(tmp_path / "sim")}}
+    cfg = compose_config(
+        "train",
+        [
+            f"data.simulated_dir={tmp_path / 'sim'}",
+            "data.normalize=none",
+            "data.patch_size=9",
+            "data.device=cpu",
+        ],
     )
-    cfg.data.normalize = "none"
-    cfg.data.patch_size = 9
-    cfg.data.device = "cpu"
     dm = instantiate(cfg.data)
     dm.prepare_data()  # present: nothing generated
     dm.setup()
     assert list(dm.train_micrographs) == ["mic00", "mic01", "mic02"]
     assert list(dm.val_micrographs) == ["mic03"] and len(dm.val_coordinates) == 3
-    assert dm.pi == 0.12 and dm.radius_px == 4
-    # with downsampling the suggested pi no longer applies: derived from particles per micrograph
-    dm2 = PUDataModule(
-        simulated_dir=tmp_path / "sim", downsample=2, normalize="none", radius_px=None
-    )
+    assert dm.pi == 0.12 and dm.geometry.label_radius_px_model == 4
+    assert dm.geometry.nms_radius_px_model == 10 and dm.geometry.match_distance_px_model == 7
+    # with downsampling every dataset.yaml length is divided by it (one rule: label 4 -> 2 px,
+    # NMS 10 -> 5, match 7 -> 3.5) and the suggested pi no longer applies: derived from the
+    # particles per micrograph at the model-frame label radius
+    dm2 = SimulatedDataModule(simulated_dir=tmp_path / "sim", downsample=2, normalize="none")
     dm2.setup()
-    assert dm2.pi == pytest.approx(3 * 49 / (20 * 20))
-    dm3 = PUDataModule(
+    g = dm2.geometry
+    assert (g.label_radius_px_model, g.nms_radius_px_model, g.match_distance_px_model) == (
+        2,
+        5,
+        3.5,
+    )
+    assert dm2.pi == pytest.approx(3 * 13 / (20 * 20))
+    dm3 = SimulatedDataModule(
         simulated_dir=tmp_path / "sim", num_folds=3, fold=1, normalize="none", pi=0.1
     )
     dm3.setup()
     assert (
         len(dm3.val_micrographs) == 1 and "mic03" not in dm3.train_micrographs | dm3.val_micrographs
     )
-    dm4 = PUDataModule(
+    dm4 = SimulatedDataModule(
         simulated_dir=tmp_path / "sim", num_val_micrographs=1, normalize="none", pi=0.1
     )
     dm4.setup()
@@ -343,40 +366,35 @@ def test_ranks_draw_different_streams_and_patch_size_comes_from_the_model():
 
 @pytest.mark.slow
 def test_simulated_mode_generates_the_dataset_when_absent(tmp_path):
-    dm = PUDataModule(
-        simulated_dir=tmp_path / "tiny", simulated_preset="tiny", radius_px=None, patch_size=31
+    dm = SimulatedDataModule(
+        simulated_dir=tmp_path / "tiny", simulated_preset="tiny", patch_size=31
     )
     dm.prepare_data()
     assert (tmp_path / "tiny" / "dataset.yaml").is_file()
     dm.setup()
     train = (tmp_path / "tiny" / "train.txt").read_text().split()
     assert sorted(dm.train_micrographs) == sorted(train)
-    assert dm.radius_px == 4 and 0 < dm.pi_unlabeled < dm.pi < 0.1
+    assert dm.geometry.label_radius_px_model == 4 and 0 < dm.pi_unlabeled < dm.pi < 0.1
     patches, labels = next(iter(dm.train_dataloader()))
     assert patches.shape == (256, 1, 31, 31) and torch.isfinite(patches).all()
 
 
-def test_train_config_composes_both_data_options(tmp_path, configs_dir):
-    from hydra import compose, initialize_config_dir
+def test_train_config_composes_both_data_options(tmp_path):
     from hydra.utils import instantiate
 
     write_fake_simulated(tmp_path / "sim")
-    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
-        sim = compose(
-            "train",
-            overrides=[f"data.simulated_dir={tmp_path / 'sim'}", "data.normalize=none"],
-        )
-        files = compose(
-            "train",
-            overrides=[
-                "data=files",
-                f"data.micrographs={tmp_path / 'sim' / 'micrographs'}",
-                f"data.coordinates={tmp_path / 'sim' / 'particles.tsv'}",
-                "data.particles_per_micrograph=3",
-                "data.normalize=standardize",
-                "data.num_folds=2",
-            ],
-        )
+    sim = compose_config("train", [f"data.simulated_dir={tmp_path / 'sim'}", "data.normalize=none"])
+    files = compose_config(
+        "train",
+        [
+            "data=files",
+            f"data.micrographs={tmp_path / 'sim' / 'micrographs'}",
+            f"data.coordinates={tmp_path / 'sim' / 'particles.tsv'}",
+            "data.particles_per_micrograph=3",
+            "data.normalize=standardize",
+            "data.num_folds=2",
+        ],
+    )
     dm = instantiate(sim.data)
     dm.setup()
     assert dm.pi == 0.12 and len(dm.train_micrographs) == 3

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.geometry import coordinates_to_model_frame
 from topaz_lightning.preprocess import (
     downsample,
     downsampled_shape,
@@ -16,7 +17,6 @@ from topaz_lightning.preprocess import (
     fit_gmm_samples,
     normalize_gmm,
     preprocess_images,
-    scale_coordinates,
     standardize,
 )
 
@@ -111,23 +111,9 @@ def test_bright_dot_lands_at_scaled_coordinates(factor):
     wy, wx = np.mgrid[-2:3, -2:3]
     cy = yi + (win * wy).sum() / win.sum()
     cx = xi + (win * wx).sum() / win.sum()
-    scaled = scale_coordinates(pd.DataFrame({"micrograph": ["a"], "x": [x0], "y": [y0]}), factor)
+    scaled = coordinates_to_model_frame(pd.DataFrame({"micrograph": ["a"], "x": [x0], "y": [y0]}), factor)
     assert abs(cx - scaled.x.iloc[0]) < 0.5
     assert abs(cy - scaled.y.iloc[0]) < 0.5
-
-
-def test_scale_coordinates_copies_and_keeps_columns():
-    df = pd.DataFrame(
-        {"micrograph": ["a", "b"], "x": [10.0, 3.0], "y": [4.0, 8.0], "score": [0.1, 0.2]}
-    )
-    out = scale_coordinates(df, 4)
-    assert list(out.columns) == list(df.columns)
-    np.testing.assert_allclose(out.x, [2.5, 0.75])
-    np.testing.assert_allclose(out.y, [1.0, 2.0])
-    np.testing.assert_allclose(out.score, df.score)
-    assert df.x.iloc[0] == 10.0
-    with pytest.raises(ValueError):
-        scale_coordinates(df, 0)
 
 
 def _synthetic_mixture(alpha, pi, mu, sigma, shape=(200, 200), seed=0):

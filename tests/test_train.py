@@ -9,12 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+from tests.conftest import CONFIGS, compose_config, sample_data
 
 torch.set_num_threads(1)
 
@@ -48,14 +45,8 @@ def dataset(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
-    """Compose configs/train.yaml like tzl-train would, with the hydra: paths pinned."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(REPO)
-        cfg.paths.output_dir = str(output_dir) if output_dir else "/nonexistent/output"
-    return cfg
+    """configs/train.yaml composed like tzl-train would (conftest.compose_config)."""
+    return compose_config("train", overrides, output_dir)
 
 
 def small_overrides(mics: Path, coords: Path, steps: int, extra: list[str] = ()) -> list[str]:
@@ -90,7 +81,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- composition
 def test_default_config_composes_with_paper_defaults():
     cfg = compose_train([])
-    assert cfg.data._target_ == "topaz_lightning.data.PUDataModule"
+    assert cfg.data._target_ == "topaz_lightning.data.SimulatedDataModule"
     assert cfg.model._target_.endswith("Conv31")
     assert cfg.objective._target_.endswith("GEBinomial")
     assert cfg.get("decoder") is None
@@ -115,11 +106,11 @@ def test_experiment_configs_compose_and_resolve(experiment):
 def test_paper_empiar10096_matches_the_appendix():
     cfg = compose_train(["experiment=paper_empiar10096"])
     assert cfg.trainer.max_steps == 50000
-    assert cfg.data.pi == 0.02 and cfg.data.radius_px == 4 and cfg.data.downsample == 4
+    assert cfg.data.pi == 0.02 and cfg.data.downsample == 4
+    assert cfg.data.label_radius_px_model == 4
+    assert cfg.data.nms_radius_px_model == 10 and cfg.data.match_distance_px_model == 7
     assert cfg.decoder is not None and cfg.module.recon_weight == "auto"
     assert cfg.objective._target_.endswith("GEBinomial")
-    assert cfg.callbacks.held_out_picking.radius == 10
-    assert cfg.callbacks.held_out_picking.max_distance == 7
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_cpu"])
@@ -179,10 +170,18 @@ def test_short_training_lowers_loss_and_saves_a_reloadable_model(dataset, tmp_pa
     assert (out / "checkpoints" / "last.ckpt").is_file()
     net, extra = load_model(out / "model.pt")
     assert extra["receptive_field"] == 31 == net.receptive_field
-    assert extra["pi"] == pytest.approx(0.05)
-    assert extra["radius_px"] == 3
+    geometry = extra["geometry"]
+    assert geometry["pi"] == pytest.approx(0.05) and geometry["pi_source"] == "data.pi"
+    assert geometry["label_radius_px_model"] == 3  # no particle size: the paper's 3 px
     assert extra["preprocess"] == {"downsample": 1.0, "normalize": "standardize"}
-    assert 0 < extra["pi_unlabeled"] < 0.05
+    assert geometry["downsample"] == 1.0 and geometry["normalize"] == "standardize"
+    assert 0 < geometry["pi_unlabeled"] < 0.05
+    assert geometry["num_labeled_particles"] == 24  # 2 training micrographs x 12
+    # the logged hyperparameters carry the resolved values, not null
+    hparams = OmegaConf.load(next((out / "logs" / "csv").rglob("hparams.yaml")))
+    assert hparams.pi_unlabeled == pytest.approx(geometry["pi_unlabeled"])
+    assert hparams.num_labeled_particles == 24
+    assert hparams.geometry.label_radius_px_model == 3
     log = pd.read_csv(next((out / "logs" / "csv").rglob("metrics.csv")))
     losses = log["train/loss"].dropna().to_numpy()
     assert len(losses) >= 25 and np.all(np.isfinite(losses))
@@ -282,7 +281,7 @@ def test_every_model_trains_two_steps_with_decoder(model, dataset, tmp_path):
     metrics = train(compose_train(small_overrides(mics, coords, 2, extra), tmp_path))
     assert metrics["global_step"] == 2 and "train/recon" in metrics
     net, extra_saved = load_model(tmp_path / "model.pt")
-    assert extra_saved["num_labeled_particles"] > 0
+    assert extra_saved["geometry"]["num_labeled_particles"] > 0
 
 
 def test_bf16_mixed_precision_trains_on_cpu(dataset, tmp_path):
@@ -318,7 +317,11 @@ def test_short_training_on_the_simulators_tiny_preset(tmp_path):
     assert metrics["global_step"] == 10 and np.isfinite(metrics["train/loss"])
     assert 0.0 <= metrics["val/aupr"] <= 1.0
     _, extra = load_model(tmp_path / "run" / "model.pt")
-    assert extra["radius_px"] > 0 and 0 < extra["pi"] < 1
+    geometry = extra["geometry"]
+    # dataset.yaml of the tiny preset: label 4, NMS 10, match 7 px at its own pixel size
+    assert geometry["label_radius_px_model"] == 4 and geometry["nms_radius_px_model"] == 10
+    assert geometry["match_distance_px_model"] == 7 and 0 < geometry["pi"] < 1
+    assert extra["normalize_fit"]["mu"] and 0 < extra["normalize_fit"]["pi"] < 1
 
 
 def test_fresh_run_refuses_to_replace_an_earlier_runs_model(dataset, tmp_path):

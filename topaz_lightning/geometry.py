@@ -200,7 +200,7 @@ def default_radii(particle_radius_px_model: float | None) -> dict[str, float | N
         }
     r = float(particle_radius_px_model)
     return {
-        "label_radius_px_model": max(1.0, round(LABEL_RADIUS_PER_PARTICLE_RADIUS * r)),
+        "label_radius_px_model": float(max(1, round(LABEL_RADIUS_PER_PARTICLE_RADIUS * r))),
         "nms_radius_px_model": NMS_RADIUS_PER_PARTICLE_RADIUS * r,
         "match_distance_px_model": MATCH_DISTANCE_PER_PARTICLE_RADIUS * r,
     }
@@ -313,3 +313,84 @@ class RunGeometry:
         if "downsample" in values:
             values["downsample"] = check_downsample(values["downsample"], "geometry.downsample")
         return cls(**values)
+
+
+# ------------------------------------------------------------------------------------------------
+# resolution from settings and data
+
+
+def _positive_or_none(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a number > 0 or null, got {value!r}") from None
+    if not (number > 0 and math.isfinite(number)):
+        raise ConfigError(key, f"must be a number > 0 or null, got {value!r}")
+    return number
+
+
+def resolve_geometry(
+    downsample: float = 1.0,
+    normalize: str = "gmm",
+    pixel_size_a: float | None = None,
+    particle_diameter_a: float | None = None,
+    particle_diameter_px: float | None = None,
+    label_radius_px_model: float | None = None,
+    nms_radius_px_model: float | None = None,
+    match_distance_px_model: float | None = None,
+    dataset: Mapping[str, Any] | None = None,
+    key_prefix: str = "data.",
+) -> RunGeometry:
+    """The frames and radii of a run (no prior yet), each value taken once, first that applies:
+
+    1. the explicit setting (``*_px_model`` keys, in model pixels);
+    2. the dataset's suggestion (``dataset``: a simulated dataset.yaml's ``label_radius_px``,
+       ``nms_radius_px``, ``match_distance_px``, ``particle_radius_px``, ``pixel_size_a``; all in
+       micrograph pixels, so all divided by ``downsample``);
+    3. the paper's defaults from the particle radius (:func:`default_radii`), given as
+       ``particle_diameter_a`` (needs ``pixel_size_a``) or ``particle_diameter_px``;
+    4. the label radius alone has a default without a particle size (3 model px).
+    """
+    factor = check_downsample(downsample, f"{key_prefix}downsample")
+    info = dict(dataset or {})
+    pixel_size = _positive_or_none(pixel_size_a, f"{key_prefix}pixel_size_a")
+    if pixel_size is None:
+        pixel_size = _positive_or_none(info.get("pixel_size_a"), "dataset.yaml pixel_size_a")
+    radius_px = particle_radius_px(
+        particle_diameter_a,
+        particle_diameter_px,
+        pixel_size,
+        key=f"{key_prefix}particle_diameter_a",
+    )
+    if radius_px is None:
+        radius_px = _positive_or_none(
+            info.get("particle_radius_px"), "dataset.yaml particle_radius_px"
+        )
+    derived = default_radii(None if radius_px is None else radius_px / factor)
+    values: dict[str, float | None] = {}
+    for name, setting, dataset_key in (
+        ("label_radius_px_model", label_radius_px_model, "label_radius_px"),
+        ("nms_radius_px_model", nms_radius_px_model, "nms_radius_px"),
+        ("match_distance_px_model", match_distance_px_model, "match_distance_px"),
+    ):
+        if name == "label_radius_px_model" and setting is not None:
+            # 0 is a valid label radius (only the centre pixel)
+            value = float(setting)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{key_prefix}{name}", f"must be a number >= 0, got {setting!r}")
+        else:
+            value = _positive_or_none(setting, f"{key_prefix}{name}")
+        if value is None and info.get(dataset_key) is not None:
+            value = to_model_px(float(info[dataset_key]), factor)
+        if value is None:
+            value = derived[name]
+        values[name] = value
+    return RunGeometry(
+        downsample=factor,
+        pixel_size_a=pixel_size,
+        particle_radius_px=radius_px,
+        normalize=str(normalize),
+        **values,
+    )

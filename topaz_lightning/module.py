@@ -86,6 +86,8 @@ class PULitModule(pl.LightningModule):
         self.recon_weight_setting = recon_weight
         self.recon_weight: float | None = None
         self.run_config = run_config
+        #: the run's RunGeometry, taken from the datamodule at setup (None before, or without one)
+        self.geometry = None
         if decoder is not None and not hasattr(net, "features"):
             raise ConfigError(
                 "decoder", "the classifier has no features() method to feed the decoder"
@@ -93,13 +95,34 @@ class PULitModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        """Take pi and the number of labeled particles from the datamodule where not given."""
+        """Take the run geometry (pi_unlabeled, number of labeled particles) from the datamodule.
+
+        ``self.geometry`` is the datamodule's resolved RunGeometry (None without one); explicit
+        ``pi_unlabeled`` / ``num_labeled_particles`` arguments win over it.
+        """
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.pi_unlabeled is None and dm is not None:
-            self.pi_unlabeled = getattr(dm, "pi_unlabeled", None)
-        if self.num_labeled_particles is None and dm is not None:
-            self.num_labeled_particles = getattr(dm, "num_labeled_particles", None)
+        self.geometry = getattr(dm, "geometry", None)
+        if self.geometry is not None:
+            if self.pi_unlabeled is None:
+                self.pi_unlabeled = self.geometry.pi_unlabeled
+            if self.num_labeled_particles is None:
+                self.num_labeled_particles = self.geometry.num_labeled_particles
+        elif dm is not None:  # a datamodule without a geometry record (tests' stubs)
+            if self.pi_unlabeled is None:
+                self.pi_unlabeled = getattr(dm, "pi_unlabeled", None)
+            if self.num_labeled_particles is None:
+                self.num_labeled_particles = getattr(dm, "num_labeled_particles", None)
         self.finalize()
+        # the loggers write hparams_initial after setup: give them the resolved values
+        resolved = {
+            "pi_unlabeled": self.hparams["pi_unlabeled"],
+            "num_labeled_particles": self.hparams["num_labeled_particles"],
+            "recon_weight_value": self.hparams["recon_weight_value"],
+        }
+        if self.geometry is not None:
+            resolved["geometry"] = self.geometry.to_dict()
+            self.hparams["geometry"] = resolved["geometry"]
+        self._hparams_initial.update(resolved)
 
     def finalize(self) -> None:
         """Check pi and fix the reconstruction weight (call once pi and P are known)."""
@@ -217,4 +240,5 @@ class PULitModule(pl.LightningModule):
             "pi_unlabeled": self.pi_unlabeled,
             "num_labeled_particles": self.num_labeled_particles,
             "recon_weight": self.recon_weight,
+            "geometry": None if self.geometry is None else self.geometry.to_dict(),
         }

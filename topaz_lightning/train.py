@@ -98,15 +98,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     classifier (``cfg.model``), objective (``cfg.objective``), optional decoder (``cfg.decoder``),
     the :class:`~topaz_lightning.module.PULitModule` (``cfg.module``), callbacks, loggers and the
     trainer; fit (resuming from ``cfg.ckpt_path`` if set: ``"last"`` or a checkpoint path); then
-    save the trained classifier to ``<paths.output_dir>/model.pt`` with the preprocessing, radius,
-    pi and receptive field that ``tzl-pick`` needs to reproduce the run. A fresh run refuses
+    save the trained classifier to ``<paths.output_dir>/model.pt`` with the run geometry
+    (``extra["geometry"]``: downsample, normalization, radii, pi), the training GMM fit
+    (``extra["normalize_fit"]``) and the receptive field that ``tzl-pick`` needs. A fresh run refuses
     (OutputExistsError, before any work) to replace an earlier run's outputs unless
     ``cfg.overwrite``.
     """
     from topaz_lightning.models import save_model
 
     output_dir = Path(cfg.paths.output_dir)
-    _refuse_existing_outputs(output_dir, cfg)
+    # an interrupted run in this directory is continued, a finished one refused (see there)
+    continue_from = _refuse_existing_outputs(output_dir, cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.seed), workers=True)
 
@@ -127,7 +129,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     # the resolved config reaches the loggers as the module's hyperparameters (run_config)
 
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = cfg.get("ckpt_path") or continue_from
     if ckpt_path not in (None, "last"):
         ckpt_file = Path(str(ckpt_path))
         if not ckpt_file.is_file():
@@ -142,21 +144,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics[key] = float(value)
     metrics["global_step"] = int(trainer.global_step)
 
+    geometry = getattr(datamodule, "geometry", None)
+    if geometry is None:
+        raise ConfigError("data", "the datamodule resolved no run geometry (data.geometry)")
     extra = {
-        "preprocess": {
-            "downsample": _plain(_data_setting(datamodule, cfg, "downsample")),
-            "normalize": _plain(_data_setting(datamodule, cfg, "normalize")),
-        },
-        "radius_px": _plain(_data_setting(datamodule, cfg, "radius_px", "radius")),
-        "pi": _plain(_data_setting(datamodule, cfg, "pi")),
-        "pi_unlabeled": module.pi_unlabeled,
-        "num_labeled_particles": module.num_labeled_particles,
+        # the run's pixel frame, radii and prior: tzl-pick / tzl-evaluate take their defaults here
+        "geometry": geometry.to_dict(),
+        # a copy of two geometry values for readers of older model files (tzl-pick until it reads
+        # the record); read extra["geometry"] in new code
+        "preprocess": {"downsample": geometry.downsample, "normalize": geometry.normalize},
         "receptive_field": int(net.receptive_field),
         "patch_size": int(patch_size),
         "global_step": int(trainer.global_step),
         "objective": cfg.objective.get("_target_"),
         "seed": int(cfg.seed),
     }
+    normalize_fit = getattr(datamodule, "normalize_fit", None)
+    if normalize_fit is not None:
+        # the GMM fitted on the training micrographs, for tzl-pick normalize_fit=training
+        extra["normalize_fit"] = normalize_fit
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     if trainer.is_global_zero:
         model_path = output_dir / "model.pt"
@@ -184,16 +190,90 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 RUN_OUTPUTS = ("model.pt", "model_best.pt", "metrics.json")
 
 
-def _refuse_existing_outputs(output_dir: Path, cfg: DictConfig) -> None:
-    """Before any work: a fresh run (no ckpt_path) must not replace an earlier run's outputs.
+#: settings a continued run may change: where things go, how far to train
+_CONTINUE_MAY_CHANGE = ("ckpt_path", "overwrite", "paths", "trainer.max_steps")
 
-    A resumed run (``ckpt_path`` set) rewrites them by design; ``overwrite=true`` allows it too.
+
+def _refuse_existing_outputs(output_dir: Path, cfg: DictConfig) -> str | None:
+    """Before any work, for a run without ``ckpt_path`` in a directory an earlier run used.
+
+    Returns the checkpoint to continue from, or None for a fresh start; never leaves two "last"
+    checkpoints (Lightning would save ``last-v1.ckpt`` beside a stale ``last.ckpt``):
+
+    - ``overwrite=true``: start over; the earlier run's checkpoints are removed first.
+    - a finished run (model.pt, model_best.pt or metrics.json there): refused.
+    - an interrupted run (``checkpoints/last.ckpt``, no model.pt): continued from it, if it was
+      written with the same settings (``trainer.max_steps`` may grow); else refused, naming them.
+    - other checkpoints without a last.ckpt: refused.
+
+    A resumed run (``ckpt_path`` set) rewrites the outputs by design.
     """
-    if cfg.get("ckpt_path") is not None or bool(cfg.get("overwrite", False)):
-        return
+    if cfg.get("ckpt_path") is not None:
+        return None
+    checkpoint_dir = Path(
+        str(OmegaConf.select(cfg, "paths.checkpoint_dir", default=output_dir / "checkpoints"))
+    )
+    stale = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+    if bool(cfg.get("overwrite", False)):
+        for path in stale:
+            path.unlink()
+        if stale:
+            log.info("overwrite=true: removed %d checkpoint(s) of the earlier run", len(stale))
+        return None
     for name in RUN_OUTPUTS:
         if (output_dir / name).exists():
             raise OutputExistsError(output_dir / name)
+    last = checkpoint_dir / "last.ckpt"
+    if not last.is_file():
+        if stale:
+            raise OutputExistsError(stale[0])
+        return None
+    changed = _changed_settings(last, cfg)
+    if changed:
+        raise ConfigError(
+            "ckpt_path",
+            f"{last} is from an interrupted run with other settings ({', '.join(changed[:5])}); "
+            "continue it anyway with ckpt_path=last, start over with overwrite=true, or use "
+            "another run directory",
+        )
+    log.info(
+        "continuing the interrupted run in %s from %s (overwrite=true starts over)",
+        output_dir,
+        last,
+    )
+    return str(last.resolve())
+
+
+def _changed_settings(checkpoint: Path, cfg: DictConfig) -> list[str]:
+    """Dotted keys whose value differs between ``cfg`` and the run that wrote ``checkpoint``."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved = state["hyper_parameters"]["run_config"]
+    except Exception as err:  # noqa: BLE001 - unreadable or foreign checkpoint
+        raise ConfigError(
+            "ckpt_path",
+            f"{checkpoint} (left by an earlier run) cannot be read as this package's checkpoint "
+            f"({err}); start over with overwrite=true or use another run directory",
+        ) from err
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flat(value, f"{prefix}{key}."))
+        return out if out else {prefix: node}
+
+    now = flat(OmegaConf.to_container(cfg, resolve=True))
+    before = flat(saved if isinstance(saved, dict) else {})
+    return sorted(
+        key.rstrip(".")
+        for key in set(now) | set(before)
+        if now.get(key) != before.get(key)
+        and not any(key.startswith(f"{k}.") for k in _CONTINUE_MAY_CHANGE)
+    )
 
 
 def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:

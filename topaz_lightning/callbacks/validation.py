@@ -192,11 +192,12 @@ class HeldOutPicking(pl.Callback):
     Micrographs and truth come from ``trainer.datamodule.val_micrographs`` /
     ``val_coordinates`` unless passed as ``micrographs`` / ``coordinates``. Picks are local maxima
     of the dense score map at least ``radius`` px apart with logit >= ``threshold``; they match a
-    true particle within ``max_distance`` px one-to-one. Distances are in pixels of the
-    (downsampled) micrographs the model sees; when None they come from the simulated dataset's
-    ``nms_radius_px`` / ``match_distance_px`` divided by the datamodule's ``downsample``. Region AUPR labels the pixels within
-    ``region_radius_px`` of a particle positive (default: the datamodule's ``radius_px``; no
-    region AUPR if neither is known). ``max_micrographs`` caps how many held-out micrographs
+    true particle within ``max_distance`` px one-to-one. Distances are in model pixels (the
+    downsampled micrographs the model sees); when None they come from the run geometry
+    (``trainer.datamodule.geometry``: ``nms_radius_px_model`` / ``match_distance_px_model``).
+    Without held-out micrographs the callback switches itself off and asks for nothing. Region
+    AUPR labels the pixels within ``region_radius_px`` (model px) of a particle positive (default:
+    the geometry's ``label_radius_px_model``; no region AUPR if neither is known). ``max_micrographs`` caps how many held-out micrographs
     (first by name) are scored. Under DDP each rank scores a round-robin shard, the results are
     gathered to every rank, rank 0 computes the metrics and broadcasts them, so every rank logs
     identical values and a ``ModelCheckpoint(monitor="val/aupr")`` agrees on all ranks.
@@ -283,12 +284,8 @@ class HeldOutPicking(pl.Callback):
     def _region_radius(self, trainer: pl.Trainer) -> float | None:
         if self.region_radius_px is not None:
             return float(self.region_radius_px)
-        dm = getattr(trainer, "datamodule", None)
-        for attr in ("radius_px", "radius"):
-            value = getattr(dm, attr, None)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-        return None
+        geometry = _geometry(trainer)
+        return None if geometry is None else float(geometry.label_radius_px_model)
 
     def _names(self, micrographs: Mapping[str, np.ndarray]) -> list[str]:
         names = sorted(micrographs)
@@ -299,32 +296,32 @@ class HeldOutPicking(pl.Callback):
     # -- hooks ---------------------------------------------------------------------------------
 
     def _resolve_distances(self, trainer: pl.Trainer) -> None:
-        """Fill unset radius/max_distance from the simulated dataset's dataset.yaml, if any."""
-        dm = getattr(trainer, "datamodule", None)
-        meta = getattr(dm, "metadata", None) or {}
-        factor = getattr(dm, "downsample", 1.0)
-        factor = float(factor) if isinstance(factor, (int, float)) and factor > 0 else 1.0
-        for attr, setting, key in [
-            ("radius", self.radius_setting, "nms_radius_px"),
-            ("max_distance", self.max_distance_setting, "match_distance_px"),
+        """Fill unset radius/max_distance from the run geometry (``trainer.datamodule.geometry``)."""
+        geometry = _geometry(trainer)
+        for attr, setting, field_name in [
+            ("radius", self.radius_setting, "nms_radius_px_model"),
+            ("max_distance", self.max_distance_setting, "match_distance_px_model"),
         ]:
             if setting is not None:
                 continue
-            if meta.get(key) is None:
+            value = None if geometry is None else getattr(geometry, field_name)
+            if value is None:
                 raise ConfigError(
                     f"callbacks.held_out_picking.{attr}",
-                    f"not set and the dataset gives no {key}; set it in pixels of the "
-                    "(downsampled) micrographs the model sees",
+                    f"not set and the run geometry has no {field_name}: give the particle size "
+                    "(data.particle_diameter_px, or data.particle_diameter_a with the pixel "
+                    f"size), or data.{field_name}, or this key (model pixels)",
                 )
-            # dataset.yaml is in original pixels; the model sees micrographs downsampled by factor
-            setattr(self, attr, float(meta[key]) / factor)
+            setattr(self, attr, float(value))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._resolve_distances(trainer)
         micrographs, _ = self._sources(trainer)
         if len(micrographs) == 0:
+            # nothing to pick: no radius is needed, so none is asked for
             rank_zero_warn("HeldOutPicking: no held-out micrographs; val/aupr will not be logged")
             self._disabled = True
+            return
+        self._resolve_distances(trainer)
         if not hasattr(pl_module, "net"):
             raise ConfigError(
                 "callbacks.held_out_picking", "the LightningModule has no `net` classifier"
@@ -487,6 +484,11 @@ class HeldOutPicking(pl.Callback):
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def _geometry(trainer: pl.Trainer) -> Any:
+    """The datamodule's resolved RunGeometry, or None (a datamodule without one)."""
+    return getattr(getattr(trainer, "datamodule", None), "geometry", None)
 
 
 def _is_final_epoch(trainer: pl.Trainer) -> bool:

@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
-from topaz_lightning.data.labels import disk_area, disk_offsets, positive_mask, positive_masks
+from topaz_lightning.data.labels import positive_mask, positive_masks
 from topaz_lightning.data.prior import (
-    PriorWarning,
+    check_prior_settings,
     labeled_fraction,
     pi_from_particles_per_micrograph,
+    resolve_pi,
     unlabeled_prior,
 )
 from topaz_lightning.data.sampler import PUBatchDataset, PUPatchSampler, rotate_patches
 from topaz_lightning.data.splits import kfold_split, random_split
 
 __all__ = [
+    "FileSource",
+    "FilesDataModule",
     "PUBatchDataset",
     "PUDataModule",
     "PUPatchSampler",
-    "PriorWarning",
-    "disk_area",
-    "disk_offsets",
+    "SimulatedDataModule",
+    "SimulatedSource",
+    "check_prior_settings",
     "kfold_split",
     "labeled_fraction",
     "pi_from_particles_per_micrograph",
     "positive_mask",
     "positive_masks",
     "random_split",
+    "resolve_pi",
     "rotate_patches",
     "unlabeled_prior",
 ]
+
+
+_SOURCES = ("FileSource", "FilesDataModule", "SimulatedDataModule", "SimulatedSource")
 
 
 def __getattr__(name: str):
@@ -36,4 +43,8 @@ def __getattr__(name: str):
         from topaz_lightning.data.datamodule import PUDataModule
 
         return PUDataModule
+    if name in _SOURCES:
+        from topaz_lightning.data import sources
+
+        return getattr(sources, name)
     raise AttributeError(f"module 'topaz_lightning.data' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Positive-region labels: which patch centres lie within a radius of a labeled particle."""
+"""Positive-region labels: which patch centres lie within the label radius (model pixels) of a labeled particle."""
 
 from __future__ import annotations
 
@@ -7,25 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-
-def disk_offsets(radius_px: float) -> np.ndarray:
-    """Integer offsets ``(dy, dx)`` of the pixels within ``radius_px`` (Euclidean, ``<=``) of a pixel.
-
-    This is a 2-D disk: 1 pixel at r=0, 5 at r=1, 13 at r=2, 29 at r=3, 49 at r=4.
-    Returns an ``int64`` array of shape ``(k, 2)``.
-    """
-    if radius_px < 0 or not np.isfinite(radius_px):
-        raise ValueError(f"radius_px must be a finite number >= 0, got {radius_px}")
-    r = int(np.floor(radius_px))
-    d = np.arange(-r, r + 1)
-    dy, dx = np.meshgrid(d, d, indexing="ij")
-    inside = dy**2 + dx**2 <= radius_px**2
-    return np.stack([dy[inside], dx[inside]], axis=1).astype(np.int64)
-
-
-def disk_area(radius_px: float) -> int:
-    """Number of pixels in one particle's positive region (a 2-D disk; 29 at r=3)."""
-    return int(len(disk_offsets(radius_px)))
+from topaz_lightning.geometry import disk_offsets
 
 
 def particle_pixels(xy: np.ndarray) -> np.ndarray:
@@ -44,7 +26,7 @@ def positive_mask(shape: tuple[int, int], xy: np.ndarray, radius_px: float) -> n
     A region is identified with the pixel at its patch centre. Each particle coordinate ``(x, y)``
     is snapped to its pixel (``particle_pixels``), and every pixel within ``radius_px``
     (Euclidean distance ``<=``) of it is positive, so one particle away from the border marks
-    exactly ``disk_area(radius_px)`` pixels (29 at r=3, 49 at r=4). Disks are clipped at the image
+    exactly ``geometry.disk_area(radius_px)`` pixels (29 at r=3, 49 at r=4). Disks are clipped at the image
     border; overlapping disks are merged (the mask is their union).
     """
     height, width = int(shape[0]), int(shape[1])

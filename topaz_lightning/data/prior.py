@@ -1,44 +1,72 @@
-"""The class prior pi: its definition, its derivation from particles per micrograph, and its unlabeled share.
+"""The class prior pi: its definition, its one check, its resolution from settings or data, and its unlabeled share.
 
 Definitions used everywhere in topaz-lightning:
 
-- A *region* is a candidate patch centre: every pixel of every training micrograph (after any
-  downsampling), ``N_regions = sum(H * W)``.
-- A region is *positive* when it lies within ``radius_px`` of a particle centre (a 2-D disk of
-  ``disk_area(radius_px)`` pixels, 29 at r=3).
+- A *region* is a candidate patch centre: every pixel of every training micrograph in the model
+  frame (after downsampling), ``N_regions = sum(H * W)``.
+- A region is *positive* when it lies within ``label_radius_px_model`` of a particle centre (a
+  2-D disk of ``geometry.disk_area(r)`` pixels, 29 at r=3).
 - ``pi`` (the dataset prior) is the fraction of all regions that are positive regions of some
   particle, labeled or not. From the expected number of particles per micrograph ``n``, the quantity
-  users know: ``pi = n * disk_area(radius_px) / (H * W)``.
+  users know: ``pi = n * disk_area(r) / (H * W)``.
 - Unlabeled draws are uniform over all regions EXCEPT the labeled positive regions (the union of
   the labeled particles' disks, ``N_lab`` pixels). Among those, the expected positives are the
   particles nobody labeled, so the prior of a positive among unlabeled draws is
-  ``pi_unlabeled = (pi * N_regions - N_lab) / (N_regions - N_lab)``. This, not ``pi``, is what
-  the PU objectives receive.
+  ``pi_unlabeled = max(0, (pi * N_regions - N_lab) / (N_regions - N_lab))``. This, not ``pi``, is
+  what the PU objectives receive. It is 0 when every positive is labeled (pi at or below the
+  labeled fraction); the LightningModule then trains with the PN objective and says so.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+from collections.abc import Mapping
+from typing import Any
 
-from topaz_lightning.data.labels import disk_area
-
-#: value ``pi_unlabeled`` is clamped to when pi does not exceed the labeled fraction (with a warning)
-PI_UNLABELED_EPSILON = 1e-4
+from topaz_lightning.errors import ConfigError
+from topaz_lightning.geometry import disk_area
 
 
-class PriorWarning(UserWarning):
-    """pi is inconsistent with the labels (e.g. at or below the observed labeled fraction)."""
+def check_prior_settings(
+    pi: float | None, particles_per_micrograph: float | None, key_prefix: str = "data."
+) -> None:
+    """The one check of the user's prior settings: at most one of them, pi in (0, 1), n > 0."""
+    if pi is not None and particles_per_micrograph is not None:
+        raise ConfigError(
+            f"{key_prefix}pi", "give at most one of pi and particles_per_micrograph, not both"
+        )
+    if pi is not None:
+        try:
+            ok = 0 < float(pi) < 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key_prefix}pi", f"must be in (0, 1), got {pi!r}")
+    if particles_per_micrograph is not None:
+        try:
+            n = float(particles_per_micrograph)
+            ok = n > 0 and math.isfinite(n)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"{key_prefix}particles_per_micrograph",
+                f"must be a number > 0, got {particles_per_micrograph!r}",
+            )
 
 
 def pi_from_particles_per_micrograph(
-    particles_per_micrograph: float, shape: tuple[int, int], radius_px: float
+    particles_per_micrograph: float,
+    shape: tuple[float, float],
+    radius_px: float,
+    key: str = "data.particles_per_micrograph",
 ) -> float:
     """Dataset prior ``pi = particles_per_micrograph * disk_area(radius_px) / (H * W)``.
 
-    ``shape`` is the (H, W) of a micrograph as the classifier sees it (after downsampling); for
+    ``shape`` is the (H, W) of a micrograph as the classifier sees it (model frame); for
     micrographs of different sizes pass the mean area as ``(1, mean_H_times_W)``. Overlap between
-    neighbouring particles' disks is ignored (it is small at the radii used, 3-4 px).
+    neighbouring particles' disks is ignored (it is small at the radii used, 3-4 px). A result
+    >= 1 is a ConfigError naming ``key``.
     """
     if not (particles_per_micrograph >= 0 and math.isfinite(particles_per_micrograph)):
         raise ValueError(
@@ -49,9 +77,10 @@ def pi_from_particles_per_micrograph(
         raise ValueError(f"micrograph shape must be positive, got {tuple(shape)}")
     pi = particles_per_micrograph * disk_area(radius_px) / n_regions
     if pi >= 1:
-        raise ValueError(
-            f"particles_per_micrograph={particles_per_micrograph} with radius_px={radius_px} covers "
-            f"{pi:.3g} of a {shape[0]}x{shape[1]} micrograph (pi must be < 1)"
+        raise ConfigError(
+            key,
+            f"{particles_per_micrograph} particles with label radius {radius_px} px cover "
+            f"{pi:.3g} of a micrograph of {n_regions:.0f} model pixels (pi must be < 1)",
         )
     return float(pi)
 
@@ -63,20 +92,14 @@ def labeled_fraction(n_labeled_positive_regions: int, n_regions: int) -> float:
     return n_labeled_positive_regions / n_regions
 
 
-def unlabeled_prior(
-    pi: float,
-    n_labeled_positive_regions: int,
-    n_regions: int,
-    epsilon: float = PI_UNLABELED_EPSILON,
-) -> float:
-    """Prior of a positive among unlabeled draws: ``(pi*N - N_lab) / (N - N_lab)``.
+def unlabeled_prior(pi: float, n_labeled_positive_regions: int, n_regions: int) -> float:
+    """Prior of a positive among unlabeled draws: ``max(0, (pi*N - N_lab) / (N - N_lab))``.
 
     ``pi`` is the dataset prior (fraction of all ``N = n_regions`` regions that are positive),
     ``N_lab = n_labeled_positive_regions`` the number of labeled positive regions, which unlabeled
     draws never land on. When ``pi`` is at or below the observed labeled fraction ``N_lab / N``
-    the formula gives ``<= 0`` (every positive is already labeled, or pi is too small): a
-    :class:`PriorWarning` naming the values is issued and the result is clamped to ``epsilon``;
-    the objective is not changed behind the user's back.
+    every positive is already labeled: the result is 0.0 (no clamp, no warning here; the
+    LightningModule switches to the PN objective and logs it).
     """
     if not 0 < pi < 1:
         raise ValueError(f"pi must be in (0, 1), got {pi}")
@@ -89,16 +112,48 @@ def unlabeled_prior(
         )
     n_unlabeled = n_regions - n_labeled_positive_regions
     value = (pi * n_regions - n_labeled_positive_regions) / n_unlabeled
-    if value <= 0:
-        observed = n_labeled_positive_regions / n_regions
-        warnings.warn(
-            f"pi={pi:.6g} is at or below the observed labeled fraction {observed:.6g} "
-            f"({n_labeled_positive_regions} labeled positive regions of {n_regions}): the prior "
-            f"of a positive among unlabeled regions would be {value:.6g}; clamping it to "
-            f"{epsilon:g}. Raise pi (or particles_per_micrograph) if the micrographs hold "
-            f"unlabeled particles, or use the PN objective if the labels are complete.",
-            PriorWarning,
-            stacklevel=2,
+    return float(max(0.0, value))
+
+
+def resolve_pi(
+    pi: float | None,
+    particles_per_micrograph: float | None,
+    dataset: Mapping[str, Any] | None,
+    label_radius_px_model: float,
+    downsample: float,
+    mean_area_px_model: float,
+    dataset_source: str = "dataset.yaml",
+) -> tuple[float, str]:
+    """The dataset prior and where it came from, first that applies: ``pi``;
+    ``particles_per_micrograph``; the dataset's ``suggested_pi`` (only when its label radius and
+    frame are the run's: downsample 1 and the same label radius); the dataset's expected particles
+    per micrograph. Settings are assumed checked (:func:`check_prior_settings`).
+    """
+    if pi is not None:
+        return float(pi), "data.pi"
+    if particles_per_micrograph is not None:
+        n = float(particles_per_micrograph)
+        value = pi_from_particles_per_micrograph(n, (1, mean_area_px_model), label_radius_px_model)
+        return value, f"data.particles_per_micrograph={n:g}"
+    info = dataset or {}
+    suggested = info.get("suggested_pi", info.get("pi"))
+    native_radius = info.get("label_radius_px")
+    if (
+        suggested is not None
+        and float(downsample) == 1.0
+        and native_radius is not None
+        and float(native_radius) == float(label_radius_px_model)
+    ):
+        return float(suggested), f"{dataset_source} suggested_pi"
+    per_mic = info.get("mean_particles_per_micrograph", info.get("particles_per_micrograph"))
+    if per_mic is not None:
+        value = pi_from_particles_per_micrograph(
+            float(per_mic), (1, mean_area_px_model), label_radius_px_model, key="data.pi"
         )
-        return float(epsilon)
-    return float(value)
+        return value, f"{dataset_source} particles per micrograph ({float(per_mic):g})"
+    raise ConfigError(
+        "data.pi",
+        "set data.pi (fraction of regions that are positive) or data.particles_per_micrograph "
+        f"(expected particles per micrograph; pi = n * {disk_area(label_radius_px_model)} / (H*W) "
+        "in model pixels)",
+    )

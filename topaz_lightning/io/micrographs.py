@@ -387,36 +387,70 @@ def list_micrographs(source: str | os.PathLike | Iterable[str | os.PathLike]) ->
     )
 
 
-def read_micrograph_names(source: str | os.PathLike | Iterable[str]) -> list[str]:
+def read_micrograph_names(
+    source: str | os.PathLike | Iterable[str],
+    known: Iterable[str] | None = None,
+    key: str = "micrographs",
+) -> list[str]:
     """Micrograph names from a list, a text file of names or paths, or a directory/glob of files.
 
     A list file holds one name or path per line (blank lines and ``#`` comments ignored); an
     entry is reduced to its micrograph name (directory and image extension removed) and need not
     exist. A directory, glob pattern or single micrograph file gives the names of its files.
-    Raises ``InputError`` naming the file if it is missing, unreadable or names nothing.
+    Raises ``InputError`` naming the file if it is missing, unreadable or names nothing. With
+    ``known``, every name must be among them: an InputError names the list file and line (a
+    ConfigError names ``key[i]`` for an in-memory list).
     """
+    from topaz_lightning.errors import ConfigError
     from topaz_lightning.io.coordinates import micrograph_name_from_reference
 
+    known_set = None if known is None else set(known)
+
+    def unknown(name: str) -> str:
+        shown = sorted(known_set or ())
+        more = " ..." if len(shown) > 5 else ""
+        return (
+            f"micrograph '{name}' is not among the micrographs (known: "
+            + ", ".join(repr(n) for n in shown[:5])
+            + more
+            + ")"
+        )
+
     if not isinstance(source, str | os.PathLike):
-        return [micrograph_name_from_reference(str(s)) for s in source]
+        names = [micrograph_name_from_reference(str(s)) for s in source]
+        if known_set is not None:
+            if not names:
+                raise ConfigError(key, "the micrograph list is empty")
+            for i, name in enumerate(names):
+                if name not in known_set:
+                    raise ConfigError(f"{key}[{i}]", unknown(name))
+        return names
     path = Path(source)
     if path.is_dir() or (not path.exists() and _has_glob(os.fspath(source))):
-        return list(list_micrographs(source))
-    if not path.is_file():
+        names = list(list_micrographs(source))
+        where_of = {}
+    elif not path.is_file():
         raise InputError("micrograph name list not found", path=path)
-    if path.suffix.lower() in SUPPORTED_EXTENSIONS:  # one micrograph file, not a list
-        return [micrograph_name(path)]
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read micrograph name list ({err})", path=path) from err
-    names = [
-        micrograph_name_from_reference(line.strip())
-        for line in lines
-        if line.strip() and not line.strip().startswith("#")
-    ]
-    if not names:
-        raise InputError("micrograph name list is empty", path=path)
+    elif path.suffix.lower() in SUPPORTED_EXTENSIONS:  # one micrograph file, not a list
+        names, where_of = [micrograph_name(path)], {}
+    else:
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read micrograph name list ({err})", path=path) from err
+        names, where_of = [], {}
+        for number, line in enumerate(lines, start=1):
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                name = micrograph_name_from_reference(entry)
+                where_of.setdefault(name, f"line {number}")
+                names.append(name)
+        if not names:
+            raise InputError("micrograph name list is empty", path=path)
+    if known_set is not None:
+        for name in names:
+            if name not in known_set:
+                raise InputError(unknown(name), path=path, where=where_of.get(name))
     return names
 
 

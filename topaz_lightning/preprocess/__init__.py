@@ -1,6 +1,6 @@
 """Micrograph preprocessing: Fourier-crop downsampling and the paper's scaled-GMM normalization."""
 
-from topaz_lightning.preprocess.fourier import downsample, downsampled_shape, scale_coordinates
+from topaz_lightning.preprocess.fourier import downsample, downsampled_shape
 from topaz_lightning.preprocess.gmm import (
     GMMFit,
     fit_gmm,
@@ -20,6 +20,5 @@ __all__ = [
     "normalize_gmm",
     "preprocess_images",
     "sample_pixels",
-    "scale_coordinates",
     "standardize",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 
 
 def downsampled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
@@ -49,7 +48,7 @@ def downsample(image: np.ndarray, factor: float) -> np.ndarray:
     intensity, and the values of any image band-limited below the new Nyquist frequency, are
     preserved exactly. Output pixel ``(i, j)`` sits at input position ``(i*H/h, j*W/w)``: pixel
     (0, 0) stays at (0, 0) and the effective factor per axis is ``n/round(n/factor)``, so
-    ``x / factor`` (``scale_coordinates``) is off by at most ``x/W * 0.5 <= 0.5`` output px.
+    ``x / factor`` (``geometry.coordinates_to_model_frame``) is off by at most ``x/W * 0.5 <= 0.5`` output px.
     Factor 1 returns a float32 copy. The image is treated as periodic (as any FFT method does).
     """
     _check_factor(factor)
@@ -76,21 +75,3 @@ def downsample(image: np.ndarray, factor: float) -> np.ndarray:
     spectrum *= (m_y * m_x) / (n_y * n_x)
     out = scipy.fft.irfft2(spectrum, s=(m_y, m_x))
     return out.astype(np.float32)
-
-
-def scale_coordinates(df: pd.DataFrame, factor: float) -> pd.DataFrame:
-    """Return a copy of a coordinate table with ``x`` and ``y`` divided by ``factor``.
-
-    Use the same factor given to ``downsample``; other columns (micrograph, score, ...) are kept.
-    ``factor < 1`` upsamples coordinates (e.g. to map picks back to the original micrographs use
-    ``1 / factor``), so any positive factor is accepted here.
-    """
-    if not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"coordinate scale factor must be a positive number, got {factor!r}")
-    missing = {"x", "y"} - set(df.columns)
-    if missing:
-        raise ValueError(f"coordinate table lacks column(s) {sorted(missing)}")
-    out = df.copy()
-    out["x"] = out["x"].astype(float) / factor
-    out["y"] = out["y"].astype(float) / factor
-    return out

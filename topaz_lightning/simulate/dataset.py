@@ -15,18 +15,13 @@ import pandas as pd
 import yaml
 
 from topaz_lightning.errors import ConfigError, OutputExistsError
+from topaz_lightning.geometry import disk_area
 from topaz_lightning.simulate.micrograph import (
     SimulatedMicrograph,
     make_molecule,
     simulate_micrograph,
 )
 from topaz_lightning.simulate.settings import SimulationSettings, get_preset
-
-
-def _disk_area(radius: int) -> int:
-    r = int(radius)
-    grid = np.arange(-r, r + 1)
-    return int(((grid[:, None] ** 2 + grid[None, :] ** 2) <= r * r).sum())
 
 
 def resolve_settings(
@@ -185,7 +180,7 @@ def simulate_dataset(
         height, width = settings.shape
         counts = truth.groupby("micrograph").size().reindex(names, fill_value=0)
         positive_fraction = (
-            float(counts.mean()) * _disk_area(settings.label_radius_px) / (height * width)
+            float(counts.mean()) * disk_area(settings.label_radius_px) / (height * width)
         )
         metadata = dict(
             preset=settings.name,
