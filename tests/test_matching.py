@@ -59,6 +59,34 @@ def test_just_outside_is_unmatched_and_exact_distance_is_inclusive():
     assert match_picks([[0.0, 0.0]], true, 0).tolist() == [0]
 
 
+def test_exclusive_boundary_is_topaz_convention():
+    true = [[0.0, 0.0], [20.0, 0.0]]
+    pred = [[3.0, 4.0], [20.0, 4.999]]  # exactly 5 away, and just inside
+    assert match_picks(pred, true, 5).tolist() == [0, 1]
+    assert match_picks(pred, true, 5, boundary="exclusive").tolist() == [-1, 1]
+    assert match_picks(
+        pred, true, 5, boundary="exclusive", method="score", scores=[1, 2]
+    ).tolist() == [
+        -1,
+        1,
+    ]
+    with pytest.raises(InputError, match="boundary"):
+        match_picks(pred, true, 5, boundary="strict")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_exclusive_agrees_with_brute_force_on_integer_grids(seed):
+    # integer coordinates put many pairs at exactly the cutoff (e.g. (3, 4) at 5)
+    rng = np.random.default_rng(50 + seed)
+    pred = rng.integers(0, 8, (int(rng.integers(1, 6)), 2)).astype(float)
+    true = rng.integers(0, 8, (int(rng.integers(1, 6)), 2)).astype(float)
+    for boundary, cutoff in (("inclusive", 5.0), ("exclusive", 5.0 - 1e-9)):
+        count, total, _ = _summary(pred, true, match_picks(pred, true, 5.0, boundary=boundary))
+        ref_count, ref_total = _brute_force(pred, true, cutoff)
+        assert count == ref_count
+        assert total == pytest.approx(ref_total, abs=1e-9)
+
+
 def test_empty_inputs():
     assert match_picks(np.zeros((0, 2)), [[1, 1]], 3).tolist() == []
     assert match_picks([[1, 1], [2, 2]], np.zeros((0, 2)), 3).tolist() == [-1, -1]

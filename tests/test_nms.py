@@ -9,14 +9,17 @@ import pytest
 import torch
 
 from topaz_lightning.errors import InputError
-from topaz_lightning.picking import disk_offsets, non_maximum_suppression
+from topaz_lightning.geometry import disk_offsets
+from topaz_lightning.picking import disk_rows, non_maximum_suppression
 from topaz_lightning.picking.nms import _disk_max
 
 
 def reference_nms(
-    score_map, radius: float, threshold: float = -math.inf
+    score_map, radius: float, threshold: float = -math.inf, boundary: str = "keep"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Slow, obvious greedy NMS with the definition of picking.nms (the test reference)."""
+    """Slow, obvious greedy NMS with the definition of picking.nms (the test reference):
+    a candidate is kept when every accepted pick is >= radius away (``keep``) or > radius
+    away (``suppress``, Topaz's convention)."""
     arr = np.asarray(score_map)
     s32 = arr.astype(np.float32) + np.float32(0)
     height, width = arr.shape
@@ -28,7 +31,8 @@ def reference_nms(
     r2 = float(radius) ** 2
     for i in order:
         y, x = divmod(i, width)
-        if all((x - px) ** 2 + (y - py) ** 2 >= r2 for px, py in picks):
+        far = [(x - px) ** 2 + (y - py) ** 2 for px, py in picks]
+        if all(d >= r2 if boundary == "keep" else d > r2 for d in far):
             picks.append((x, y))
     xy = np.array(picks, dtype=np.float64).reshape(-1, 2)
     scores = np.array([arr[int(y), int(x)] for x, y in xy], dtype=np.float64)
@@ -59,13 +63,16 @@ def _random_map(seed: int) -> tuple[np.ndarray, float, float]:
     return score_map.astype(np.float32), radius, threshold
 
 
+@pytest.mark.parametrize("boundary", ["keep", "suppress"])
 @pytest.mark.parametrize("seed", range(120))
-def test_matches_slow_reference(seed):
+def test_matches_slow_reference(seed, boundary):
     score_map, radius, threshold = _random_map(seed)
-    ref_xy, ref_scores = reference_nms(score_map, radius, threshold)
+    ref_xy, ref_scores = reference_nms(score_map, radius, threshold, boundary)
     # auto strategy, purely sequential, and forced vectorized rounds
     for rounds in (None, 0, 1, 3, 1000):
-        xy, scores = non_maximum_suppression(score_map, radius, threshold, _dense_rounds=rounds)
+        xy, scores = non_maximum_suppression(
+            score_map, radius, threshold, boundary=boundary, _dense_rounds=rounds
+        )
         np.testing.assert_array_equal(xy, ref_xy, err_msg=f"rounds={rounds}")
         np.testing.assert_array_equal(scores, ref_scores)
 
@@ -104,6 +111,18 @@ def test_exactly_radius_apart_both_kept():
     xy, scores = non_maximum_suppression(score_map, 10, threshold=0.5)
     assert xy.tolist() == [[5.0, 5.0], [15.0, 5.0]]
     assert scores.tolist() == [2.0, 1.0]
+    # Topaz's convention suppresses it: picks are more than r apart
+    xy, _ = non_maximum_suppression(score_map, 10, threshold=0.5, boundary="suppress")
+    assert xy.tolist() == [[5.0, 5.0]]
+    diagonal = np.zeros((30, 30), dtype=np.float32)
+    diagonal[5, 5], diagonal[11, 13] = 2.0, 1.0  # offset (8, 6): exactly 10 px on a diagonal
+    assert len(non_maximum_suppression(diagonal, 10, threshold=0.5)[0]) == 2
+    assert len(non_maximum_suppression(diagonal, 10, threshold=0.5, boundary="suppress")[0]) == 1
+
+
+def test_unknown_boundary_raises():
+    with pytest.raises(InputError, match="boundary"):
+        non_maximum_suppression(np.zeros((3, 3)), 2, boundary="topaz")
 
 
 def test_ties_broken_by_flat_index():
@@ -164,13 +183,21 @@ def test_nan_and_negative_radius_raise():
         non_maximum_suppression(np.zeros((3, 3)), -1)
 
 
+@pytest.mark.parametrize("boundary", ["keep", "suppress"])
+@pytest.mark.parametrize("radius", [0, 0.5, 1, 1.5, 3, 4.2, 5, 10])
+def test_disk_rows_are_the_geometry_disk(radius, boundary):
+    # rows (dy, w) cover exactly geometry.disk_offsets(r, include_boundary=boundary == "suppress")
+    rows = disk_rows(radius, boundary)
+    covered = sorted((dy, dx) for dy, w in rows for dx in range(-w, w + 1))
+    offsets = disk_offsets(radius, include_boundary=boundary == "suppress")
+    assert covered == sorted(map(tuple, offsets.tolist()))
+    if boundary == "keep":
+        assert (0, 0) not in covered if radius == 0 else (0, 0) in covered
+
+
 @pytest.mark.parametrize("radius", [1.5, 3, 4.2, 10])
-def test_disk_offsets_and_disk_max(radius):
-    rows = disk_offsets(radius)
-    count = sum(2 * w + 1 for _, w in rows)
-    extent = int(math.ceil(radius))
-    dy, dx = np.mgrid[-extent : extent + 1, -extent : extent + 1]
-    assert count == int(((dx**2 + dy**2) < radius**2).sum())
+def test_disk_max(radius):
+    rows = disk_rows(radius)
     rng = np.random.default_rng(int(radius * 10))
     values = rng.normal(size=(15, 17)).astype(np.float32)
     got = _disk_max(values, rows, -np.inf)

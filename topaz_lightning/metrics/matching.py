@@ -12,7 +12,9 @@ from topaz_lightning.errors import InputError
 
 # Definition (the paper's "one-to-one assignment ... that minimizes the Euclidean distance ...
 # up to a maximum distance threshold"): a prediction and a true particle may be matched only if
-# their distance is <= max_distance (inclusive). Among all one-to-one assignments of such pairs we
+# their distance is <= max_distance (boundary="inclusive", this project's default) or
+# < max_distance (boundary="exclusive", Topaz's convention; the two differ only for pairs at
+# exactly max_distance, which integer picks and particles reach often, e.g. offset (0, 7) at 7). Among all one-to-one assignments of such pairs we
 # take one with the MOST matches and, among those, the smallest total distance. (Minimizing
 # distance alone would match nothing; maximum cardinality first is what "assign each prediction
 # within the cutoff" means.) The matching ignores scores, as in the paper: when two predictions
@@ -38,10 +40,19 @@ def _as_xy(xy, name: str) -> np.ndarray:
     return arr
 
 
+#: whether a pair at exactly ``max_distance`` may match: inclusive (<=, ours) or exclusive (<, Topaz)
+MATCH_BOUNDARIES: tuple[str, ...] = ("inclusive", "exclusive")
+
+
 def candidate_pairs(
-    pred_xy: np.ndarray, true_xy: np.ndarray, max_distance: float
+    pred_xy: np.ndarray, true_xy: np.ndarray, max_distance: float, boundary: str = "inclusive"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All ``(i_pred, j_true, distance)`` with distance ``<= max_distance``, via k-d trees."""
+    """All ``(i_pred, j_true, distance)`` with distance ``<= max_distance`` (``boundary=
+    "inclusive"``) or ``< max_distance`` (``"exclusive"``), via k-d trees."""
+    if boundary not in MATCH_BOUNDARIES:
+        raise InputError(
+            f"boundary must be one of {MATCH_BOUNDARIES}, got {boundary!r}", where="boundary"
+        )
     pred_xy = _as_xy(pred_xy, "pred_xy")
     true_xy = _as_xy(true_xy, "true_xy")
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
@@ -53,7 +64,7 @@ def candidate_pairs(
     i = pairs["i"].astype(np.int64)
     j = pairs["j"].astype(np.int64)
     d = np.hypot(*(pred_xy[i] - true_xy[j]).T)
-    keep = d <= max_distance
+    keep = d <= max_distance if boundary == "inclusive" else d < max_distance
     return i[keep], j[keep], d[keep]
 
 
@@ -61,13 +72,19 @@ MATCHING_METHODS = ("distance", "score")
 
 
 def match_picks(
-    pred_xy, true_xy, max_distance: float, scores=None, method: str = "distance"
+    pred_xy,
+    true_xy,
+    max_distance: float,
+    scores=None,
+    method: str = "distance",
+    boundary: str = "inclusive",
 ) -> np.ndarray:
     """Index of the true particle matched to each prediction (``-1``: unmatched), shape (n_pred,).
 
-    One-to-one, only pairs at distance ``<= max_distance``. ``method="distance"`` (the paper's):
-    maximizes the number of matches, then minimizes their total distance; scores are not used
-    (see the module notes). ``method="score"`` (an alternative, not the paper's): predictions
+    One-to-one, only pairs at distance ``<= max_distance`` (``boundary="inclusive"``, the
+    default) or ``< max_distance`` (``boundary="exclusive"``, Topaz's convention).
+    ``method="distance"`` (the paper's): maximizes the number of matches, then minimizes their
+    total distance; scores are not used (see the module notes). ``method="score"`` (an alternative, not the paper's): predictions
     in order of descending ``scores`` (ties: lower index first) each take the nearest still
     free particle, so a higher-scoring pick is never displaced by a lower-scoring one.
     """
@@ -82,7 +99,7 @@ def match_picks(
     true_xy = _as_xy(true_xy, "true_xy")
     n_pred, n_true = len(pred_xy), len(true_xy)
     match = np.full(n_pred, -1, dtype=np.int64)
-    i, j, d = candidate_pairs(pred_xy, true_xy, max_distance)
+    i, j, d = candidate_pairs(pred_xy, true_xy, max_distance, boundary)
     if i.size == 0:
         return match
     if method == "score":

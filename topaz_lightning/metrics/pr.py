@@ -208,6 +208,7 @@ def evaluate_picks(
     micrographs: Iterable[str] | None = None,
     recall_levels: Iterable[float] = RECALL_LEVELS,
     matching: str = "distance",
+    match_boundary: str = "inclusive",
 ) -> PickEvaluation:
     """Match picks to true particles per micrograph, then pool into one precision-recall curve.
 
@@ -216,7 +217,9 @@ def evaluate_picks(
     dropped; a listed micrograph without particles makes its picks false positives), else every
     micrograph of ``truth_df`` (picks on micrographs absent from it are dropped with a warning,
     since unannotated micrographs cannot tell true from false). Matching: :func:`match_picks`
-    with ``method=matching`` (``distance``: the paper's; ``score``: greedy by score).
+    with ``method=matching`` (``distance``: the paper's; ``score``: greedy by score) and
+    ``boundary=match_boundary`` (``inclusive``: pairs at exactly ``max_distance`` match;
+    ``exclusive``: they do not, Topaz's convention).
     """
     picks = _check_table(picks_df, "picks", need_score=True)
     truth = _check_table(truth_df, "truth", need_score=False)
@@ -248,6 +251,7 @@ def evaluate_picks(
             max_distance,
             scores=group["score"].to_numpy(),
             method=matching,
+            boundary=match_boundary,
         )
         rows = group.index.to_numpy()
         matched[rows] = m >= 0

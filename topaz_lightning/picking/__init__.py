@@ -1,6 +1,6 @@
 """Picking: dense scoring of micrographs, greedy non-maximum suppression, threshold choice."""
 
-from topaz_lightning.picking.nms import disk_offsets, non_maximum_suppression
+from topaz_lightning.picking.nms import NMS_BOUNDARIES, disk_rows, non_maximum_suppression
 from topaz_lightning.picking.pick import (
     PICK_COLUMNS,
     logit,
@@ -12,8 +12,9 @@ from topaz_lightning.picking.pick import (
 from topaz_lightning.picking.scoring import resolve_device, score_micrograph, score_micrographs
 
 __all__ = [
+    "NMS_BOUNDARIES",
     "PICK_COLUMNS",
-    "disk_offsets",
+    "disk_rows",
     "logit",
     "non_maximum_suppression",
     "pick_micrographs",

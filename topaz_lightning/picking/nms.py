@@ -8,23 +8,33 @@ import time
 import numpy as np
 
 from topaz_lightning.errors import InputError
+from topaz_lightning.geometry import disk_offsets
+
+#: what happens to a candidate exactly ``radius`` from an accepted pick
+NMS_BOUNDARIES: tuple[str, ...] = ("keep", "suppress")
 
 # Definition (the paper's "greedy ... at least r distance apart"):
 #   candidates are the pixels with a finite-or-+inf score >= threshold; they are visited in the
 #   total order (score descending, then flat index y * W + x ascending); a candidate is accepted
-#   unless an already accepted pick lies at Euclidean distance < radius (strictly), so accepted
-#   picks are pairwise at least `radius` apart (a pick exactly `radius` away is kept).
+#   unless an already accepted pick lies inside the suppression disk around it. The disk is
+#   geometry.disk_offsets(radius, include_boundary=...):
+#   - boundary="keep" (this project's default): distance < radius suppresses, so accepted picks
+#     are pairwise at least `radius` apart (a pick exactly `radius` away is kept);
+#   - boundary="suppress" (Topaz's convention): distance <= radius suppresses, so accepted picks
+#     are more than `radius` apart. The two differ only for picks at exactly `radius`
+#     (integer pixel offsets with dx**2 + dy**2 == radius**2, e.g. (0, 10), (6, 8) at r = 10).
+#   Below, "within the disk" is whichever of the two is chosen.
 #
 # Fast exact algorithm (rounds): call a still-undecided ("alive") candidate a *local leader* if it
-# precedes, in the total order, every other alive candidate within distance < radius. In one round
-# every local leader is accepted and every alive candidate within < radius of a leader is
+# precedes, in the total order, every other alive candidate within the disk. In one round
+# every local leader is accepted and every alive candidate within the disk of a leader is
 # suppressed. Why this equals the sequential greedy result, by induction over rounds: assume all
 # decisions made so far agree with greedy. Greedy's decision on a candidate c only depends on the
-# accepted picks that precede c and lie within < radius. For a leader c, every candidate within
-# < radius that precedes c is already decided; none of those was accepted (an accepted one would
-# have suppressed c), so greedy accepts c too. A suppressed candidate q lies within < radius of a
+# accepted picks that precede c and lie within the disk. For a leader c, every candidate within
+# the disk that precedes c is already decided; none of those was accepted (an accepted one would
+# have suppressed c), so greedy accepts c too. A suppressed candidate q lies within the disk of a
 # leader c that precedes q (c was a leader while q was alive) and that greedy accepts, so greedy
-# rejects q. Two leaders are never in conflict (of two alive candidates within < radius only the
+# rejects q. Two leaders are never in conflict (of two alive candidates within the disk only the
 # earlier one can lead). The globally first alive candidate is always a leader, so each round
 # decides at least one candidate.
 #
@@ -38,28 +48,18 @@ from topaz_lightning.errors import InputError
 # Memory is linear in the micrograph size throughout.
 
 
-def disk_offsets(radius: float) -> list[tuple[int, int]]:
-    """Row offsets and half-widths ``(dy, w)`` of the disk ``dx**2 + dy**2 < radius**2``.
+def disk_rows(radius: float, boundary: str = "keep") -> list[tuple[int, int]]:
+    """The suppression disk as rows ``(dy, w)``: row ``dy`` spans ``dx`` in ``[-w, w]``.
 
-    Row ``dy`` of the disk spans ``dx`` in ``[-w, w]``; rows with no pixel are omitted. An empty
-    list means no two distinct pixels conflict (``radius <= 1``); the centre row is then present
-    only if ``radius > 0``.
+    The fast form of ``geometry.disk_offsets(radius, include_boundary=boundary == "suppress")``
+    (rows with no pixel omitted), which defines the disk. An empty list means nothing is
+    suppressed; ``[(0, 0)]`` means only the pick's own pixel, so no two distinct pixels conflict.
     """
-    r2 = float(radius) * float(radius)
-    if not radius > 0:
-        return []
-    extent = int(math.ceil(radius))
-    rows = []
-    for dy in range(-extent, extent + 1):
-        if dy * dy >= r2:
-            continue
-        w = int(math.isqrt(max(int(math.ceil(r2 - dy * dy)), 0)))
-        while w > 0 and w * w + dy * dy >= r2:
-            w -= 1
-        while (w + 1) * (w + 1) + dy * dy < r2:
-            w += 1
-        rows.append((dy, w))
-    return rows
+    offsets = disk_offsets(radius, include_boundary=boundary == "suppress")
+    rows: dict[int, int] = {}
+    for dy, dx in offsets.tolist():
+        rows[dy] = max(rows.get(dy, 0), abs(dx))
+    return sorted(rows.items())
 
 
 def _disk_max(values: np.ndarray, rows: list[tuple[int, int]], fill) -> np.ndarray:
@@ -118,6 +118,7 @@ def non_maximum_suppression(
     threshold: float = -math.inf,
     max_picks: int | None = None,
     *,
+    boundary: str = "keep",
     _dense_rounds: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy non-maximum suppression: picks at least ``radius`` pixels apart, best score first.
@@ -126,7 +127,9 @@ def non_maximum_suppression(
     pixels with score ``>= threshold`` (``-inf`` scores are never picked, NaN raises
     InputError); they are accepted greedily in order of descending score (ties: smaller flat
     index ``y * W + x`` first), skipping any candidate at Euclidean distance ``< radius`` from an
-    accepted pick. Scores are compared as float32. ``max_picks`` keeps the best ones only.
+    accepted pick (``boundary="keep"``, the default: picks exactly ``radius`` apart are both
+    kept) or ``<= radius`` (``boundary="suppress"``, Topaz's convention: picks are more than
+    ``radius`` apart). Scores are compared as float32. ``max_picks`` keeps the best ones only.
 
     Returns ``(xy, scores)``: ``xy`` (n, 2) float64 columns ``x, y`` (pixel centres) and
     ``scores`` (n,) float64, sorted by descending score (the greedy acceptance order).
@@ -136,6 +139,10 @@ def non_maximum_suppression(
     scores_in = _as_score_array(score_map)
     if not (radius >= 0):
         raise InputError(f"radius must be a number >= 0, got {radius}", where="radius")
+    if boundary not in NMS_BOUNDARIES:
+        raise InputError(
+            f"boundary must be one of {NMS_BOUNDARIES}, got {boundary!r}", where="boundary"
+        )
     if threshold is None or (isinstance(threshold, float) and math.isnan(threshold)):
         threshold = -math.inf
     if max_picks is not None and max_picks < 0:
@@ -146,7 +153,7 @@ def non_maximum_suppression(
     if threshold > -math.inf:
         # float32 rounding must not admit values the caller's threshold excludes
         alive &= scores_in >= threshold
-    rows = disk_offsets(radius) if radius != math.inf else None
+    rows = disk_rows(radius, boundary) if radius != math.inf else None
 
     if rows is None:  # infinite radius: only the single best candidate survives
         flat = np.flatnonzero(alive)

@@ -42,9 +42,15 @@ def picks_from_score_map(
     threshold: float = -math.inf,
     max_picks: int | None = None,
     scale: float = 1.0,
+    nms_boundary: str = "keep",
 ) -> pd.DataFrame:
-    """NMS on one score map -> DataFrame[micrograph, x, y, score]; ``x, y`` multiplied by ``scale``."""
-    xy, scores = non_maximum_suppression(score_map, radius, threshold, max_picks)
+    """NMS on one score map -> DataFrame[micrograph, x, y, score]; ``x, y`` multiplied by ``scale``.
+
+    ``nms_boundary``: ``keep`` (picks exactly ``radius`` apart are both kept) or ``suppress``
+    (Topaz's convention), see :func:`non_maximum_suppression`."""
+    xy, scores = non_maximum_suppression(
+        score_map, radius, threshold, max_picks, boundary=nms_boundary
+    )
     return pd.DataFrame(
         {
             "micrograph": np.full(len(scores), name, dtype=object),
@@ -68,6 +74,7 @@ def pick_micrographs(
     tile_size: int | None = 1024,
     on_score_map: Callable[[str, np.ndarray], None] | None = None,
     progress: bool = False,
+    nms_boundary: str = "keep",
 ) -> pd.DataFrame:
     """Score every micrograph with ``net`` and extract picks by NMS.
 
@@ -86,7 +93,11 @@ def pick_micrographs(
     for name, score_map in stream:
         if on_score_map is not None:
             on_score_map(name, score_map)
-        frames.append(picks_from_score_map(name, score_map, radius, threshold, max_picks, scale))
+        frames.append(
+            picks_from_score_map(
+                name, score_map, radius, threshold, max_picks, scale, nms_boundary=nms_boundary
+            )
+        )
     if not frames:
         return pd.DataFrame({c: [] for c in PICK_COLUMNS}).astype(
             {"micrograph": object, "x": float, "y": float, "score": float}
