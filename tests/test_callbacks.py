@@ -24,6 +24,7 @@ from topaz_lightning.callbacks.validation import (
     shard_names,
 )
 from topaz_lightning.errors import ConfigError
+from topaz_lightning.geometry import RunGeometry
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -71,11 +72,15 @@ class StubModule(pl.LightningModule):
 
 
 class StubData(pl.LightningDataModule):
-    def __init__(self, micrographs, coordinates, radius_px=2.0, num_batches=8):
+    """Held-out data and a resolved run geometry (label radius ``radius_px``, model frame)."""
+
+    def __init__(self, micrographs, coordinates, radius_px=2.0, num_batches=8, **geometry):
         super().__init__()
         self.val_micrographs = micrographs
         self.val_coordinates = coordinates
-        self.radius_px = radius_px
+        self.geometry = (
+            None if radius_px is None else RunGeometry(label_radius_px_model=radius_px, **geometry)
+        )
         self.num_batches = num_batches
 
     def train_dataloader(self):
@@ -261,20 +266,30 @@ def test_images_go_to_default_root_dir_without_logger(tmp_path):
     assert (tmp_path / "val_images" / "step_000001" / "overlay_mic0.png").is_file()
 
 
-def test_distances_from_dataset_metadata(tmp_path):
+def test_distances_from_the_run_geometry(tmp_path):
     micrographs, coords = _fake_world(n_micrographs=1)
-    data = StubData(micrographs, coords)
-    data.metadata = {"nms_radius_px": 10.0, "match_distance_px": 6.0}
-    data.downsample = 2.0
+    data = StubData(
+        micrographs, coords, downsample=2.0, nms_radius_px_model=5.0, match_distance_px_model=3.0
+    )
     callback = HeldOutPicking(every_n_steps=1)
     _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=data)
+    # model-frame values are used as they are: no second division by the downsample factor
     assert callback.radius == 5.0 and callback.max_distance == 3.0
     assert callback.history[0]["val/aupr"] == 1.0
-    # no metadata and no setting: a clear error naming the key
-    with pytest.raises(ConfigError, match="held_out_picking.radius"):
+    # a geometry without NMS radius (no particle size) and no setting: a clear error
+    with pytest.raises(ConfigError, match="held_out_picking.radius.*particle_diameter_px"):
         _trainer(tmp_path, [HeldOutPicking(every_n_steps=1)], max_steps=1).fit(
             StubModule(), datamodule=StubData(micrographs, coords)
         )
+
+
+def test_no_held_out_micrographs_asks_for_no_radius(tmp_path):
+    # data=files without validation micrographs: the callback turns itself off, no ConfigError
+    callback = HeldOutPicking(every_n_steps=1)
+    data = StubData({}, pd.DataFrame(columns=["micrograph", "x", "y"]))
+    with pytest.warns(UserWarning, match="no held-out micrographs"):
+        _trainer(tmp_path, [callback], max_steps=2).fit(StubModule(), datamodule=data)
+    assert callback.history == [] and callback.radius is None
 
 
 def test_missing_held_out_data_is_a_clear_error(tmp_path):
