@@ -213,10 +213,17 @@ def test_score_maps_per_micrograph_outputs_and_overwrite(dataset):
     with mrcfile.open(dataset / "picks" / "score_maps" / "mic_a.mrc") as mrc:
         np.testing.assert_allclose(mrc.data, _blob_image(BLOBS["mic_a"], seed=0), rtol=1e-6)
 
-    _pick(dataset, "threshold=0.5")
+    # a different command into the same run directory is refused; overwrite=true starts over
     with pytest.raises(OutputExistsError):
         _pick(dataset, "threshold=0.5")
     _pick(dataset, "threshold=0.5", "overwrite=true")
+    assert (dataset / "picks" / "picks.tsv").is_file()
+    # ... removing the old command's per-micrograph outputs
+    assert not (dataset / "picks" / "score_maps" / "mic_a.mrc").exists()
+    # the same command again continues: nothing left to do, the same output
+    before = (dataset / "picks" / "picks.tsv").read_bytes()
+    _pick(dataset, "threshold=0.5")
+    assert (dataset / "picks" / "picks.tsv").read_bytes() == before
 
 
 def test_score_map_outputs_checked_only_for_what_is_written(dataset):
@@ -225,9 +232,14 @@ def test_score_map_outputs_checked_only_for_what_is_written(dataset):
     (score_dir / "mic_a.png").write_bytes(b"an earlier picture")
     _pick(dataset, "threshold=0.5", "save_score_maps=true")  # writes MRCs only
     assert (score_dir / "mic_a.png").read_bytes() == b"an earlier picture"
+    # a fresh run whose score map exists is refused before any scoring
+    other = dataset / "other" / "score_maps"
+    other.mkdir(parents=True)
+    (other / "mic_a.mrc").write_bytes(b"an earlier map")
     with pytest.raises(OutputExistsError, match="mic_a.mrc"):
-        _pick(dataset, "threshold=0.5", "save_score_maps=true", "output=again.tsv")
-    assert not (dataset / "picks" / "again.tsv").exists()
+        _pick(dataset, "threshold=0.5", "save_score_maps=true", out="other")
+    assert not (dataset / "other" / "picks.tsv").exists()
+    assert not (dataset / "other" / "picks_by_micrograph").exists()
 
 
 def test_bad_inputs_are_reported(dataset):

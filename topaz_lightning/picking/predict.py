@@ -1,0 +1,312 @@
+"""Picking as a Lightning predict loop: a micrograph dataset, score + NMS per step, an atomic per-micrograph writer.
+
+- :class:`MicrographDataset` reads and preprocesses one micrograph per item inside the
+  DataLoader, so the next one is prefetched while the current one is scored and memory stays
+  flat in the number of micrographs. A file that cannot be read becomes an item with ``error``.
+- :func:`pick_micrograph` is THE place where a preprocessed micrograph becomes picks: dense
+  score map, non-maximum suppression, threshold/top-k, coordinates to the micrograph frame.
+- :class:`PickModule` is the LightningModule whose ``predict_step`` calls it for each item.
+- :class:`PickWriter` (a ``BasePredictionWriter``) writes each micrograph's picks atomically as
+  soon as it is done (``<picks_dir>/<name>.tsv``, full precision; score maps first, so an
+  existing part means the micrograph is complete) or ``<name>.failed`` with the reason.
+  The combined output is assembled from the parts at the end (:func:`read_parts`).
+
+Under ``trainer=ddp`` Lightning's distributed sampler shards the dataset over the ranks
+(unrepeated: no micrograph twice); each rank writes its own parts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from topaz_lightning.errors import InputError
+from topaz_lightning.geometry import coordinates_to_micrograph_frame
+from topaz_lightning.picking.pick import PICK_COLUMNS, picks_from_score_map
+from topaz_lightning.picking.scoring import score_micrograph
+from topaz_lightning.utils.atomic import atomic_output
+
+PART_SUFFIX = ".tsv"
+FAILED_SUFFIX = ".failed"
+_PART_HEADER = ["image_name", "x_coord", "y_coord", "score"]
+
+
+# ------------------------------------------------------------------------------------------------
+# one micrograph -> picks
+
+
+@dataclass(frozen=True)
+class PickSettings:
+    """What turns one preprocessed micrograph into picks (plain values; see configs/pick.yaml)."""
+
+    #: NMS keeps picks at least this far apart (model frame)
+    nms_radius_px_model: float
+    #: logit threshold (picks with a lower score are dropped)
+    threshold: float = -math.inf
+    #: keep at most the best k picks per micrograph
+    max_picks: int | None = None
+    #: the model frame's downsampling factor: coordinates are multiplied by it on the way out
+    downsample: float = 1.0
+    #: output pixels per tile side when scoring (bounds memory; identical results)
+    tile_size: int | None = 1024
+    #: keep the dense score map in the result (to save or plot it)
+    keep_score_map: bool = False
+
+
+@dataclass
+class PickResult:
+    """Picks of one micrograph (micrograph frame, logit scores) and, if kept, its score map."""
+
+    name: str
+    picks: pd.DataFrame | None = None
+    score_map: np.ndarray | None = None
+    error: str | None = None
+
+
+def pick_micrograph(
+    net: nn.Module,
+    image: np.ndarray,
+    settings: PickSettings,
+    name: str = "",
+    device: str | torch.device = "cpu",
+) -> PickResult:
+    """Score one preprocessed micrograph (model frame) with ``net`` and extract its picks.
+
+    Returns DataFrame[micrograph, x, y, score] with x, y in the micrograph frame
+    (:func:`topaz_lightning.geometry.coordinates_to_micrograph_frame`) and ``score`` the logit,
+    best first.
+    """
+    score_map = score_micrograph(net, image, device=device, tile_size=settings.tile_size)
+    picks = picks_from_score_map(
+        name,
+        score_map,
+        settings.nms_radius_px_model,
+        threshold=settings.threshold,
+        max_picks=settings.max_picks,
+    )
+    picks = coordinates_to_micrograph_frame(picks, settings.downsample)
+    return PickResult(name, picks, score_map if settings.keep_score_map else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# the dataset
+
+
+@dataclass
+class MicrographItem:
+    """One dataset item: the micrograph's name and its transformed value, or the read error."""
+
+    name: str
+    value: Any = None
+    error: str | None = None
+
+
+class MicrographDataset(Dataset):
+    """``(name, path)`` pairs -> ``MicrographItem(name, transform(name, path))``.
+
+    A bad file (InputError, OSError) gives an item with ``error`` set instead of raising, so the
+    other micrographs go on (the writer reports it); anything else is a bug and raises.
+    """
+
+    def __init__(self, sources: Mapping[str, Path], transform: Callable[[str, Path], Any]):
+        self.items = [(str(n), Path(p)) for n, p in sources.items()]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> MicrographItem:
+        name, path = self.items[index]
+        try:
+            return MicrographItem(name, self.transform(name, path))
+        except (InputError, OSError) as err:
+            return MicrographItem(name, error=str(err))
+
+
+class Preprocess:
+    """Dataset transform for picking: read, Fourier-crop downsample, normalize (picklable)."""
+
+    def __init__(self, downsample: float, normalization: Callable[[str, np.ndarray], np.ndarray]):
+        self.downsample = float(downsample)
+        self.normalization = normalization
+
+    def __call__(self, name: str, path: Path) -> np.ndarray:
+        from topaz_lightning.io.micrographs import read_micrograph
+        from topaz_lightning.preprocess import downsample
+
+        return self.normalization(name, downsample(read_micrograph(path), self.downsample))
+
+
+def _as_list(items: list) -> list:
+    return list(items)
+
+
+def micrograph_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 0) -> DataLoader:
+    """In order, ``batch_size`` items per batch as a list (micrographs may differ in shape)."""
+    return DataLoader(
+        dataset,
+        batch_size=int(batch_size),
+        shuffle=False,
+        num_workers=int(num_workers),
+        collate_fn=_as_list,
+        # workers of a killed run must not linger: the DataLoader's workers watch their parent
+        persistent_workers=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# the LightningModule
+
+
+class PickModule(pl.LightningModule):
+    """``predict_step`` = :func:`pick_micrograph` for every item of the batch (a list)."""
+
+    def __init__(self, net: nn.Module, settings: PickSettings, strict: bool = False):
+        super().__init__()
+        self.net = net
+        self.settings = settings
+        #: a bad micrograph stops the run (instead of being reported by the writer)
+        self.strict = bool(strict)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # numpy images: scoring moves them (tile by tile) to the module's device itself
+        return batch
+
+    def predict_step(self, batch: Sequence[MicrographItem], batch_idx: int = 0) -> list:
+        results = []
+        for item in batch:
+            if item.error is not None:
+                if self.strict:
+                    raise InputError(item.error)
+                results.append(PickResult(item.name, error=item.error))
+                continue
+            result = pick_micrograph(self.net, item.value, self.settings, item.name, self.device)
+            results.append(result)
+        return results
+
+
+# ------------------------------------------------------------------------------------------------
+# per-micrograph parts and the writer
+
+
+def part_path(picks_dir: Path, name: str) -> Path:
+    """``<picks_dir>/<name>.tsv``: one micrograph's finished picks."""
+    return Path(picks_dir) / f"{name}{PART_SUFFIX}"
+
+
+def failed_path(picks_dir: Path, name: str) -> Path:
+    """``<picks_dir>/<name>.failed``: why the micrograph failed (retried by the next run)."""
+    return Path(picks_dir) / f"{name}{FAILED_SUFFIX}"
+
+
+def write_part(picks_dir: Path, name: str, picks: pd.DataFrame) -> Path:
+    """One micrograph's picks as TSV at full float precision, atomically (replacing)."""
+    path = part_path(picks_dir, name)
+    table = picks[["micrograph", "x", "y", "score"]].copy()
+    table.columns = _PART_HEADER
+    with atomic_output(path, overwrite=True) as tmp:
+        # repr floats: reading the part back gives the very numbers written
+        table.to_csv(tmp, sep="\t", index=False, float_format=None)
+    failed = failed_path(picks_dir, name)
+    if failed.exists():
+        failed.unlink()
+    return path
+
+
+def write_failure(picks_dir: Path, name: str, reason: str) -> Path:
+    path = failed_path(picks_dir, name)
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(" ".join(reason.split()) + "\n", encoding="utf-8")
+    return path
+
+
+def read_part(picks_dir: Path, name: str) -> pd.DataFrame:
+    """A part written by :func:`write_part` as DataFrame[micrograph, x, y, score]."""
+    path = part_path(picks_dir, name)
+    table = pd.read_csv(
+        path,
+        sep="\t",
+        dtype={"image_name": str},
+        keep_default_na=False,
+        float_precision="round_trip",
+    )
+    if list(table.columns) != _PART_HEADER:
+        raise InputError(f"not a per-micrograph picks file (columns {list(table.columns)})", path)
+    table.columns = PICK_COLUMNS
+    return table.astype({"micrograph": object, "x": float, "y": float, "score": float})
+
+
+def read_parts(picks_dir: Path, names: Sequence[str]) -> pd.DataFrame:
+    """The combined picks of ``names`` (in that order) from their parts."""
+    frames = [read_part(picks_dir, n) for n in names]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return empty_picks()
+    return pd.concat(frames, ignore_index=True)
+
+
+def empty_picks() -> pd.DataFrame:
+    return pd.DataFrame({c: [] for c in PICK_COLUMNS}).astype(
+        {"micrograph": object, "x": float, "y": float, "score": float}
+    )
+
+
+class PickWriter(BasePredictionWriter):
+    """Writes every micrograph's outputs as soon as its predict step is done.
+
+    Order per micrograph: score map MRC and/or PNG (if asked), then the part (atomic rename):
+    a part on disk means everything of that micrograph is complete. Failures go to
+    ``<name>.failed`` (removed when a later run succeeds).
+    """
+
+    def __init__(
+        self,
+        picks_dir: str | os.PathLike,
+        score_map_dir: str | os.PathLike | None = None,
+        save_score_maps: bool = False,
+        plot_score_maps: bool = False,
+    ):
+        super().__init__(write_interval="batch")
+        self.picks_dir = Path(picks_dir)
+        self.score_map_dir = None if score_map_dir is None else Path(score_map_dir)
+        self.save_score_maps = bool(save_score_maps)
+        self.plot_score_map = None
+        if plot_score_maps:
+            from topaz_lightning.plots import plot_score_map
+
+            self.plot_score_map = plot_score_map
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        images = {item.name: item.value for item in batch}
+        for result in prediction:
+            if result.error is not None:
+                write_failure(self.picks_dir, result.name, result.error)
+                continue
+            self.write_result(result, images.get(result.name))
+
+    def write_result(self, result: PickResult, image: np.ndarray | None = None) -> None:
+        """Write one micrograph's score map (if kept and asked) and then its part."""
+        from topaz_lightning.io.micrographs import write_micrograph
+
+        if result.score_map is not None and self.score_map_dir is not None:
+            if self.save_score_maps:
+                path = self.score_map_dir / f"{result.name}.mrc"
+                write_micrograph(path, result.score_map, overwrite=True)
+            if self.plot_score_map is not None and image is not None:
+                path = self.score_map_dir / f"{result.name}.png"
+                self.plot_score_map(image, result.score_map, path, overwrite=True)
+        write_part(self.picks_dir, result.name, result.picks)
