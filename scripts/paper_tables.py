@@ -1,14 +1,26 @@
-"""Regenerate the paper's result tables (Tables 2, 4, 5, Supplementary Table 1) on simulated stand-ins.
+"""Regenerate the paper's result tables (Tables 2, 4, 5, Supplementary Table 1) on simulated or real data.
 
-The paper's datasets (EMPIAR-10096, the Shapiro-lab set) are NOT used here: the simulator's
-presets ``empiar10096_like`` and ``shapiro_like`` only imitate their size, particle density and
-difficulty, and ``demo``/``tiny`` are smaller still. Numbers from this script are therefore not
-comparable with the paper's; they show the same experiments, run the same way.
+Data: a simulator preset (``--preset``; ``empiar10096_like`` and ``shapiro_like`` only imitate the
+paper's datasets' size, particle density and difficulty, ``demo``/``tiny`` are smaller still), or
+a real dataset described by an experiment config (``--experiment NAME`` =
+``configs/experiment/NAME.yaml``: micrographs, coordinates, the test micrographs as
+``data.val_list``, downsampling, radii and pi; e.g. ``empiar10017_table5``, the 4 EMPIAR-10017
+dev micrographs, 3 train / 1 test). Numbers on simulated data are not comparable with the paper's;
+they show the same experiments, run the same way.
 
 One command per table, e.g.::
 
     python scripts/paper_tables.py table5 --preset empiar10096_like --steps 2000 --replicates 3 \
         --out tables/
+    python scripts/paper_tables.py table5 --experiment empiar10017_table5 --steps 1000 \
+        --replicates 3 --eval val --out tables/
+
+Every cell is mean ± std (n) over replicates; replicate r of every cell uses ``seed=r`` and, for
+subsampled labels, the same labeled subset (``data.labeled_seed=r``), so cells of one label count
+are matched and compared with paired t-tests (``scipy.stats.ttest_rel`` on AUPR; Table 5: each
+method against the best one, Table 4: with vs without the autoencoder, Table 2: Topaz vs the
+template-matching baseline ``EMAN2-byRef-like``, built from the same labeled particles of each
+replicate). Every pairwise test is listed under the table.
 
 Each table is a set of *cells* (objective x decoder x number of labeled particles). A cell is
 one ``tzl-train --multirun`` over replicates (``seed=0..R-1``; for subsampled label sets the
@@ -36,7 +48,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,24 +72,58 @@ PAPER_EXPERIMENT = {"empiar10096_like": "paper_empiar10096", "shapiro_like": "pa
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell: a training setting, run for every replicate."""
+    """One table cell: a training setting (or the template baseline), run for every replicate."""
 
     objective: str
     decoder: bool
     labels: int | None  # None = every training particle
+    baseline: bool = False  # the template-matching picker built from the labeled particles
 
     @property
     def name(self) -> str:
-        """Directory-safe name, e.g. ``ge_binomial+ae_n100``."""
+        """Directory-safe name, e.g. ``ge_binomial+ae_n100`` or ``template_n10``."""
         n = "all" if self.labels is None else str(self.labels)
+        if self.baseline:
+            return f"template_n{n}"
         return f"{self.objective}{'+ae' if self.decoder else ''}_n{n}"
 
     @property
     def model_name(self) -> str:
         """Row label like the paper's: ``GE-binomial`` or ``GE-binomial + autoencoder``."""
+        if self.baseline:
+            return BASELINE_NAME
         return OBJECTIVE_NAMES.get(self.objective, self.objective) + (
             " + autoencoder" if self.decoder else ""
         )
+
+
+#: the paper's Table 2 compares with EMAN2's reference-based picker; ours is template matching
+#: with the rotationally averaged mean of the labeled particles as the reference
+BASELINE_NAME = "EMAN2-byRef-like [template matching]"
+TOPAZ_NAME = "Topaz [classifier+autoencoder, GE-binomial]"
+
+
+@dataclass
+class DataSpec:
+    """The data a table runs on: a simulated dataset or a real one from an experiment config.
+
+    Radii are in model-frame pixels (after ``downsample``). ``overrides`` select the data in
+    tzl-train; ``test_names`` are the micrographs the table is measured on.
+    """
+
+    name: str
+    simulated: bool
+    overrides: list[str]
+    nms_radius_px_model: float
+    match_distance_px_model: float
+    particle_radius_px_model: float | None
+    downsample: float = 1.0
+    num_train: int | None = None
+    dataset: Path | None = None
+    micrographs: str | None = None
+    coordinates: str | None = None
+    test_names: list[str] = field(default_factory=list)
+    description: str = ""
 
 
 def parse_int_list(text: str) -> list[int | None]:
@@ -106,7 +152,11 @@ def table_cells(table: str, labels: Sequence[int | None], objectives: Sequence[s
     if table == "table4":
         return [Cell("ge_binomial", d, n) for n in labels for d in (False, True)]
     if table == "table2":
-        return [Cell("ge_binomial", True, n) for n in labels]
+        return [
+            c
+            for n in labels
+            for c in (Cell("template", False, n, baseline=True), Cell("ge_binomial", True, n))
+        ]
     if table == "supp1":
         return [Cell(o, False, n) for o in objectives for n in labels] + [
             Cell("ge_binomial", True, n) for n in labels
@@ -120,6 +170,13 @@ def replicate_counts(text: str, labels: Sequence[int | None]) -> dict[int | None
     if not values or min(values) < 1:
         raise ValueError(f"--replicates must be positive integers, got {text!r}")
     return {n: values[min(i, len(values) - 1)] for i, n in enumerate(labels)}
+
+
+def label_overrides(labels: int | None, seed: int | str) -> list[str]:
+    """Labeled-subset overrides of one replicate (``all`` keeps one fixed set)."""
+    if labels is None:
+        return ["data.num_labeled=null", "data.labeled_seed=0"]
+    return [f"data.num_labeled={labels}", f"data.labeled_seed={seed}"]
 
 
 def train_command(
@@ -136,12 +193,8 @@ def train_command(
     Each job lands in ``<sweep_dir>/r<seed>``; held-out picking runs once, at the end.
     """
     cmd = [tzl_train, "-m", *data_overrides, f"objective={cell.objective}"]
-    if cell.decoder:
-        cmd.append("decoder=dcgan")
-    if cell.labels is None:
-        cmd += ["data.num_labeled=null", "data.labeled_seed=0"]
-    else:
-        cmd += [f"data.num_labeled={cell.labels}", "data.labeled_seed=${seed}"]
+    cmd.append("decoder=dcgan" if cell.decoder else "decoder=none")
+    cmd += label_overrides(cell.labels, "${seed}")
     cmd += [
         "seed=" + ",".join(str(s) for s in seeds),
         f"trainer.max_steps={steps}",
@@ -160,13 +213,59 @@ def train_command(
 def pick_commands(
     job_dir: Path, dataset: Path, radius: float, max_distance: float, tzl: str = ""
 ) -> list[list[str]]:
-    """tzl-pick + tzl-evaluate of one job's model on the dataset's test micrographs."""
+    """tzl-pick + tzl-evaluate of one job's model on a simulated dataset's test micrographs."""
+    return _pick_commands(
+        job_dir,
+        micrographs=str(dataset / "micrographs"),
+        subset=str(dataset / "test.txt"),
+        truth=str(dataset / "particles.tsv"),
+        radius=radius,
+        max_distance=max_distance,
+        tzl=tzl,
+    )
+
+
+def pick_commands_for(job_dir: Path, spec: DataSpec, tzl: str = "") -> list[list[str]]:
+    """tzl-pick + tzl-evaluate of one job's model on the test micrographs of ``spec``.
+
+    tzl-pick takes its NMS radius in model pixels and writes micrograph-frame coordinates;
+    tzl-evaluate matches them in the micrograph frame (match distance x downsample).
+    """
+    if spec.simulated:
+        return pick_commands(
+            job_dir,
+            spec.dataset,
+            spec.nms_radius_px_model,
+            spec.match_distance_px_model * spec.downsample,
+            tzl,
+        )
+    names = "[" + ",".join(spec.test_names) + "]"
+    return _pick_commands(
+        job_dir,
+        micrographs=str(spec.micrographs),
+        subset=names,
+        truth=str(spec.coordinates),
+        radius=spec.nms_radius_px_model,
+        max_distance=spec.match_distance_px_model * spec.downsample,
+        tzl=tzl,
+    )
+
+
+def _pick_commands(
+    job_dir: Path,
+    micrographs: str,
+    subset: str,
+    truth: str,
+    radius: float,
+    max_distance: float,
+    tzl: str,
+) -> list[list[str]]:
     return [
         [
             f"{tzl}tzl-pick",
             f"model_path={job_dir / 'model.pt'}",
-            f"micrographs={dataset / 'micrographs'}",
-            f"subset={dataset / 'test.txt'}",
+            f"micrographs={micrographs}",
+            f"subset={subset}",
             f"radius={radius:g}",
             f"output_dir={job_dir / 'test_picks'}",
             "progress=false",
@@ -175,8 +274,8 @@ def pick_commands(
         [
             f"{tzl}tzl-evaluate",
             f"picks={job_dir / 'test_picks' / 'picks.tsv'}",
-            f"truth={dataset / 'particles.tsv'}",
-            f"micrographs={dataset / 'test.txt'}",
+            f"truth={truth}",
+            f"micrographs={subset}",
             f"max_distance={max_distance:g}",
             f"output_dir={job_dir / 'test_eval'}",
             "plot=null",
@@ -213,11 +312,19 @@ def metrics_from_evaluation(metrics: dict) -> dict[str, float]:
     return out
 
 
-def mean_std_cell(values: Sequence[float]) -> str:
-    """``0.335 ± 0.072`` over the finite values (sample std, ddof 1); ``-`` if none."""
+def _finite(values: Sequence[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def mean_std_cell(values: Sequence[float], n_row: int | None = None) -> str:
+    """``0.335 ± 0.072`` over the finite values (sample std, ddof 1); ``-`` if none.
+
+    When fewer values are finite than the row's replicates (``n_row``), the count is added:
+    ``0.335 ± 0.072 (n=2)``.
+    """
     from topaz_lightning.report import mean_std
 
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    finite = _finite(values)
     if not finite:
         return "-"
     mean = sum(finite) / len(finite)
@@ -226,7 +333,47 @@ def mean_std_cell(values: Sequence[float]) -> str:
         if len(finite) > 1
         else math.nan
     )
-    return mean_std(mean, std, len(finite))
+    text = mean_std(mean, std, len(finite))
+    if n_row is None or len(finite) != n_row:
+        text += f" (n={len(finite)})"
+    return text
+
+
+def paired_ttest(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, float, int]:
+    """Paired t-test of two cells over their matched replicates (same replicate key).
+
+    ``a`` and ``b`` map a replicate (seed) to a metric value; only replicates finite in both
+    count. Returns ``(mean difference a - b, t, two-sided p, n pairs)``; t and p are NaN with
+    fewer than 2 pairs or when every difference is the same (the test is undefined).
+    """
+    from scipy.stats import ttest_rel
+
+    keys = [
+        k
+        for k in sorted(set(a) & set(b))
+        if a[k] is not None
+        and b[k] is not None
+        and math.isfinite(float(a[k]))
+        and math.isfinite(float(b[k]))
+    ]
+    n = len(keys)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    x = [float(a[k]) for k in keys]
+    y = [float(b[k]) for k in keys]
+    diff = [u - v for u, v in zip(x, y, strict=True)]
+    mean_diff = sum(diff) / n
+    if n < 2 or max(diff) - min(diff) <= 1e-12 * max(1.0, abs(mean_diff)):
+        return mean_diff, math.nan, math.nan, n
+    result = ttest_rel(x, y)
+    return mean_diff, float(result.statistic), float(result.pvalue), n
+
+
+def p_text(p: float) -> str:
+    """A p-value for a table: ``0.031``, ``2.1e-05``, ``-`` when undefined."""
+    if p is None or not math.isfinite(p):
+        return "-"
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
 def label_text(n: int | None, num_train: int | None = None) -> str:
@@ -236,6 +383,74 @@ def label_text(n: int | None, num_train: int | None = None) -> str:
     return str(n)
 
 
+def _by_replicate(rows: Sequence[dict], metric: str) -> dict[int, float]:
+    return {int(r.get("replicate", i)): float(r.get(metric, math.nan)) for i, r in enumerate(rows)}
+
+
+def _mean(rows: Sequence[dict], metric: str) -> float:
+    values = _finite([r.get(metric, math.nan) for r in rows])
+    return sum(values) / len(values) if values else -math.inf
+
+
+def ttest_rows(
+    cells: Sequence[Cell], results: dict[Cell, list[dict]], metric: str = "aupr"
+) -> list[dict]:
+    """Every pairwise paired t-test between the cells of one label count, on ``metric``."""
+    out = []
+    groups: dict[int | None, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.labels, []).append(cell)
+    for labels, group in groups.items():
+        for i, first in enumerate(group):
+            for second in group[i + 1 :]:
+                diff, t, p, n = paired_ttest(
+                    _by_replicate(results.get(first, []), metric),
+                    _by_replicate(results.get(second, []), metric),
+                )
+                out.append(
+                    {
+                        "labels": labels,
+                        "a": first,
+                        "b": second,
+                        "metric": metric,
+                        "mean_diff": diff,
+                        "t": t,
+                        "p": p,
+                        "n": n,
+                    }
+                )
+    return out
+
+
+def _reference_cells(table: str, cells: Sequence[Cell], results) -> dict[Cell, Cell | None]:
+    """The cell each row's p-value compares with (None for the reference row itself).
+
+    Table 5: the best mean AUPR of the label count; Table 4: the classifier without the
+    autoencoder; Table 2: the Topaz row.
+    """
+    reference: dict[Cell, Cell | None] = {}
+    groups: dict[int | None, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.labels, []).append(cell)
+    for group in groups.values():
+        if table == "table5":
+            ref = max(group, key=lambda c: _mean(results.get(c, []), "aupr"))
+        elif table == "table4":
+            ref = next((c for c in group if not c.decoder), None)
+        else:
+            ref = next((c for c in group if not c.baseline), None)
+        for cell in group:
+            reference[cell] = None if cell == ref else ref
+    return reference
+
+
+P_HEADER = {
+    "table5": "p vs best (AUPR)",
+    "table4": "p vs classifier (AUPR)",
+    "table2": "p vs Topaz (AUPR)",
+}
+
+
 def format_table(
     table: str,
     cells: Sequence[Cell],
@@ -243,14 +458,16 @@ def format_table(
     labels: Sequence[int | None],
     num_train: int | None = None,
 ) -> str:
-    """The markdown table shaped like the paper's (mean ± std over each cell's replicates)."""
+    """The markdown table shaped like the paper's: mean ± std over each cell's replicates, n,
+    and the paired t-test p-value of each row against its reference row (see
+    :func:`_reference_cells`), then every pairwise test of the label count."""
     from topaz_lightning.report import markdown_table
 
     def n_of(cell):
         return len(results.get(cell, []))
 
-    def col(cell, metric):
-        return mean_std_cell([r.get(metric, math.nan) for r in results.get(cell, [])])
+    def col(cell, metric, n_row=None):
+        return mean_std_cell([r.get(metric, math.nan) for r in results.get(cell, [])], n_row)
 
     metric_header = ["AUPR", *(f"P@R {r:g}" for r in RECALL_LEVELS), "n"]
     if table == "supp1":
@@ -264,22 +481,76 @@ def format_table(
                     match = [c for c in cells if c.model_name == name and c.labels == n]
                     row.append(col(match[0], "region_aupr") if match else "-")
                 rows.append(row)
-        return markdown_table(header, rows)
+        return (
+            markdown_table(header, rows)
+            + "\n\n"
+            + ttest_markdown(ttest_rows(cells, results, "region_aupr"), num_train)
+        )
     first = {"table5": "Method", "table4": "Model", "table2": "Method"}[table]
-    header = ["Labeled particles", first, *metric_header]
+    header = ["Labeled particles", first, *metric_header, P_HEADER[table]]
+    reference = _reference_cells(table, cells, results)
     rows = []
     previous = object()
     for cell in cells:
         if table == "table4":
             method = "classifier + autoencoder" if cell.decoder else "classifier"
         elif table == "table2":
-            method = "Topaz [classifier+autoencoder, GE-binomial]"
+            method = BASELINE_NAME if cell.baseline else TOPAZ_NAME
         else:
             method = cell.model_name
         labeled = label_text(cell.labels, num_train) if cell.labels != previous else ""
         previous = cell.labels
-        rows.append([labeled, method, *(col(cell, m) for m in PICK_METRICS), str(n_of(cell))])
-    return markdown_table(header, rows)
+        ref = reference.get(cell)
+        if ref is None:
+            p_cell = "(best)" if table == "table5" else "(reference)"
+        else:
+            p_cell = p_text(
+                paired_ttest(
+                    _by_replicate(results.get(cell, []), "aupr"),
+                    _by_replicate(results.get(ref, []), "aupr"),
+                )[2]
+            )
+        n_row = n_of(cell)
+        rows.append(
+            [
+                labeled,
+                method,
+                *(col(cell, m, n_row) for m in PICK_METRICS),
+                str(n_row),
+                p_cell,
+            ]
+        )
+    return (
+        markdown_table(header, rows)
+        + "\n\n"
+        + ttest_markdown(ttest_rows(cells, results, "aupr"), num_train)
+    )
+
+
+def ttest_markdown(tests: Sequence[dict], num_train: int | None = None) -> str:
+    """The pairwise paired t-tests as a markdown table (A - B, t, two-sided p, n pairs)."""
+    from topaz_lightning.report import markdown_table
+
+    if not tests:
+        return ""
+    metric = tests[0]["metric"]
+    header = ["Labeled particles", "A", "B", f"mean {metric} A - B", "t", "p", "n pairs"]
+    rows = [
+        [
+            label_text(t["labels"], num_train),
+            t["a"].model_name,
+            t["b"].model_name,
+            f"{t['mean_diff']:+.3f}" if math.isfinite(t["mean_diff"]) else "-",
+            f"{t['t']:.2f}" if math.isfinite(t["t"]) else "-",
+            p_text(t["p"]),
+            str(t["n"]),
+        ]
+        for t in tests
+    ]
+    return (
+        f"Paired t-tests (scipy.stats.ttest_rel over matched replicates, {metric}):\n\n"
+        + markdown_table(header, rows)
+    )
 
 
 def count_train_particles(dataset: Path) -> int:
@@ -320,18 +591,33 @@ def _tool(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(
-        description="Regenerate a table of Bepler et al. on SIMULATED stand-in data "
-        "(not the paper's datasets).",
+        description="Regenerate a table of Bepler et al. on simulated stand-in data or on a "
+        "real dataset given by an experiment config.",
     )
     p.add_argument("table", choices=TABLES)
-    p.add_argument(
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
         "--preset",
         default="demo",
         help="simulator preset (demo, tiny, empiar10096_like, shapiro_like)",
     )
+    source.add_argument(
+        "--experiment",
+        default=None,
+        help="real data: configs/experiment/<NAME>.yaml with data.micrographs, "
+        "data.coordinates, data.val_list (the test micrographs) and "
+        "callbacks.held_out_picking.radius/max_distance, e.g. empiar10017_table5",
+    )
     p.add_argument("--data-seed", type=int, default=0, help="seed of the simulated dataset")
     p.add_argument(
         "--dataset", type=Path, default=None, help="an existing simulated dataset directory"
+    )
+    p.add_argument(
+        "--particle-radius-px-model",
+        type=float,
+        default=None,
+        help="particle radius in model pixels for the template baseline (table2); default: "
+        "dataset.yaml's, or for --experiment the NMS radius",
     )
     p.add_argument(
         "--steps", type=int, default=2000, help="training steps per model (paper: 50000)"
@@ -346,8 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval",
         choices=("val", "pick"),
         default="pick",
-        help="pick: tzl-pick + tzl-evaluate on test.txt (the paper's protocol); val: reuse "
-        "tzl-train's final held-out picking on test.txt (faster, close but not identical)",
+        help="pick: tzl-pick + tzl-evaluate on the test micrographs (the paper's protocol); "
+        "val: reuse tzl-train's final held-out picking on them (faster, close but not identical)",
     )
     p.add_argument(
         "--paper-settings",
@@ -374,7 +660,236 @@ def paper_overrides(preset: str) -> list[str]:
         return []
     config = yaml.safe_load((ROOT / "configs" / "experiment" / f"{name}.yaml").read_text())
     data = config.get("data", {})
-    return [f"data.{k}={data[k]}" for k in ("pi", "radius_px") if k in data]
+    # the label radius is data.radius_px in older configs, data.label_radius_px_model in newer
+    keys = ("pi", "radius_px", "label_radius_px_model")
+    return [f"data.{k}={data[k]}" for k in keys if k in data]
+
+
+def compose_train(overrides: Sequence[str]):
+    """The composed tzl-train config for ``overrides`` (paths relative to the current directory)."""
+    from hydra import compose, initialize_config_dir
+
+    from topaz_lightning.cli._hydra import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=[f"paths.root_dir={os.getcwd()}", *overrides])
+
+
+def simulated_spec(dataset: Path, preset: str, overrides: Sequence[str]) -> DataSpec:
+    """The spec of a simulated dataset (radii from its dataset.yaml, micrograph frame = model)."""
+    import yaml
+
+    meta = yaml.safe_load((dataset / "dataset.yaml").read_text()) or {}
+    radius = meta.get("particle_radius_px")
+    return DataSpec(
+        name=preset,
+        simulated=True,
+        overrides=[f"data.simulated_dir={dataset}", *overrides],
+        nms_radius_px_model=float(meta["nms_radius_px"]),
+        match_distance_px_model=float(meta["match_distance_px"]),
+        particle_radius_px_model=None if radius is None else float(radius),
+        num_train=count_train_particles(dataset) if (dataset / "particles.tsv").is_file() else None,
+        dataset=dataset,
+        description=f"SIMULATED preset `{preset}` ({dataset.name}); NOT the paper's "
+        "EMPIAR-10096 / Shapiro-lab data, not comparable with the paper's numbers",
+    )
+
+
+def _known_names(wanted: Sequence[str], known: Sequence[str], key: str, path: Path) -> list[str]:
+    missing = [n for n in wanted if n not in set(known)]
+    if missing:
+        raise SystemExit(f"error: {path}: {key} names unknown micrograph(s): {', '.join(missing)}")
+    return list(dict.fromkeys(wanted))
+
+
+def experiment_spec(name: str, extra: Sequence[str] = ()) -> DataSpec:
+    """The spec of a real dataset described by ``configs/experiment/<name>.yaml``.
+
+    It must name the test micrographs as ``data.val_list`` (a list or a list file) and set the
+    held-out picking radii (``callbacks.held_out_picking.radius`` / ``max_distance``, model px).
+    """
+    from omegaconf import OmegaConf
+
+    from topaz_lightning.io.coordinates import read_coordinates
+    from topaz_lightning.io.micrographs import list_micrographs
+    from topaz_lightning.io.micrographs import read_micrograph_names as read_name_list
+
+    path = ROOT / "configs" / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: no such experiment config")
+    overrides = [f"experiment={name}", *extra]
+    cfg = compose_train(overrides)
+
+    def get(key):
+        return OmegaConf.select(cfg, key, default=None)
+
+    for key in ("data.micrographs", "data.coordinates", "data.val_list"):
+        if get(key) is None:
+            raise SystemExit(
+                f"error: {path}: {key} is required for a table (the test micrographs are "
+                "data.val_list)"
+            )
+    # NMS radius and match distance (model pixels): given (data.*_px_model or the held-out
+    # callback's), else derived from the particle size as the run geometry does
+    downsample = float(get("data.downsample") or 1.0)
+    particle_radius = None
+    if get("data.particle_diameter_px") is not None or get("data.particle_diameter_a") is not None:
+        from topaz_lightning.geometry import default_radii, particle_radius_px
+
+        particle_radius = (
+            particle_radius_px(
+                particle_diameter_a=get("data.particle_diameter_a"),
+                particle_diameter_px=get("data.particle_diameter_px"),
+                pixel_size_a=get("data.pixel_size_a"),
+            )
+            / downsample
+        )
+        derived = default_radii(particle_radius)
+    else:
+        derived = {}
+    radii = {}
+    for name, keys in (
+        ("nms", ("data.nms_radius_px_model", "callbacks.held_out_picking.radius")),
+        ("match", ("data.match_distance_px_model", "callbacks.held_out_picking.max_distance")),
+    ):
+        radii[name] = next((float(get(k)) for k in keys if get(k) is not None), None)
+        if radii[name] is None:
+            radii[name] = derived.get(f"{keys[0][5:]}")
+        if radii[name] is None:
+            raise SystemExit(
+                f"error: {path}: set data.particle_diameter_px or {' or '.join(keys)} "
+                "(model pixels) for a table"
+            )
+    micrographs = str(get("data.micrographs"))
+    names = list(list_micrographs(micrographs))
+    val = get("data.val_list")
+    val = OmegaConf.to_container(val) if OmegaConf.is_config(val) else val
+    test_names = _known_names(read_name_list(val), names, "data.val_list", path)
+    train_list = get("data.train_list")
+    if OmegaConf.is_config(train_list):
+        train_list = OmegaConf.to_container(train_list)
+    train_names = (
+        _known_names(read_name_list(train_list), names, "data.train_list", path)
+        if train_list is not None
+        else [n for n in names if n not in set(test_names)]
+    )
+    coordinates = str(get("data.coordinates"))
+    truth = read_coordinates(coordinates, fmt=get("data.coordinates_format"))
+    num_train = int(truth["micrograph"].astype(str).isin(set(train_names)).sum())
+    return DataSpec(
+        name=name,
+        simulated=False,
+        overrides=overrides,
+        nms_radius_px_model=radii["nms"],
+        match_distance_px_model=radii["match"],
+        particle_radius_px_model=particle_radius if particle_radius is not None else radii["nms"],
+        downsample=downsample,
+        num_train=num_train,
+        micrographs=micrographs,
+        coordinates=coordinates,
+        test_names=list(test_names),
+        description=f"REAL micrographs from configs/experiment/{name}.yaml: "
+        f"{len(train_names)} training micrograph(s) ({num_train} particles), test: "
+        f"{', '.join(test_names)}",
+    )
+
+
+def baseline_metrics(spec: DataSpec, labels: int | None, seed: int) -> dict[str, float]:
+    """The template-matching picker of one replicate, evaluated on the test micrographs.
+
+    The reference is the rotationally averaged mean of the replicate's labeled particles (the
+    same subset tzl-train draws for ``data.labeled_seed=seed``, on the same preprocessed
+    micrographs), boxed at 3 particle radii; picks are its NMS maxima, matched like the trained
+    models' (model frame).
+    """
+    from hydra.utils import instantiate
+
+    from topaz_lightning.baselines import average_template, template_picks
+    from topaz_lightning.metrics import evaluate_picks
+
+    cfg = compose_train([*spec.overrides, *label_overrides(labels, seed), f"seed={seed}"])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    if not datamodule.val_micrographs:
+        raise SystemExit("error: the data have no test (validation) micrographs")
+    radius = spec.particle_radius_px_model
+    if radius is None:
+        raise SystemExit("error: the template baseline needs --particle-radius-px-model")
+    box = int(2 * round(1.5 * radius) + 1)
+    template = average_template(datamodule.train_micrographs, datamodule.train_coordinates, box)
+    picks = template_picks(datamodule.val_micrographs, template, spec.nms_radius_px_model)
+    result = evaluate_picks(
+        picks,
+        datamodule.val_coordinates,
+        spec.match_distance_px_model,
+        micrographs=list(datamodule.val_micrographs),
+    )
+    out = {"aupr": float(result.aupr) if result.aupr is not None else math.nan}
+    for r in RECALL_LEVELS:
+        out[f"precision@{r:g}"] = _finite_or_zero(result.precision_at_recall.get(r))
+    out["num_labeled_particles"] = float(len(datamodule.train_coordinates))
+    return out
+
+
+def code_version() -> str:
+    """The git commit the code runs from (``TZL_CODE_VERSION`` overrides it, e.g. a snapshot)."""
+    if os.environ.get("TZL_CODE_VERSION"):
+        return os.environ["TZL_CODE_VERSION"]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "topaz_lightning", "configs"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" + uncommitted changes" if dirty else "")
+
+
+def _load_cell(
+    args, spec: DataSpec, cell: Cell, sweep_dir: Path, seeds: Sequence[int], env: dict, out: Path
+) -> list[dict[str, float]]:
+    rows = []
+    for s in seeds:
+        job = sweep_dir / f"r{s}"
+        if cell.baseline:
+            from topaz_lightning.utils.atomic import atomic_output
+
+            path = job / "metrics.json"
+            if path.is_file():
+                row = json.loads(path.read_text())
+            else:
+                row = baseline_metrics(spec, cell.labels, s)
+                job.mkdir(parents=True, exist_ok=True)
+                with atomic_output(path, overwrite=True) as tmp:
+                    tmp.write_text(json.dumps(row, indent=2) + "\n")
+            rows.append({**row, "replicate": s})
+            continue
+        train_metrics = json.loads((job / "metrics.json").read_text())
+        row = metrics_from_training(train_metrics)
+        # supp1 needs only region AUPR, which comes from training; an earlier evaluation of
+        # the same model is reused
+        if args.eval == "pick" and args.table != "supp1":
+            evaluated = job / "test_eval" / "metrics.json"
+            if not (
+                evaluated.is_file()
+                and evaluated.stat().st_mtime >= (job / "model.pt").stat().st_mtime
+            ):
+                for cmd in pick_commands_for(
+                    job, spec, tzl=str(Path(sys.executable).parent) + os.sep
+                ):
+                    _run(cmd, env, False, out / "logs" / f"{cell.name}_pick.log")
+            row.update(metrics_from_evaluation(json.loads(evaluated.read_text())))
+        row["replicate"] = s
+        rows.append(row)
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,30 +902,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: unknown objective(s) {unknown}; choose from {OBJECTIVES}")
     if args.steps < 1:
         raise SystemExit("error: --steps must be >= 1")
+    if args.experiment is not None and args.dataset is not None:
+        raise SystemExit("error: give --experiment (real data) or --dataset (simulated), not both")
     out = args.out.resolve()
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
     env.setdefault("MKL_NUM_THREADS", str(args.threads))
 
-    dataset = (args.dataset or out / "data" / f"{args.preset}_seed{args.data_seed}").resolve()
-    if not (dataset / "dataset.yaml").is_file():
-        if args.dataset is not None:
-            raise SystemExit(f"error: {dataset}: no dataset.yaml (not a simulated dataset)")
-        _run(
-            [
-                _tool("tzl-simulate"),
-                f"simulate={args.preset}",
-                f"seed={args.data_seed}",
-                f"out_dir={dataset}",
-                "contact_sheet=false",
-                f"hydra.run.dir={out / 'logs' / 'simulate'}",
-            ],
-            env,
-            args.dry_run,
-        )
-    num_train = None
-    if (dataset / "particles.tsv").is_file():
-        num_train = count_train_particles(dataset)
+    model_overrides = [f"model={args.model}"]
+    if args.experiment is not None:
+        spec = experiment_spec(args.experiment, model_overrides)
+        paper: list[str] = []
+    else:
+        dataset = (args.dataset or out / "data" / f"{args.preset}_seed{args.data_seed}").resolve()
+        if not (dataset / "dataset.yaml").is_file():
+            if args.dataset is not None:
+                raise SystemExit(f"error: {dataset}: no dataset.yaml (not a simulated dataset)")
+            _run(
+                [
+                    _tool("tzl-simulate"),
+                    f"simulate={args.preset}",
+                    f"seed={args.data_seed}",
+                    f"out_dir={dataset}",
+                    "contact_sheet=false",
+                    f"hydra.run.dir={out / 'logs' / 'simulate'}",
+                ],
+                env,
+                args.dry_run,
+            )
+        paper = paper_overrides(args.preset) if args.paper_settings else []
+        if (dataset / "dataset.yaml").is_file():
+            spec = simulated_spec(dataset, args.preset, [*model_overrides, *paper])
+        else:  # dry run before the dataset exists
+            spec = DataSpec(
+                args.preset,
+                True,
+                [f"data.simulated_dir={dataset}", *model_overrides, *paper],
+                math.nan,
+                math.nan,
+                None,
+                dataset=dataset,
+            )
+    if args.particle_radius_px_model is not None:
+        spec.particle_radius_px_model = float(args.particle_radius_px_model)
+    num_train = spec.num_train
+    if num_train is not None:
         # a label count at or above the training particles means all of them
         labels = list(
             dict.fromkeys(None if (n is not None and n >= num_train) else n for n in labels)
@@ -418,16 +954,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     reps = replicate_counts(args.replicates, labels)
     cells = list(dict.fromkeys(table_cells(args.table, labels, objectives)))
 
-    data_overrides = [f"data.simulated_dir={dataset}", f"model={args.model}"]
-    paper = paper_overrides(args.preset) if args.paper_settings else []
-    data_overrides += paper
-    runs = out / "runs" / f"{dataset.name}" / f"{args.model}_steps{args.steps}"
+    data_name = spec.dataset.name if spec.simulated else spec.name
+    runs = out / "runs" / data_name / f"{args.model}_steps{args.steps}"
     if paper:
         runs = runs.with_name(runs.name + "_paper")
     results: dict[Cell, list[dict[str, float]]] = {}
     for cell in cells:
         sweep_dir = runs / cell.name
         seeds = list(range(reps[cell.labels]))
+        if cell.baseline:
+            print(f"+ template baseline {cell.name} (in process), replicates {seeds}", flush=True)
+            if not args.dry_run:
+                results[cell] = _load_cell(args, spec, cell, sweep_dir, seeds, env, out)
+            continue
         missing = [s for s in seeds if not (sweep_dir / f"r{s}" / "metrics.json").is_file()]
         if missing:
             cmd = train_command(
@@ -435,80 +974,62 @@ def main(argv: Sequence[str] | None = None) -> int:
                 missing,
                 sweep_dir,
                 args.steps,
-                data_overrides,
+                spec.overrides,
                 args.train_arg,
                 _tool("tzl-train"),
             )
             _run(cmd, env, args.dry_run, out / "logs" / f"{cell.name}.log")
         if args.dry_run:
             continue
-        import yaml
-
-        meta = yaml.safe_load((dataset / "dataset.yaml").read_text())
-        rows = []
-        for s in seeds:
-            job = sweep_dir / f"r{s}"
-            train_metrics = json.loads((job / "metrics.json").read_text())
-            row = metrics_from_training(train_metrics)
-            # supp1 needs only region AUPR, which comes from training; an earlier evaluation of
-            # the same model is reused
-            if args.eval == "pick" and args.table != "supp1":
-                evaluated = job / "test_eval" / "metrics.json"
-                if not (
-                    evaluated.is_file()
-                    and evaluated.stat().st_mtime >= (job / "model.pt").stat().st_mtime
-                ):
-                    for cmd in pick_commands(
-                        job,
-                        dataset,
-                        float(meta["nms_radius_px"]),
-                        float(meta["match_distance_px"]),
-                        tzl=str(Path(sys.executable).parent) + os.sep,
-                    ):
-                        _run(cmd, env, False, out / "logs" / f"{cell.name}_pick.log")
-                row.update(metrics_from_evaluation(json.loads(evaluated.read_text())))
-            rows.append(row)
-        results[cell] = rows
+        results[cell] = _load_cell(args, spec, cell, sweep_dir, seeds, env, out)
     if args.dry_run:
         return 0
 
     text = format_table(args.table, cells, results, labels, num_train)
     rep_text = ", ".join(f"{label_text(n, num_train)}: {r}" for n, r in reps.items())
+    test_text = "the test micrographs" + (
+        " (test.txt)" if spec.simulated else f" ({', '.join(spec.test_names)})"
+    )
     header = (
-        f"# {args.table} on simulated data (preset `{args.preset}`, seed {args.data_seed})\n\n"
-        "SIMULATED stand-in, NOT the paper's EMPIAR-10096 / Shapiro-lab data; not comparable with "
-        "the paper's numbers.\n"
+        f"# {args.table} on {'simulated' if spec.simulated else 'real'} data "
+        + (
+            f"(preset `{args.preset}`, seed {args.data_seed})"
+            if spec.simulated
+            else f"(`{spec.name}`)"
+        )
+        + "\n\n"
+        + spec.description
+        + ".\n"
         f"{args.model}, {args.steps} steps, replicates ({rep_text}), metrics: "
         + (
-            "region AUPR over every pixel of test.txt (tzl-train's val/region_aupr)"
+            f"region AUPR over every pixel of {test_text} (tzl-train's val/region_aupr)"
             if args.table == "supp1"
-            else "final held-out picking on test.txt (tzl-train); unreached recall counts as precision 0"
+            else f"final held-out picking on {test_text} (tzl-train); unreached recall counts as precision 0"
             if args.eval == "val"
-            else "tzl-pick + tzl-evaluate on test.txt; unreached recall counts as precision 0"
+            else f"tzl-pick + tzl-evaluate on {test_text}; unreached recall counts as precision 0"
         )
-        + "; mean ± std over replicates.\n"
+        + f"; NMS radius {spec.nms_radius_px_model:g} px, match distance "
+        f"{spec.match_distance_px_model:g} px (model frame); mean ± std (n replicates); p: paired "
+        "t-test on AUPR over matched replicates (same seed and labeled subset).\n"
+        f"Code: {code_version()}.\n"
         f"Command: `python scripts/paper_tables.py {shlex.join(argv if argv is not None else sys.argv[1:])}`\n\n"
     )
     from topaz_lightning.utils.atomic import atomic_output
 
-    md_path = out / f"{args.table}_{args.preset}.md"
+    stem = f"{args.table}_{spec.name}"
+    md_path = out / f"{stem}.md"
     with atomic_output(md_path, overwrite=True) as tmp:
         tmp.write_text(header + text + "\n")
-    csv_path = out / f"{args.table}_{args.preset}.csv"
+    csv_path = out / f"{stem}.csv"
+    columns = (*PICK_METRICS, "region_aupr", "train_val_aupr")
     with atomic_output(csv_path, overwrite=True) as tmp:
-        lines = [
-            "cell,objective,decoder,labels,replicate,"
-            + ",".join([*PICK_METRICS, "region_aupr", "train_val_aupr"])
-        ]
+        lines = ["cell,objective,decoder,labels,replicate," + ",".join(columns)]
         for cell, rows in results.items():
             for i, row in enumerate(rows):
-                values = ",".join(
-                    f"{row.get(m, math.nan):.6g}"
-                    for m in (*PICK_METRICS, "region_aupr", "train_val_aupr")
-                )
+                values = ",".join(f"{float(row.get(m, math.nan)):.6g}" for m in columns)
                 lines.append(
                     f"{cell.name},{cell.objective},{int(cell.decoder)},"
-                    f"{label_text(cell.labels)},{i},{values}"
+                    f"{label_text(cell.labels)},{int(row.get('replicate', i))},{values}"
                 )
         tmp.write_text("\n".join(lines) + "\n")
     print(header + text)

@@ -269,10 +269,10 @@ def test_cells_and_train_commands(paper_tables, tmp_path):
         Cell("ge_binomial", False, None),
         Cell("ge_binomial", True, None),
     ]
-    assert all(
-        c.decoder and c.objective == "ge_binomial"
-        for c in paper_tables.table_cells("table2", [10], [])
-    )
+    # Table 2: the template-matching baseline row, then Topaz (classifier + autoencoder)
+    t2 = paper_tables.table_cells("table2", [10], [])
+    assert t2 == [Cell("template", False, 10, baseline=True), Cell("ge_binomial", True, 10)]
+    assert t2[0].name == "template_n10" and t2[0].model_name.startswith("EMAN2-byRef-like")
     supp = paper_tables.table_cells("supp1", [10], ["pn", "nnpu"])
     assert [c.model_name for c in supp] == ["PN", "NNPU", "GE-binomial + autoencoder"]
     assert paper_tables.parse_int_list("10, 100,all") == [10, 100, None]
@@ -295,10 +295,12 @@ def test_cells_and_train_commands(paper_tables, tmp_path):
     ):
         assert item in cmd
     cmd = paper_tables.train_command(Cell("pn", False, None), [3], tmp_path, 5, [])
+    # decoder=none explicitly: an experiment config may switch the autoencoder on
     assert (
         "data.num_labeled=null" in cmd
         and "data.labeled_seed=0" in cmd
         and "decoder=dcgan" not in cmd
+        and "decoder=none" in cmd
     )
     pick, evaluate = paper_tables.pick_commands(tmp_path / "r0", tmp_path / "ds", 10, 7)
     assert (
@@ -307,7 +309,13 @@ def test_cells_and_train_commands(paper_tables, tmp_path):
         and f"subset={tmp_path / 'ds' / 'test.txt'}" in pick
     )
     assert evaluate[0] == "tzl-evaluate" and "max_distance=7" in evaluate
-    assert paper_tables.paper_overrides("shapiro_like") == ["data.pi=0.01", "data.radius_px=4"]
+    shapiro = paper_tables.paper_overrides("shapiro_like")
+    assert (
+        shapiro[0] == "data.pi=0.01"
+        and len(shapiro) == 2
+        and "radius_px" in shapiro[1]
+        and shapiro[1].endswith("=4")
+    )
     assert paper_tables.paper_overrides("demo") == []
 
 
@@ -343,12 +351,16 @@ def test_metric_conversion_and_table_format(paper_tables):
     }
     text = paper_tables.format_table("table5", [pn, ge], results, [10])
     lines = text.splitlines()
-    assert (
-        lines[0]
-        == "| Labeled particles | Method | AUPR | P@R 0.25 | P@R 0.5 | P@R 0.75 | P@R 0.9 | n |"
+    assert lines[0] == (
+        "| Labeled particles | Method | AUPR | P@R 0.25 | P@R 0.5 | P@R 0.75 | P@R 0.9 | n "
+        "| p vs best (AUPR) |"
     )
     assert lines[2].startswith("| 10 | PN | 0.200 ± 0.141 |")  # std of 0.1, 0.3 (ddof 1)
-    assert lines[3].startswith("|  | GE-binomial | 0.500 | 0.500 |") and lines[3].endswith("| 1 |")
+    # one matched replicate: the paired test is undefined
+    assert lines[2].endswith("| 2 | - |")
+    assert lines[3].startswith("|  | GE-binomial | 0.500 | 0.500 |")
+    assert lines[3].endswith("| 1 | (best) |")
+    assert "Paired t-tests (scipy.stats.ttest_rel over matched replicates, aupr)" in text
 
     results = {
         Cell("pn", False, 10): [{"region_aupr": 0.1}],
@@ -356,8 +368,68 @@ def test_metric_conversion_and_table_format(paper_tables):
     }
     text = paper_tables.format_table("supp1", list(results), results, [10, None], num_train=640)
     assert "| Model (region AUPR) | 10 | all (640) |" in text
-    assert "| classifier: PN | 0.100 | - |" in text
-    assert "| classifier+autoencoder: GE-binomial + autoencoder | - | 0.400 |" in text
+    assert "| classifier: PN | 0.100 (n=1) | - |" in text
+    assert "| classifier+autoencoder: GE-binomial + autoencoder | - | 0.400 (n=1) |" in text
+
+
+def test_paired_ttest_matches_scipy_on_matched_replicates(paper_tables):
+    from scipy.stats import ttest_rel
+
+    a = {0: 0.50, 1: 0.61, 2: 0.55, 3: 0.70, 7: 0.9}  # replicate 7 has no partner
+    b = {0: 0.40, 1: 0.52, 2: 0.50, 3: 0.58, 4: 0.1}  # nor has 4
+    diff, t, p, n = paper_tables.paired_ttest(a, b)
+    ref = ttest_rel([0.50, 0.61, 0.55, 0.70], [0.40, 0.52, 0.50, 0.58])
+    assert n == 4 and diff == pytest.approx(0.09)
+    assert t == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    # order matters for the sign, not for p
+    assert paper_tables.paired_ttest(b, a)[1] == pytest.approx(-t)
+    # NaN replicates drop out; identical differences make the test undefined (not p = 0)
+    assert paper_tables.paired_ttest({0: 0.5, 1: math.nan}, {0: 0.4, 1: 0.3})[3] == 1
+    assert math.isnan(paper_tables.paired_ttest({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5})[2])
+    assert paper_tables.p_text(0.0312) == "0.031" and paper_tables.p_text(2.1e-5) == "2.1e-05"
+    assert paper_tables.p_text(math.nan) == "-"
+
+
+def test_table_p_values_and_reference_rows(paper_tables):
+    Cell = paper_tables.Cell
+    base, topaz = Cell("template", False, 10, baseline=True), Cell("ge_binomial", True, 10)
+    values = {base: [0.2, 0.25, 0.22], topaz: [0.5, 0.6, 0.52]}
+    results = {
+        cell: [
+            dict.fromkeys(paper_tables.PICK_METRICS, v) | {"replicate": i} for i, v in enumerate(vs)
+        ]
+        for cell, vs in values.items()
+    }
+    text = paper_tables.format_table("table2", [base, topaz], results, [10])
+    p = paper_tables.paired_ttest(
+        {i: v for i, v in enumerate(values[base])}, {i: v for i, v in enumerate(values[topaz])}
+    )[2]
+    assert 0 < p < 0.05
+    lines = text.splitlines()
+    assert "| p vs Topaz (AUPR) |" in lines[0]
+    assert lines[2].startswith("| 10 | EMAN2-byRef-like [template matching] | 0.223 ± 0.025 |")
+    assert lines[2].endswith(f"| 3 | {paper_tables.p_text(p)} |")
+    assert lines[3].endswith("| 3 | (reference) |")
+    # Table 4: the autoencoder row is tested against the classifier of the same label count
+    clf, ae = Cell("ge_binomial", False, 10), Cell("ge_binomial", True, 10)
+    results = {clf: results[base], ae: results[topaz]}
+    text = paper_tables.format_table("table4", [clf, ae], results, [10])
+    assert text.splitlines()[3].endswith(f"| {paper_tables.p_text(p)} |")
+
+
+def test_experiment_spec_reads_the_real_dataset(paper_tables):
+    spec = paper_tables.experiment_spec("empiar10017_table5")
+    assert not spec.simulated and spec.downsample == 4
+    assert spec.test_names == ["Falcon_2012_06_12-15_27_22_0"]
+    # 2,591 particles on the 4 micrographs; the test micrograph is not counted
+    assert 1800 < spec.num_train < 2591
+    assert spec.nms_radius_px_model == 13.5 and spec.match_distance_px_model == 13.5
+    pick, evaluate = paper_tables.pick_commands_for(Path("/r0"), spec)
+    assert "subset=[Falcon_2012_06_12-15_27_22_0]" in pick and "radius=13.5" in pick
+    # tzl-evaluate compares micrograph-frame coordinates: 13.5 model px x 4
+    assert "max_distance=54" in evaluate
+    with pytest.raises(SystemExit, match="no such experiment"):
+        paper_tables.experiment_spec("no_such_experiment")
 
 
 def test_dry_run_prints_commands(paper_tables, tmp_path, capsys):
@@ -503,8 +575,8 @@ def test_main_builds_table_from_finished_runs(paper_tables, tmp_path, capsys):
         == 0
     )
     text = (tmp_path / "s" / "supp1_demo.md").read_text()
-    assert "| classifier: PN | 0.055 ± 0.007 |" in text
-    assert "| classifier+autoencoder: GE-binomial + autoencoder | 0.105 ± 0.007 |" in text
+    assert "| classifier: PN | 0.055 ± 0.007 (n=2) |" in text
+    assert "| classifier+autoencoder: GE-binomial + autoencoder | 0.105 ± 0.007 (n=2) |" in text
 
 
 def test_escaped_interpolation_and_null_overrides():
