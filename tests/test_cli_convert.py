@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from topaz_lightning.cli.convert import convert, main
 from topaz_lightning.errors import ConfigError, InputError
@@ -104,14 +103,19 @@ def _run_cli(monkeypatch, run_dir: Path, *overrides: str) -> None:
     main()
 
 
-def test_cli_refuses_to_overwrite_and_saves_config(ucsf_dir, tmp_path, monkeypatch, capsys):
+def test_cli_refuses_to_overwrite_and_keeps_no_stamps(ucsf_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "picks.star"
     args = (f"input={ucsf_dir / UCSF_STAR}", f"output={out}", "output_format=star3.0")
-    _run_cli(monkeypatch, tmp_path / "run1", *args)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", ["tzl-convert", *args])
+    main()
     first = out.read_text()
     assert len(read_coordinates(out)) == 45
-    saved = OmegaConf.load(tmp_path / "run1" / "config.yaml")
-    assert saved.output == str(out) and saved.output_format == "star3.0"
+    # nothing in the caller's working directory (no outputs/convert/<time>/), no stamps
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["picks.star", "work"]
 
     with pytest.raises(SystemExit) as exc:
         _run_cli(monkeypatch, tmp_path / "run2", *args, "scale=2")
@@ -123,6 +127,63 @@ def test_cli_refuses_to_overwrite_and_saves_config(ucsf_dir, tmp_path, monkeypat
     np.testing.assert_allclose(
         read_coordinates(out)["x"], read_coordinates(ucsf_dir / UCSF_STAR)["x"] * 2, atol=1e-5
     )
+    assert not (tmp_path / "run3" / "config.yaml").exists()
+
+
+def test_cli_skips_a_bad_coordinate_file_and_reports_it(empiar10017_dir, tmp_path, monkeypatch):
+    coords = tmp_path / "coords"
+    coords.mkdir()
+    files = sorted((empiar10017_dir / "coords").glob("*.csv"))
+    for f in files:
+        (coords / f.name).write_bytes(f.read_bytes())
+    (coords / files[1].name).write_bytes(b"\x00\x01 binary garbage")
+    out = tmp_path / "boxes"
+    args = (f"input={coords}", f"output={out}/", "output_format=box", "box_size=20")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        monkeypatch.setattr(sys, "argv", ["tzl-convert", *args])
+        main()
+    assert exc.value.code == 3
+    good = sorted(f.stem for f in files if f != files[1])
+    assert sorted(p.stem for p in out.iterdir()) == good
+    rows = (tmp_path / "boxes.failures.tsv").read_text().splitlines()
+    assert rows[0] == "name\treason" and rows[1].startswith(files[1].name + "\t")
+    assert "binary" in rows[1]
+    # strict: the bad file stops it
+    with pytest.raises(InputError, match="binary"):
+        convert(coords, tmp_path / "strict", output_format="box", box_size=20, per_micrograph=True)
+
+
+def test_overwrite_removes_stale_per_micrograph_files(empiar10017_dir, tmp_path):
+    coords = empiar10017_dir / "coords"
+    out = convert(coords, tmp_path / "boxes", output_format="box", box_size=27)
+    assert len(list(out.iterdir())) == 4
+    one = tmp_path / "one.tsv"
+    df = read_coordinates(coords)
+    first = sorted(df["micrograph"].unique())[0]
+    one.write_text(
+        "image_name\tx_coord\ty_coord\n"
+        + "".join(f"{first}\t{x}\t{y}\n" for x, y in df[df.micrograph == first][["x", "y"]].values)
+    )
+    convert(one, out, output_format="box", box_size=27, per_micrograph=True, overwrite=True)
+    # the three other micrographs' boxes would otherwise be read back with the new one
+    assert [p.stem for p in out.iterdir()] == [first]
+    assert len(read_coordinates(out)) == int((df.micrograph == first).sum())
+
+
+def test_unreadable_micrograph_drops_its_particles_and_is_reported(ucsf_dir, tmp_path):
+    from topaz_lightning.errors import PartialFailureError
+
+    mics = tmp_path / "mics"
+    mics.mkdir()
+    mrc = (ucsf_dir / "Ucsf_stack_1142_DW.mrc").read_bytes()
+    (mics / "Ucsf_stack_1142_DW.mrc").write_bytes(mrc[: len(mrc) // 2])
+    with pytest.raises(PartialFailureError, match="Ucsf_stack_1142_DW"):
+        convert(
+            ucsf_dir / UCSF_STAR, tmp_path / "o.tsv", micrographs=mics, flip_y=True, strict=False
+        )
+    assert not (tmp_path / "o.tsv").exists()  # its only micrograph failed: nothing to write
+    assert "Ucsf_stack_1142_DW" in (tmp_path / "o.tsv.failures.tsv").read_text()
 
 
 def test_cli_reports_bad_input(tmp_path, monkeypatch, capsys):

@@ -74,19 +74,24 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
     """Decorate ``fn(cfg)`` as a Hydra app reading ``configs/<config_name>.yaml``.
 
     The resolved config (with version, time and command line) is saved into the run's output
-    directory before ``fn`` runs. Bad input and impossible settings end the process with exit
-    status 2 and a one-line message naming the file/key, instead of a traceback; a multi-file job
-    whose some inputs failed (``PartialFailureError``) exits with status 3.
+    directory before ``fn`` runs, unless the config sets ``hydra.output_subdir: null``. Bad input
+    and impossible settings end the process with exit status 2 and a one-line message naming the
+    file/key, instead of a traceback; a multi-file job whose some inputs failed
+    (``PartialFailureError``) exits with status 3.
     """
 
     def decorate(fn: Callable[[DictConfig], object]) -> Callable[[], None]:
         @functools.wraps(fn)
         def run(cfg: DictConfig):
+            from hydra.core.hydra_config import HydraConfig
+
             from topaz_lightning.utils.runinfo import save_run_config
 
-            # DDP re-launches this script once per extra rank: only rank 0 stamps the run
+            # DDP re-launches this script once per extra rank: only rank 0 stamps the run;
+            # a command whose config sets hydra.output_subdir: null (tzl-convert) keeps no stamps
             if (
-                int(os.environ.get("LOCAL_RANK", "0")) == 0
+                HydraConfig.get().output_subdir is not None
+                and int(os.environ.get("LOCAL_RANK", "0")) == 0
                 and int(os.environ.get("NODE_RANK", "0")) == 0
             ):
                 save_run_config(cfg, output_dir())

@@ -1,7 +1,16 @@
 """Convert particle coordinates between formats (Topaz TSV, RELION STAR, EMAN box, CryoPPP, CSV).
 
 Coordinates can be scaled (e.g. after downsampling) and flipped in y (y' = H - 1 - y, applied in
-the input frame before scaling). The resolved config is saved into Hydra's run directory.
+the input frame before scaling). tzl-convert keeps no run stamps (config, log): it writes only
+its output.
+
+When things go wrong: the output (one file, or a whole directory of per-micrograph files) is
+renamed into place in one step, so an interrupted run leaves nothing and a plain rerun does it
+all; an existing output is refused unless ``overwrite=true``, which for a per-micrograph
+directory also removes the earlier files of that format no longer in the table. A bad
+per-micrograph coordinate file in an input directory, or a micrograph of ``micrographs=`` that
+cannot be read, is skipped (its particles are not written) and listed in
+``<output>.failures.tsv`` beside the output, exit status 3; ``strict=true`` stops at the first.
 
 Example usage::
 
@@ -24,27 +33,80 @@ import logging
 import os
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from topaz_lightning.cli._hydra import entry_point, require
-from topaz_lightning.errors import ConfigError
+from topaz_lightning.errors import ConfigError, InputError, PartialFailureError
 from topaz_lightning.io.coordinates import (
     ONE_MICROGRAPH_PER_FILE,
+    _coordinate_files,  # the directory reader's own choice of files
     canonical_format,
     check_coordinate_output,
+    detect_format,
+    per_micrograph_paths,
     read_coordinates,
     transform_coordinates,
     validate_coordinates,
     write_coordinates,
 )
+from topaz_lightning.utils.jobs import FailureLog, write_failures
 
 log = logging.getLogger("topaz_lightning")
 
 
-def _micrograph_shapes(source: str | os.PathLike) -> dict[str, tuple[int, int]]:
+def _micrograph_shapes(
+    source: str | os.PathLike, failures: FailureLog
+) -> dict[str, tuple[int, int]]:
+    """``{name: (H, W)}`` of every micrograph that can be read; the others go to ``failures``."""
     from topaz_lightning.io.micrographs import list_micrographs, read_micrograph
 
-    return {name: tuple(read_micrograph(p).shape) for name, p in list_micrographs(source).items()}
+    shapes = {}
+    for name, path in list_micrographs(source).items():
+        with failures.guard(name):
+            shapes[name] = tuple(read_micrograph(path).shape)
+    return shapes
+
+
+def _read_input(source: str | os.PathLike, fmt: str | None, failures: FailureLog) -> pd.DataFrame:
+    """``read_coordinates``, except that in a directory a bad file goes to ``failures``."""
+    path = Path(source)
+    files = _coordinate_files(path) if path.is_dir() else []
+    if not files:
+        return read_coordinates(path, fmt=fmt)  # one file (or an empty directory: its error)
+    tables, formats = [], {}
+    for f in files:
+        if f.stat().st_size == 0:
+            log.warning("%s: empty coordinate file, no particles for this micrograph", f)
+            continue
+        with failures.guard(f.name):
+            file_fmt = canonical_format(fmt) if fmt is not None else detect_format(f)
+            try:
+                table = read_coordinates(f, fmt=file_fmt)
+            except InputError as err:
+                # a header-only file is a micrograph without particles; anything else fails
+                if not str(err.problem).startswith("empty coordinate file"):
+                    raise
+                log.warning("%s: %s", f, err.problem)
+                continue
+            formats.setdefault(file_fmt, f)
+            tables.append(table)
+    if len(formats) > 1:
+        desc = ", ".join(f"{name} ({p.name})" for name, p in formats.items())
+        raise InputError(f"directory mixes coordinate formats: {desc}", path)
+    if not tables:
+        if failures.failures:
+            return pd.DataFrame({"micrograph": [], "x": [], "y": []})
+        raise InputError("no coordinates in any file of the directory", path)
+    if not all("score" in t.columns for t in tables):
+        tables = [t.drop(columns="score", errors="ignore") for t in tables]
+    return pd.concat(tables, ignore_index=True)
+
+
+def failures_path(output: str | os.PathLike) -> Path:
+    """Where tzl-convert lists its failures: ``<output>.failures.tsv`` beside the output."""
+    output = Path(os.fspath(output).rstrip("/" + os.sep))
+    return output.with_name(output.name + ".failures.tsv")
 
 
 def _resolve_scale(scale: float | None, downsample: float | None) -> float:
@@ -76,10 +138,17 @@ def convert(
     box_size: float | None = None,
     per_micrograph: bool | None = None,
     overwrite: bool = False,
+    strict: bool = True,
 ) -> Path:
-    """Read ``input``, optionally validate, flip and scale, and write ``output``; return its path."""
+    """Read ``input``, optionally validate, flip and scale, and write ``output``; return its path.
+
+    With ``strict=False`` a bad file in an input directory, or a micrograph that cannot be
+    read, is skipped: the rest is written, the failures are listed in
+    :func:`failures_path` and ``PartialFailureError`` is raised at the end.
+    """
     factor = _resolve_scale(scale, downsample)
-    df = read_coordinates(input, fmt=input_format)
+    failures = FailureLog(strict=strict)
+    df = _read_input(input, input_format, failures)
     output_text = os.fspath(output)
     output = Path(output)
     fmt = canonical_format(output_format) if output_format is not None else None
@@ -97,10 +166,16 @@ def convert(
         raise ConfigError("box_size", "required for EMAN .box output (box edge in output px)")
     # refuse an existing output before reading any micrograph
     check_coordinate_output(output, overwrite, per_micrograph)
+    if per_micrograph and Path(input).is_dir() and output.resolve() == Path(input).resolve():
+        raise ConfigError("output", f"{output} is the input directory; write to another one")
     shapes = None
     if micrographs is not None:
-        shapes = _micrograph_shapes(micrographs)
-        validate_coordinates(df, shapes, source=input)
+        shapes = _micrograph_shapes(micrographs, failures)
+        unreadable = {name for name, _ in failures.failures}
+        # particles of a micrograph that could not be read cannot be checked: not written
+        df = df[~df["micrograph"].astype(str).isin(unreadable)].reset_index(drop=True)
+        if len(df):
+            validate_coordinates(df, shapes, source=input)
     heights = None
     if flip_y:
         if image_height is not None:
@@ -109,15 +184,39 @@ def convert(
             heights = {name: shape[0] for name, shape in shapes.items()}
         else:
             raise ConfigError("flip_y", "needs image_height or micrographs to know image heights")
+    report = failures_path(output)
+    if not len(df):
+        write_failures(report, failures.failures)
+        raise PartialFailureError(failures.failures, report)
     out = transform_coordinates(df, scale=factor, flip_y=flip_y, heights=heights)
 
+    if per_micrograph and overwrite and output.is_dir():
+        _remove_stale_files(output, out["micrograph"], fmt)
     written = write_coordinates(
         out, output, fmt=fmt, overwrite=overwrite, per_micrograph=per_micrograph, box_size=box_size
     )
     n_mic = out["micrograph"].nunique()
     log.info("wrote %d particles of %d micrograph(s) to %s", len(out), n_mic, written)
     print(f"wrote {len(out)} particles of {n_mic} micrograph(s) to {written}")
+    if failures.failures:
+        write_failures(report, failures.failures)
+        raise PartialFailureError(failures.failures, report)
+    if report.is_file():
+        report.unlink()  # from an earlier run into the same output
     return written
+
+
+def _remove_stale_files(directory: Path, names: pd.Series, fmt: str) -> None:
+    """Before overwriting a per-micrograph directory: remove the earlier files of this format
+    whose micrograph is not in the new table (they would be read back as part of the set)."""
+    targets = per_micrograph_paths(names, directory, fmt)
+    keep = {p.name for p in targets.values()}
+    suffix = next(iter(targets.values())).suffix
+    stale = [p for p in _coordinate_files(directory) if p.suffix == suffix and p.name not in keep]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.info("overwrite=true: removed %d earlier file(s) from %s", len(stale), directory)
 
 
 @entry_point("convert")
@@ -137,6 +236,7 @@ def main(cfg: DictConfig) -> None:
         box_size=cfg.box_size,
         per_micrograph=cfg.per_micrograph,
         overwrite=bool(cfg.overwrite),
+        strict=bool(cfg.strict),
     )
 
 
