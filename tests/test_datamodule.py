@@ -402,3 +402,78 @@ def test_train_config_composes_both_data_options(tmp_path):
     dm.setup()
     assert len(dm.train_micrographs) == 2 and len(dm.val_micrographs) == 2
     assert dm.pi == pytest.approx(3 * 29 / 1600)
+
+
+# ---------------------------------------------------------------- the run geometry
+def _write_mrcs(root: Path, images: dict, pixel_size_a: float | None) -> Path:
+    from topaz_lightning.io.micrographs import write_micrograph
+
+    root.mkdir(parents=True)
+    for name, image in images.items():
+        write_micrograph(root / f"{name}.mrc", image, pixel_size_a=pixel_size_a)
+    return root
+
+
+def test_particle_diameter_in_angstrom_gives_the_same_run_as_in_pixels(tmp_path):
+    images, coords = synthetic(num=4, shape=(96, 128), per_mic=8)
+    common = dict(coordinates=coords, downsample=2, pi=0.1, normalize="none", patch_size=11)
+    # 60 A at 2.5 A/px = 24 px: radius 12 px, 6 model px -> label round(1.8) = 2, NMS/match 6
+    in_pixels = FilesDataModule(micrographs=images, particle_diameter_px=24, **common)
+    in_angstrom = FilesDataModule(
+        micrographs=images, particle_diameter_a=60, pixel_size_a=2.5, **common
+    )
+    # the pixel size read from the MRC header instead of the config
+    mrcs = _write_mrcs(tmp_path / "mics", images, pixel_size_a=2.5)
+    from_header = FilesDataModule(micrographs=mrcs, particle_diameter_a=60, **common)
+    runs = [in_pixels, in_angstrom, from_header]
+    for dm in runs:
+        dm.setup()
+    records = [dm.geometry.to_dict() for dm in runs]
+    assert records[0]["pixel_size_a"] is None
+    assert records[1]["pixel_size_a"] == records[2]["pixel_size_a"] == 2.5
+    for record in records:
+        record.pop("pixel_size_a")
+    assert records[0] == records[1] == records[2]
+    g = in_pixels.geometry
+    assert g.particle_radius_px == 12 and g.particle_radius_px_model == 6
+    assert (g.label_radius_px_model, g.nms_radius_px_model, g.match_distance_px_model) == (2, 6, 6)
+    assert g.nms_radius_px == 12 and g.match_distance_px == 12  # back in micrograph pixels
+    # the same labels and the same batches
+    for dm in runs[1:]:
+        for name in in_pixels._train_masks:
+            np.testing.assert_array_equal(dm._train_masks[name], in_pixels._train_masks[name])
+    a = in_pixels.train_sampler().batch(0)[0]
+    for dm in runs[1:]:
+        torch.testing.assert_close(dm.train_sampler().batch(0)[0], a, rtol=0, atol=1e-6)
+
+
+def test_angstrom_without_any_pixel_size_is_a_config_error():
+    dm = make(particle_diameter_a=100)  # synthetic arrays: no header, no pixel_size_a
+    with pytest.raises(ConfigError, match="data.particle_diameter_a.*pixel size"):
+        dm.setup()
+    with pytest.raises(ConfigError, match="not both"):
+        make(particle_diameter_a=100, particle_diameter_px=40, pixel_size_a=1.0)
+    with pytest.raises(ConfigError, match="data.nms_radius_px_model"):
+        make(nms_radius_px_model=-1)
+
+
+def test_explicit_model_frame_radii_override_the_derived_ones():
+    dm = make(
+        particle_diameter_px=40, downsample=2, label_radius_px_model=1, nms_radius_px_model=7
+    )
+    dm.setup()
+    g = dm.geometry
+    assert (g.label_radius_px_model, g.nms_radius_px_model, g.match_distance_px_model) == (1, 7, 10)
+
+
+def test_coordinates_already_downsampled_are_refused_naming_the_factor():
+    images, coords = synthetic(num=3, shape=(256, 256), per_mic=10)
+    coords = coords.assign(x=coords.x * 0.9, y=coords.y * 0.9)  # inside, near every border
+    ok = FilesDataModule(micrographs=images, coordinates=coords, downsample=4, pi=0.05,
+                         normalize="none", patch_size=11)  # fmt: skip
+    ok.setup()  # full-size coordinates: accepted
+    shrunk = coords.assign(x=coords.x / 4, y=coords.y / 4)
+    trap = FilesDataModule(micrographs=images, coordinates=shrunk, downsample=4, pi=0.05,
+                           normalize="none", patch_size=11)  # fmt: skip
+    with pytest.raises(InputError, match=r"already downsampled.*scale=4"):
+        trap.setup()

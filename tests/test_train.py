@@ -339,3 +339,85 @@ def test_fresh_run_refuses_to_replace_an_earlier_runs_model(dataset, tmp_path):
     )
     assert metrics["global_step"] == 2
     assert (tmp_path / "model.pt").read_bytes() != b"an earlier run's model"
+
+
+def _files_overrides(mics: Path, coords: Path, steps: int) -> list[str]:
+    """data=files as a user writes it: no radius anywhere (the README's example, shrunk)."""
+    return [
+        "data=files",
+        f"data.micrographs={mics}",
+        f"data.coordinates={coords}",
+        "data.pi=0.05",
+        "data.normalize=standardize",
+        "data.batch_positive=4",
+        "data.batch_unlabeled=60",
+        "data.steps_per_epoch=10",
+        "data.val_batches=1",
+        f"trainer.max_steps={steps}",
+        f"callbacks.held_out_picking.every_n_steps={steps}",
+    ]
+
+
+def test_files_run_without_validation_micrographs_asks_for_no_radius(dataset, cfg_train):
+    from topaz_lightning.models import load_model
+    from topaz_lightning.train import train
+
+    mics, coords = dataset
+    cfg = cfg_train(_files_overrides(mics, coords, 2) + ["callbacks.best_checkpoint=null"])
+    assert cfg.callbacks.held_out_picking.radius is None  # nothing computed by hand
+    metrics = train(cfg)
+    assert metrics["global_step"] == 2 and "val/aupr" not in metrics
+    _, extra = load_model(Path(cfg.paths.output_dir) / "model.pt")
+    assert extra["geometry"]["nms_radius_px_model"] is None  # no particle size was given
+
+
+def test_particle_size_gives_the_held_out_radii(dataset, cfg_train):
+    from topaz_lightning.models import load_model
+    from topaz_lightning.train import train
+
+    mics, coords = dataset
+    overrides = _files_overrides(mics, coords, 2) + [
+        "data.num_val_micrographs=1",
+        "data.particle_diameter_px=8",  # the bright disks of make_dataset have radius 4
+    ]
+    metrics = train(cfg_train(overrides))
+    assert 0.0 <= metrics["val/aupr"] <= 1.0
+    _, extra = load_model(Path(cfg_train().paths.output_dir) / "model.pt")
+    geometry = extra["geometry"]
+    assert geometry["particle_radius_px"] == 4 and geometry["nms_radius_px_model"] == 4
+    assert geometry["match_distance_px_model"] == 4 and geometry["label_radius_px_model"] == 1
+
+
+@pytest.mark.slow
+def test_readme_files_example_on_the_sample_data(cfg_train):
+    """README "Usage": data=files on the real EMPIAR-10017 sample, downsample 4, particle size
+    in pixels, validation micrograph, no radius given (shrunk to a few steps)."""
+    from topaz_lightning.models import load_model
+    from topaz_lightning.train import train
+
+    sample = sample_data("empiar10017_dev")
+    cfg = cfg_train(
+        [
+            "data=files",
+            f"data.micrographs={sample / 'images'}",
+            f"data.coordinates={sample / 'coords'}",
+            "data.particle_diameter_px=108",
+            "data.downsample=4",
+            "data.particles_per_micrograph=700",
+            "data.num_labeled=100",
+            "data.num_val_micrographs=1",
+            "data.batch_unlabeled=60",
+            "objective=nnpu",
+            "model=resnet8",
+            "trainer.max_steps=4",
+            "callbacks.held_out_picking.every_n_steps=4",
+            "callbacks.held_out_picking.max_micrographs=1",
+        ]
+    )
+    metrics = train(cfg)
+    assert metrics["global_step"] == 4 and 0 <= metrics["val/aupr"] <= 1
+    _, extra = load_model(Path(cfg.paths.output_dir) / "model.pt")
+    g = extra["geometry"]
+    assert (g["downsample"], g["particle_radius_px"]) == (4, 54)
+    assert (g["label_radius_px_model"], g["nms_radius_px_model"]) == (4, 13.5)
+    assert g["match_distance_px_model"] == 13.5 and g["num_labeled_particles"] == 100
