@@ -1,0 +1,69 @@
+"""Border and striped-band masks for picking (topaz_lightning.picking.border)."""
+
+import numpy as np
+import pytest
+
+from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.picking.border import (
+    BorderBands,
+    artefact_mask,
+    border_mask,
+    detect_bands,
+    keep_unmasked,
+)
+
+
+def _striped(shape=(200, 240), top=12, right=20, seed=0):
+    """Noise with a top band repeating one row and a right band repeating one column."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=shape)
+    image[:top, :] = image[top, :]
+    image[:, shape[1] - right :] = image[:, [shape[1] - right - 1]]
+    return image
+
+
+def test_detect_bands_finds_repeated_lines_only():
+    bands = detect_bands(_striped())
+    # the band is the repeated rows; the first image row after it differs from it as noise does
+    assert bands.top == pytest.approx(11, abs=1)
+    assert bands.right == pytest.approx(19, abs=1)
+    assert bands.bottom == 0 and bands.left == 0
+
+
+def test_detect_bands_none_on_noise():
+    image = np.random.default_rng(1).normal(size=(256, 256))
+    assert detect_bands(image) == BorderBands()
+    assert not artefact_mask(image).any()
+
+
+def test_detect_bands_ignores_bands_beyond_reach():
+    image = _striped(shape=(200, 240), top=40)
+    # 40 rows is beyond 10% of the height: only rows within reach count, so the band is cut at 20
+    assert detect_bands(image, max_fraction=0.1).top == 20
+    assert detect_bands(image, max_fraction=0.25).top == pytest.approx(39, abs=1)
+
+
+def test_border_mask_margin_and_bands():
+    mask = border_mask((50, 60), margin=3)
+    assert mask[:3].all() and mask[-3:].all() and mask[:, :3].all() and mask[:, -3:].all()
+    assert not mask[3:-3, 3:-3].any()
+    mask = border_mask((50, 60), bands=BorderBands(top=5, right=4), band_padding=2)
+    assert mask[:7].all() and not mask[7:, :-6].any() and mask[:, -6:].all()
+    # the margin and the band: the larger wins on each side
+    mask = border_mask((50, 60), margin=10, bands=BorderBands(top=5), band_padding=2)
+    assert mask[:10].all() and not mask[10:40, 10:50].any()
+
+
+def test_keep_unmasked_rounds_to_pixels():
+    mask = border_mask((20, 20), margin=2)
+    xy = np.array([[0.0, 10.0], [10.0, 10.0], [10.0, 17.6], [2.4, 2.4]])
+    assert keep_unmasked(xy, mask).tolist() == [False, True, False, True]
+
+
+def test_bad_settings_and_images():
+    with pytest.raises(ConfigError):
+        detect_bands(np.zeros((20, 20)), ratio=1.5)
+    with pytest.raises(ConfigError):
+        border_mask((10, 10), margin=-1)
+    with pytest.raises(InputError):
+        detect_bands(np.zeros((5, 5, 2)))
