@@ -227,7 +227,11 @@ def prepare_train(cfg: DictConfig) -> None:
 
 def validate_pick(cfg: DictConfig) -> None:
     """tzl-pick: NMS radius, thresholds, tiling/chunking, and the output (format, box_size, parent)."""
-    number(cfg, "radius", minimum=0)
+    number(cfg, "radius", minimum=0, allow_none=True)
+    number(cfg, "nms_radius_px_model", minimum=0, allow_none=True)
+    number(cfg, "nms_radius_px", minimum=0, allow_none=True)
+    integer(cfg, "num_workers", minimum=0, allow_none=True)
+    boolean(cfg, "strict")
     number(cfg, "threshold", allow_none=True)
     number(cfg, "threshold_probability", minimum=0, maximum=1, allow_none=True)
     number(cfg, "target_recall", minimum=0, maximum=1, exclusive_minimum=True, allow_none=True)

@@ -447,7 +447,14 @@ def _read_star(path: Path) -> pd.DataFrame:
     has_score = "rlnAutopickFigureOfMerit" in block
     scores = numeric("rlnAutopickFigureOfMerit", "score") if has_score else None
     if "rlnMicrographName" in block.columns:
-        names = [micrograph_name_from_reference(v) for v in block["rlnMicrographName"].astype(str)]
+        names = [
+            safe_output_name(
+                micrograph_name_from_reference(v),
+                path,
+                f"{where}, row {i + 1}, key _rlnMicrographName",
+            )
+            for i, v in enumerate(block["rlnMicrographName"].astype(str))
+        ]
     else:
         names = [_name_from_file(path, "star3.0")] * len(xs)
     return _make_table(names, xs, ys, scores)

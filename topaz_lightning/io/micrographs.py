@@ -113,6 +113,7 @@ def _open_mrc(path: Path):
     """
     import mrcfile
 
+    _check_mrc_sizes(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -136,6 +137,30 @@ def _open_mrc(path: Path):
         mrc.close()
         raise
     return mrc
+
+
+def _check_mrc_sizes(path: Path) -> None:
+    """Refuse a header whose extended-header size exceeds the file before mrcfile reads it: mrcfile
+    allocates that many bytes first (a crafted 2 GiB NSYMBT cost seconds and gigabytes)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            header = fh.read(1024)
+    except OSError as err:
+        raise InputError(f"cannot read file ({err.strerror})", path=path) from err
+    if len(header) < 1024:
+        raise InputError(
+            f"not a valid MRC file (only {len(header)} bytes; the header alone is 1024)", path=path
+        )
+    # the machine stamp says big-endian with 0x11 in its first byte; anything else reads as little
+    order = ">" if header[212] == 0x11 else "<"
+    nsymbt = int(np.frombuffer(header[92:96], dtype=f"{order}i4")[0])
+    if nsymbt < 0 or 1024 + nsymbt > size:
+        raise InputError(
+            f"MRC header disagrees with the file (extended header of {nsymbt} bytes in a file of "
+            f"{size} bytes)",
+            path=path,
+        )
 
 
 def _open_permissive(path: Path, strict_err: Exception):
