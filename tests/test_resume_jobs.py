@@ -127,6 +127,12 @@ def test_changed_settings_are_refused_and_overwrite_removes_the_earlier_jobs_out
     # overwrite: the three micrographs that are no longer inputs do not survive to be read back
     run(_cfg(_overrides(fewer, out, "num_workers=1", "overwrite=true")))
     assert sorted(p.name for p in out.glob("*.mrc")) == ["mic000.mrc"]
+    # an output directory that holds the inputs: refused before anything is removed
+    inplace = _micrographs(tmp_path / "inplace", 2)
+    before = sorted((p.name, p.read_bytes()) for p in inplace.iterdir())
+    with pytest.raises(ConfigError, match="would replace an input"):
+        run(_cfg(_overrides(inplace, inplace, "num_workers=1", "overwrite=true")))
+    assert sorted((p.name, p.read_bytes()) for p in inplace.iterdir()) == before
     # outputs with no job record (not ours to judge) are refused, as before
     other = tmp_path / "other"
     other.mkdir()

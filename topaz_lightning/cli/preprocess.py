@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> dict:
     extras = [summary_path] + ([coords_target] if coords_target is not None else [])
     settings = job_settings(factor, cfg.normalize, int(cfg.seed), int(cfg.sample_size))
     # start, continue or refuse: decided (and stale outputs removed) before any work
-    job = open_job(output_dir, list(sources), settings, overwrite, extra_outputs=extras)
+    job = open_job(output_dir, sources, settings, overwrite, extra_outputs=extras)
     failures = FailureLog(strict=bool(cfg.strict))
     result = preprocess_files(
         sources,

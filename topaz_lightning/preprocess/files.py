@@ -236,7 +236,7 @@ def _remove_temporaries(output_dir: Path, filenames: Iterable[str]) -> None:
 
 def open_job(
     output_dir: str | os.PathLike,
-    names: Sequence[str],
+    sources: Mapping[str, str | os.PathLike],
     settings: Mapping,
     overwrite: bool = False,
     extra_outputs: Sequence[str | os.PathLike] = (),
@@ -248,12 +248,14 @@ def open_job(
     - a job record with the same settings (for gmm also the same micrographs): continue.
     - different settings, or outputs without a record: refused (ConfigError/OutputExistsError).
 
-    ``extra_outputs`` are further files the caller writes (summary, coordinates): recorded so
-    that a continued run may rewrite them and ``overwrite`` removes them. The new record is
-    written before this returns.
+    ``sources`` maps micrograph names to their input files (an output that would replace one is
+    refused, and nothing that is an input is ever removed). ``extra_outputs`` are further files
+    the caller writes (summary, coordinates): recorded so that a continued run may rewrite them
+    and ``overwrite`` removes them. The new record is written before this returns.
     """
     output_dir = Path(output_dir)
-    names = list(names)
+    names = list(sources)
+    inputs = {Path(p).resolve() for p in sources.values()}
     settings = dict(settings)
     extras = [os.fspath(p) for p in extra_outputs]
     # a recorded extra inside output_dir is kept by its plain name (portable between mounts)
@@ -262,6 +264,9 @@ def open_job(
     ]
     record_path = output_dir / JOB_FILE
     targets = output_paths(names, output_dir)
+    for target in [*targets.values(), *map(Path, extra_outputs)]:
+        if target.resolve() in inputs:
+            raise ConfigError("output_dir", f"output {target} would replace an input micrograph")
     if overwrite:
         try:
             record = _read_record(record_path)
@@ -271,6 +276,8 @@ def open_job(
         stale.append(output_dir / FAILURES_FILE)
         removed = 0
         for path in dict.fromkeys(stale):
+            if path.resolve() in inputs:
+                continue  # an earlier job's output that is now an input: never removed
             if path.is_file() or path.is_symlink():
                 path.unlink()
                 removed += 1
@@ -481,7 +488,7 @@ def preprocess_files(
     names = list(sources)
     settings = job_settings(factor, normalize, seed, sample_size)
     if job is None:
-        job = open_job(output_dir, names, settings, overwrite)
+        job = open_job(output_dir, sources, settings, overwrite)
     if failures is None:
         failures = FailureLog(strict=True)
     _remove_temporaries(
