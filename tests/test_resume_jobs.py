@@ -118,6 +118,18 @@ def test_changed_settings_are_refused_and_overwrite_removes_the_earlier_jobs_out
     run(_cfg(_overrides(folder, out, "num_workers=1")))
     with pytest.raises(ConfigError, match=r"downsample=1.5 \(now 2.0\)"):
         run(_cfg(_overrides(folder, out, "num_workers=1", "downsample=2")))
+    # continuing may rewrite the job's own files, never one it did not write
+    coords = tmp_path / "coords.tsv"
+    coords.write_text("image_name\tx_coord\ty_coord\nmic000\t3\t4\n")
+    (tmp_path / "user.tsv").write_text("keep me")
+    with pytest.raises(OutputExistsError, match="user.tsv"):
+        run(
+            _cfg(
+                _overrides(folder, out, "num_workers=1")
+                + [f"coordinates={coords}", f"coordinates_output={tmp_path / 'user.tsv'}"]
+            )
+        )
+    assert (tmp_path / "user.tsv").read_text() == "keep me"
     # gmm is fit over all micrographs: another input set cannot continue the job
     fewer = tmp_path / "fewer"
     fewer.mkdir()

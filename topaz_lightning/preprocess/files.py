@@ -334,6 +334,10 @@ def open_job(
     # per-image normalizations may take new micrographs; earlier ones stay recorded
     inputs = list(dict.fromkeys(old_inputs + names))
     old_extras = [str(p) for p in record.get("extra_outputs", [])]
+    for extra, path in zip(extras, extra_outputs, strict=True):
+        # a file this job did not write before is not its to replace
+        if extra not in old_extras and Path(path).exists():
+            raise OutputExistsError(path)
     job = PreprocessJob(
         output_dir,
         settings,
