@@ -306,6 +306,15 @@ def best_row(table: pd.DataFrame, metric: str, mode: str = "max") -> pd.Series |
     return table.loc[column.idxmax() if mode == "max" else column.idxmin()]
 
 
+def rank(table: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
+    """The groups ordered best first by mean ``metric`` (NaN last; ties keep the sweep order)."""
+    if mode not in ("max", "min"):
+        raise ConfigError("mode", f"must be max or min, got {mode!r}")
+    return table.sort_values(
+        f"{metric} mean", ascending=(mode == "min"), na_position="last", kind="stable"
+    ).reset_index(drop=True)
+
+
 def format_value(value: Any, digits: int = 3) -> str:
     """A table cell: floats rounded, None/NaN as ``-``."""
     if value is None:

@@ -43,8 +43,9 @@ def _names(value, key: str) -> list[str] | None:
 def run(cfg: DictConfig) -> dict:
     """Build the report described by a composed ``report`` config; return a summary dict.
 
-    The summary has ``table`` (the aggregated DataFrame), ``jobs``, ``group_by``, ``metrics``,
-    ``best`` (dict of the best group's keys and mean, or None), ``without_metrics`` and ``paths``.
+    The summary has ``table`` (the aggregated DataFrame, best first with ``sort``), ``jobs``,
+    ``group_by``, ``metrics``, ``best`` (dict of the best group's keys and mean, or None),
+    ``best_row`` (that group's row of ``table``), ``without_metrics`` and ``paths``.
     """
     from topaz_lightning.report import (
         aggregate,
@@ -54,6 +55,7 @@ def run(cfg: DictConfig) -> dict:
         key_text,
         load_sweep,
         mean_std,
+        rank,
         summary_markdown,
     )
     from topaz_lightning.utils.atomic import atomic_output, check_writable
@@ -75,6 +77,8 @@ def run(cfg: DictConfig) -> dict:
     table = aggregate(sweep.jobs, group_by, metrics, source=sweep.path)
     mode = str(cfg.get("mode", "max"))
     best = best_row(table, metrics[0], mode) if group_by else None
+    if cfg.get("sort", False):
+        table = rank(table, metrics[0], mode)
 
     lines = [f"# Sweep report: {sweep.path}", ""]
     lines.append(
@@ -125,6 +129,7 @@ def run(cfg: DictConfig) -> dict:
         "group_by": group_by,
         "metrics": metrics,
         "best": best_info,
+        "best_row": best,
         "without_metrics": sweep.without_metrics,
         "paths": paths,
     }

@@ -1,0 +1,128 @@
+"""Tests for the end-of-sweep report (topaz_lightning.callbacks.sweep) and the sweep launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tests.test_report import _kfold_sweep
+from topaz_lightning.callbacks.sweep import SweepReport, refit_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = str(REPO / "configs")
+
+
+def _compose_train(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_pi_kfold_registers_the_report_callback():
+    cfg = _compose_train(["hparams_search=pi_kfold", "refit=true"])
+    node = cfg.hydra.callbacks.pi_report
+    callback = instantiate(node)
+    assert isinstance(callback, SweepReport)
+    assert callback.refit is True and callback.group_by == ["data.pi"]
+    assert callback.metrics[0] == "val/aupr" and callback.mode == "max"
+    assert (
+        instantiate(_compose_train(["hparams_search=pi_kfold"]).hydra.callbacks.pi_report).refit
+        is False
+    )
+
+
+@pytest.mark.parametrize("launcher", ["local_joblib", "slurm"])
+def test_launcher_plugins_are_installed(launcher):
+    # the plugins ship with the default install: their config groups compose
+    cfg = _compose_train(["hparams_search=pi_kfold", f"hydra/launcher={launcher}"])
+    target = cfg.hydra.launcher._target_
+    assert ("joblib" if launcher == "local_joblib" else "submitit") in target.lower()
+
+
+def test_callback_prints_ranking_and_writes_best(tmp_path, capsys):
+    sweep = _kfold_sweep(tmp_path)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "overrides": {"task": []}}})
+    callback = SweepReport(group_by=["data.pi"], metric=["val/aupr"])
+    callback.on_multirun_end(config)
+    out = capsys.readouterr().out
+    # ranking, best first: pi=0.03 (0.46), 0.01 (0.35), 0.1 (0.15)
+    rows = [line for line in out.splitlines() if line.startswith("| 0.")]
+    assert [r.split(" | ")[0] for r in rows] == ["| 0.03", "| 0.01", "| 0.1"]
+    assert "0.460 ± 0.057" in rows[0]
+    assert "Chosen: data.pi=0.03 (mean val/aupr 0.460 ± 0.057, n=2)" in out
+    best = yaml.safe_load((sweep / "report" / "best.yaml").read_text())
+    assert best["setting"] == {"data.pi": 0.03} and best["n"] == 2
+    assert best["mean"] == pytest.approx(0.46)
+    assert (sweep / "report" / "report.md").is_file()
+    # a second sweep end (e.g. rerun) replaces the report instead of failing
+    callback.on_multirun_end(config)
+
+
+def test_callback_failure_is_reported_not_raised(tmp_path, capsys):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "none")}}})
+    SweepReport().on_multirun_end(config)
+    assert "sweep report failed" in capsys.readouterr().err
+
+
+def test_refit_overrides_drop_the_sweep_and_set_the_choice(tmp_path):
+    task = [
+        "hparams_search=pi_kfold",
+        "data.pi=0.01,0.03",
+        "data.fold=0,1",
+        "data.num_folds=2",
+        "trainer.max_steps=60",
+        "refit=true",
+        "experiment=quick_simulated",
+    ]
+    out = refit_overrides(task, {"data.pi": 0.03}, ["data.pi", "data.fold"], tmp_path / "refit")
+    assert out == [
+        "trainer.max_steps=60",
+        "experiment=quick_simulated",
+        "data.pi=0.03",
+        "data.num_folds=null",
+        "data.fold=0",
+        f"hydra.run.dir={tmp_path / 'refit'}",
+    ]
+
+
+@pytest.mark.slow
+def test_pi_kfold_sweep_ends_with_ranking_and_refit(tmp_path):
+    """A real 2 x 2 sweep on the tiny preset (10 steps each), then the refit: one command."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "topaz_lightning.cli.train",
+        "-m",
+        "hparams_search=pi_kfold",
+        "data.simulated_preset=tiny",
+        f"data.simulated_dir={tmp_path / 'tiny'}",
+        "data.pi=0.02,0.05",
+        "data.num_folds=2",
+        "data.fold=0,1",
+        "trainer.max_steps=10",
+        "callbacks.held_out_picking.every_n_steps=10",
+        "callbacks.progress_bar=null",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "refit=true",
+    ]
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Chosen: data.pi=" in result.stdout
+    best = yaml.safe_load((tmp_path / "sweep" / "report" / "best.yaml").read_text())
+    assert best["setting"]["data.pi"] in (0.02, 0.05) and best["n"] == 2
+    metrics = json.loads((tmp_path / "sweep" / "refit" / "metrics.json").read_text())
+    assert metrics["global_step"] == 10
+    refit_cfg = yaml.safe_load((tmp_path / "sweep" / "refit" / "config.yaml").read_text())
+    assert refit_cfg["data"]["pi"] == best["setting"]["data.pi"]
+    assert refit_cfg["data"]["num_folds"] is None
