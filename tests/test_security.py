@@ -262,3 +262,15 @@ def test_output_directory_rules(tmp_path):
     afile.write_text("")
     with pytest.raises(InputError, match="directory"):
         check_output_dir(afile, overwrite=True)
+
+
+def test_simulated_dataset_directory_gets_umask_permissions(tmp_path):
+    from topaz_lightning.simulate.dataset import simulate_dataset
+
+    old = os.umask(0o022)
+    try:
+        out = simulate_dataset(tmp_path / "tiny", preset="tiny", seed=0, num_micrographs=2)
+    finally:
+        os.umask(old)
+    assert _mode(out) == 0o755
+    assert _mode(out / "micrographs") == 0o755

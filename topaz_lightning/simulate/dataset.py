@@ -147,7 +147,10 @@ def simulate_dataset(
     )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    from topaz_lightning.utils.atomic import make_temp_dir
+
+    # umask permissions, not mkdtemp's 0700: the dataset is renamed into place as it is
+    tmp = make_temp_dir(out_dir)
     try:
         (tmp / "micrographs").mkdir()
         for name, m in zip(names, micrographs, strict=True):
