@@ -348,3 +348,107 @@ def test_ge_kl_minimized_when_mean_prediction_is_pi():
     assert terms["ge"].item() == pytest.approx(0.0, abs=1e-4)
     loss_off, _ = GEKL()(at_pi + 1.0, labels, pi)
     assert loss_off > loss_at_pi
+
+
+# ---------------------------------------------------------------- the module passes each prior
+
+
+class _Spy(PN):
+    """PN that records the prior it receives."""
+
+    def __init__(self, prior: str):
+        super().__init__()
+        self.prior = prior
+        self.seen: list[float] = []
+
+    def terms(self, z_p, z_u, pi):
+        self.seen.append(pi)
+        return super().terms(z_p, z_u, pi)
+
+
+def _module(objective, pi_unlabeled, pi=0.05, labeled_regions=10, regions=1000):
+    from topaz_lightning.geometry import RunGeometry
+    from topaz_lightning.models import Conv31
+    from topaz_lightning.module import PULitModule
+
+    module = PULitModule(Conv31(widths=(2, 2, 2)), objective, None, pi_unlabeled)
+    module.geometry = RunGeometry(
+        pi=pi,
+        pi_unlabeled=pi_unlabeled,
+        num_regions=regions,
+        num_labeled_positive_regions=labeled_regions,
+    )
+    module.pi = pi
+    module.finalize()
+    return module
+
+
+@pytest.mark.parametrize("prior", ["pi", "pi_unlabeled"])
+def test_module_passes_the_prior_the_objective_declares(prior):
+    spy = _Spy(prior)
+    module = _module(spy, pi_unlabeled=0.03, pi=0.05)
+    patches = torch.randn(4, 1, 31, 31)
+    module.compute_loss(patches, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    expected = 0.05 if prior == "pi" else 0.03
+    assert spy.seen == [expected]
+    assert module.hparams["objective_prior"] == prior
+    assert module.hparams["objective_prior_value"] == expected
+
+
+def test_module_switches_to_pn_when_every_positive_is_labeled(caplog):
+    # pi at or below the labeled fraction: pi_unlabeled is 0, the unlabeled regions are negatives
+    with caplog.at_level("WARNING", logger="topaz_lightning"):
+        module = _module(GEBinomial(), pi_unlabeled=0.0, pi=0.008, labeled_regions=10)
+    assert isinstance(module.active_objective, PN)
+    assert module.hparams["objective_optimized"] == "PN"
+    assert module.hparams["objective_prior"] == "pi"
+    assert module.hparams["objective_prior_value"] == pytest.approx(0.01)  # 10 / 1000 labeled
+    assert "PN with pi=0.01" in caplog.text and "GEBinomial" in caplog.text
+    loss, _ = module.compute_loss(torch.randn(4, 1, 31, 31), torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert torch.isfinite(loss) and loss.item() < 5  # no clamped-prior blow-up
+
+
+def test_module_keeps_the_pu_objective_above_the_labeled_fraction():
+    module = _module(GEBinomial(), pi_unlabeled=0.04, pi=0.05)
+    assert module.active_objective is module.objective
+    assert module.hparams["objective_optimized"] == "GEBinomial"
+
+
+@pytest.mark.slow
+def test_more_labels_never_hurt_on_the_tiny_preset(tmp_path):
+    # The tiny preset with 100 particles per micrograph (3 training micrographs, 292 particles):
+    # all labels with pi at the labeled fraction (the module then optimizes PN) against 100 labels
+    # with the same pi (GE-binomial, pi_unlabeled > 0). Same seed, same steps, CPU, one thread.
+    from tests.conftest import compose_config
+    from topaz_lightning.models import load_model
+    from topaz_lightning.simulate import simulate_dataset
+    from topaz_lightning.train import train
+
+    torch.set_num_threads(1)
+    data = simulate_dataset(tmp_path / "tiny", "tiny", seed=0, particles_per_micrograph=100)
+    aupr = {}
+    for labels in ("null", "100"):
+        overrides = [
+            "trainer=cpu",
+            "logger=none",
+            "callbacks.progress_bar=null",
+            "callbacks.best_checkpoint=null",
+            "trainer.enable_model_summary=false",
+            "data=simulated",
+            f"data.simulated_dir={data}",
+            "data.device=cpu",
+            "data.pi=0.07",  # the labeled fraction with all labels is 0.0728
+            f"data.num_labeled={labels}",
+            "trainer.max_steps=60",
+            "callbacks.held_out_picking.every_n_steps=60",
+            "seed=0",
+        ]
+        out = tmp_path / f"run_{labels}"
+        aupr[labels] = train(compose_config("train", overrides, out))["val/aupr"]
+        geometry = load_model(out / "model.pt")[1]["geometry"]
+        if labels == "null":
+            assert geometry["pi_unlabeled"] == 0.0  # the PN switch is what is exercised
+        else:
+            assert geometry["pi_unlabeled"] > 0.0
+    # measured: 0.927 (all labels, PN) vs 0.481 (100 labels, GE-binomial)
+    assert aupr["null"] >= aupr["100"]

@@ -55,13 +55,19 @@ class PULitModule(pl.LightningModule):
             the parameters in :meth:`configure_optimizers`. Default: Adam, lr 2e-4. L2
             regularization is the optimizer's ``weight_decay``.
         pi_unlabeled: prior probability that an unlabeled draw is positive; taken from the
-            datamodule (``pi_unlabeled``) at ``setup`` when None.
+            datamodule (``pi_unlabeled``) at ``setup`` when None. 0 means every positive is
+            labeled: the module then optimizes PN (see :meth:`finalize`).
         decoder: optional decoder ``decoder(features) -> (B, 1, w, w)``; when given, the loss gets
             ``recon_weight * E||x - x'||^2`` (sum over pixels, mean over the minibatch).
         recon_weight: c, a number or ``"auto"`` for 10/P (P = number of labeled particles).
         num_labeled_particles: P; taken from the datamodule at ``setup`` when None.
         run_config: the resolved run configuration, stored with the hyperparameters and in every
             checkpoint so a run can be reproduced from its checkpoint alone.
+        pi: the class prior (fraction of all regions that are positive); taken from the run
+            geometry at ``setup`` when None.
+
+    The objective gets the prior its ``prior`` attribute names (``"pi"``: PN, NNPU;
+    ``"pi_unlabeled"``: GE-KL, GE-binomial; docs/models_objectives.md).
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class PULitModule(pl.LightningModule):
         recon_weight: float | str = "auto",
         num_labeled_particles: int | None = None,
         run_config: dict[str, Any] | None = None,
+        pi: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "objective", "decoder", "optimizer"])
@@ -86,6 +93,12 @@ class PULitModule(pl.LightningModule):
         self.recon_weight_setting = recon_weight
         self.recon_weight: float | None = None
         self.run_config = run_config
+        self.pi = pi
+        #: what is optimized, fixed by finalize(): the objective (``objective``, or PN when every
+        #: positive is labeled), the name of the prior it gets and its value
+        self.active_objective: nn.Module | None = None
+        self.prior_name: str | None = None
+        self.prior_value: float | None = None
         #: the run's RunGeometry, taken from the datamodule at setup (None before, or without one)
         self.geometry = None
         if decoder is not None and not hasattr(net, "features"):
@@ -105,6 +118,8 @@ class PULitModule(pl.LightningModule):
         if self.geometry is not None:
             if self.pi_unlabeled is None:
                 self.pi_unlabeled = self.geometry.pi_unlabeled
+            if self.pi is None:
+                self.pi = self.geometry.pi
             if self.num_labeled_particles is None:
                 self.num_labeled_particles = self.geometry.num_labeled_particles
         elif dm is not None:  # a datamodule without a geometry record (tests' stubs)
@@ -116,6 +131,10 @@ class PULitModule(pl.LightningModule):
         # the loggers write hparams_initial after setup: give them the resolved values
         resolved = {
             "pi_unlabeled": self.hparams["pi_unlabeled"],
+            "pi": self.hparams["pi"],
+            "objective_optimized": self.hparams["objective_optimized"],
+            "objective_prior": self.hparams["objective_prior"],
+            "objective_prior_value": self.hparams["objective_prior_value"],
             "num_labeled_particles": self.hparams["num_labeled_particles"],
             "recon_weight_value": self.hparams["recon_weight_value"],
         }
@@ -125,23 +144,82 @@ class PULitModule(pl.LightningModule):
         self._hparams_initial.update(resolved)
 
     def finalize(self) -> None:
-        """Check pi and fix the reconstruction weight (call once pi and P are known)."""
+        """Check the priors, choose what is optimized, fix the reconstruction weight.
+
+        Call once pi and P are known. The objective receives the prior its ``prior`` attribute
+        names. When ``pi_unlabeled == 0`` (pi at or below the labeled fraction: every positive
+        is labeled) the unlabeled regions are negatives and the module optimizes PN instead, with
+        the class prior = the labeled fraction (or pi when the fraction is unknown), as Topaz
+        does. Which objective and prior are optimized is logged and stored in the hparams.
+        """
         if self.pi_unlabeled is None:
             raise ConfigError(
                 "module.pi_unlabeled",
                 "no prior given and the datamodule does not expose pi_unlabeled",
             )
-        pi = float(self.pi_unlabeled)
-        if not 0.0 < pi < 1.0:
-            raise ConfigError("module.pi_unlabeled", f"must lie in (0, 1), got {pi}")
-        self.pi_unlabeled = pi
+        pi_u = float(self.pi_unlabeled)
+        if not 0.0 <= pi_u < 1.0:
+            raise ConfigError("module.pi_unlabeled", f"must lie in [0, 1), got {pi_u}")
+        self.pi_unlabeled = pi_u
+        if self.pi is not None:
+            self.pi = float(self.pi)
+            if not 0.0 < self.pi < 1.0:
+                raise ConfigError("module.pi", f"must lie in (0, 1), got {self.pi}")
+        self._choose_objective()
         if self.decoder is not None:
             self.recon_weight = resolve_recon_weight(
                 self.recon_weight_setting, self.num_labeled_particles
             )
-        self.hparams["pi_unlabeled"] = pi
+        self.hparams["pi_unlabeled"] = pi_u
+        self.hparams["pi"] = self.pi
+        self.hparams["objective_optimized"] = type(self.active_objective).__name__
+        self.hparams["objective_prior"] = self.prior_name
+        self.hparams["objective_prior_value"] = self.prior_value
         self.hparams["num_labeled_particles"] = self.num_labeled_particles
         self.hparams["recon_weight_value"] = self.recon_weight
+
+    def _choose_objective(self) -> None:
+        from topaz_lightning.objectives import PN
+
+        name = type(self.objective).__name__
+        labeled_fraction = None if self.geometry is None else self.geometry.labeled_fraction
+        if self.pi_unlabeled <= 0.0:
+            # every positive region is labeled: the unlabeled draws hold no positives
+            prior = labeled_fraction if labeled_fraction else self.pi
+            if prior is None or not 0.0 < prior < 1.0:
+                raise ConfigError(
+                    "module.pi_unlabeled",
+                    "pi_unlabeled is 0 (every positive labeled) and neither the labeled fraction "
+                    "nor pi is known to weight the PN objective that replaces the PU objective",
+                )
+            self.active_objective, self.prior_name, self.prior_value = PN(), "pi", float(prior)
+            log.warning(
+                "pi=%s is at or below the labeled fraction %s (pi_unlabeled = 0): every positive "
+                "region is labeled and the unlabeled regions are negatives, so the objective is "
+                "PN with pi=%.6g (the labeled fraction) instead of %s",
+                self.pi,
+                labeled_fraction,
+                self.prior_value,
+                name,
+            )
+            return
+        # objectives written before priors were declared received pi_unlabeled
+        prior_name = getattr(self.objective, "prior", "pi_unlabeled")
+        if prior_name == "pi":
+            value = self.pi
+            if value is None:  # no geometry and no pi given: unlabeled draws stand in for all
+                value = self.pi_unlabeled
+                log.warning("no class prior pi given: %s gets pi_unlabeled=%.6g", name, value)
+        elif prior_name == "pi_unlabeled":
+            value = self.pi_unlabeled
+        else:
+            raise ConfigError("objective", f"{name}.prior must be 'pi' or 'pi_unlabeled'")
+        self.active_objective, self.prior_name, self.prior_value = (
+            self.objective,
+            prior_name,
+            float(value),
+        )
+        log.info("optimizing %s with %s=%.6g", name, prior_name, self.prior_value)
 
     # ------------------------------------------------------------------ steps
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -152,15 +230,17 @@ class PULitModule(pl.LightningModule):
         self, patches: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Objective (plus weighted reconstruction error with a decoder) for one minibatch."""
-        if self.pi_unlabeled is None or (self.decoder is not None and self.recon_weight is None):
+        if self.active_objective is None or (
+            self.decoder is not None and self.recon_weight is None
+        ):
             self.finalize()
         if self.decoder is None:
             logits = self.net(patches)
-            loss, terms = self.objective(logits, labels, self.pi_unlabeled)
+            loss, terms = self.active_objective(logits, labels, self.prior_value)
             return loss, dict(terms)
         features = self.net.features(patches)
         logits = self._logits_from_features(features, patches)
-        loss, terms = self.objective(logits, labels, self.pi_unlabeled)
+        loss, terms = self.active_objective(logits, labels, self.prior_value)
         terms = dict(terms)
         recon = self.decoder(features)
         if recon.shape != patches.shape:
@@ -201,7 +281,9 @@ class PULitModule(pl.LightningModule):
         """Region classification on held-out batches (labels = full truth): val/loss."""
         patches, labels = batch
         logits = self.net(patches)
-        loss, _ = self.objective(logits, labels, self.pi_unlabeled)
+        if self.active_objective is None:
+            self.finalize()
+        loss, _ = self.active_objective(logits, labels, self.prior_value)
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(labels.shape[0]))
         self._val_logits.append(logits.detach().float().cpu())
         self._val_labels.append(labels.detach().cpu())
@@ -238,6 +320,10 @@ class PULitModule(pl.LightningModule):
         checkpoint["topaz_lightning"] = {
             "run_config": self.run_config,
             "pi_unlabeled": self.pi_unlabeled,
+            "pi": self.pi,
+            "objective_optimized": type(self.active_objective).__name__,
+            "objective_prior": self.prior_name,
+            "objective_prior_value": self.prior_value,
             "num_labeled_particles": self.num_labeled_particles,
             "recon_weight": self.recon_weight,
             "geometry": None if self.geometry is None else self.geometry.to_dict(),
