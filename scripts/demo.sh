@@ -16,25 +16,20 @@ if [ -f "$DATA/dataset.yaml" ]; then
 else
   "$BIN/tzl-simulate" simulate=demo seed=0 out_dir="$DATA" num_workers=2 hydra.run.dir="$OUT/simulate_log"
 fi
-read -r NMS_RADIUS MATCH_DIST < <("$BIN/python" - "$DATA/dataset.yaml" <<'PY'
-import sys, yaml
-meta = yaml.safe_load(open(sys.argv[1]))
-print(meta["nms_radius_px"], meta["match_distance_px"])
-PY
-)
 
 echo "== 2/4 train conv31 + GE-binomial for $STEPS steps (16 positive + 240 unlabeled patches per step)"
 "$BIN/tzl-train" data.simulated_dir="$DATA" trainer.max_steps="$STEPS" \
   callbacks.held_out_picking.every_n_steps=500 callbacks.held_out_picking.log_images=true \
   hydra.run.dir="$RUN/train"
 
+# NMS radius and match distance: the dataset's, carried by model.pt (extra["geometry"])
 echo "== 3/4 pick the held-out micrographs"
 "$BIN/tzl-pick" model_path="$RUN/train/model.pt" micrographs="$DATA/micrographs" \
-  subset="$DATA/test.txt" radius="$NMS_RADIUS" output_dir="$RUN/pick" save_score_maps=true progress=false
+  subset="$DATA/test.txt" output_dir="$RUN/pick" save_score_maps=true progress=false
 
 echo "== 4/4 evaluate against the complete simulated truth"
 "$BIN/tzl-evaluate" picks="$RUN/pick/picks.tsv" truth="$DATA/particles.tsv" micrographs="$DATA/test.txt" \
-  max_distance="$MATCH_DIST" output_dir="$RUN/evaluate" \
+  model_path="$RUN/train/model.pt" output_dir="$RUN/evaluate" \
   overlay_micrographs="$DATA/micrographs" score_maps="$RUN/pick/score_maps"
 
 echo

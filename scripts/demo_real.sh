@@ -6,15 +6,18 @@
 set -euo pipefail
 OUT=${1:-demo_out_real}
 STEPS=${DEMO_STEPS:-3000}
+# held-out picking every 1000 steps (or once, at the end, for shorter runs)
+EVERY=$(( STEPS < 1000 ? STEPS : 1000 ))
 BIN=${BIN:-.venv/bin}
 SRC=${EMPIAR10017_DIR:-data/samples/empiar10017_dev}
 RUN="$OUT/run_$(date +%Y%m%d_%H%M%S)"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-# 4x downsampling: particle radius ~13.5 px; NMS radius and match distance follow the paper's
-# choice (suppress within about a particle radius, match within the particle's semi-axis)
+# Only what a user knows is given: the particle diameter in the micrographs' own pixels and the
+# downsampling. The run geometry derives the rest (4x: particle radius 13.5 model px, label
+# radius 4, NMS radius and match distance 13.5 = 54 full-size px) and model.pt carries it to
+# tzl-pick and tzl-evaluate.
 DOWNSAMPLE=4
-NMS_RADIUS=12
-MATCH_DIST_FULL=52   # 13 px after 4x downsampling, in the full-size pixels the picks are written in
+PARTICLE_DIAMETER_PX=108
 
 if [ ! -d "$SRC/images" ]; then
   echo "error: $SRC/images not found (set EMPIAR10017_DIR)" >&2
@@ -27,19 +30,18 @@ printf '%s\n' Falcon_2012_06_12-15_27_22_0 > "$RUN/test.txt"
 echo "== 1/3 train conv31 + GE-binomial on 3 micrographs for $STEPS steps (4x downsampled, in memory)"
 "$BIN/tzl-train" data=files data.micrographs="$SRC/images" data.coordinates="$SRC/coords" \
   data.train_list="$RUN/train.txt" data.val_list="$RUN/test.txt" \
-  data.downsample=$DOWNSAMPLE data.radius_px=4 data.particles_per_micrograph=650 \
-  data.steps_per_epoch=500 trainer.max_steps="$STEPS" \
-  callbacks.held_out_picking.radius=$NMS_RADIUS callbacks.held_out_picking.max_distance=13 \
-  callbacks.held_out_picking.every_n_steps=1000 \
+  data.downsample=$DOWNSAMPLE data.particle_diameter_px=$PARTICLE_DIAMETER_PX \
+  data.particles_per_micrograph=700 data.steps_per_epoch=500 trainer.max_steps="$STEPS" \
+  callbacks.held_out_picking.every_n_steps="$EVERY" \
   hydra.run.dir="$RUN/train"
 
 echo "== 2/3 pick the held-out micrograph (coordinates written at full size)"
 "$BIN/tzl-pick" model_path="$RUN/train/model.pt" micrographs="$SRC/images" subset="$RUN/test.txt" \
-  radius=$NMS_RADIUS output_dir="$RUN/pick" save_score_maps=true progress=false
+  output_dir="$RUN/pick" save_score_maps=true progress=false
 
 echo "== 3/3 evaluate against the annotation (incomplete: precision is a lower bound)"
 "$BIN/tzl-evaluate" picks="$RUN/pick/picks.tsv" truth="$SRC/coords" micrographs="$RUN/test.txt" \
-  max_distance=$MATCH_DIST_FULL output_dir="$RUN/evaluate" \
+  model_path="$RUN/train/model.pt" output_dir="$RUN/evaluate" \
   overlay_micrographs="$SRC/images" score_maps="$RUN/pick/score_maps"
 
 echo
