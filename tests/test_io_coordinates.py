@@ -507,3 +507,71 @@ def test_io_package_reexports_micrograph_functions():
     assert tio.micrograph_name("a/b/mic_001.mrc") == "mic_001"
     with pytest.raises(AttributeError):
         tio.no_such_function  # noqa: B018
+
+
+# ------------------------------------------------------------------------------ issue 8
+
+
+def test_row_named_like_a_star_block_does_not_make_a_star_file(tmp_path):
+    text = "image_name\tx_coord\ty_coord\tscore\ndata_0001\t10\t20\t0.5\nloop_\t5\t6\t0.1\n"
+    path = _write(tmp_path, "picks.tsv", text)
+    assert detect_format(path) == "tsv"
+    df = read_coordinates(path)
+    assert df["micrograph"].tolist() == ["data_0001", "loop_"]
+    csv_path = _write(tmp_path, "picks.csv", "micrograph,x,y\ndata_0001,1,2\n")
+    assert detect_format(csv_path) == "csv"
+    # a real STAR file may open with comments and blank lines
+    star = _write(
+        tmp_path, "a.star", "# RELION\n\ndata_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n1 2\n"
+    )
+    assert detect_format(star) == "star3.0"
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("m\t-3\t4", "outside 0..1e\\+06"),
+        ("m\t3\t2e6", "outside 0..1e\\+06"),
+        ("m\tnan\t4", "finite"),
+        ("m\t3\tinf", "finite"),
+        ("m\t3\t4\tnan", "score is nan"),
+        ("../m\t3\t4", "path separator"),
+        ("..\t3\t4", "directory reference"),
+    ],
+)
+def test_tsv_values_and_names_refused_at_read_with_the_line(tmp_path, row, message):
+    path = _write(tmp_path, "p.tsv", f"image_name\tx_coord\ty_coord\tscore\nok\t1\t1\t0\n{row}\n")
+    if row.count("\t") == 2:
+        path.write_text(f"image_name\tx_coord\ty_coord\nok\t1\t1\n{row}\n")
+    with pytest.raises(InputError, match=message) as err:
+        read_coordinates(path)
+    assert str(err.value).startswith(f"{path}: line 3:")
+
+
+def test_star_names_reduce_to_file_names_and_empty_ones_are_refused(tmp_path):
+    head = "data_\nloop_\n_rlnMicrographName\n_rlnCoordinateX\n_rlnCoordinateY\n"
+    ok = _write(tmp_path, "a.star", head + "../../up/mic_1.mrc 1 2\n")
+    assert read_coordinates(ok)["micrograph"].tolist() == ["mic_1"]
+    bad = _write(tmp_path, "b.star", head + "mic_1.mrc 1 2\nsome/dir/ 3 4\n")
+    with pytest.raises(InputError, match="row 2, key _rlnMicrographName.*is empty"):
+        read_coordinates(bad)
+    neg = _write(tmp_path, "c.star", head + "mic_1.mrc 1 -2\n")
+    with pytest.raises(InputError, match="row 1, key _rlnCoordinateY"):
+        read_coordinates(neg)
+
+
+def test_box_corner_may_be_negative_but_not_the_centre(tmp_path):
+    ok = _write(tmp_path, "m.box", "-5\t-5\t20\t20\n")
+    assert read_coordinates(ok)[["x", "y"]].to_numpy().tolist() == [[5.0, 5.0]]
+    bad = _write(tmp_path, "n.box", "1\t1\t20\t20\n-25\t1\t20\t20\n")
+    with pytest.raises(InputError, match="line 2.*x centre"):
+        read_coordinates(bad)
+    with pytest.raises(InputError, match="box width"):
+        read_coordinates(_write(tmp_path, "w.box", "1\t1\t-20\t20\n"))
+
+
+def test_writer_refuses_non_finite_coordinates(tmp_path):
+    df = pd.DataFrame({"micrograph": ["a", "a"], "x": [1.0, np.nan], "y": [1.0, 2.0]})
+    with pytest.raises(InputError, match="row 2"):
+        write_coordinates(df, tmp_path / "o.tsv")
+    assert not (tmp_path / "o.tsv").exists()
