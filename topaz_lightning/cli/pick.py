@@ -70,7 +70,7 @@ NOT_IN_RECORD = {
     "box_size", "score", "threshold", "threshold_probability", "target_recall", "recall_metrics",
     "radius", "nms_radius_px", "nms_radius_px_model", "downsample", "normalize", "chunk_size",
     "device", "batch_size", "num_workers", "tile_size", "progress", "overwrite", "strict",
-    "trainer", "hydra", "task_name", "picks_dir",
+    "trainer", "hydra", "task_name", "picks_dir", "callbacks",
 }  # fmt: skip
 
 
@@ -402,6 +402,8 @@ class Outputs:
                 )
                 raise OutputExistsError(self.state)
             # the same command: continue; its combined outputs are rebuilt from the parts
+            for path in self._leftovers():
+                path.unlink()
             recorded = {o["path"] for o in old.get("outputs", [])}
             if str(self.output.resolve()) not in recorded:
                 check_coordinate_output(self.output, False, per_micrograph=self.per_micrograph)
@@ -412,6 +414,22 @@ class Outputs:
             raise OutputExistsError(stale[0])
         _write_json(self.state, {"settings": record, **self._written()})
         return False
+
+    def _leftovers(self) -> list[Path]:
+        """Temporary files of an interrupted earlier run of this command (atomic_output's
+        ``.<target>.<random>.tmp<suffix>``) beside its parts and score maps."""
+        targets: dict[Path, set[str] | None] = {self.picks_dir: None}
+        if self.score_dir is not None:
+            targets[self.score_dir] = {f"{n}{e}" for n in self.names for e in self.score_exts}
+        found = []
+        for directory, names in targets.items():
+            if not directory.is_dir():
+                continue
+            for path in directory.glob(".*.tmp*"):
+                target = path.name[1:].rsplit(".tmp", 1)[0].rsplit(".", 1)[0]
+                if path.is_file() and (names is None or target in names):
+                    found.append(path)
+        return found
 
     def _old_or_none(self) -> dict | None:
         try:
@@ -482,9 +500,11 @@ def _log_first_pass_error(name: str, reason: str) -> None:
 
 def _trainer_kwargs(cfg: DictConfig, writer, run_dir: Path) -> dict[str, Any]:
     from topaz_lightning.picking.scoring import resolve_device
+    from topaz_lightning.train import instantiate_callbacks
 
     kwargs: dict[str, Any] = {
-        "callbacks": [writer],
+        # extra Lightning callbacks: +callbacks.<name>._target_=... on the command line
+        "callbacks": [writer, *instantiate_callbacks(cfg.get("callbacks"))],
         "logger": False,
         # predict shards with Lightning's unrepeated distributed sampler (training turns it off)
         "use_distributed_sampler": True,
