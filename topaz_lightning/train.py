@@ -157,6 +157,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "patch_size": int(patch_size),
         "global_step": int(trainer.global_step),
         "objective": cfg.objective.get("_target_"),
+        # what was optimized: PN replaces a PU objective when every positive is labeled
+        "objective_optimized": module.hparams.get("objective_optimized"),
+        "objective_prior": module.hparams.get("objective_prior"),
+        "objective_prior_value": module.hparams.get("objective_prior_value"),
         "seed": int(cfg.seed),
     }
     normalize_fit = getattr(datamodule, "normalize_fit", None)
