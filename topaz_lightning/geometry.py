@@ -394,3 +394,27 @@ def resolve_geometry(
         normalize=str(normalize),
         **values,
     )
+
+
+#: the geometry settings of a data config (configs/data/_base.yaml), besides ``downsample``
+GEOMETRY_SETTINGS = (
+    "pixel_size_a",
+    "particle_diameter_a",
+    "particle_diameter_px",
+    "label_radius_px_model",
+    "nms_radius_px_model",
+    "match_distance_px_model",
+)
+
+
+def check_geometry_settings(
+    settings: Mapping[str, Any], downsample: Any = 1.0, key_prefix: str = "data."
+) -> None:
+    """The one check of a run's geometry settings before any data is read (ConfigError naming
+    the key): ``downsample`` and the :data:`GEOMETRY_SETTINGS` in ``settings``. A diameter in
+    Angstrom without ``pixel_size_a`` is left for :func:`resolve_geometry`, since the pixel size
+    may come from the data (MRC header, dataset.yaml)."""
+    values = {name: settings.get(name) for name in GEOMETRY_SETTINGS}
+    if values["particle_diameter_a"] is not None and values["pixel_size_a"] is None:
+        values["particle_diameter_a"] = None
+    resolve_geometry(downsample=downsample, key_prefix=key_prefix, **values)

@@ -196,14 +196,14 @@ def validate_train(cfg: DictConfig) -> None:
     fold = integer(cfg, "data.fold", minimum=0, allow_none=True)
     if folds is not None and fold is not None and fold >= folds:
         raise ConfigError("data.fold", f"must be < data.num_folds={folds}, got {fold}")
-    number(cfg, "data.pi", minimum=0, maximum=1, exclusive_minimum=True, allow_none=True)
-    number(cfg, "data.particles_per_micrograph", minimum=0, exclusive_minimum=True, allow_none=True)
-    number(cfg, "data.radius_px", minimum=0, allow_none=True)
-    downsample = _get(cfg, "data.downsample")
-    if downsample is not _MISSING and downsample is not None:
-        from topaz_lightning.geometry import check_downsample
+    data = cfg.get("data")
+    if isinstance(data, DictConfig):
+        # the prior and the geometry have one check each, shared with the DataModule
+        from topaz_lightning.data.prior import check_prior_settings
+        from topaz_lightning.geometry import check_geometry_settings
 
-        check_downsample(downsample, "data.downsample")
+        check_prior_settings(data.get("pi"), data.get("particles_per_micrograph"))
+        check_geometry_settings(data, data.get("downsample", 1.0))
     choice(cfg, "data.normalize", ("gmm", "standardize", "none"), allow_none=True)
     integer(cfg, "callbacks.held_out_picking.every_n_steps", minimum=1, allow_none=True)
 

@@ -23,6 +23,7 @@ from topaz_lightning.geometry import (
     RunGeometry,
     check_coordinate_scale,
     check_downsample,
+    check_geometry_settings,
     coordinates_to_model_frame,
     resolve_geometry,
 )
@@ -229,15 +230,7 @@ class PUDataModule(pl.LightningDataModule):
             raise ConfigError(
                 "data.normalize", f"must be one of gmm, standardize, none; got {self.normalize!r}"
             )
-        # the radii and particle size are checked (and combined) once, without reading any data
-        resolve_geometry(downsample=self.downsample, **self._geometry_checks())
-
-    def _geometry_checks(self) -> dict[str, Any]:
-        # a diameter in Angstrom may wait for the pixel size from the data: check it in setup
-        settings = dict(self.geometry_settings)
-        if settings["particle_diameter_a"] is not None and settings["pixel_size_a"] is None:
-            settings["particle_diameter_a"] = None
-        return settings
+        check_geometry_settings(self.geometry_settings, self.downsample)
 
     # ------------------------------------------------------------------------------------------
     # Lightning hooks
