@@ -184,3 +184,32 @@ def test_score_matching_needs_scores_and_known_method():
         match_picks([[0, 0]], [[0, 0]], 2, method="score")
     with pytest.raises(InputError, match="method"):
         match_picks([[0, 0]], [[0, 0]], 2, method="nearest")
+
+
+def test_tzl_evaluate_match_boundary_option(tmp_path):
+    # picks exactly max_distance from their particles: matched by default, not with Topaz's rule
+    import pandas as pd
+
+    from tests.conftest import compose_config
+    from topaz_lightning.cli.evaluate import run
+    from topaz_lightning.io.coordinates import write_coordinates
+
+    truth = pd.DataFrame({"micrograph": ["m", "m"], "x": [10.0, 40.0], "y": [10.0, 40.0]})
+    picks = truth.assign(x=truth.x + 3.0, y=truth.y + 4.0, score=[2.0, 1.0])
+    write_coordinates(truth, tmp_path / "truth.tsv")
+    write_coordinates(picks, tmp_path / "picks.tsv")
+    recall = {}
+    for boundary in ("inclusive", "exclusive"):
+        cfg = compose_config(
+            "evaluate",
+            [
+                f"picks={tmp_path / 'picks.tsv'}",
+                f"truth={tmp_path / 'truth.tsv'}",
+                "max_distance=5",
+                f"match_boundary={boundary}",
+                f"output_dir={tmp_path / boundary}",
+            ],
+        )
+        recall[boundary] = run(cfg)["n_matched"]
+    assert compose_config("evaluate").match_boundary == "inclusive"
+    assert recall == {"inclusive": 2, "exclusive": 0}

@@ -216,3 +216,21 @@ def test_score_micrograph_refuses_non_2d_input():
     torch.manual_seed(0)
     with pytest.raises(InputError, match=r"2-D micrograph.*\(2, 40, 40\)"):
         score_micrograph(Conv31(), np.zeros((2, 40, 40), np.float32))
+
+
+def test_tzl_pick_nms_boundary_option(monkeypatch):
+    # pick.yaml's nms_boundary reaches the NMS through PickSettings
+    from tests.conftest import compose_config
+    from topaz_lightning.picking import predict
+
+    score_map = np.zeros((30, 30), dtype=np.float32)
+    score_map[5, 5], score_map[5, 15] = 2.0, 1.0  # exactly 10 px apart
+    monkeypatch.setattr(predict, "score_micrograph", lambda *args, **kwargs: score_map)
+    assert compose_config("pick").nms_boundary == "keep"
+    counts = {}
+    for boundary in ("keep", "suppress"):
+        settings = predict.PickSettings(
+            nms_radius_px_model=10, threshold=0.5, nms_boundary=boundary
+        )
+        counts[boundary] = len(predict.pick_micrograph(None, score_map, settings, "m").picks)
+    assert counts == {"keep": 2, "suppress": 1}

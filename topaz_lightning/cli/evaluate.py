@@ -185,6 +185,7 @@ def run(cfg: DictConfig) -> dict:
             max_distance,
             micrographs=names,
             matching=str(cfg.get("matching", "distance")),
+            match_boundary=str(cfg.get("match_boundary", "inclusive")),
         )
 
     table = format_table(evaluations)

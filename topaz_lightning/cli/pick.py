@@ -621,6 +621,7 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
             plot = False
     settings = PickSettings(
         nms_radius_px_model=radius,
+        nms_boundary=str(cfg.get("nms_boundary", "keep")),
         threshold=threshold,
         max_picks=None if k is None else int(k),
         downsample=downsample,

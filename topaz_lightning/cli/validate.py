@@ -230,6 +230,7 @@ def validate_pick(cfg: DictConfig) -> None:
     number(cfg, "radius", minimum=0, allow_none=True)
     number(cfg, "nms_radius_px_model", minimum=0, allow_none=True)
     number(cfg, "nms_radius_px", minimum=0, allow_none=True)
+    choice(cfg, "nms_boundary", ("keep", "suppress"))
     integer(cfg, "num_workers", minimum=0, allow_none=True)
     boolean(cfg, "strict")
     number(cfg, "threshold", allow_none=True)
@@ -279,6 +280,7 @@ def validate_evaluate(cfg: DictConfig) -> None:
     """tzl-evaluate: match distance, matching rule, formats, overlay settings."""
     number(cfg, "max_distance", minimum=0, allow_none=True)
     choice(cfg, "matching", ("distance", "score"))
+    choice(cfg, "match_boundary", ("inclusive", "exclusive"))
     _coordinate_format(cfg, "picks_format")
     _coordinate_format(cfg, "truth_format")
     integer(cfg, "overlay_max", minimum=0, allow_none=True)

@@ -53,6 +53,8 @@ class PickSettings:
 
     #: NMS keeps picks at least this far apart (model frame)
     nms_radius_px_model: float
+    #: a candidate exactly the radius from a pick: "keep" (ours) | "suppress" (Topaz's)
+    nms_boundary: str = "keep"
     #: logit threshold (picks with a lower score are dropped)
     threshold: float = -math.inf
     #: keep at most the best k picks per micrograph
@@ -95,6 +97,7 @@ def pick_micrograph(
         settings.nms_radius_px_model,
         threshold=settings.threshold,
         max_picks=settings.max_picks,
+        nms_boundary=settings.nms_boundary,
     )
     picks = coordinates_to_micrograph_frame(picks, settings.downsample)
     return PickResult(name, picks, score_map if settings.keep_score_map else None)
