@@ -221,19 +221,20 @@ def test_nnpu_clamp_rule_gives_no_unlabeled_gradient_when_negative():
     assert grad[2:].abs().max() == 0 and (grad[:2] < 0).all()
 
 
-def ref_nnpu_kiryo_grad(z, y, pi, beta=0.0, gamma=1.0):
+def ref_nnpu_kiryo_grad(z, y, pi, beta=0.0, gamma=1.0, f=0.0):
     """Gradient w.r.t. the logits of Kiryo et al.'s Algorithm 1, from the explicit formula.
 
-    With s = sigmoid: d/dz -log s(z) = s(z) - 1 and d/dz -log(1 - s(z)) = s(z). While
-    R_U^- - pi R_P^- >= -beta the step follows the unbiased risk pi R_P^+ + R_U^- - pi R_P^-,
-    otherwise -gamma (R_U^- - pi R_P^-).
+    With s = sigmoid: d/dz -log s(z) = s(z) - 1 and d/dz -log(1 - s(z)) = s(z). The bracket is
+    the negative risk with the whole-population mean rebuilt from P and U (U excluding a
+    fraction f of labeled regions): B = (1 - f) R_U^- - (pi - f) R_P^-. While B >= -beta the step
+    follows the unbiased risk pi R_P^+ + B, otherwise -gamma B.
     """
     zp, zu = z[y == 1], z[y == 0]
     sp, su = expit(zp), expit(zu)
-    bracket = np.mean(-np.log1p(-su)) - pi * np.mean(-np.log1p(-sp))
+    bracket = (1 - f) * np.mean(-np.log1p(-su)) - (pi - f) * np.mean(-np.log1p(-sp))
     d_bracket = np.zeros_like(z)
-    d_bracket[y == 0] = su / len(zu)
-    d_bracket[y == 1] = -pi * sp / len(zp)
+    d_bracket[y == 0] = (1 - f) * su / len(zu)
+    d_bracket[y == 1] = -(pi - f) * sp / len(zp)
     if bracket < -beta:
         return -gamma * d_bracket, bracket
     d_positive = np.zeros_like(z)
@@ -252,19 +253,37 @@ def nnpu_batch(bracket_sign: str, seed: int = 0):
     return z, y, pi
 
 
+@pytest.mark.parametrize("f", [0.0, 0.1])
 @pytest.mark.parametrize("sign", ["negative", "positive"])
 @pytest.mark.parametrize("beta,gamma", [(0.0, 1.0), (0.0, 0.3), (0.05, 2.0)])
-def test_nnpu_kiryo_gradient_matches_reference(sign, beta, gamma):
+def test_nnpu_kiryo_gradient_matches_reference(sign, beta, gamma, f):
     z, y, pi = nnpu_batch(sign)
-    ref_grad, bracket = ref_nnpu_kiryo_grad(z, y, pi, beta, gamma)
+    ref_grad, bracket = ref_nnpu_kiryo_grad(z, y, pi, beta, gamma, f)
     assert (bracket < -0.5) if sign == "negative" else (bracket > 0.1)  # the case is what it says
     logits = torch.tensor(z, requires_grad=True)
     labels = torch.tensor(y)
-    loss, terms, grad = loss_and_grad(NNPU(beta=beta, gamma=gamma), logits, labels, pi)
+    loss, terms = NNPU(beta=beta, gamma=gamma)(logits, labels, pi, labeled_fraction=f)
+    (grad,) = torch.autograd.grad(loss, logits)
     np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-10, atol=1e-14)
     # the value is the non-negative risk whichever way the step goes
-    assert loss.item() == pytest.approx(ref_nnpu(z, y, pi), rel=1e-12)
+    risk = pi * np.mean(-np.log(expit(z[y == 1]))) + max(0.0, bracket)
+    assert loss.item() == pytest.approx(risk, rel=1e-12)
     assert torch.allclose(loss, sum(terms.values()))
+
+
+def test_nnpu_labeled_fraction_splits_the_population():
+    # whole-population risk = (1 - f) x (the paper's NNPU on the unlabeled regions' population,
+    # prior pi_u) + f x the labeled positives' own loss: U never lands on labeled regions
+    z, y, pi = nnpu_batch("positive", seed=5)
+    f = 0.2
+    pi_u = (pi - f) / (1 - f)
+    logits, labels = torch.tensor(z), torch.tensor(y)
+    whole, _ = NNPU()(logits, labels, pi, labeled_fraction=f)
+    unlabeled_part, _ = NNPU()(logits, labels, pi_u)
+    positives = -torch.nn.functional.logsigmoid(logits[labels > 0]).mean()
+    assert whole.item() == pytest.approx(((1 - f) * unlabeled_part + f * positives).item(), 1e-12)
+    with pytest.raises(ConfigError, match="labeled_fraction"):
+        NNPU()(logits, labels, pi, labeled_fraction=pi)
 
 
 def test_nnpu_kiryo_beta_band_uses_unbiased_risk_gradient():
@@ -406,6 +425,13 @@ def test_module_switches_to_pn_when_every_positive_is_labeled(caplog):
     assert "PN with pi=0.01" in caplog.text and "GEBinomial" in caplog.text
     loss, _ = module.compute_loss(torch.randn(4, 1, 31, 31), torch.tensor([1.0, 0.0, 0.0, 0.0]))
     assert torch.isfinite(loss) and loss.item() < 5  # no clamped-prior blow-up
+
+
+def test_module_passes_the_labeled_fraction_to_nnpu():
+    module = _module(NNPU(), pi_unlabeled=0.04, pi=0.05, labeled_regions=10, regions=1000)
+    assert module.objective_kwargs == {"labeled_fraction": 0.01}
+    assert module.hparams["objective_labeled_fraction"] == 0.01
+    assert _module(GEBinomial(), pi_unlabeled=0.04).objective_kwargs == {}
 
 
 def test_module_keeps_the_pu_objective_above_the_labeled_fraction():

@@ -99,6 +99,8 @@ class PULitModule(pl.LightningModule):
         self.active_objective: nn.Module | None = None
         self.prior_name: str | None = None
         self.prior_value: float | None = None
+        #: extra keyword arguments of the objective (NNPU: labeled_fraction)
+        self.objective_kwargs: dict[str, float] = {}
         #: the run's RunGeometry, taken from the datamodule at setup (None before, or without one)
         self.geometry = None
         if decoder is not None and not hasattr(net, "features"):
@@ -135,6 +137,7 @@ class PULitModule(pl.LightningModule):
             "objective_optimized": self.hparams["objective_optimized"],
             "objective_prior": self.hparams["objective_prior"],
             "objective_prior_value": self.hparams["objective_prior_value"],
+            "objective_labeled_fraction": self.hparams["objective_labeled_fraction"],
             "num_labeled_particles": self.hparams["num_labeled_particles"],
             "recon_weight_value": self.hparams["recon_weight_value"],
         }
@@ -175,6 +178,7 @@ class PULitModule(pl.LightningModule):
         self.hparams["objective_optimized"] = type(self.active_objective).__name__
         self.hparams["objective_prior"] = self.prior_name
         self.hparams["objective_prior_value"] = self.prior_value
+        self.hparams["objective_labeled_fraction"] = self.objective_kwargs.get("labeled_fraction")
         self.hparams["num_labeled_particles"] = self.num_labeled_particles
         self.hparams["recon_weight_value"] = self.recon_weight
 
@@ -193,6 +197,7 @@ class PULitModule(pl.LightningModule):
                     "nor pi is known to weight the PN objective that replaces the PU objective",
                 )
             self.active_objective, self.prior_name, self.prior_value = PN(), "pi", float(prior)
+            self.objective_kwargs = {}
             log.warning(
                 "pi=%s is at or below the labeled fraction %s (pi_unlabeled = 0): every positive "
                 "region is labeled and the unlabeled regions are negatives, so the objective is "
@@ -219,7 +224,18 @@ class PULitModule(pl.LightningModule):
             prior_name,
             float(value),
         )
-        log.info("optimizing %s with %s=%.6g", name, prior_name, self.prior_value)
+        self.objective_kwargs = {}
+        if getattr(self.objective, "uses_labeled_fraction", False):
+            if labeled_fraction is None and self.pi is not None:  # 1 - f = (1 - pi) / (1 - pi_u)
+                labeled_fraction = 1.0 - (1.0 - self.pi) / (1.0 - self.pi_unlabeled)
+            self.objective_kwargs = {"labeled_fraction": float(labeled_fraction or 0.0)}
+        log.info(
+            "optimizing %s with %s=%.6g%s",
+            name,
+            prior_name,
+            self.prior_value,
+            "".join(f", {k}={v:.6g}" for k, v in self.objective_kwargs.items()),
+        )
 
     # ------------------------------------------------------------------ steps
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -236,11 +252,15 @@ class PULitModule(pl.LightningModule):
             self.finalize()
         if self.decoder is None:
             logits = self.net(patches)
-            loss, terms = self.active_objective(logits, labels, self.prior_value)
+            loss, terms = self.active_objective(
+                logits, labels, self.prior_value, **self.objective_kwargs
+            )
             return loss, dict(terms)
         features = self.net.features(patches)
         logits = self._logits_from_features(features, patches)
-        loss, terms = self.active_objective(logits, labels, self.prior_value)
+        loss, terms = self.active_objective(
+            logits, labels, self.prior_value, **self.objective_kwargs
+        )
         terms = dict(terms)
         recon = self.decoder(features)
         if recon.shape != patches.shape:
@@ -283,7 +303,7 @@ class PULitModule(pl.LightningModule):
         logits = self.net(patches)
         if self.active_objective is None:
             self.finalize()
-        loss, _ = self.active_objective(logits, labels, self.prior_value)
+        loss, _ = self.active_objective(logits, labels, self.prior_value, **self.objective_kwargs)
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(labels.shape[0]))
         self._val_logits.append(logits.detach().float().cpu())
         self._val_labels.append(labels.detach().cpu())

@@ -73,6 +73,9 @@ class PUObjective(nn.Module):
     """
 
     prior: ClassVar[PriorName] = "pi"
+    #: True for objectives whose ``forward`` takes ``labeled_fraction`` (the share of all regions
+    #: that are labeled positives, excluded from the unlabeled draws); the module passes it
+    uses_labeled_fraction: ClassVar[bool] = False
 
     def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
         """Named loss terms (they sum to the loss); implemented by each objective."""

@@ -11,8 +11,11 @@ from topaz_lightning.errors import ConfigError
 from topaz_lightning.objectives.common import (
     PriorName,
     PUObjective,
+    check_pi,
     loss_negative,
     loss_positive,
+    split,
+    total,
 )
 
 NNPURule = Literal["kiryo", "clamp"]
@@ -32,7 +35,12 @@ class NNPU(PUObjective):
     """``pi * E_P[L(g, 1)] + max{0, E_U[L(g, 0)] - pi * E_P[L(g, 0)]}`` with cross-entropy L.
 
     ``pi`` is the class prior of the whole population (``prior = "pi"``); the bracket estimates
-    the risk of the negatives, ``(1 - pi) E_N[L(g, 0)]``. The loss VALUE is always this
+    the risk of the negatives, ``(1 - pi) E_N[L(g, 0)]``, which needs ``E_U`` over the whole
+    population. This project's unlabeled draws never land on a labeled positive region (a
+    fraction ``f = labeled_fraction`` of all regions), so the whole-population mean is rebuilt
+    from both samples, ``f E_P[L(g,0)] + (1 - f) E_U[L(g,0)]``, and the bracket is
+    ``(1 - f) E_U[L(g,0)] - (pi - f) E_P[L(g,0)]`` (the paper's bracket when ``f = 0``, i.e.
+    when U is drawn from every region, as in Topaz). The loss VALUE is always this
     non-negative risk (so ``train/loss`` and ``val/loss`` are the risk). Its GRADIENT depends on
     ``rule``:
 
@@ -50,10 +58,12 @@ class NNPU(PUObjective):
     The rule is applied inside the loss tensor (:func:`straight_through`), so the objective stays
     a plain function of the logits and never touches an optimizer. Terms (summing to the loss):
     ``positive`` and ``unlabeled`` (the clamped bracket). Without positives the bracket is
-    ``E_U[L(g, 0)] >= 0``; without unlabeled regions it is dropped.
+    ``(1 - f) E_U[L(g, 0)] >= 0``; without unlabeled regions it is dropped.
     """
 
     prior: ClassVar[PriorName] = "pi"
+    #: the training module passes ``labeled_fraction`` (see the class docstring)
+    uses_labeled_fraction: ClassVar[bool] = True
 
     def __init__(self, rule: NNPURule = "kiryo", beta: float = 0.0, gamma: float = 1.0):
         super().__init__()
@@ -67,17 +77,37 @@ class NNPU(PUObjective):
         self.beta = float(beta)
         self.gamma = float(gamma)
 
+    def forward(
+        self, logits: Tensor, labels: Tensor, pi: float, labeled_fraction: float = 0.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss and terms; ``labeled_fraction`` = fraction of ALL regions that are labeled
+        positives, which the unlabeled draws exclude (0: U drawn from every region)."""
+        pi = check_pi(pi, self.prior)
+        f = float(labeled_fraction)
+        if not 0.0 <= f < pi:
+            raise ConfigError(
+                "labeled_fraction",
+                f"must lie in [0, pi={pi}) (at or above pi every positive is labeled: use PN), "
+                f"got {f}",
+            )
+        z_p, z_u = split(logits, labels)
+        terms = self._terms(z_p, z_u, pi, f)
+        return total(logits, terms), terms
+
     def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
-        """Named loss terms from the labeled-positive and unlabeled logits."""
+        """Named loss terms from the labeled-positive and unlabeled logits (U from every region)."""
+        return self._terms(z_p, z_u, pi, 0.0)
+
+    def _terms(self, z_p: Tensor, z_u: Tensor, pi: float, f: float) -> dict[str, Tensor]:
         terms = {}
         positive = pi * loss_positive(z_p).mean() if z_p.numel() else None
         if positive is not None:
             terms["positive"] = positive
         if not z_u.numel():
             return terms
-        bracket = loss_negative(z_u).mean()
+        bracket = (1.0 - f) * loss_negative(z_u).mean()
         if z_p.numel():
-            bracket = bracket - pi * loss_negative(z_p).mean()
+            bracket = bracket - (pi - f) * loss_negative(z_p).mean()
         clamped = bracket.clamp(min=0.0)
         if self.rule == "clamp":
             terms["unlabeled"] = clamped
