@@ -207,6 +207,12 @@ class PatchClassifier(nn.Module):
             logits = logits[..., :out_h, :out_w]
         return logits.squeeze(1)
 
+    def valid_score_map(self, padded: Tensor, method: DenseMethod = "dilated") -> Tensor:
+        """Dense logits ``(B, H - w + 1, W - w + 1)`` of ``(B, 1, H, W)`` inputs that already
+        hold their context (no zero padding added): ``score_map`` of a window of a larger
+        micrograph (used by coarse-to-fine scoring, ``picking.coarse``)."""
+        return self._dense_logits(padded, method)
+
     def score_map(
         self, images: Tensor, tile_size: int | None = None, method: DenseMethod = "dilated"
     ) -> Tensor:

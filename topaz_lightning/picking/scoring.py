@@ -1,8 +1,9 @@
-"""Dense scoring of whole micrographs with a trained region classifier (eval mode, batched, GPU if asked)."""
+"""Scoring whole micrographs with a trained region classifier: dense or coarse-to-fine, optional 8-fold TTA."""
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -10,6 +11,18 @@ import torch
 from torch import nn
 
 from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.picking.coarse import (
+    check_tta,
+    coarse_to_fine_score_map,
+    dihedral,
+    dihedral_inverse,
+)
+
+#: ``dense``: every pixel (the exact reference); ``coarse_to_fine``: picking.coarse
+SCORING_METHODS = ("dense", "coarse_to_fine")
+#: default flood-fill level (logit) of coarse_to_fine when the pick threshold is -inf: picks
+#: scoring at least this are exactly the dense ones (docs/picking_evaluation.md)
+DEFAULT_LEVEL = -4.0
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -22,11 +35,38 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def scoring_level(level: float | None, threshold: float = -math.inf) -> float:
+    """The coarse_to_fine level for a pick ``threshold``: the threshold itself when it is finite
+    (exact picks above it, no work below it), else ``level`` (None: DEFAULT_LEVEL)."""
+    if threshold is not None and math.isfinite(threshold):
+        return float(threshold)
+    if threshold == math.inf:
+        return math.inf
+    return DEFAULT_LEVEL if level is None else float(level)
+
+
+def check_scoring(scoring: str) -> str:
+    """``scoring`` if it is one of SCORING_METHODS, else ConfigError."""
+    if scoring not in SCORING_METHODS:
+        raise ConfigError("scoring", f"must be one of {SCORING_METHODS}, got {scoring!r}")
+    return scoring
+
+
 def _score_map_call(net: nn.Module, batch: torch.Tensor, tile_size: int | None) -> torch.Tensor:
     fn = net.score_map
     if tile_size is not None and "tile_size" in inspect.signature(fn).parameters:
         return fn(batch, tile_size=tile_size)
     return fn(batch)
+
+
+def _dense(net: nn.Module, batch: torch.Tensor, tile_size: int | None, tta: int) -> torch.Tensor:
+    if tta == 1:
+        return _score_map_call(net, batch, tile_size)
+    total = None
+    for k in range(tta):  # the logits of the 8 rotations/mirrors of every patch, averaged
+        logits = dihedral_inverse(_score_map_call(net, dihedral(batch, k), tile_size), k)
+        total = logits if total is None else total + logits
+    return total / tta
 
 
 def score_micrographs(
@@ -35,15 +75,31 @@ def score_micrographs(
     device: str | torch.device = "cpu",
     batch_size: int = 1,
     tile_size: int | None = 1024,
+    *,
+    scoring: str = "dense",
+    tta: int = 1,
+    level: float | None = None,
+    threshold: float = -math.inf,
+    fine_tile: int = 16,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, score_map)`` (float32 logits, same shape as the image) for every micrograph.
 
-    Micrographs of equal shape are scored ``batch_size`` at a time with ``net.score_map`` in eval
-    mode without gradients; ``tile_size`` bounds memory on large micrographs when the model
-    supports tiling (results are identical). The model's train/eval state is restored after.
+    ``scoring="dense"``: every pixel; micrographs of equal shape are scored ``batch_size`` at a
+    time with ``net.score_map``; ``tile_size`` bounds memory (results are identical).
+    ``scoring="coarse_to_fine"`` (:mod:`topaz_lightning.picking.coarse`): exact scores in the
+    regions at or above :func:`scoring_level` ``(level, threshold)``, ``-inf`` at unscored
+    pixels (the map is for NMS; ``fill_unscored`` makes a picture of it); NMS with
+    ``threshold`` then gives the dense picks scoring at least that level. ``tta=8`` averages
+    the logits over the 8 rotations/mirrors (8x the cost). The net runs in eval mode without
+    gradients; its train/eval state is restored after.
     """
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
+    check_scoring(scoring)
+    tta = check_tta(tta)
+    if scoring == "coarse_to_fine":
+        batch_size = 1  # each micrograph scores its own tiles
+        level = scoring_level(level, threshold)
     device = resolve_device(device)
     was_training = net.training
     net.eval()
@@ -63,7 +119,13 @@ def score_micrographs(
             batch = np.stack([np.asarray(images[n], dtype=np.float32) for n in group])[:, None]
             with torch.inference_mode():
                 tensor = torch.from_numpy(batch).to(device)
-                logits = _score_map_call(net, tensor, tile_size).float().cpu().numpy()
+                if scoring == "coarse_to_fine":
+                    result = coarse_to_fine_score_map(
+                        net, tensor[0, 0], level, fine_tile=fine_tile, tta=tta
+                    )
+                    logits = result.score_map[None]
+                else:
+                    logits = _dense(net, tensor, tile_size, tta).float().cpu().numpy()
             yield from zip(group, logits, strict=True)
     finally:
         net.train(was_training)
@@ -74,12 +136,27 @@ def score_micrograph(
     image: np.ndarray,
     device: str | torch.device = "cpu",
     tile_size: int | None = 1024,
+    **scoring,
 ) -> np.ndarray:
-    """Dense logits (H, W) float32 for one micrograph (H, W); see :func:`score_micrographs`."""
+    """Logits (H, W) float32 for one micrograph (H, W); keyword options (``scoring``, ``tta``,
+    ``level``, ``threshold``, ``fine_tile``) as in :func:`score_micrographs`."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise InputError(
             f"expected a 2-D micrograph (H, W), got shape {image.shape}", where="image"
         )
-    ((_, score_map),) = list(score_micrographs(net, {"_": image}, device, 1, tile_size))
+    ((_, score_map),) = list(score_micrographs(net, {"_": image}, device, 1, tile_size, **scoring))
     return score_map
+
+
+def fill_unscored(score_map: np.ndarray) -> np.ndarray:
+    """A coarse_to_fine map for pictures and MRC files: each ``-inf`` (unscored) pixel takes the
+    score of the nearest scored pixel (not for NMS: only the sparse map keeps the guarantee)."""
+    from scipy.ndimage import distance_transform_edt
+
+    score_map = np.asarray(score_map, dtype=np.float32)
+    unscored = ~np.isfinite(score_map)
+    if not unscored.any() or unscored.all():
+        return score_map.copy()
+    _, (iy, ix) = distance_transform_edt(unscored, return_indices=True)
+    return score_map[iy, ix]

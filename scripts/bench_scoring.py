@@ -1,0 +1,271 @@
+"""Benchmark coarse-to-fine against dense scoring: time per micrograph, picks and AUPR of each.
+
+Example usage:
+    # a trained model on the real sample micrographs (4x downsampled by the model's preprocessing)
+    .venv/bin/python scripts/bench_scoring.py --model run/model.pt \
+        --micrographs data/samples/empiar10017_dev/images --truth data/samples/empiar10017_dev/coords \
+        --test Falcon_2012_06_12-15_27_22_0 --levels=-2,-1,0
+    # no --model: trains its own quick models (real fold + simulated demo) in --workdir first
+    .venv/bin/python scripts/bench_scoring.py --quick
+
+For every micrograph the dense map (``scoring=dense``) and each coarse-to-fine variant are
+computed alternately ``--repeats`` times (median seconds per micrograph, so load spikes of a
+shared machine hit all methods alike), then NMS (same radius, threshold -inf) gives the picks.
+Printed per method: median time per micrograph and the speed-up over dense, the share of
+pixels scored densely, AUPR on the ``--test`` micrographs (and on all micrographs with truth),
+and whether the picks scoring at or above dense's best-F1 threshold (and the flood-fill level)
+are the dense ones. ``level=inf`` is the coarse map alone (no fine step), for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from topaz_lightning.geometry import coordinates_to_model_frame
+from topaz_lightning.io.coordinates import read_coordinates
+from topaz_lightning.io.micrographs import list_micrographs, read_micrograph
+from topaz_lightning.metrics import evaluate_picks
+from topaz_lightning.models import load_model
+from topaz_lightning.picking import picks_from_score_map, score_micrograph
+from topaz_lightning.preprocess import preprocess_images
+
+REAL = Path("data/samples/empiar10017_dev")
+REAL_TEST = "Falcon_2012_06_12-15_27_22_0"
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    print("$", " ".join(cmd), flush=True)
+    with open(log, "w") as out:
+        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if rc != 0:
+        sys.exit(f"command failed (exit {rc}), see {log}")
+
+
+def quick_models(workdir: Path, steps: int) -> list[dict]:
+    """Train (once, reused later) a conv31 on the real fold and on the simulated demo preset."""
+    bin_dir = Path(sys.executable).parent
+    workdir.mkdir(parents=True, exist_ok=True)
+    real = workdir / f"real_{steps}"
+    if not (real / "model.pt").exists():
+        _run(
+            [
+                str(bin_dir / "tzl-train"),
+                "experiment=empiar10017_table5",
+                f"trainer.max_steps={steps}",
+                "callbacks.progress_bar=null",
+                "overwrite=true",
+                f"hydra.run.dir={real}",
+            ],
+            workdir / f"real_{steps}.log",
+        )
+    sim = workdir / "demo_data"
+    if not (sim / "dataset.yaml").exists():
+        _run(
+            [
+                str(bin_dir / "tzl-simulate"),
+                "simulate=demo",
+                "seed=0",
+                f"out_dir={sim}",
+                "num_workers=1",
+                f"hydra.run.dir={workdir / 'simulate_log'}",
+            ],
+            workdir / "simulate.log",
+        )
+    sim_run = workdir / f"demo_{steps}"
+    if not (sim_run / "model.pt").exists():
+        _run(
+            [
+                str(bin_dir / "tzl-train"),
+                f"data.simulated_dir={sim}",
+                f"trainer.max_steps={steps}",
+                "callbacks.progress_bar=null",
+                "overwrite=true",
+                f"hydra.run.dir={sim_run}",
+            ],
+            workdir / f"demo_{steps}.log",
+        )
+    import yaml
+
+    meta = yaml.safe_load((sim / "dataset.yaml").read_text())
+    return [
+        dict(
+            label=f"real EMPIAR-10017 (conv31, {steps} steps)",
+            model=real / "model.pt",
+            micrographs=REAL / "images",
+            truth=REAL / "coords",
+            test=[REAL_TEST],
+            radius=13.5,
+            match=13.5,
+        ),
+        dict(
+            label=f"simulated demo (conv31, {steps} steps)",
+            model=sim_run / "model.pt",
+            micrographs=sim / "micrographs",
+            truth=sim / "particles.tsv",
+            test=(sim / "test.txt").read_text().split(),
+            radius=float(meta["nms_radius_px"]),
+            match=float(meta["match_distance_px"]),
+        ),
+    ]
+
+
+def _picks_above(df: pd.DataFrame, t: float) -> set:
+    kept = df[df["score"] >= t]
+    return set(zip(kept["x"].round(3), kept["y"].round(3), strict=True))
+
+
+def bench_set(spec: dict, levels: list[float], args) -> None:
+    net, extra = load_model(spec["model"])
+    net.eval()
+    prep = dict(extra.get("preprocess") or {})
+    downsample = float(prep.get("downsample", 1) or 1)
+    sources = list_micrographs(spec["micrographs"])
+    names = list(sources)[: args.max_micrographs] if args.max_micrographs else list(sources)
+    for name in spec["test"]:
+        if name not in names:
+            names.append(name)
+    images = preprocess_images(
+        {n: read_micrograph(sources[n]) for n in names},
+        downsample=downsample,
+        normalize=str(prep.get("normalize", "none") or "none"),
+    )
+    truth = read_coordinates(spec["truth"])
+    truth = coordinates_to_model_frame(truth[truth["micrograph"].isin(names)], downsample)
+    shape = next(iter(images.values())).shape
+    print(
+        f"\n## {spec['label']}: {len(names)} micrograph(s) of {shape[0]} x {shape[1]} (model px), "
+        f"NMS radius {spec['radius']:g}, match distance {spec['match']:g}, test {spec['test']}, "
+        f"tta {args.tta}, fine tile {args.fine_tile}, {torch.get_num_threads()} thread(s)",
+        flush=True,
+    )
+    methods = [("dense", None)] + [("coarse_to_fine", lv) for lv in levels]
+    times: dict[int, list[float]] = {i: [] for i in range(len(methods))}
+    picks: dict[int, list[pd.DataFrame]] = {i: [] for i in range(len(methods))}
+    scored: dict[int, list[float]] = {i: [] for i in range(len(methods))}
+    with torch.inference_mode():
+        score_micrograph(net, images[names[0]][:64, :64])  # oneDNN set-up
+    for name in names:
+        for rep in range(args.repeats):
+            order = range(len(methods)) if rep % 2 == 0 else reversed(range(len(methods)))
+            for i in order:
+                scoring, level = methods[i]
+                start = time.perf_counter()
+                score_map = score_micrograph(
+                    net,
+                    images[name],
+                    scoring=scoring,
+                    level=level,
+                    tta=args.tta,
+                    fine_tile=args.fine_tile,
+                )
+                times[i].append(time.perf_counter() - start)
+                if rep == 0:
+                    picks[i].append(picks_from_score_map(name, score_map, spec["radius"]))
+                    scored[i].append(float(np.isfinite(score_map).mean()))
+    evals = {}
+    for i in range(len(methods)):
+        df = pd.concat(picks[i], ignore_index=True)
+        evals[i] = (
+            df,
+            evaluate_picks(df, truth, spec["match"], micrographs=spec["test"]),
+            evaluate_picks(df, truth, spec["match"], micrographs=names),
+        )
+    dense_df, dense_test, dense_all = evals[0]
+    t_f1 = dense_test.best_f1_threshold
+    t_dense = statistics.median(times[0])
+    print(
+        f"dense best-F1 threshold (test) {t_f1:.3f}; picks per micrograph "
+        f"{len(dense_df) / len(names):.0f}; AUPR test {dense_test.aupr:.4f}, all {dense_all.aupr:.4f}"
+    )
+    print(
+        "| scoring | level | s/micrograph (median) | speed-up | scored px | AUPR test | dAUPR "
+        "| AUPR all | dAUPR | picks >= best-F1 thr. | picks >= level |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for i, (scoring, level) in enumerate(methods):
+        df, ev_test, ev_all = evals[i]
+        t = statistics.median(times[i])
+        ref_f1, got_f1 = _picks_above(dense_df, t_f1), _picks_above(df, t_f1)
+        f1_same = f"{'same' if ref_f1 == got_f1 else 'DIFFER'} ({len(got_f1 ^ ref_f1)} diff / {len(ref_f1)})"
+        if level is None or not math.isfinite(level):
+            lv_same = "-"
+        else:
+            ref_lv, got_lv = _picks_above(dense_df, level), _picks_above(df, level)
+            lv_same = f"{len(got_lv ^ ref_lv)} diff / {len(ref_lv)}"
+        print(
+            f"| {scoring} | {'-' if level is None else f'{level:g}'} | {t:.2f} | {t_dense / t:.1f}x "
+            f"| {statistics.mean(scored[i]):.3f} | {ev_test.aupr:.4f} | {ev_test.aupr - dense_test.aupr:+.4f} "
+            f"| {ev_all.aupr:.4f} | {ev_all.aupr - dense_all.aupr:+.4f} | {f1_same} | {lv_same} |",
+            flush=True,
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="model.pt; none: quick models in --workdir")
+    parser.add_argument("--micrographs", type=Path)
+    parser.add_argument("--truth", type=Path)
+    parser.add_argument("--test", default=None, help="comma-separated test micrograph names")
+    parser.add_argument("--radius", type=float, default=13.5, help="NMS radius (model px)")
+    parser.add_argument("--match-distance", type=float, default=13.5, help="model px")
+    parser.add_argument("--levels", default="-3,-2,-1,0,inf", help="coarse_to_fine levels")
+    parser.add_argument("--fine-tile", type=int, default=16)
+    parser.add_argument("--tta", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
+    parser.add_argument("--max-micrographs", type=int, default=None)
+    parser.add_argument("--workdir", type=Path, default=Path("bench_out/scoring"))
+    parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="1 repeat, 300 training steps")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.repeats, args.train_steps = 1, 300
+        args.max_micrographs = args.max_micrographs or 2
+    levels = [float(v) for v in args.levels.split(",") if v]
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")
+            ),
+            "?",
+        )
+        if os.path.exists("/proc/cpuinfo")
+        else "?"
+    )
+    print(f"CPU: {cpu}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    if args.model is None:
+        specs = quick_models(args.workdir, args.train_steps)
+    else:
+        specs = [
+            dict(
+                label=str(args.model),
+                model=args.model,
+                micrographs=args.micrographs,
+                truth=args.truth,
+                test=args.test.split(","),
+                radius=args.radius,
+                match=args.match_distance,
+            )
+        ]
+    for spec in specs:
+        bench_set(spec, levels, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
