@@ -217,11 +217,17 @@ def failed_path(picks_dir: Path, name: str) -> Path:
 def write_part(picks_dir: Path, name: str, picks: pd.DataFrame) -> Path:
     """One micrograph's picks as TSV at full float precision, atomically (replacing)."""
     path = part_path(picks_dir, name)
-    table = picks[["micrograph", "x", "y", "score"]].copy()
-    table.columns = _PART_HEADER
+    lines = ["\t".join(_PART_HEADER)]
+    # repr floats: reading the part back gives the very numbers written
+    for x, y, score in zip(
+        picks["x"].to_numpy(np.float64).tolist(),
+        picks["y"].to_numpy(np.float64).tolist(),
+        picks["score"].to_numpy(np.float64).tolist(),
+        strict=True,
+    ):
+        lines.append(f"{name}\t{x!r}\t{y!r}\t{score!r}")
     with atomic_output(path, overwrite=True) as tmp:
-        # repr floats: reading the part back gives the very numbers written
-        table.to_csv(tmp, sep="\t", index=False, float_format=None)
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     failed = failed_path(picks_dir, name)
     if failed.exists():
         failed.unlink()
@@ -238,17 +244,28 @@ def write_failure(picks_dir: Path, name: str, reason: str) -> Path:
 def read_part(picks_dir: Path, name: str) -> pd.DataFrame:
     """A part written by :func:`write_part` as DataFrame[micrograph, x, y, score]."""
     path = part_path(picks_dir, name)
-    table = pd.read_csv(
-        path,
-        sep="\t",
-        dtype={"image_name": str},
-        keep_default_na=False,
-        float_precision="round_trip",
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if not lines or lines[0].split("\t") != _PART_HEADER:
+            raise ValueError(f"header {lines[:1]}")
+        rows = [line.split("\t") for line in lines[1:] if line]
+        values = np.array([[float(v) for v in row[1:4]] for row in rows], dtype=np.float64)
+        if any(row[0] != name for row in rows) or values.size and values.shape[1] != 3:
+            raise ValueError("rows of another micrograph or missing columns")
+    except (OSError, UnicodeDecodeError, ValueError, IndexError) as err:
+        raise InputError(
+            f"damaged per-micrograph picks file ({err}); rerun with overwrite=true", path
+        ) from err
+    values = values.reshape(-1, 3)
+    return pd.DataFrame(
+        {
+            "micrograph": np.full(len(values), name, dtype=object),
+            "x": values[:, 0],
+            "y": values[:, 1],
+            "score": values[:, 2],
+        },
+        columns=PICK_COLUMNS,
     )
-    if list(table.columns) != _PART_HEADER:
-        raise InputError(f"not a per-micrograph picks file (columns {list(table.columns)})", path)
-    table.columns = PICK_COLUMNS
-    return table.astype({"micrograph": object, "x": float, "y": float, "score": float})
 
 
 def read_parts(picks_dir: Path, names: Sequence[str]) -> pd.DataFrame:
