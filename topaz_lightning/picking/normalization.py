@@ -169,6 +169,8 @@ def gmm_fit_from_dict(data: Any, source: str | None = None) -> GMMFit:
             where=where,
         )
     alphas = data.get("alpha") or {}
+    if isinstance(alphas, list | tuple):
+        alphas = {}  # scales without their micrographs' names: not usable for other micrographs
     if not isinstance(alphas, Mapping):
         raise InputError("alpha must map micrograph names to scales", path=source, where=where)
     names = [str(n) for n in alphas]
