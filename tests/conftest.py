@@ -44,7 +44,8 @@ def compose_config(
 ) -> DictConfig:
     """Compose the real ``configs/<name>.yaml`` as its command would (no copied configs), with
     the ``hydra:`` paths pinned: ``paths.root_dir`` = the repository, ``paths.output_dir`` =
-    ``output_dir`` (or a path that does not exist)."""
+    ``output_dir`` (for train without one: a path that does not exist). Every test that needs a
+    config uses this (or the ``cfg_train`` fixture)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
@@ -55,7 +56,8 @@ def compose_config(
     if "paths" in cfg:
         with open_dict(cfg):
             cfg.paths.root_dir = str(REPO)
-            cfg.paths.output_dir = str(output_dir) if output_dir else "/nonexistent/output"
+            if output_dir is not None or name == "train":
+                cfg.paths.output_dir = str(output_dir) if output_dir else "/nonexistent/output"
     return cfg
 
 

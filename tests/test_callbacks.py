@@ -510,15 +510,11 @@ def test_lightning_ddp_spawn_two_ranks(tmp_path):
     "group_file", sorted((Path(__file__).parents[1] / "configs" / "callbacks").glob("*.yaml"))
 )
 def test_callbacks_configs_compose_and_instantiate(group_file, tmp_path):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import open_dict
 
-    configs = Path(__file__).parents[1] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base=None):
-        cfg = compose("train", overrides=[f"callbacks={group_file.stem}"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", [f"callbacks={group_file.stem}"], tmp_path)
     nodes = {k: v for k, v in (cfg.callbacks or {}).items() if v is not None}
     built = {k: instantiate(v) for k, v in nodes.items()}
     assert all(isinstance(cb, pl.Callback) for cb in built.values())

@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_config
 from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
 
 BLOBS = {
@@ -90,8 +89,7 @@ def _save_model(path: Path, downsample: float = 1.0) -> Path:
 
 
 def _cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+    return compose_config(name, overrides)
 
 
 def _pick(data: Path, *extra: str, model: Path | None = None, out: str = "picks"):

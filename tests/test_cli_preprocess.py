@@ -8,10 +8,9 @@ import sys
 import mrcfile
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import compose_config
 from topaz_lightning.cli.preprocess import run
 from topaz_lightning.errors import ConfigError, InputError, PartialFailureError
 from topaz_lightning.io.micrographs import read_micrograph, read_pixel_size
@@ -38,8 +37,7 @@ def inputs(tmp_path):
 
 
 def _cfg(overrides):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(config_name="preprocess", overrides=overrides)
+    return compose_config("preprocess", overrides)
 
 
 def test_preprocess_command_writes_mrcs_and_scaled_coordinates(inputs, tmp_path):

@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from tests.conftest import REPO
+from tests.conftest import compose_config
 from topaz_lightning.errors import ConfigError, InputError, OutputExistsError, PartialFailureError
 
 NAMES = ["m0", "m1", "m2", "m3"]
@@ -46,19 +45,18 @@ def data(tmp_path_factory) -> Path:
 
 
 def _cfg(data: Path, out: str, *overrides: str, model: str = "model.pt"):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(
-            config_name="pick",
-            overrides=[
-                f"model_path={data / model}",
-                f"micrographs={data / 'mics'}",
-                f"output_dir={data / out}",
-                "progress=false",
-                "device=cpu",
-                "num_workers=0",
-                *overrides,
-            ],
-        )
+    return compose_config(
+        "pick",
+        [
+            f"model_path={data / model}",
+            f"micrographs={data / 'mics'}",
+            f"output_dir={data / out}",
+            "progress=false",
+            "device=cpu",
+            "num_workers=0",
+            *overrides,
+        ],
+    )
 
 
 def _pick(data: Path, out: str, *overrides: str, model: str = "model.pt") -> pd.DataFrame:

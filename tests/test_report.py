@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
+from tests.conftest import compose_config
 from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
 from topaz_lightning.report import aggregate, best_row, load_sweep, mean_std, parse_override
 
@@ -76,8 +76,7 @@ def _kfold_sweep(root: Path, skip_metrics: tuple[int, ...] = ()) -> Path:
 
 
 def _cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(config_name="report", overrides=overrides)
+    return compose_config("report", overrides)
 
 
 def _report(sweep: Path, *extra: str):

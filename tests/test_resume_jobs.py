@@ -13,9 +13,8 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from tests.conftest import REPO
+from tests.conftest import compose_config
 from topaz_lightning.cli.preprocess import run
 from topaz_lightning.errors import ConfigError, OutputExistsError, PartialFailureError
 from topaz_lightning.io.micrographs import write_micrograph
@@ -39,8 +38,7 @@ def _corrupt(path: Path) -> None:
 
 
 def _cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(config_name="preprocess", overrides=overrides)
+    return compose_config("preprocess", overrides)
 
 
 def _overrides(folder: Path, out: Path, *extra: str) -> list[str]:

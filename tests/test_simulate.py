@@ -353,10 +353,9 @@ def test_unknown_preset_and_bad_workers(tmp_path: Path):
 
 # ---------------------------------------------------------------- command line
 def _simulate_cfg(configs_dir: Path, *overrides: str):
-    from hydra import compose, initialize_config_dir
+    from tests.conftest import compose_config
 
-    with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
-        return compose(config_name="simulate", overrides=list(overrides))
+    return compose_config("simulate", overrides)
 
 
 def test_cli_refuses_an_existing_contact_sheet_elsewhere(tmp_path: Path, configs_dir: Path):
