@@ -62,7 +62,7 @@ def test_issue_reproduction_evil_tsv_through_tzl_convert(tmp_path):
     work.mkdir()
     evil = work / "evil.tsv"
     evil.write_text("image_name\tx_coord\ty_coord\n../../ESCAPED\t10\t20\nok\t1\t2\n")
-    for extra in ([], ["overwrite=true"]):
+    for extra in (["overwrite=true"],):  # the stronger case: even when replacing is allowed
         result = _tzl(
             "tzl-convert",
             f"input={evil}",
@@ -173,7 +173,9 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     _RunsCode.marker = str(marker)
     path = tmp_path / "model.pt"
     with open(path, "wb") as fh:
-        pickle.dump(_payload({"_target_": "topaz_lightning.models.Conv31"}) | {"x": _RunsCode()}, fh)
+        pickle.dump(
+            _payload({"_target_": "topaz_lightning.models.Conv31"}) | {"x": _RunsCode()}, fh
+        )
     with pytest.raises(InputError, match="not a readable model file"):
         load_model(path)
     assert not marker.exists()
@@ -184,6 +186,7 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # a tzl-pick subprocess; load_model itself is tested above
 def test_malicious_model_through_tzl_pick(tmp_path):
     """The real command exits 2 and builtins.print never runs."""
     from topaz_lightning.io.micrographs import write_micrograph

@@ -228,6 +228,7 @@ def test_evaluate_warns_about_one_sided_names(tmp_path, caplog):
     assert result["n_true"] == 2
 
 
+@pytest.mark.slow  # a subprocess; the in-process test above covers the check itself
 def test_evaluate_cli_exit_status_2_for_mismatched_names(tmp_path):
     (tmp_path / "p.tsv").write_text("image_name\tx_coord\ty_coord\tscore\nzzz\t1\t1\t1\n")
     (tmp_path / "t.tsv").write_text(TRUTH)
