@@ -479,3 +479,36 @@ def test_more_labels_never_hurt_on_the_tiny_preset(tmp_path):
     print(f"val/aupr all labels (PN): {aupr['null']:.3f}, 100 labels: {aupr['100']:.3f}")
     # measured: 0.927 (all labels, PN) vs 0.481 (100 labels, GE-binomial)
     assert aupr["null"] >= aupr["100"]
+
+
+def test_nnpu_rule_gradient_cosine_against_clamp():
+    # pi = 0.9, bracket negative (positives ~ +3, unlabeled ~ -3): the clamp rule only pushes the
+    # positives up, Kiryo's rule pushes the unlabeled logits up and the positives down
+    from topaz_lightning.models import Conv31
+
+    z, y, pi = nnpu_batch("negative")
+    grads = {}
+    for rule in ("clamp", "kiryo"):
+        logits = torch.tensor(z, requires_grad=True)
+        grads[rule] = loss_and_grad(NNPU(rule=rule), logits, torch.tensor(y), pi)[2]
+    cos_logits = torch.nn.functional.cosine_similarity(grads["clamp"], grads["kiryo"], dim=0)
+    # the same logits from a conv31 (head set by least squares on its features): parameters
+    torch.manual_seed(0)
+    net = Conv31().double()
+    x = torch.randn(len(z), 1, 31, 31, dtype=torch.float64)
+    with torch.no_grad():
+        features = torch.cat([net.features(x), torch.ones(len(z), 1, dtype=torch.float64)], 1)
+        head = torch.linalg.lstsq(features, torch.tensor(z)[:, None]).solution[:, 0]
+        net.classifier.weight.copy_(head[None, :-1])
+        net.classifier.bias.copy_(head[-1:])
+    params = {}
+    for rule in ("clamp", "kiryo"):
+        net.zero_grad()
+        loss, _ = NNPU(rule=rule)(net(x), torch.tensor(y), pi)
+        loss.backward()
+        params[rule] = torch.cat([p.grad.flatten() for p in net.parameters()])
+    cos_params = torch.nn.functional.cosine_similarity(params["clamp"], params["kiryo"], dim=0)
+    print(
+        f"gradient cosine clamp vs kiryo at pi=0.9: logits {cos_logits:.3f}, conv31 {cos_params:.3f}"
+    )
+    assert cos_logits < -0.5 and cos_params < 0
