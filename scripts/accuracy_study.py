@@ -854,167 +854,98 @@ def lever_table(
 def tables(out: Path) -> str:
     """The lever tables of docs/accuracy.md (markdown), from the evaluations on disk."""
     jobs = load_evaluations(out)
+    t = "base1k"
     base = "raw_norm-pick_nms0.89r"
-    md = []
-    md.append("### NMS radius (pick time; base run, last checkpoint)\n")
+    md = ["### NMS radius (pick time; 1k steps, last checkpoint)\n"]
     rows = []
-    for weights in ("raw", "ema"):
+    for weights in ("raw", "ema", "ema999"):
         for n in NMS_GRID:
             rows.append(
                 (
                     f"{weights}, NMS {n:.2f} r = {n * R:.1f} px",
-                    "base",
-                    f"{weights}_norm-pick_nms{n:.2f}r",
-                    None,
-                )
-            )
-            rows.append(
-                (
-                    f"{weights}, NMS {n:.2f} r (1k steps)",
-                    "base1k",
+                    t,
                     f"{weights}_norm-pick_nms{n:.2f}r",
                     None,
                 )
             )
     md.append(lever_table(jobs, rows))
-    md.append("\n### Border handling (pick time; NMS 0.89 r unless named)\n")
-    rows = []
-    for weights in ("raw", "ema"):
-        for train in ("base", "base1k"):
-            tag = "" if train == "base" else " (1k steps)"
-            rows.append((f"{weights}, none{tag}", train, f"{weights}_norm-pick_nms0.89r", None))
-            for m in (8, 16, 24, 32):
-                rows.append(
-                    (
-                        f"{weights}, margin {m} px{tag}",
-                        train,
-                        f"{weights}_norm-pick_nms0.89r_margin{m}",
-                        None,
-                    )
-                )
-            for p in (0, 7, 13.5):
-                rows.append(
-                    (
-                        f"{weights}, striped bands + {p:g} px{tag}",
-                        train,
-                        f"{weights}_norm-pick_nms0.89r_bands+{p:g}",
-                        None,
-                    )
-                )
-            for n in (1.0, 1.1, 1.25):
-                rows.append(
-                    (
-                        f"{weights}, NMS {n:.2f} r + bands + 7 px{tag}",
-                        train,
-                        f"{weights}_norm-pick_nms{n:.2f}r_bands+7",
-                        None,
-                    )
-                )
-                rows.append(
-                    (
-                        f"{weights}, NMS {n:.2f} r + margin 24 px{tag}",
-                        train,
-                        f"{weights}_norm-pick_nms{n:.2f}r_margin24",
-                        None,
-                    )
-                )
-    md.append(
-        lever_table(
-            jobs,
-            rows,
-            extra=(
-                "masked_of_top25_fp",
-                "masked_of_top50_fp",
-                "masked_of_top100_fp",
-                "masked_true_positives",
-            ),
+    md.append("\n### Border handling (pick time; raw weights, NMS 0.89 r unless named)\n")
+    rows = [("none", t, base, None)]
+    for m in (8, 16, 24, 32):
+        rows.append((f"margin {m} px", t, f"raw_norm-pick_nms0.89r_margin{m}", None))
+    for p in (0, 7, 13.5):
+        rows.append((f"striped bands + {p:g} px", t, f"raw_norm-pick_nms0.89r_bands+{p:g}", None))
+    for n in (1.0, 1.1, 1.25):
+        rows.append((f"NMS {n:.2f} r, none", t, f"raw_norm-pick_nms{n:.2f}r", None))
+        rows.append(
+            (f"NMS {n:.2f} r + bands + 7 px", t, f"raw_norm-pick_nms{n:.2f}r_bands+7", None)
         )
+        rows.append(
+            (f"NMS {n:.2f} r + margin 24 px", t, f"raw_norm-pick_nms{n:.2f}r_margin24", None)
+        )
+    for n in (12 / R, 1.1, 1.25):
+        rows.append((f"EMA, NMS {n:.2f} r, none", t, f"ema_norm-pick_nms{n:.2f}r", None))
+        if n > 1:
+            rows.append(
+                (
+                    f"EMA, NMS {n:.2f} r + bands + 7 px",
+                    t,
+                    f"ema_norm-pick_nms{n:.2f}r_bands+7",
+                    None,
+                )
+            )
+    extra = (
+        "masked_of_top25_fp",
+        "masked_of_top50_fp",
+        "masked_of_top100_fp",
+        "masked_true_positives",
     )
-    md.append("\n### Training steps, checkpoint and weight averaging (NMS 0.89 r / 1.0 r)\n")
+    md.append(lever_table(jobs, rows, extra=extra))
+    md.append("\n### Weight averaging (EMA of the weights; 1k steps)\n")
     rows = []
-    for n in (12 / R, 1.0, 1.1):
-        for weights in ("raw", "ema"):
-            rows.append(
-                (
-                    f"1k steps, {weights}, NMS {n:.2f} r",
-                    "base",
-                    f"{weights}_norm-pick_nms{n:.2f}r",
-                    "1000",
-                )
-            )
-            rows.append(
-                (
-                    f"2k steps, {weights}, NMS {n:.2f} r",
-                    "base",
-                    f"{weights}_norm-pick_nms{n:.2f}r",
-                    None,
-                )
-            )
-            rows.append(
-                (
-                    f"1k-step run, {weights}, NMS {n:.2f} r",
-                    "base1k",
-                    f"{weights}_norm-pick_nms{n:.2f}r",
-                    None,
-                )
-            )
+    for n in (12 / R, 1.0, 1.1, 1.25):
+        for weights, label in (("raw", "raw"), ("ema", "EMA 0.99"), ("ema999", "EMA 0.999")):
+            rows.append((f"{label}, NMS {n:.2f} r", t, f"{weights}_norm-pick_nms{n:.2f}r", None))
     md.append(lever_table(jobs, rows))
     md.append("\n### GMM normalization: fitted at pick time vs on the training micrographs\n")
     rows = []
-    for train in ("base", "base1k"):
-        for weights in ("raw", "ema"):
-            for n in (12 / R, 1.1):
-                for norm in ("pick", "train"):
-                    rows.append(
-                        (
-                            f"{train}, {weights}, NMS {n:.2f} r, GMM {norm}",
-                            train,
-                            f"{weights}_norm-{norm}_nms{n:.2f}r",
-                            None,
-                        )
+    for weights in ("raw", "ema"):
+        for n in (12 / R, 1.1):
+            for norm in ("pick", "train"):
+                rows.append(
+                    (
+                        f"{weights}, NMS {n:.2f} r, GMM {norm}",
+                        t,
+                        f"{weights}_norm-{norm}_nms{n:.2f}r",
+                        None,
                     )
+                )
     md.append(lever_table(jobs, rows))
-    md.append("\n### Test-time augmentation (8 rotations/mirrors; EMA weights)\n")
+    md.append(f"\n### Test-time augmentation (8 rotations/mirrors; central {CROP} px crop)\n")
     rows = []
-    for train in ("base", "base1k"):
-        for n in (12 / R, 1.0, 1.1, 1.25):
-            for tta in ("", "_tta"):
-                rows.append(
-                    (
-                        f"{train}, NMS {n:.2f} r{' + TTA' if tta else ''}",
-                        train,
-                        f"ema_norm-pick{tta}_nms{n:.2f}r",
-                        None,
-                    )
+    for n in (12 / R, 1.0, 1.25):
+        for tta in ("", "_tta"):
+            rows.append(
+                (
+                    f"raw, NMS {n:.2f} r{' + TTA' if tta else ''}",
+                    t,
+                    f"crop{CROP}_raw_norm-pick{tta}_nms{n:.2f}r",
+                    None,
                 )
-                rows.append(
-                    (
-                        f"{train}, NMS {n:.2f} r{' + TTA' if tta else ''} + bands",
-                        train,
-                        f"ema_norm-pick{tta}_nms{n:.2f}r_bands+7",
-                        None,
-                    )
-                )
-    md.append(lever_table(jobs, rows))
+            )
+    md.append(lever_table(jobs, rows, labels=("100",)))
     md.append("\n### Training levers at 1k steps: label radius, pi (100 labels)\n")
-    rows = [
-        ("label radius 4 px (0.30 r), 650/micrograph (base, 1k checkpoint)", "base", base, "1000")
-    ]
-    for train, label in (
-        ("radius3", "label radius 3 px (0.22 r)"),
-        ("radius6", "label radius 6 px (0.44 r)"),
-        ("ppm400", "pi from 400 particles/micrograph"),
-    ):
-        rows.append((label, train, base, None))
-    for n in (1.0, 1.1):
-        core = f"ema_norm-pick_nms{n:.2f}r"
-        rows.append((f"label radius 4 px, EMA, NMS {n:.2f} r", "base", core, "1000"))
-        for train, label in (
-            ("radius3", "label radius 3 px"),
-            ("radius6", "label radius 6 px"),
-            ("ppm400", "400 particles/micrograph"),
-        ):
-            rows.append((f"{label}, EMA, NMS {n:.2f} r", train, core, None))
+    rows = []
+    for n in (12 / R, 1.1):
+        for weights in ("raw", "ema"):
+            core = f"{weights}_norm-pick_nms{n:.2f}r"
+            for train, label in (
+                (t, "label radius 4 px (0.30 r), 650/micrograph"),
+                ("radius3", "label radius 3 px (0.22 r)"),
+                ("radius6", "label radius 6 px (0.44 r)"),
+                ("ppm400", "pi from 400 particles/micrograph"),
+            ):
+                rows.append((f"{label}, {weights}, NMS {n:.2f} r", train, core, None))
     md.append(lever_table(jobs, rows, labels=("100",)))
     sim = jobs[jobs["train"].astype(str).str.startswith("sim")]
     if not sim.empty:
