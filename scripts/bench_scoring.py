@@ -120,6 +120,12 @@ def quick_models(workdir: Path, steps: int) -> list[dict]:
     ]
 
 
+def _label(level: float | None, margin: float) -> str:
+    if level is None:
+        return "-"
+    return f"{level:g}" + (f" (seed -{margin:g})" if margin else "")
+
+
 def _picks_above(df: pd.DataFrame, t: float) -> set:
     kept = df[df["score"] >= t]
     return set(zip(kept["x"].round(3), kept["y"].round(3), strict=True))
@@ -149,7 +155,7 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
         f"tta {args.tta}, fine tile {args.fine_tile}, {torch.get_num_threads()} thread(s)",
         flush=True,
     )
-    methods = [("dense", None)] + [("coarse_to_fine", lv) for lv in levels]
+    methods = [("dense", None, 0.0)] + [("coarse_to_fine", lv, m) for lv, m in levels]
     times: dict[int, list[float]] = {i: [] for i in range(len(methods))}
     picks: dict[int, list[pd.DataFrame]] = {i: [] for i in range(len(methods))}
     scored: dict[int, list[float]] = {i: [] for i in range(len(methods))}
@@ -159,7 +165,7 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
         for rep in range(args.repeats):
             order = range(len(methods)) if rep % 2 == 0 else reversed(range(len(methods)))
             for i in order:
-                scoring, level = methods[i]
+                scoring, level, margin = methods[i]
                 start = time.perf_counter()
                 score_map = score_micrograph(
                     net,
@@ -168,11 +174,23 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
                     level=level,
                     tta=args.tta,
                     fine_tile=args.fine_tile,
+                    seed_margin=margin,
                 )
                 times[i].append(time.perf_counter() - start)
                 if rep == 0:
                     picks[i].append(picks_from_score_map(name, score_map, spec["radius"]))
                     scored[i].append(float(np.isfinite(score_map).mean()))
+    if args.timing_only:
+        t_dense = statistics.median(times[0])
+        for i, (scoring, level, margin) in enumerate(methods):
+            t = statistics.median(times[i])
+            print(
+                f"{scoring:15s} level {_label(level, margin):8s} "
+                f"{t:.2f} s/micrograph (median of {len(times[i])}), {t_dense / t:.2f}x dense, "
+                f"scored {statistics.mean(scored[i]):.3f}",
+                flush=True,
+            )
+        return
     evals = {}
     for i in range(len(methods)):
         df = pd.concat(picks[i], ignore_index=True)
@@ -193,7 +211,7 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
         "| AUPR all | dAUPR | picks >= best-F1 thr. | picks >= level |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for i, (scoring, level) in enumerate(methods):
+    for i, (scoring, level, margin) in enumerate(methods):
         df, ev_test, ev_all = evals[i]
         t = statistics.median(times[i])
         ref_f1, got_f1 = _picks_above(dense_df, t_f1), _picks_above(df, t_f1)
@@ -204,11 +222,26 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
             ref_lv, got_lv = _picks_above(dense_df, level), _picks_above(df, level)
             lv_same = f"{len(got_lv ^ ref_lv)} diff / {len(ref_lv)}"
         print(
-            f"| {scoring} | {'-' if level is None else f'{level:g}'} | {t:.2f} | {t_dense / t:.1f}x "
+            f"| {scoring} | {_label(level, margin)} | {t:.2f} | {t_dense / t:.1f}x "
             f"| {statistics.mean(scored[i]):.3f} | {ev_test.aupr:.4f} | {ev_test.aupr - dense_test.aupr:+.4f} "
             f"| {ev_all.aupr:.4f} | {ev_all.aupr - dense_all.aupr:+.4f} | {f1_same} | {lv_same} |",
             flush=True,
         )
+
+
+def thread_study(args) -> int:
+    """Rerun this script in one process per (intra-op, inter-op) thread pair; the OpenMP pool
+    is fixed per process, so pairs never share one."""
+    base = [a for a in sys.argv[1:] if a != "--thread-study"]
+    for threads in (1, 2):
+        for interop in (1, 2):
+            print(f"\n### intra-op threads {threads}, inter-op threads {interop}", flush=True)
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            cmd = [sys.executable, __file__, *base, "--threads", str(threads)]
+            rc = subprocess.call([*cmd, "--interop", str(interop)], env=env)
+            if rc:
+                return rc
+    return 0
 
 
 def main() -> int:
@@ -219,22 +252,42 @@ def main() -> int:
     parser.add_argument("--test", default=None, help="comma-separated test micrograph names")
     parser.add_argument("--radius", type=float, default=13.5, help="NMS radius (model px)")
     parser.add_argument("--match-distance", type=float, default=13.5, help="model px")
-    parser.add_argument("--levels", default="-3,-2,-1,0,inf", help="coarse_to_fine levels")
+    parser.add_argument(
+        "--levels",
+        default="-3,-2,-1,0,inf",
+        help="coarse_to_fine levels, each LEVEL or LEVEL/SEED_MARGIN",
+    )
     parser.add_argument("--fine-tile", type=int, default=16)
     parser.add_argument("--tta", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
+    parser.add_argument("--interop", type=int, default=None, help="torch inter-op threads")
+    parser.add_argument(
+        "--thread-study",
+        action="store_true",
+        help="time each (threads, inter-op) pair in 1,2 x 1,2 in its own process",
+    )
     parser.add_argument("--max-micrographs", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=Path("bench_out/scoring"))
     parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--timing-only", action="store_true", help="times only, no picks/AUPR")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 300 training steps")
     args = parser.parse_args()
+    if args.interop:
+        torch.set_num_interop_threads(args.interop)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.thread_study:
+        return thread_study(args)
     if args.quick:
         args.repeats, args.train_steps = 1, 300
         args.max_micrographs = args.max_micrographs or 2
-    levels = [float(v) for v in args.levels.split(",") if v]
+    # "level" or "level/seed_margin"
+    levels = [
+        (float(v.split("/")[0]), float(v.split("/")[1]) if "/" in v else 0.0)
+        for v in args.levels.split(",")
+        if v
+    ]
     cpu = (
         next(
             (

@@ -548,6 +548,11 @@ def _check_settings(cfg: DictConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(key, f"must be an integer >= {low}, got {value!r}")
+    from topaz_lightning.picking.coarse import check_tta
+    from topaz_lightning.picking.scoring import check_scoring
+
+    check_scoring(cfg.get("scoring", "dense"))
+    check_tta(cfg.get("tta", 1))
     if cfg.get("chunk_size") is not None:
         log.warning(
             "chunk_size is no longer used: micrographs stream one at a time and the GMM "
@@ -627,6 +632,9 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
         downsample=downsample,
         tile_size=None if cfg.get("tile_size") is None else int(cfg.tile_size),
         keep_score_map=bool(outputs.score_exts),
+        scoring=str(cfg.get("scoring", "dense")),
+        scoring_level=None if cfg.get("scoring_level") is None else float(cfg.scoring_level),
+        tta=int(cfg.get("tta", 1)),
     )
     record = run_record(
         cfg,

@@ -7,7 +7,7 @@ about ``1 / s**2`` of dense scoring. The other ``s * s - 1`` polyphase component
 only in square tiles (``fine_tile`` pixels a side, batched, with their receptive-field context)
 chosen by a flood fill at a score ``level``:
 
-1. seed: every tile holding a coarse sample with score ``>= level``;
+1. seed: every tile holding a coarse sample with score ``>= level`` (``- seed_margin``);
 2. grow: after scoring tiles densely, every unscored tile holding a pixel 8-adjacent to a scored
    pixel with score ``>= level`` is scored too; repeat until nothing is added.
 
@@ -30,6 +30,7 @@ contract already pads with zeros).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -120,12 +121,19 @@ def _fine_tiles(
     return out
 
 
-def _dense_tta(net: nn.Module, images: torch.Tensor, tta: int) -> torch.Tensor:
+def dense_logits(
+    net: nn.Module, images: torch.Tensor, tile_size: int | None = 1024, tta: int = 1
+) -> torch.Tensor:
+    """Dense logits ``(B, H, W)`` of images ``(B, 1, H, W)`` with ``net.score_map`` (tiled when
+    it takes ``tile_size``), averaged over the ``tta`` rotations/mirrors."""
+    tiled = tile_size is not None and "tile_size" in inspect.signature(net.score_map).parameters
     total = None
     for k in range(tta):
-        logits = dihedral_inverse(net.score_map(dihedral(images, k), tile_size=1024), k)
+        x = dihedral(images, k)
+        logits = net.score_map(x, tile_size=tile_size) if tiled else net.score_map(x)
+        logits = dihedral_inverse(logits, k)
         total = logits if total is None else total + logits
-    return total / tta
+    return total if tta == 1 else total / tta
 
 
 @dataclass
@@ -155,6 +163,7 @@ def coarse_to_fine_score_map(
     tta: int = 1,
     chunk: int = 64,
     max_tile_share: float = 0.5,
+    seed_margin: float = 0.0,
 ) -> CoarseToFineResult:
     """Coarse-to-fine logits of one micrograph ``image`` (H, W) tensor (module docstring).
 
@@ -162,6 +171,9 @@ def coarse_to_fine_score_map(
     is scored exactly, so NMS on ``score_map`` returns exactly the dense picks scoring
     ``>= level``. ``fine_tile`` (pixels, rounded up to a multiple of the stride) trades
     wasted pixels against per-tile context overhead; ``chunk`` tiles are scored per batch.
+    ``seed_margin`` (logits) also seeds the tiles of samples scoring ``>= level - seed_margin``:
+    it catches regions above ``level`` that lie between samples near such a sample (they
+    widen the guarantee; growth stays at ``level``).
     Once more than ``max_tile_share`` of the tiles need scoring, the whole micrograph is scored
     densely instead (a tile's context makes it ~1.6x dearer per pixel than whole-image dense
     scoring), so coarse-to-fine never costs much more than dense. The net must be in eval mode
@@ -190,14 +202,14 @@ def coarse_to_fine_score_map(
     scored = np.zeros((rows, cols), dtype=bool)
     # seeds: tiles holding a coarse sample >= level
     pending = np.zeros((rows, cols), dtype=bool)
-    seed_i, seed_j = np.nonzero(coarse >= level)
+    seed_i, seed_j = np.nonzero(coarse >= level - seed_margin)
     pending[(seed_i * s) // tile, (seed_j * s) // tile] = True
     rounds = 0
     eight = np.ones((3, 3), dtype=bool)
     while pending.any():
         rounds += 1
         if (scored | pending).mean() > max_tile_share:
-            dense = _dense_tta(net, image[None, None], tta)[0].float().cpu().numpy()
+            dense = dense_logits(net, image[None, None], 1024, tta)[0].float().cpu().numpy()
             coarse_exact = dense[::s, ::s]
             return CoarseToFineResult(dense, coarse_exact, float(level), 1.0, rounds, s)
         tiles = np.argwhere(pending)

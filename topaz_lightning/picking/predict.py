@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from topaz_lightning.errors import InputError
 from topaz_lightning.geometry import coordinates_to_micrograph_frame
 from topaz_lightning.picking.pick import PICK_COLUMNS, picks_from_score_map
-from topaz_lightning.picking.scoring import score_micrograph
+from topaz_lightning.picking.scoring import fill_unscored, score_micrograph
 from topaz_lightning.utils.atomic import atomic_output
 
 PART_SUFFIX = ".tsv"
@@ -63,6 +63,12 @@ class PickSettings:
     downsample: float = 1.0
     #: output pixels per tile side when scoring (bounds memory; identical results)
     tile_size: int | None = 1024
+    #: dense | coarse_to_fine (picking.scoring: the same picks above the level, fewer FLOPs)
+    scoring: str = "dense"
+    #: coarse_to_fine level (logit) when there is no threshold; None = scoring.DEFAULT_LEVEL
+    scoring_level: float | None = None
+    #: 1 | 8: average the logits over the 8 rotations/mirrors of each patch
+    tta: int = 1
     #: keep the dense score map in the result (to save or plot it)
     keep_score_map: bool = False
 
@@ -90,7 +96,16 @@ def pick_micrograph(
     (:func:`topaz_lightning.geometry.coordinates_to_micrograph_frame`) and ``score`` the logit,
     best first.
     """
-    score_map = score_micrograph(net, image, device=device, tile_size=settings.tile_size)
+    score_map = score_micrograph(
+        net,
+        image,
+        device=device,
+        tile_size=settings.tile_size,
+        scoring=settings.scoring,
+        tta=settings.tta,
+        level=settings.scoring_level,
+        threshold=settings.threshold,
+    )
     picks = picks_from_score_map(
         name,
         score_map,
@@ -100,6 +115,8 @@ def pick_micrograph(
         nms_boundary=settings.nms_boundary,
     )
     picks = coordinates_to_micrograph_frame(picks, settings.downsample)
+    if settings.keep_score_map and settings.scoring == "coarse_to_fine":
+        score_map = fill_unscored(score_map)  # no -inf in saved maps and pictures
     return PickResult(name, picks, score_map if settings.keep_score_map else None)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterator, Mapping
 
@@ -14,8 +13,7 @@ from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.picking.coarse import (
     check_tta,
     coarse_to_fine_score_map,
-    dihedral,
-    dihedral_inverse,
+    dense_logits,
 )
 
 #: ``dense``: every pixel (the exact reference); ``coarse_to_fine``: picking.coarse
@@ -52,23 +50,6 @@ def check_scoring(scoring: str) -> str:
     return scoring
 
 
-def _score_map_call(net: nn.Module, batch: torch.Tensor, tile_size: int | None) -> torch.Tensor:
-    fn = net.score_map
-    if tile_size is not None and "tile_size" in inspect.signature(fn).parameters:
-        return fn(batch, tile_size=tile_size)
-    return fn(batch)
-
-
-def _dense(net: nn.Module, batch: torch.Tensor, tile_size: int | None, tta: int) -> torch.Tensor:
-    if tta == 1:
-        return _score_map_call(net, batch, tile_size)
-    total = None
-    for k in range(tta):  # the logits of the 8 rotations/mirrors of every patch, averaged
-        logits = dihedral_inverse(_score_map_call(net, dihedral(batch, k), tile_size), k)
-        total = logits if total is None else total + logits
-    return total / tta
-
-
 def score_micrographs(
     net: nn.Module,
     images: Mapping[str, np.ndarray],
@@ -81,6 +62,7 @@ def score_micrographs(
     level: float | None = None,
     threshold: float = -math.inf,
     fine_tile: int = 16,
+    seed_margin: float = 0.0,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, score_map)`` (float32 logits, same shape as the image) for every micrograph.
 
@@ -121,11 +103,11 @@ def score_micrographs(
                 tensor = torch.from_numpy(batch).to(device)
                 if scoring == "coarse_to_fine":
                     result = coarse_to_fine_score_map(
-                        net, tensor[0, 0], level, fine_tile=fine_tile, tta=tta
+                        net, tensor[0, 0], level, fine_tile, tta, seed_margin=seed_margin
                     )
                     logits = result.score_map[None]
                 else:
-                    logits = _dense(net, tensor, tile_size, tta).float().cpu().numpy()
+                    logits = dense_logits(net, tensor, tile_size, tta).float().cpu().numpy()
             yield from zip(group, logits, strict=True)
     finally:
         net.train(was_training)
@@ -139,7 +121,7 @@ def score_micrograph(
     **scoring,
 ) -> np.ndarray:
     """Logits (H, W) float32 for one micrograph (H, W); keyword options (``scoring``, ``tta``,
-    ``level``, ``threshold``, ``fine_tile``) as in :func:`score_micrographs`."""
+    ``level``, ``threshold``, ``fine_tile``, ``seed_margin``) as in :func:`score_micrographs`."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise InputError(
