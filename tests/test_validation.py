@@ -295,3 +295,28 @@ def test_pick_then_evaluate_with_a_micrograph_called_data_0001(tmp_path):
     truth.to_csv(tmp_path / "truth.csv", index=False)
     result = evaluate(compose_config("evaluate", [f"picks={picks}", f"truth={tmp_path / 'truth.csv'}", "max_distance=6", f"output_dir={tmp_path / 'e'}", "plot=null"]))  # fmt: skip
     assert result["n_true"] == 2
+
+
+def test_preprocess_refuses_coordinates_outside_the_image_before_work(small_files):
+    from topaz_lightning.cli.preprocess import run
+
+    (small_files / "out.tsv").write_text("image_name\tx_coord\ty_coord\nm0\t10\t10\nm1\t60\t5\n")
+    out = small_files / "pre"
+    cfg = compose_config(
+        "preprocess",
+        [f"input={small_files / 'mics'}", f"output_dir={out}", f"coordinates={small_files / 'out.tsv'}", "progress=false"],
+    )  # fmt: skip
+    with pytest.raises(InputError, match="outside the image") as err:
+        run(cfg)
+    assert "'m1', x=60" in str(err.value)
+    assert not list(out.glob("*.mrc")) if out.exists() else True
+
+
+def test_read_micrograph_shape_from_headers(small_files, empiar10017_dir):
+    from topaz_lightning.io.micrographs import read_micrograph, read_micrograph_shape
+
+    for path in [
+        small_files / "mics" / "m0.mrc",
+        *sorted((empiar10017_dir / "images").glob("*.jpg"))[:1],
+    ]:
+        assert read_micrograph_shape(path) == read_micrograph(path).shape

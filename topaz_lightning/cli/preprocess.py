@@ -71,6 +71,7 @@ def run(cfg: DictConfig) -> dict:
                 len(unknown),
                 unknown[0],
             )
+        _check_coordinates_inside(coords, sources, str(cfg.coordinates))
 
     extras = [summary_path] + ([coords_target] if coords_target is not None else [])
     settings = job_settings(factor, cfg.normalize, int(cfg.seed), int(cfg.sample_size))
@@ -122,6 +123,24 @@ def run(cfg: DictConfig) -> dict:
     # failures.tsv (or removal of a stale one); PartialFailureError -> exit status 3
     failures.finish(output_dir)
     return summary
+
+
+def _check_coordinates_inside(coords, sources: dict, source: str) -> None:
+    """Refuse coordinates outside their micrograph before any work (sizes from the headers); a
+    micrograph that cannot be read is left to the job's skip-and-report."""
+    from topaz_lightning.errors import InputError
+    from topaz_lightning.io.coordinates import validate_coordinates
+    from topaz_lightning.io.micrographs import read_micrograph_shape
+
+    shapes = {}
+    for name in sorted(set(coords["micrograph"].astype(str)) & set(sources)):
+        try:
+            shapes[name] = read_micrograph_shape(sources[name])
+        except InputError:
+            continue
+    known = coords[coords["micrograph"].astype(str).isin(shapes)].reset_index(drop=True)
+    if len(known):
+        validate_coordinates(known, shapes, source=source)
 
 
 @entry_point("preprocess")

@@ -17,6 +17,7 @@ from topaz_lightning.io.coordinates import (
 # io.micrographs is resolved on first use so that importing coordinates never needs image libraries
 _MICROGRAPH_NAMES = (
     "read_micrograph",
+    "read_micrograph_shape",
     "read_pixel_size",
     "write_micrograph",
     "list_micrographs",

@@ -309,6 +309,35 @@ def _luminance(rgb: np.ndarray, path: Path) -> np.ndarray:
     return channels[..., 0]
 
 
+def read_micrograph_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of a micrograph, from the header where the format allows (MRC: the
+    validated header, no pixels read; PNG/JPEG: the picture header; TIFF: the image itself), so
+    coordinates can be checked against the image before any long work."""
+    path = Path(path)
+    ext = _extension(path)
+    if not path.is_file():
+        raise InputError("micrograph file not found", path=path)
+    if ext in MRC_EXTENSIONS:
+        mrc = _open_mrc(path)
+        try:
+            data = mrc.data
+            if data is None or data.ndim not in (2, 3):
+                raise InputError("not a 2-D MRC micrograph", path=path)
+            return tuple(int(n) for n in _single_section(data, path).shape)
+        finally:
+            mrc.close()
+    if ext in PIL_EXTENSIONS:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+        except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files
+            raise InputError(f"not a readable image file ({err})", path=path) from err
+        return int(height), int(width)
+    return tuple(int(n) for n in read_micrograph(path).shape)
+
+
 def read_pixel_size(path: str | os.PathLike) -> float | None:
     """Pixel size in Angstrom per pixel from an MRC header, or None when it is not known.
 
