@@ -60,6 +60,10 @@ def test_callback_prints_ranking_and_writes_best(tmp_path, capsys):
     assert [r.split(" | ")[0] for r in rows] == ["| 0.03", "| 0.01", "| 0.1"]
     assert "0.460 ± 0.057" in rows[0]
     assert "Chosen: data.pi=0.03 (mean val/aupr 0.460 ± 0.057, n=2)" in out
+    # paired over folds: 0.50/0.42 vs 0.20/0.10 (scipy.stats.ttest_rel)
+    assert (
+        "vs data.pi=0.1: val/aupr +0.310 (paired t-test over 2 matched replicates, p=0.0205)" in out
+    )
     best = yaml.safe_load((sweep / "report" / "best.yaml").read_text())
     assert best["setting"] == {"data.pi": 0.03} and best["n"] == 2
     assert best["mean"] == pytest.approx(0.46)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -129,8 +130,12 @@ class SweepReport(Callback):
         score = mean_std(row[f"{metric} mean"], row[f"{metric} std"], int(row[f"{metric} n"]))
         chosen = ", ".join(f"{k}={key_text(v)}" for k, v in setting.items())
         print(f"Chosen: {chosen} (mean {metric} {score}, n={int(row[f'{metric} n'])})")
+        comparisons = paired_comparisons(summary["jobs"], summary["group_by"], setting, metric)
+        for text in comparisons:
+            print(text)
         record = {
             "setting": setting,
+            "comparisons": comparisons,
             "metric": metric,
             "mode": self.mode,
             "mean": float(row[f"{metric} mean"]),
@@ -169,6 +174,59 @@ class SweepReport(Callback):
         )
         print(f"Refit done: {run_dir / 'model.pt'}" + (f" ({shown})" if shown else ""))
         return {"run_dir": str(run_dir), "metrics": metrics, "overrides": overrides}
+
+
+def paired_comparisons(
+    jobs: Any, group_by: Sequence[str], best: dict[str, Any], metric: str
+) -> list[str]:
+    """The chosen setting against every other group: paired t-test over matched replicates.
+
+    Jobs are matched on the replicate keys they share (folds, seeds: ``REPLICATE_KEYS``), so a
+    fold that is hard for every pi does not hide a consistent difference. One line per group.
+    """
+    import math
+
+    from scipy.stats import ttest_rel
+
+    from topaz_lightning.report import REPLICATE_KEYS, key_text
+
+    replicate = [k for k in REPLICATE_KEYS if k in jobs.columns]
+    if not replicate or metric not in jobs.columns:
+        return []
+
+    def values(setting: dict[str, Any]) -> dict[tuple, float]:
+        mask = np.ones(len(jobs), dtype=bool)
+        for key, value in setting.items():
+            mask &= jobs[key].map(lambda v, value=value: v == value).to_numpy()
+        part = jobs[mask]
+        return {
+            tuple(r[k] for k in replicate): float(r[metric])
+            for _, r in part.iterrows()
+            if r[metric] is not None and math.isfinite(float(r[metric]))
+        }
+
+    reference = values(best)
+    lines = []
+    groups = jobs[list(group_by)].drop_duplicates().to_dict("records")
+    for group in groups:
+        if all(group[k] == best[k] for k in group_by):
+            continue
+        other = values(group)
+        keys = sorted(set(reference) & set(other))
+        if len(keys) < 2:
+            continue
+        a = [reference[k] for k in keys]
+        b = [other[k] for k in keys]
+        diff = float(np.mean(np.subtract(a, b)))
+        test = ttest_rel(a, b)
+        p = float(test.pvalue)
+        shown = f"{p:.3g}" if math.isfinite(p) else "-"
+        name = ", ".join(f"{k}={key_text(v)}" for k, v in group.items())
+        lines.append(
+            f"  vs {name}: {metric} {diff:+.3f} (paired t-test over {len(keys)} matched "
+            f"replicates, p={shown})"
+        )
+    return lines
 
 
 def _plain(value: Any) -> Any:
