@@ -151,6 +151,9 @@ def test_saved_model_round_trips(tmp_path):
         {"_target_": "topaz_lightning.models.Conv31", "widths": [10**9, 4, 4]},
         {"_target_": "topaz_lightning.models.Conv31", "no_such_argument": 1},
         {"widths": [4, 4, 8]},
+        # package classes that are not classifiers
+        {"_target_": "topaz_lightning.models.Decoder", "num_features": 8, "patch_size": 31},
+        {"_target_": "topaz_lightning.models.io.FORMAT"},
     ],
 )
 def test_malicious_model_config_is_refused_and_runs_nothing(tmp_path, capsys, monkeypatch, config):

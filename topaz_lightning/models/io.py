@@ -82,8 +82,8 @@ _MAX_LIST_ARG = 64
 
 
 def model_classes() -> dict[str, type[nn.Module]]:
-    """The architectures a model file may name: every ``nn.Module`` class defined in a module
-    of ``topaz_lightning.models``, keyed by its full name (``topaz_lightning.models.conv31.Conv31``)
+    """The architectures a model file may name: every classifier (an ``nn.Module`` with
+    ``score_map``) defined in a module of ``topaz_lightning.models``, keyed by its full name (``topaz_lightning.models.conv31.Conv31``)
     and, when the package exports it, by the short one (``topaz_lightning.models.Conv31``).
 
     Derived from the package itself, so a new model file in ``models/`` is loadable with no list
@@ -99,7 +99,10 @@ def model_classes() -> dict[str, type[nn.Module]]:
     for info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{info.name}")
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, nn.Module) and cls.__module__ == module.__name__:
+            # classifiers only (the contract's score_map): a model file never yields a decoder
+            # or a building block that the commands would then use as a classifier
+            is_classifier = issubclass(cls, nn.Module) and callable(getattr(cls, "score_map", None))
+            if is_classifier and cls.__module__ == module.__name__:
                 found[f"{cls.__module__}.{cls.__qualname__}"] = cls
     for name in getattr(package, "__all__", ()):
         cls = getattr(package, name, None)
