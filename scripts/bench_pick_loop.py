@@ -1,4 +1,4 @@
-"""Benchmark tzl-pick as whole processes: wall time and peak memory (PSS summed over the process tree) for N micrographs.
+"""Benchmark tzl-pick as whole processes: wall and CPU time, peak memory (PSS summed over the process tree).
 
 Compares this checkout's tzl-pick (the Lightning predict loop) with another checkout's (e.g. the
 version before it, made with ``git worktree add /tmp/old <commit>``), alternating the runs, and
@@ -6,8 +6,12 @@ checks that both wrote the same picks.
 
 Usage::
 
-    nice -n 10 .venv/bin/python scripts/bench_pick_loop.py --micrographs 100 --repeat 3 \
-        [--old-root /tmp/old] [--work /tmp/bench_pick_loop]
+    nice -n 10 .venv/bin/python scripts/bench_pick_loop.py --micrographs 100 --counts 20,100 \
+        --repeat 3 [--old-root /tmp/old] [--work /tmp/bench_pick_loop]
+
+CPU seconds (user + system of the command and the children it waited for) are steadier than
+wall time on a shared machine; the difference between two ``--counts`` gives the cost per
+micrograph without the fixed start-up (imports).
 
 The micrographs are copies of the simulator's ``tiny`` preset (256 x 256; ``--micrographs``
 of them), the model a randomly initialized Conv31 (downsample 2, GMM normalization, seed 0).
@@ -60,21 +64,28 @@ def _tree_pss_kib(root: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float, int]:
-    """(wall seconds, peak tree PSS MiB, exit status) of one command."""
+def run_measured(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds of the process tree, peak tree PSS MiB, exit status)."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     peak = 0
-    while proc.poll() is None:
+    status = None
+    while status is None:
         peak = max(peak, _tree_pss_kib(proc.pid))
-        time.sleep(0.1)
+        time.sleep(0.2)
+        pid, raw, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            status = os.waitstatus_to_exitcode(raw)
     wall = time.perf_counter() - start
+    # the command's own CPU time plus that of the children it waited for (DataLoader workers)
+    cpu = usage.ru_utime + usage.ru_stime
+    proc.returncode = status
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
+    if status != 0:
         print(err[-3000:], file=sys.stderr)
-    return wall, peak / 1024, proc.returncode
+    return wall, cpu, peak / 1024, status
 
 
 def make_data(work: Path, count: int) -> tuple[Path, Path]:
@@ -109,42 +120,64 @@ def make_data(work: Path, count: int) -> tuple[Path, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--micrographs", type=int, default=100)
+    parser.add_argument(
+        "--counts",
+        default=None,
+        help="comma-separated numbers of micrographs to pick (default: all)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--old-root", type=Path, default=None, help="checkout of the old version")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_pick_loop"))
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs")
+    parser.add_argument(
+        "--no-workers-too", action="store_true", help="also run this checkout with num_workers=0"
+    )
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
     mics, model = make_data(args.work, args.micrographs)
-    versions = {"new": REPO}
+    names = sorted(p.stem for p in mics.iterdir() if p.suffix == ".mrc")
+    counts = [int(c) for c in args.counts.split(",")] if args.counts else [len(names)]
+    for count in counts:
+        (args.work / f"subset_{count}.txt").write_text("\n".join(names[:count]) + "\n")
+    versions: dict[str, tuple[Path, list[str]]] = {"new": (REPO, [])}
+    if args.no_workers_too:
+        versions["new_w0"] = (REPO, ["num_workers=0"])
     if args.old_root is not None:
-        versions["old"] = args.old_root.resolve()
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in versions}
+        versions["old"] = (args.old_root.resolve(), [])
+    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     for k in range(args.repeat):
-        for name, root in versions.items():
-            out = args.work / f"{name}_{k}"
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(root)}
-            cmd = [
-                sys.executable, "-m", "topaz_lightning.cli.pick", f"model_path={model}",
-                f"micrographs={mics}", f"output_dir={out}", "radius=7", "device=cpu",
-                "progress=false", "overwrite=true",
-            ]  # fmt: skip
-            wall, peak, status = run_measured(cmd, env, args.work)
-            if status != 0:
-                raise SystemExit(f"{name} run {k} failed with status {status}")
-            results[name].append((wall, peak))
-            print(f"{name} run {k}: {wall:.1f} s, peak PSS {peak:.0f} MiB", flush=True)
-    for name, runs in results.items():
-        wall = statistics.median(r[0] for r in runs)
-        peak = statistics.median(r[1] for r in runs)
-        print(f"{name}: median {wall:.1f} s, median peak PSS {peak:.0f} MiB "
-              f"({args.micrographs} micrographs, {args.repeat} runs)")  # fmt: skip
+        for count in counts:
+            for name, (root, extra) in versions.items():
+                out = args.work / f"{name}_{count}_{k}"
+                env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(root)}
+                cmd = [
+                    sys.executable, "-m", "topaz_lightning.cli.pick", f"model_path={model}",
+                    f"micrographs={mics}", f"subset={args.work / f'subset_{count}.txt'}",
+                    f"output_dir={out}", "radius=7", "device=cpu", "progress=false",
+                    "overwrite=true", *extra,
+                ]  # fmt: skip
+                wall, cpu, peak, status = run_measured(cmd, env, args.work)
+                if status != 0:
+                    raise SystemExit(f"{name} run {k} failed with status {status}")
+                results.setdefault((name, count), []).append((wall, cpu, peak))
+                print(
+                    f"{name} {count} micrographs, run {k}: {wall:.1f} s wall, {cpu:.1f} s CPU, "
+                    f"peak PSS {peak:.0f} MiB",
+                    flush=True,
+                )
+    for (name, count), runs in results.items():
+        wall, cpu, peak = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(
+            f"{name} {count} micrographs: median {wall:.1f} s wall, {cpu:.1f} s CPU, "
+            f"peak PSS {peak:.0f} MiB ({len(runs)} runs)"
+        )
     if "old" in versions:
-        same = (args.work / "new_0" / "picks.tsv").read_bytes() == (
-            args.work / "old_0" / "picks.tsv"
-        ).read_bytes()
-        print(f"identical picks.tsv: {same}")
+        for count in counts:
+            same = (args.work / f"new_{count}_0" / "picks.tsv").read_bytes() == (
+                args.work / f"old_{count}_0" / "picks.tsv"
+            ).read_bytes()
+            print(f"{count} micrographs: identical picks.tsv from both versions: {same}")
 
 
 if __name__ == "__main__":
