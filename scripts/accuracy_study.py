@@ -648,8 +648,9 @@ def pick_settings(ckpts: list[int], labels: str, tta: bool = False) -> list[Pick
             out.append(PickSetting(weights=weights, nms=n, margin=24))
         for step in ckpts[:-1]:
             out += [PickSetting(step=step, weights=weights, nms=n) for n in (12 / R, 1.0, 1.1)]
-        out.append(PickSetting(weights=weights, normalize="train"))
-        out.append(PickSetting(weights=weights, normalize="train", nms=1.1))
+        if labels == "100":  # two more score maps: measured at 100 labels only
+            out.append(PickSetting(weights=weights, normalize="train"))
+            out.append(PickSetting(weights=weights, normalize="train", nms=1.1))
     if tta:
         for n in (12 / R, 1.0, 1.1, 1.25):
             out.append(PickSetting(weights="ema", nms=n, tta=True))
@@ -683,8 +684,9 @@ def job_list(names: list[str] | None, simulated: bool) -> list[tuple[TrainSettin
     for setting, labels in TRAIN_JOBS + (SIM_JOBS if simulated else []):
         if names and setting.name not in names:
             continue
-        for lab in labels:
-            for fold in setting.folds:
+        # folds outer: when time runs out every label count has the same first folds
+        for fold in setting.folds:
+            for lab in labels:
                 jobs.append((setting, lab, fold))
     return jobs
 
