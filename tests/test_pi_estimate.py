@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,12 +11,15 @@ import torch
 from torch import nn
 
 from topaz_lightning.data.labels import positive_masks
+
 from topaz_lightning.data.pi_estimate import (
     bbe_mixture_proportion,
     dataset_prior,
     elkan_noto_mixture_proportion,
     estimate_pi,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("pi_u", [0.02, 0.1, 0.3])
@@ -92,6 +97,7 @@ def _blob_micrographs(seed=0, n_mic=2, size=128, per_mic=40):
     return images, pd.DataFrame(rows, columns=["micrograph", "x", "y"])
 
 
+@pytest.mark.slow
 def test_estimate_pi_on_blob_micrographs_is_close_to_the_truth():
     images, truth = _blob_micrographs()
     radius = 2
@@ -110,3 +116,29 @@ def test_estimate_pi_on_blob_micrographs_is_close_to_the_truth():
     assert result.pi >= 30 * 13 / sum(im.size for im in images.values()) * 0.9
     with pytest.raises(ValueError, match="folds"):
         estimate_pi(images, labeled, radius, _TinyNet, steps=1, folds=1)
+
+
+@pytest.mark.slow
+def test_data_pi_auto_resolves_to_an_estimate(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from topaz_lightning.cli.validate import validate_train
+    from topaz_lightning.data.pi_estimate import resolve_auto_pi
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={REPO}",
+                "data.simulated_preset=tiny",
+                f"data.simulated_dir={tmp_path / 'tiny'}",
+                "data.num_labeled=10",
+                "data.pi=auto",
+            ],
+        )
+    validate_train(cfg)  # "auto" passes the prior check
+    result = resolve_auto_pi(cfg, steps=3, folds=2)
+    assert cfg.data.pi == pytest.approx(result.pi) and 0 < cfg.data.pi < 1
+    assert len(result.fold_pi) == 2 and result.steps == 3

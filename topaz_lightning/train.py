@@ -113,6 +113,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True)
 
     net = instantiate(cfg.model)
+    if OmegaConf.select(cfg, "data.pi", default=None) == "auto":
+        from topaz_lightning.data.pi_estimate import resolve_auto_pi
+
+        resolve_auto_pi(cfg)  # replaces "auto" by the estimate (docs/reports.md)
     datamodule = instantiate(cfg.data)
     objective = instantiate(cfg.objective)
     patch_size = _data_setting(datamodule, cfg, "patch_size") or net.receptive_field

@@ -202,7 +202,9 @@ def validate_train(cfg: DictConfig) -> None:
         from topaz_lightning.data.prior import check_prior_settings
         from topaz_lightning.geometry import check_geometry_settings
 
-        check_prior_settings(data.get("pi"), data.get("particles_per_micrograph"))
+        # data.pi=auto: estimated from the data before training (data.pi_estimate)
+        pi_setting = None if data.get("pi") == "auto" else data.get("pi")
+        check_prior_settings(pi_setting, data.get("particles_per_micrograph"))
         check_geometry_settings(data, data.get("downsample", 1.0))
     choice(cfg, "data.normalize", ("gmm", "standardize", "none"), allow_none=True)
     integer(cfg, "callbacks.held_out_picking.every_n_steps", minimum=1, allow_none=True)

@@ -356,3 +356,46 @@ def estimate_pi_for_datamodule(
     return estimate_pi(
         datamodule.train_micrographs, datamodule.train_coordinates, radius, make_net, **kwargs
     )
+
+
+#: cost of ``data.pi=auto``: cross-fitted PN fits and minibatches per fit
+AUTO_FOLDS = 2
+AUTO_STEPS = 500
+#: placeholder prior while the estimation's DataModule is set up (it is not used)
+_PLACEHOLDER_PI = 0.5
+
+
+def resolve_auto_pi(cfg, steps: int = AUTO_STEPS, folds: int = AUTO_FOLDS) -> PiEstimate:
+    """``data.pi=auto`` in a tzl-train config: estimate pi and write it into ``cfg.data.pi``.
+
+    The training data are set up as configured (same labeled subset), ``folds`` classifiers of
+    ``cfg.model`` are fitted for ``steps`` minibatches each and :func:`estimate_pi` (particle-level
+    BBE when the run has an NMS radius) gives pi, which replaces ``auto`` before training.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.data.pi = _PLACEHOLDER_PI
+        cfg.data.particles_per_micrograph = None
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    result = estimate_pi_for_datamodule(
+        datamodule,
+        lambda: instantiate(cfg.model),
+        steps=steps,
+        folds=folds,
+        seed=int(cfg.get("seed", 0)),
+    )
+    with open_dict(cfg):
+        cfg.data.pi = float(result.pi)
+    log.info(
+        "data.pi=auto: estimated pi=%.5g (%s over %d cross-fitted fits of %d steps; Elkan-Noto "
+        "would give %.5g)",
+        result.pi,
+        result.method,
+        result.folds,
+        result.steps,
+        next(iter(result.other.values())),
+    )
+    return result
