@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from topaz_lightning.data.labels import positive_masks
-
 from topaz_lightning.data.pi_estimate import (
     bbe_mixture_proportion,
     dataset_prior,
