@@ -458,9 +458,7 @@ def test_angstrom_without_any_pixel_size_is_a_config_error():
 
 
 def test_explicit_model_frame_radii_override_the_derived_ones():
-    dm = make(
-        particle_diameter_px=40, downsample=2, label_radius_px_model=1, nms_radius_px_model=7
-    )
+    dm = make(particle_diameter_px=40, downsample=2, label_radius_px_model=1, nms_radius_px_model=7)
     dm.setup()
     g = dm.geometry
     assert (g.label_radius_px_model, g.nms_radius_px_model, g.match_distance_px_model) == (1, 7, 10)
