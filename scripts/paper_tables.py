@@ -748,14 +748,14 @@ def experiment_spec(name: str, extra: Sequence[str] = ()) -> DataSpec:
     else:
         derived = {}
     radii = {}
-    for name, keys in (
+    for radius_name, keys in (
         ("nms", ("data.nms_radius_px_model", "callbacks.held_out_picking.radius")),
         ("match", ("data.match_distance_px_model", "callbacks.held_out_picking.max_distance")),
     ):
-        radii[name] = next((float(get(k)) for k in keys if get(k) is not None), None)
-        if radii[name] is None:
-            radii[name] = derived.get(f"{keys[0][5:]}")
-        if radii[name] is None:
+        radii[radius_name] = next((float(get(k)) for k in keys if get(k) is not None), None)
+        if radii[radius_name] is None:
+            radii[radius_name] = derived.get(f"{keys[0][5:]}")
+        if radii[radius_name] is None:
             raise SystemExit(
                 f"error: {path}: set data.particle_diameter_px or {' or '.join(keys)} "
                 "(model pixels) for a table"

@@ -418,7 +418,7 @@ def test_table_p_values_and_reference_rows(paper_tables):
 
 def test_experiment_spec_reads_the_real_dataset(paper_tables):
     spec = paper_tables.experiment_spec("empiar10017_table5")
-    assert not spec.simulated and spec.downsample == 4
+    assert not spec.simulated and spec.downsample == 4 and spec.name == "empiar10017_table5"
     assert spec.test_names == ["Falcon_2012_06_12-15_27_22_0"]
     # 2,591 particles on the 4 micrographs; the test micrograph is not counted
     assert 1800 < spec.num_train < 2591
