@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.picking.border import (
@@ -10,7 +11,9 @@ from topaz_lightning.picking.border import (
     border_mask,
     detect_bands,
     keep_unmasked,
+    picking_mask,
 )
+from topaz_lightning.picking.predict import PickSettings, pick_micrograph
 
 
 def _striped(shape=(200, 240), top=12, right=20, seed=0):
@@ -67,3 +70,41 @@ def test_bad_settings_and_images():
         border_mask((10, 10), margin=-1)
     with pytest.raises(InputError):
         detect_bands(np.zeros((5, 5, 2)))
+
+
+class _Brightness(torch.nn.Module):
+    """Stand-in classifier: the logit of a pixel is its value."""
+
+    receptive_field = 1
+
+    def score_map(self, images):
+        return images[:, 0]
+
+
+def test_pick_micrograph_drops_picks_on_bands():
+    image = _striped(shape=(200, 200), top=15, right=0, seed=3).astype(np.float32) * 0.1
+    image[:15, 60] = 5.0  # a bright column inside the top band: the best local maximum
+    image[100, 100] = 4.0  # a bright spot inside the image
+    plain = pick_micrograph(_Brightness(), image, PickSettings(nms_radius_px_model=6.0)).picks
+    assert (plain["y"] < 15).any()
+    masked = pick_micrograph(
+        _Brightness(),
+        image,
+        PickSettings(nms_radius_px_model=6.0, border_bands=True, border_padding_px_model=3.0),
+    ).picks
+    assert not (masked["y"] < 14 + 3).any()
+    assert ((masked["x"] == 100) & (masked["y"] == 100)).any()
+    assert len(masked) < len(plain)
+    # the mask is found on the model-frame image; coordinates leave in the micrograph frame
+    scaled = pick_micrograph(
+        _Brightness(),
+        image,
+        PickSettings(nms_radius_px_model=6.0, border_bands=True, downsample=4.0),
+    ).picks
+    assert ((scaled["x"] == 400) & (scaled["y"] == 400)).any()
+    assert not (scaled["y"] < 4 * 14).any()
+
+
+def test_picking_mask_none_when_nothing_asked():
+    assert picking_mask(np.zeros((20, 20))) is None
+    assert picking_mask(np.zeros((20, 20)), margin=2).sum() == 20 * 20 - 16 * 16

@@ -635,6 +635,14 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
         scoring=str(cfg.get("scoring", "dense")),
         scoring_level=None if cfg.get("scoring_level") is None else float(cfg.scoring_level),
         tta=int(cfg.get("tta", 1)),
+        border_bands=bool(cfg.get("border_bands", False)),
+        # null: half the NMS radius (about half a particle radius), docs/accuracy.md
+        border_padding_px_model=float(
+            radius / 2
+            if cfg.get("border_padding_px_model") is None
+            else cfg.border_padding_px_model
+        ),
+        border_margin_px_model=float(cfg.get("border_margin_px_model") or 0.0),
     )
     record = run_record(
         cfg,

@@ -128,3 +128,16 @@ def keep_unmasked(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
     col = np.clip(np.rint(xy[:, 0]).astype(np.int64), 0, w - 1)
     row = np.clip(np.rint(xy[:, 1]).astype(np.int64), 0, h - 1)
     return ~mask[row, col]
+
+
+def picking_mask(
+    image: np.ndarray, bands: bool = False, margin: float = 0.0, band_padding: float = 0.0
+) -> np.ndarray | None:
+    """The mask ``tzl-pick`` applies to one micrograph (model frame), or None when nothing is
+    asked: the striped bands :func:`detect_bands` finds (widened by ``band_padding``) when
+    ``bands``, and every pixel within ``margin`` of an edge."""
+    if not bands and margin <= 0:
+        return None
+    if bands:
+        return artefact_mask(image, margin=margin, band_padding=band_padding)
+    return border_mask(np.shape(image), margin=margin)
