@@ -137,7 +137,7 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
     prep = dict(extra.get("preprocess") or {})
     downsample = float(prep.get("downsample", 1) or 1)
     sources = list_micrographs(spec["micrographs"])
-    names = list(sources)[: args.max_micrographs] if args.max_micrographs else list(sources)
+    names = list(sources) if args.max_micrographs is None else list(sources)[: args.max_micrographs]
     for name in spec["test"]:
         if name not in names:
             names.append(name)
@@ -152,11 +152,16 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
     print(
         f"\n## {spec['label']}: {len(names)} micrograph(s) of {shape[0]} x {shape[1]} (model px), "
         f"NMS radius {spec['radius']:g}, match distance {spec['match']:g}, test {spec['test']}, "
-        f"tta {args.tta}, fine tile {args.fine_tile}, {torch.get_num_threads()} thread(s)",
+        f"fine tile {args.fine_tile}, {torch.get_num_threads()} thread(s)",
         flush=True,
     )
-    methods = [("dense", None, 0.0)] + [("coarse_to_fine", lv, m) for lv, m in levels]
+    methods = [
+        (scoring, lv, m, tta)
+        for tta in args.tta
+        for scoring, lv, m in [("dense", None, 0.0)] + [("coarse_to_fine", v, m) for v, m in levels]
+    ]
     times: dict[int, list[float]] = {i: [] for i in range(len(methods))}
+    cpu_times: dict[int, list[float]] = {i: [] for i in range(len(methods))}
     picks: dict[int, list[pd.DataFrame]] = {i: [] for i in range(len(methods))}
     scored: dict[int, list[float]] = {i: [] for i in range(len(methods))}
     with torch.inference_mode():
@@ -165,28 +170,31 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
         for rep in range(args.repeats):
             order = range(len(methods)) if rep % 2 == 0 else reversed(range(len(methods)))
             for i in order:
-                scoring, level, margin = methods[i]
-                start = time.perf_counter()
+                scoring, level, margin, tta = methods[i]
+                start, cpu_start = time.perf_counter(), time.process_time()
                 score_map = score_micrograph(
                     net,
                     images[name],
                     scoring=scoring,
                     level=level,
-                    tta=args.tta,
+                    tta=tta,
                     fine_tile=args.fine_tile,
                     seed_margin=margin,
                 )
                 times[i].append(time.perf_counter() - start)
+                cpu_times[i].append(time.process_time() - cpu_start)
                 if rep == 0:
                     picks[i].append(picks_from_score_map(name, score_map, spec["radius"]))
                     scored[i].append(float(np.isfinite(score_map).mean()))
     if args.timing_only:
         t_dense = statistics.median(times[0])
-        for i, (scoring, level, margin) in enumerate(methods):
-            t = statistics.median(times[i])
+        c_dense = statistics.median(cpu_times[0])
+        for i, (scoring, level, margin, tta) in enumerate(methods):
+            t, c = statistics.median(times[i]), statistics.median(cpu_times[i])
             print(
-                f"{scoring:15s} level {_label(level, margin):8s} "
-                f"{t:.2f} s/micrograph (median of {len(times[i])}), {t_dense / t:.2f}x dense, "
+                f"{scoring:15s} tta {tta} level {_label(level, margin):8s} "
+                f"{t:.2f} s/micrograph (median of {len(times[i])}), {t_dense / t:.2f}x dense; "
+                f"CPU {c:.2f} s, {c_dense / c:.2f}x dense; "
                 f"scored {statistics.mean(scored[i]):.3f}",
                 flush=True,
             )
@@ -202,18 +210,20 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
     dense_df, dense_test, dense_all = evals[0]
     t_f1 = dense_test.best_f1_threshold
     t_dense = statistics.median(times[0])
+    c_dense = statistics.median(cpu_times[0])
     print(
         f"dense best-F1 threshold (test) {t_f1:.3f}; picks per micrograph "
         f"{len(dense_df) / len(names):.0f}; AUPR test {dense_test.aupr:.4f}, all {dense_all.aupr:.4f}"
     )
     print(
-        "| scoring | level | s/micrograph (median) | speed-up | scored px | AUPR test | dAUPR "
+        "| scoring | tta | level | s/micrograph (median) | speed-up | CPU s (median) | CPU speed-up "
+        "| scored px | AUPR test | dAUPR "
         "| AUPR all | dAUPR | picks >= best-F1 thr. | picks >= level |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for i, (scoring, level, margin) in enumerate(methods):
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for i, (scoring, level, margin, tta) in enumerate(methods):
         df, ev_test, ev_all = evals[i]
-        t = statistics.median(times[i])
+        t, c = statistics.median(times[i]), statistics.median(cpu_times[i])
         ref_f1, got_f1 = _picks_above(dense_df, t_f1), _picks_above(df, t_f1)
         f1_same = f"{'same' if ref_f1 == got_f1 else 'DIFFER'} ({len(got_f1 ^ ref_f1)} diff / {len(ref_f1)})"
         if level is None or not math.isfinite(level):
@@ -222,7 +232,7 @@ def bench_set(spec: dict, levels: list[float], args) -> None:
             ref_lv, got_lv = _picks_above(dense_df, level), _picks_above(df, level)
             lv_same = f"{len(got_lv ^ ref_lv)} diff / {len(ref_lv)}"
         print(
-            f"| {scoring} | {_label(level, margin)} | {t:.2f} | {t_dense / t:.1f}x "
+            f"| {scoring} | {tta} | {_label(level, margin)} | {t:.2f} | {t_dense / t:.1f}x | {c:.2f} | {c_dense / c:.1f}x "
             f"| {statistics.mean(scored[i]):.3f} | {ev_test.aupr:.4f} | {ev_test.aupr - dense_test.aupr:+.4f} "
             f"| {ev_all.aupr:.4f} | {ev_all.aupr - dense_all.aupr:+.4f} | {f1_same} | {lv_same} |",
             flush=True,
@@ -258,7 +268,7 @@ def main() -> int:
         help="coarse_to_fine levels, each LEVEL or LEVEL/SEED_MARGIN",
     )
     parser.add_argument("--fine-tile", type=int, default=16)
-    parser.add_argument("--tta", type=int, default=1)
+    parser.add_argument("--tta", default="1", help="comma-separated: 1, 8 or 1,8")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
     parser.add_argument("--interop", type=int, default=None, help="torch inter-op threads")
@@ -267,7 +277,9 @@ def main() -> int:
         action="store_true",
         help="time each (threads, inter-op) pair in 1,2 x 1,2 in its own process",
     )
-    parser.add_argument("--max-micrographs", type=int, default=None)
+    parser.add_argument(
+        "--max-micrographs", type=int, default=None, help="first N (0: the test ones only)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("bench_out/scoring"))
     parser.add_argument("--train-steps", type=int, default=1000)
     parser.add_argument("--timing-only", action="store_true", help="times only, no picks/AUPR")
@@ -277,11 +289,12 @@ def main() -> int:
         torch.set_num_interop_threads(args.interop)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.tta = [int(v) for v in str(args.tta).split(",")]
     if args.thread_study:
         return thread_study(args)
     if args.quick:
         args.repeats, args.train_steps = 1, 300
-        args.max_micrographs = args.max_micrographs or 2
+        args.max_micrographs = 2 if args.max_micrographs is None else args.max_micrographs
     # "level" or "level/seed_margin"
     levels = [
         (float(v.split("/")[0]), float(v.split("/")[1]) if "/" in v else 0.0)

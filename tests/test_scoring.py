@@ -24,6 +24,8 @@ from topaz_lightning.picking.coarse import (
 )
 from topaz_lightning.picking.scoring import fill_unscored, scoring_level
 
+# ResNet8 (receptive field 49) costs several times Conv31 per test: it runs under `make test-slow`
+NETS = [Conv31, pytest.param(ResNet8, marks=pytest.mark.slow)]
 MODEL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
 
 
@@ -89,7 +91,7 @@ def test_coarse_samples_are_the_dense_scores_on_the_stride_grid(config):
     np.testing.assert_allclose(coarse, dense[::s, ::s], atol=1e-4)
 
 
-@pytest.mark.parametrize("net_cls", [Conv31, ResNet8])
+@pytest.mark.parametrize("net_cls", NETS)
 def test_scored_values_are_dense_values_and_level_minus_inf_scores_everything(net_cls):
     net = _randomize(net_cls(), 2)
     image = _micrograph(3)
@@ -103,7 +105,7 @@ def test_scored_values_are_dense_values_and_level_minus_inf_scores_everything(ne
     np.testing.assert_allclose(part.score_map[scored], dense[scored], atol=1e-4)
 
 
-@pytest.mark.parametrize("net_cls", [Conv31, ResNet8])
+@pytest.mark.parametrize("net_cls", NETS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_flood_fill_scores_every_region_above_level_that_holds_a_sample(net_cls, seed):
     """The guarantee itself: each 8-connected region with dense score >= level that contains a
@@ -125,7 +127,7 @@ def test_flood_fill_scores_every_region_above_level_that_holds_a_sample(net_cls,
     assert grew, "no case exercised the growing step"
 
 
-@pytest.mark.parametrize("net_cls", [Conv31, ResNet8])
+@pytest.mark.parametrize("net_cls", NETS)
 @pytest.mark.parametrize("fine_tile", [8, 16])
 def test_coarse_to_fine_picks_equal_dense_picks_above_level(net_cls, fine_tile):
     radius = 6.0
@@ -188,7 +190,7 @@ def test_tta_averages_the_eight_rotations_and_mirrors_of_each_patch():
         assert torch.equal(dihedral_inverse(dihedral(t, k), k), t)
 
 
-@pytest.mark.parametrize("net_cls", [Conv31, ResNet8])
+@pytest.mark.parametrize("net_cls", NETS)
 def test_coarse_to_fine_with_tta_matches_dense_tta(net_cls):
     net = _randomize(net_cls(), 1)
     image = _micrograph(6, shape=(61, 70))
