@@ -85,8 +85,11 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
         def run(cfg: DictConfig):
             from hydra.core.hydra_config import HydraConfig
 
+            from topaz_lightning.utils.quiet import quiet_third_party
             from topaz_lightning.utils.runinfo import save_run_config
 
+            # Lightning's LeafSpec deprecation and product tips, printed on every run otherwise
+            quiet_third_party()
             # DDP re-launches this script once per extra rank: only rank 0 stamps the run;
             # a command whose config sets hydra.output_subdir: null (tzl-convert) keeps no stamps
             if (

@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 
 from topaz_lightning.cli._hydra import entry_point, require
 from topaz_lightning.errors import ConfigError, InputError, PartialFailureError
+from topaz_lightning.geometry import check_downsample
 from topaz_lightning.io.coordinates import (
     ONE_MICROGRAPH_PER_FILE,
     _coordinate_files,  # the directory reader's own choice of files
@@ -115,9 +116,7 @@ def _resolve_scale(scale: float | None, downsample: float | None) -> float:
         if not scale > 0:
             raise ConfigError("scale", f"must be a positive number, got {scale}")
         return scale
-    downsample = float(downsample)
-    if not downsample > 0:
-        raise ConfigError("downsample", f"must be a positive factor, got {downsample}")
+    downsample = check_downsample(downsample, "downsample")
     if scale is not None and float(scale) != 1.0 and abs(float(scale) * downsample - 1) > 1e-9:
         raise ConfigError(
             "downsample", f"conflicts with scale={scale}; set only one (scale = 1/downsample)"

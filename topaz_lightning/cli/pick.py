@@ -529,7 +529,6 @@ def _trainer_kwargs(cfg: DictConfig, writer, run_dir: Path) -> dict[str, Any]:
 def _quiet_lightning() -> None:
     # the loop has as many workers as it needs by design; Lightning's GPU/TPU banner is noise
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 

@@ -309,7 +309,11 @@ def validate_convert(cfg: DictConfig) -> None:
     _coordinate_format(cfg, "input_format")
     _coordinate_format(cfg, "output_format")
     number(cfg, "scale", minimum=0, exclusive_minimum=True, allow_none=True)
-    number(cfg, "downsample", minimum=0, exclusive_minimum=True, allow_none=True)
+    downsample = _get(cfg, "downsample")
+    if downsample is not _MISSING and downsample is not None:
+        from topaz_lightning.geometry import check_downsample
+
+        check_downsample(downsample, "downsample")
     number(cfg, "image_height", minimum=0, exclusive_minimum=True, allow_none=True)
     number(cfg, "box_size", minimum=0, exclusive_minimum=True, allow_none=True)
     boolean(cfg, "flip_y")

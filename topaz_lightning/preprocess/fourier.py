@@ -6,18 +6,14 @@ import math
 
 import numpy as np
 
+from topaz_lightning.geometry import check_downsample
+
 
 def downsampled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
     """Output shape of ``downsample``: each side ``n`` becomes ``floor(n / factor + 0.5)`` (at least 1)."""
-    _check_factor(factor)
+    # ConfigError (a ValueError) naming the factor's key when it is not a finite number >= 1
+    factor = check_downsample(factor, "downsample")
     return tuple(max(1, math.floor(n / factor + 0.5)) for n in shape)  # type: ignore[return-value]
-
-
-def _check_factor(factor: float) -> None:
-    if not (isinstance(factor, int | float | np.floating | np.integer) and math.isfinite(factor)):
-        raise ValueError(f"downsampling factor must be a finite number >= 1, got {factor!r}")
-    if factor < 1:
-        raise ValueError(f"downsampling factor must be >= 1, got {factor}")
 
 
 def _crop_axis0(spectrum: np.ndarray, m: int) -> np.ndarray:
@@ -51,7 +47,7 @@ def downsample(image: np.ndarray, factor: float) -> np.ndarray:
     ``x / factor`` (``geometry.coordinates_to_model_frame``) is off by at most ``x/W * 0.5 <= 0.5`` output px.
     Factor 1 returns a float32 copy. The image is treated as periodic (as any FFT method does).
     """
-    _check_factor(factor)
+    factor = check_downsample(factor, "downsample")
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"downsample expects a 2-D image, got shape {image.shape}")

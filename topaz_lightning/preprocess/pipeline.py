@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from topaz_lightning.errors import ConfigError
+from topaz_lightning.geometry import check_downsample
 from topaz_lightning.preprocess.fourier import downsample as fourier_downsample
 from topaz_lightning.preprocess.gmm import (
     DEFAULT_SAMPLE_SIZE,
@@ -27,12 +28,7 @@ def standardize(image: np.ndarray, name: str | None = None) -> np.ndarray:
 
 def check_preprocess_settings(downsample: float, normalize: str) -> None:
     """Raise ConfigError for an impossible ``downsample`` factor or unknown ``normalize`` method."""
-    try:
-        ok = float(downsample) >= 1 and np.isfinite(float(downsample))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError("downsample", f"must be a number >= 1, got {downsample!r}")
+    check_downsample(downsample, "downsample")
     if normalize not in NORMALIZATIONS:
         raise ConfigError(
             "normalize", f"must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}"
