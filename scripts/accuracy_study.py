@@ -720,13 +720,12 @@ class Data:
 
 def simulated_held_out(out: Path) -> HeldOut:
     """The demo preset's test micrographs (complete truth), at their native pixel size."""
-    import yaml
-
     from topaz_lightning.io.coordinates import read_coordinates
     from topaz_lightning.io.micrographs import list_micrographs, read_micrograph
+    from topaz_lightning.simulate import load_dataset_info
 
     sim = out / "sim" / "demo_seed0"
-    meta = yaml.safe_load((sim / "dataset.yaml").read_text())
+    meta = load_dataset_info(sim)
     test = (sim / "test.txt").read_text().split()
     train = (sim / "train.txt").read_text().split()
     paths = list_micrographs(sim / "micrographs")

@@ -95,9 +95,9 @@ def quick_models(workdir: Path, steps: int) -> list[dict]:
             ],
             workdir / f"demo_{steps}.log",
         )
-    import yaml
+    from topaz_lightning.simulate import load_dataset_info
 
-    meta = yaml.safe_load((sim / "dataset.yaml").read_text())
+    meta = load_dataset_info(sim)
     return [
         dict(
             label=f"real EMPIAR-10017 (conv31, {steps} steps)",

@@ -677,9 +677,9 @@ def compose_train(overrides: Sequence[str]):
 
 def simulated_spec(dataset: Path, preset: str, overrides: Sequence[str]) -> DataSpec:
     """The spec of a simulated dataset (radii from its dataset.yaml, micrograph frame = model)."""
-    import yaml
+    from topaz_lightning.simulate import load_dataset_info
 
-    meta = yaml.safe_load((dataset / "dataset.yaml").read_text()) or {}
+    meta = load_dataset_info(dataset)
     radius = meta.get("particle_radius_px")
     return DataSpec(
         name=preset,
