@@ -49,7 +49,11 @@ def test_hand_computed_example():
     assert ev.precision_at_recall == {0.25: 1.0, 0.5: pytest.approx(2 / 3), 0.75: None, 0.9: None}
     assert ev.best_f1 == pytest.approx(2 * (2 / 3) * (2 / 3) / (4 / 3))
     assert ev.best_f1_threshold == 0.7
-    assert ev.threshold_at_recall(0.5) == 0.7
+    # metrics.json's threshold per recall level is threshold_for_recall's (one function):
+    # halfway from 0.7 (recall 2/3) to the next lower curve score 0.1
+    summary = ev.as_dict()["threshold_at_recall"]
+    assert summary["0.5"] == pytest.approx(0.4) and summary["0.25"] == pytest.approx(0.85)
+    assert summary["0.75"] is None and summary["0.9"] is None
     assert ev.picks["matched"].tolist() == [True, False, True, False]
     table = ev.table("run1")
     assert "run1" in table and "0.556" in table and " -" in table

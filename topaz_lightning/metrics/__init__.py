@@ -7,6 +7,7 @@ from topaz_lightning.metrics.pr import (
     evaluate_picks,
     format_table,
     precision_recall_curve,
+    threshold_for_recall,
 )
 from topaz_lightning.metrics.region import region_aupr, region_aupr_maps, region_labels
 
@@ -26,4 +27,5 @@ __all__ = [
     "region_aupr",
     "region_aupr_maps",
     "region_labels",
+    "threshold_for_recall",
 ]

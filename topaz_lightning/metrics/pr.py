@@ -10,13 +10,40 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from topaz_lightning.errors import InputError
+from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.metrics.matching import match_picks
 
 log = logging.getLogger(__name__)
 
 #: Recall levels reported by the paper's tables.
 RECALL_LEVELS = (0.25, 0.5, 0.75, 0.9)
+
+
+def threshold_for_recall(evaluation, target_recall: float) -> float:
+    """Score threshold whose picks reach ``target_recall`` on validation data.
+
+    The one threshold-at-recall function (tzl-pick ``target_recall``, metrics.json's
+    ``threshold_at_recall``). ``evaluation`` is a :class:`PickEvaluation` (or anything with
+    ``recall`` and ``thresholds`` arrays, thresholds descending). Let ``t_k`` be the highest curve
+    threshold reaching the recall; the value returned lies halfway between ``t_k`` and the next
+    lower curve threshold (or just below ``t_k`` at the end of the curve), so keeping picks with
+    ``score >= threshold`` reproduces the validation recall even when the scores were rounded
+    when the validation picks were written to a file. Raises ConfigError if never reached.
+    """
+    if not 0.0 < target_recall <= 1.0:
+        raise ConfigError("target_recall", f"must lie in (0, 1], got {target_recall}")
+    recall = np.asarray(evaluation.recall, dtype=np.float64)
+    thresholds = np.asarray(evaluation.thresholds, dtype=np.float64)
+    reached = np.flatnonzero(recall >= target_recall - 1e-12)
+    if reached.size == 0:
+        best = float(recall.max()) if recall.size else 0.0
+        raise ConfigError(
+            "target_recall", f"recall {target_recall} is never reached (the maximum is {best:.3f})"
+        )
+    k = int(reached[0])
+    if k + 1 < thresholds.size:
+        return float((thresholds[k] + thresholds[k + 1]) / 2)
+    return float(thresholds[k] - 1e-6 * max(1.0, abs(thresholds[k])))
 
 
 @dataclass
@@ -50,18 +77,19 @@ class PickEvaluation:
     (row of the matched true particle in that micrograph's truth table, -1 if none)."""
     matching: str = "distance"
 
-    def threshold_at_recall(self, target_recall: float) -> float | None:
-        """Highest score threshold whose recall is ``>= target_recall`` (None if never)."""
-        reached = np.flatnonzero(self.recall >= target_recall - 1e-12)
-        return float(self.thresholds[reached[0]]) if reached.size else None
-
     def as_dict(self, include_curve: bool = False) -> dict:
         """JSON-ready summary (``include_curve`` adds the precision/recall/threshold arrays)."""
         out = {
             "aupr": self.aupr,
             "precision_at_recall": {str(k): v for k, v in self.precision_at_recall.items()},
+            # the threshold tzl-pick's target_recall would use (None: recall never reached)
             "threshold_at_recall": {
-                str(k): self.threshold_at_recall(k) for k in self.precision_at_recall
+                str(k): (
+                    threshold_for_recall(self, k)
+                    if float(np.max(self.recall, initial=0.0)) >= k - 1e-12
+                    else None
+                )
+                for k in self.precision_at_recall
             },
             "best_f1": self.best_f1,
             "best_f1_threshold": self.best_f1_threshold,

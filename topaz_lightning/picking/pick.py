@@ -103,29 +103,3 @@ def pick_micrographs(
             {"micrograph": object, "x": float, "y": float, "score": float}
         )
     return pd.concat(frames, ignore_index=True)
-
-
-def threshold_for_recall(evaluation, target_recall: float) -> float:
-    """Score threshold whose picks reach ``target_recall`` on validation data.
-
-    ``evaluation`` is a :class:`topaz_lightning.metrics.PickEvaluation` (or anything with
-    ``recall`` and ``thresholds`` arrays, thresholds descending). Let ``t_k`` be the highest curve
-    threshold reaching the recall; the value returned lies halfway between ``t_k`` and the next
-    lower curve threshold (or just below ``t_k`` at the end of the curve), so keeping picks with
-    ``score >= threshold`` reproduces the validation recall even when the scores were rounded
-    when the validation picks were written to a file. Raises ConfigError if never reached.
-    """
-    if not 0.0 < target_recall <= 1.0:
-        raise ConfigError("target_recall", f"must lie in (0, 1], got {target_recall}")
-    recall = np.asarray(evaluation.recall, dtype=np.float64)
-    thresholds = np.asarray(evaluation.thresholds, dtype=np.float64)
-    reached = np.flatnonzero(recall >= target_recall - 1e-12)
-    if reached.size == 0:
-        best = float(recall.max()) if recall.size else 0.0
-        raise ConfigError(
-            "target_recall", f"recall {target_recall} is never reached (the maximum is {best:.3f})"
-        )
-    k = int(reached[0])
-    if k + 1 < thresholds.size:
-        return float((thresholds[k] + thresholds[k + 1]) / 2)
-    return float(thresholds[k] - 1e-6 * max(1.0, abs(thresholds[k])))
