@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?=
 OUT ?= demo_out
 
-.PHONY: install test test-slow demo demo-real lint format bench clean
+.PHONY: install test test-slow demo demo-real lint format bench bench-topaz clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ format: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+# Topaz 0.3.20 side by side (its own venv in .bench/topaz_venv; writes docs/benchmarks/topaz.md)
+bench-topaz: install
+	$(BIN)/python scripts/bench_topaz.py $(BENCH_TOPAZ_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) $(OUT)_real outputs multirun *.egg-info .pytest_cache .ruff_cache

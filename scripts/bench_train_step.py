@@ -10,6 +10,14 @@ A step is what PULitModule does per minibatch: sampler.batch(step) (gather + ran
 256 patches, one indexed read), forward, objective (GE-binomial when available), backward, Adam.
 Micrographs are synthetic (N(0,1) noise + bright blobs), 8 of 1024 x 1024 by default, the size of
 a 4x-downsampled EMPIAR-10096 micrograph. Reports medians over the timed steps after warm-up.
+
+It also prints the framework overhead ratio per model (target <= 1.25; ``--no-overhead`` skips
+it): the median wall time of one step of ``Trainer.fit`` (Lightning, the patch sampler feeding it
+through the DataModule's step dataset, logging of the loss terms; measured from one
+``on_train_batch_end`` to the next, so drawing the next batch is included) divided by the median
+of a bare PyTorch step (forward, objective, backward, Adam) on one fixed batch of the same
+sampler, with the same model and optimizer. Bare steps are timed before and after the Lightning
+run and pooled, so a change in machine load affects both sides.
 """
 
 from __future__ import annotations
@@ -115,6 +123,96 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def overhead(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Median ms of a Lightning training step (incl. sampling) and of a bare PyTorch step."""
+    import copy
+
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from topaz_lightning import models
+    from topaz_lightning.data.sampler import PUBatchDataset, PUPatchSampler
+    from topaz_lightning.module import PULitModule
+
+    torch.manual_seed(0)
+    net = _net(name)
+    images, coords = synthetic(args.micrographs, args.size, args.particles)
+    sampler = PUPatchSampler.from_coordinates(
+        images,
+        coords,
+        radius_px=3,
+        patch_size=net.receptive_field,
+        n_positive=16,
+        n_unlabeled=240,
+        device="cpu",
+    )
+    del models
+    steps = args.warmup + args.steps
+
+    def bare_block() -> list[float]:
+        bare_net = copy.deepcopy(net)
+        bare_net.train()
+        obj = objective()
+        optimizer = torch.optim.Adam(bare_net.parameters(), lr=2e-4)
+        patches, labels = sampler.batch(0)
+        times = []
+        for step in range(steps):
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = obj(bare_net(patches), labels, 0.02)
+            loss.backward()
+            optimizer.step()
+            if step >= args.warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+    class Clock(pl.Callback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+
+        def on_train_batch_end(self, *_: object) -> None:
+            self.marks.append(time.perf_counter())
+
+    bare = bare_block()
+    module = PULitModule(
+        copy.deepcopy(net), objective(), None, pi_unlabeled=0.02, num_labeled_particles=100
+    )
+    clock = Clock()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+        num_sanity_val_steps=0,
+    )
+    loader = DataLoader(PUBatchDataset(sampler, steps + 1), batch_size=None, num_workers=0)
+    trainer.fit(module, train_dataloaders=loader)
+    bare += bare_block()
+    diffs = [(b - a) * 1e3 for a, b in zip(clock.marks, clock.marks[1:], strict=False)]
+    lightning = diffs[args.warmup :] or diffs
+    return {
+        "lightning_ms": statistics.median(lightning),
+        "bare_ms": statistics.median(bare),
+        "ratio": statistics.median(lightning) / statistics.median(bare),
+    }
+
+
+def _net(name: str) -> torch.nn.Module:
+    from topaz_lightning import models
+
+    return {
+        "conv31": models.Conv31,
+        "resnet8": models.ResNet8,
+        "resnet16": models.ResNet16,
+        "resnet8_prelu": models.PReLUResNet8,
+        "resnet16_prelu": models.PReLUResNet16,
+    }[name]()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["conv31", "resnet8"])
@@ -127,6 +225,9 @@ def main() -> None:
     parser.add_argument("--decoder", action="store_true", help="include the autoencoder head")
     parser.add_argument(
         "--bf16", action="store_true", help="bf16 autocast (trainer.precision=bf16-mixed)"
+    )
+    parser.add_argument(
+        "--no-overhead", action="store_true", help="skip the Lightning/bare step ratio"
     )
     parser.add_argument("--micrographs", type=int, default=8)
     parser.add_argument("--size", type=int, default=1024)
@@ -146,6 +247,16 @@ def main() -> None:
         print(
             f"{name:<10}{r['step_ms']:>10.1f}{r['step_ms_min']:>10.1f}{r['sample_ms']:>11.1f}"
             f"{r['compute_ms']:>12.1f}{100 * r['sample_share']:>9.1f}%"
+        )
+    if args.no_overhead or args.device != "cpu":
+        return
+    print("framework overhead: Lightning step incl. sampling / bare PyTorch step (target <= 1.25)")
+    for name in args.models:
+        r = overhead(name, args)
+        print(
+            f"overhead ratio {name}: {r['ratio']:.3f} "
+            f"(Lightning {r['lightning_ms']:.1f} ms, bare {r['bare_ms']:.1f} ms, median of "
+            f"{args.steps} steps)"
         )
 
 
