@@ -66,6 +66,18 @@ LAUNCHER = (
 )
 
 
+# the same, under cProfile: `python -c PROFILE_LAUNCHER <stats file> <topaz command> <args>`
+PROFILE_LAUNCHER = (
+    "import cProfile, sys, types\n"
+    "sys.modules['torchvision._meta_registrations'] = "
+    "types.ModuleType('torchvision._meta_registrations')\n"
+    "from topaz.main import main\n"
+    "out = sys.argv[1]\n"
+    "sys.argv = ['topaz'] + sys.argv[2:]\n"
+    "cProfile.run('main()', out)\n"
+)
+
+
 # ---------------------------------------------------------------------------- pure helpers
 def disk_pixels(radius: int) -> int:
     """Pixels (dx, dy) with dx^2 + dy^2 <= r^2: the label disk of both tools."""
@@ -649,6 +661,86 @@ class Bench:
         self.rows.extend(rows.values())
         self.save()
 
+    def profile(self, ds: str, info: dict, steps: int) -> None:
+        """cProfile one short training run and one single-micrograph picking run of each tool."""
+        d = self.work / ds / "profile"
+        d.mkdir(parents=True, exist_ok=True)
+        pstats_lines: list[str] = []
+        ours_dir = d / "ours_train"
+        shutil.rmtree(ours_dir, ignore_errors=True)
+        train = self.ours_train(ds, info, "conv31", steps, ours_dir)
+        prof = [*self.nice, str(self.bin / "python"), "-m", "cProfile", "-o"]
+        runs = {
+            "ours train": [*prof, str(d / "ours_train.prof"), *train[len(self.nice) :]],
+        }
+        self.run_checked(runs["ours train"], d / "ours_train.log")
+        pi = topaz_pi_for(
+            self.our_pi_unlabeled(ours_dir / "model.pt"),
+            info["num_labels"],
+            info["label_radius"],
+            info["total_train_pixels"],
+        )
+        tcmd = self.topaz_train(ds, info, "conv31", steps, pi, d / "topaz_train")
+        tcmd = [
+            *self.nice,
+            str(self.venv / "bin" / "python"),
+            "-c",
+            PROFILE_LAUNCHER,
+            str(d / "topaz_train.prof"),
+            *tcmd[len(self.nice) + 3 :],
+        ]
+        self.run_checked(tcmd, d / "topaz_train.log")
+        first = Path(info["pre"]) / f"{info['test'][0]}.mrc"
+        listing = d / "one.txt"
+        listing.write_text(f"{first}\n")
+        for scoring in ("dense", "coarse_to_fine"):
+            pick = self.ours_pick(
+                ds,
+                info,
+                ours_dir / "model.pt",
+                listing,
+                d / f"ours_{scoring}",
+                self.args.pick_threshold,
+                scoring,
+            )
+            self.run_checked(
+                [*prof, str(d / f"ours_pick_{scoring}.prof"), *pick[len(self.nice) :]],
+                d / f"ours_pick_{scoring}.log",
+            )
+        tpick = self.topaz_pick(
+            info,
+            d / "topaz_train" / "model_epoch1.sav",
+            [str(first)],
+            d / "topaz_pick",
+            self.args.pick_threshold,
+        )
+        tpick = [
+            *self.nice,
+            str(self.venv / "bin" / "python"),
+            "-c",
+            PROFILE_LAUNCHER,
+            str(d / "topaz_pick.prof"),
+            *tpick[len(self.nice) + 3 :],
+        ]
+        self.run_checked(tpick, d / "topaz_pick.log")
+        import io
+        import pstats
+
+        for name in (
+            "ours_train",
+            "topaz_train",
+            "ours_pick_dense",
+            "ours_pick_coarse_to_fine",
+            "topaz_pick",
+        ):
+            buf = io.StringIO()
+            stats = pstats.Stats(str(d / f"{name}.prof"), stream=buf)
+            stats.sort_stats("tottime").print_stats(12)
+            pstats_lines.append(f"==== {name} (cProfile, sorted by own time)\n{buf.getvalue()}")
+        text = "\n".join(pstats_lines)
+        (d / "profile.txt").write_text(text)
+        print(text, flush=True)
+
     # ------------------------------------------------------------------ output
     def _print(self, name: str, tool: str, rep: int, run: Run) -> None:
         print(
@@ -847,6 +939,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             models["conv31"] = bench.aupr_and_pick("real", real, "conv31")
         elif part == "aupr_sim":
             bench.aupr_and_pick("sim", bench.prepare("sim"), "conv31")
+        elif part == "profile":
+            bench.profile("real", real, min(args.train_steps, 20))
         elif part == "train_conv31":
             bench.train_timing("real", real, "conv31", "conv31")
         elif part == "train_resnet8":
