@@ -33,6 +33,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from topaz_lightning.geometry import (
+    coordinates_to_micrograph_frame,
+    coordinates_to_model_frame,
+    to_micrograph_px,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 log = logging.getLogger("accuracy_study")
@@ -340,7 +346,7 @@ class HeldOut:
         self.downsample = float(downsample)
         self.radius = float(particle_radius_px_model)
         # a pick matches within one particle radius (micrograph frame)
-        self.match_distance = self.radius * self.downsample
+        self.match_distance = to_micrograph_px(self.radius, self.downsample)
         self.truth = truth_full[truth_full["micrograph"].isin(test_names)]
         tests = {n: images[n] for n in test_names}
         pick_fit = fit_gmm(tests, seed=0)
@@ -392,13 +398,9 @@ def evaluate_setting(
             band_padding=setting.band_padding,
         )
         keep = keep_unmasked(xy, mask)
-        table = pd.DataFrame(
-            {
-                "micrograph": name,
-                "x": xy[:, 0] * held.downsample,
-                "y": xy[:, 1] * held.downsample,
-                "score": scores,
-            }
+        table = coordinates_to_micrograph_frame(
+            pd.DataFrame({"micrograph": name, "x": xy[:, 0], "y": xy[:, 1], "score": scores}),
+            held.downsample,
         )
         frames.append(table[keep])
         masked_frames.append(table[~keep])
@@ -537,18 +539,17 @@ def crop_tta_evaluate(
             np.save(path, score)
             maps[tta] = score
         truth = held.truth[held.truth["micrograph"] == name]
-        fx, fy = truth["x"] / held.downsample - x0, truth["y"] / held.downsample - y0
+        model_truth = coordinates_to_model_frame(truth, held.downsample)
+        fx, fy = model_truth["x"] - x0, model_truth["y"] - y0
         inside = (fx >= 0) & (fx <= CROP - 1) & (fy >= 0) & (fy <= CROP - 1)
         truth = truth[inside]
         for tta, n, pick_name, eval_dir in todo:
             xy, scores = non_maximum_suppression(maps[tta], n * held.radius)
-            picks = pd.DataFrame(
-                {
-                    "micrograph": name,
-                    "x": (xy[:, 0] + x0) * held.downsample,
-                    "y": (xy[:, 1] + y0) * held.downsample,
-                    "score": scores,
-                }
+            picks = coordinates_to_micrograph_frame(
+                pd.DataFrame(
+                    {"micrograph": name, "x": xy[:, 0] + x0, "y": xy[:, 1] + y0, "score": scores}
+                ),
+                held.downsample,
             )
             ev = evaluate_picks(picks, truth, held.match_distance, micrographs=[name])
             metrics = {

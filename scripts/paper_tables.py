@@ -231,12 +231,14 @@ def pick_commands_for(job_dir: Path, spec: DataSpec, tzl: str = "") -> list[list
     tzl-pick takes its NMS radius in model pixels and writes micrograph-frame coordinates;
     tzl-evaluate matches them in the micrograph frame (match distance x downsample).
     """
+    from topaz_lightning.geometry import to_micrograph_px
+
     if spec.simulated:
         return pick_commands(
             job_dir,
             spec.dataset,
             spec.nms_radius_px_model,
-            spec.match_distance_px_model * spec.downsample,
+            to_micrograph_px(spec.match_distance_px_model, spec.downsample),
             tzl,
         )
     names = "[" + ",".join(spec.test_names) + "]"
@@ -246,7 +248,7 @@ def pick_commands_for(job_dir: Path, spec: DataSpec, tzl: str = "") -> list[list
         subset=names,
         truth=str(spec.coordinates),
         radius=spec.nms_radius_px_model,
-        max_distance=spec.match_distance_px_model * spec.downsample,
+        max_distance=to_micrograph_px(spec.match_distance_px_model, spec.downsample),
         tzl=tzl,
     )
 
@@ -734,15 +736,15 @@ def experiment_spec(name: str, extra: Sequence[str] = ()) -> DataSpec:
     downsample = float(get("data.downsample") or 1.0)
     particle_radius = None
     if get("data.particle_diameter_px") is not None or get("data.particle_diameter_a") is not None:
-        from topaz_lightning.geometry import default_radii, particle_radius_px
+        from topaz_lightning.geometry import default_radii, particle_radius_px, to_model_px
 
-        particle_radius = (
+        particle_radius = to_model_px(
             particle_radius_px(
                 particle_diameter_a=get("data.particle_diameter_a"),
                 particle_diameter_px=get("data.particle_diameter_px"),
                 pixel_size_a=get("data.pixel_size_a"),
-            )
-            / downsample
+            ),
+            downsample,
         )
         derived = default_radii(particle_radius)
     else:

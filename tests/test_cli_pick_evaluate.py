@@ -308,7 +308,7 @@ def test_score_micrograph_with_conv31_matches_patches_tiles_and_batches():
     for name, img in images.items():
         np.testing.assert_allclose(batched[name], score_micrograph(net, img), atol=1e-5)
 
-    picks = pick_micrographs(net, images, radius=6, max_picks=4, scale=2.0)
+    picks = pick_micrographs(net, images, radius=6, max_picks=4, downsample=2.0)
     assert list(picks.columns) == ["micrograph", "x", "y", "score"]
     assert picks.groupby("micrograph").size().tolist() == [4, 4, 4]
     assert (picks["x"] % 2 == 0).all()  # model pixels scaled back by the factor 2

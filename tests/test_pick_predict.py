@@ -75,7 +75,7 @@ def _reference(data: Path, radius: float = 4.0, k: int | None = None) -> pd.Data
     net, _ = load_model(data / "model.pt")
     raw = {n: read_micrograph(data / "mics" / f"{n}.mrc") for n in NAMES}
     images = preprocess_images(raw, downsample=2.0, normalize="gmm", seed=0)
-    return pick_micrographs(net, images, radius, max_picks=k, scale=2.0)
+    return pick_micrographs(net, images, radius, max_picks=k, downsample=2.0)
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:

@@ -496,7 +496,7 @@ def _fake_table_outputs(root: Path, steps: int, cells, seeds=(0, 1)) -> Path:
     dataset = root / "data" / "demo_seed0"
     dataset.mkdir(parents=True)
     (dataset / "dataset.yaml").write_text(
-        yaml.safe_dump({"nms_radius_px": 10, "match_distance_px": 7})
+        yaml.safe_dump({"shape": [64, 64], "nms_radius_px": 10, "match_distance_px": 7})
     )
     (dataset / "train.txt").write_text("m0\nm1\n")
     rows = ["image_name\tx_coord\ty_coord"] + [f"m{i % 3}\t{i}\t{i}" for i in range(30)]

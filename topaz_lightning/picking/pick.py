@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from topaz_lightning.errors import ConfigError
+from topaz_lightning.geometry import coordinates_to_micrograph_frame
 from topaz_lightning.picking.nms import non_maximum_suppression
 from topaz_lightning.picking.scoring import score_micrographs
 
@@ -41,25 +42,29 @@ def picks_from_score_map(
     radius: float,
     threshold: float = -math.inf,
     max_picks: int | None = None,
-    scale: float = 1.0,
+    downsample: float = 1.0,
     nms_boundary: str = "keep",
 ) -> pd.DataFrame:
-    """NMS on one score map -> DataFrame[micrograph, x, y, score]; ``x, y`` multiplied by ``scale``.
+    """NMS on one score map -> DataFrame[micrograph, x, y, score].
+
+    ``radius`` is in the score map's (model) pixels; ``x, y`` are returned in the micrograph frame
+    of a run downsampled by ``downsample`` (:func:`geometry.coordinates_to_micrograph_frame`).
 
     ``nms_boundary``: ``keep`` (picks exactly ``radius`` apart are both kept) or ``suppress``
     (Topaz's convention), see :func:`non_maximum_suppression`."""
     xy, scores = non_maximum_suppression(
         score_map, radius, threshold, max_picks, boundary=nms_boundary
     )
-    return pd.DataFrame(
+    picks = pd.DataFrame(
         {
             "micrograph": np.full(len(scores), name, dtype=object),
-            "x": xy[:, 0] * scale,
-            "y": xy[:, 1] * scale,
+            "x": xy[:, 0],
+            "y": xy[:, 1],
             "score": scores,
         },
         columns=PICK_COLUMNS,
     )
+    return coordinates_to_micrograph_frame(picks, downsample)
 
 
 def pick_micrographs(
@@ -69,7 +74,7 @@ def pick_micrographs(
     threshold: float = -math.inf,
     device: str | torch.device = "cpu",
     max_picks: int | None = None,
-    scale: float = 1.0,
+    downsample: float = 1.0,
     batch_size: int = 1,
     tile_size: int | None = 1024,
     on_score_map: Callable[[str, np.ndarray], None] | None = None,
@@ -79,8 +84,8 @@ def pick_micrographs(
     """Score every micrograph with ``net`` and extract picks by NMS.
 
     ``radius`` and ``threshold`` (a logit) apply in the pixels of ``images``; ``max_picks`` keeps
-    the best ``k`` picks per micrograph (expected particles per micrograph); ``scale`` multiplies
-    the coordinates (the downsampling factor, to report them at the original pixel size).
+    the best ``k`` picks per micrograph (expected particles per micrograph); ``downsample`` is the
+    factor ``images`` were downsampled by: picks are returned in the micrograph frame.
     ``on_score_map(name, score_map)`` sees every dense map (e.g. to save it). Returns
     DataFrame[micrograph, x, y, score] with ``score`` the logit, sorted by micrograph then score.
     """
@@ -95,7 +100,13 @@ def pick_micrographs(
             on_score_map(name, score_map)
         frames.append(
             picks_from_score_map(
-                name, score_map, radius, threshold, max_picks, scale, nms_boundary=nms_boundary
+                name,
+                score_map,
+                radius,
+                threshold,
+                max_picks,
+                downsample=downsample,
+                nms_boundary=nms_boundary,
             )
         )
     if not frames:
