@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?=
 OUT ?= demo_out
 
-.PHONY: install test test-slow demo demo-real lint format bench bench-topaz clean
+.PHONY: install test test-slow demo demo-real lint format bench bench-topaz accuracy clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ bench: install
 # Topaz 0.3.20 side by side (its own venv in .bench/topaz_venv; writes docs/benchmarks/topaz.md)
 bench-topaz: install
 	$(BIN)/python scripts/bench_topaz.py $(BENCH_TOPAZ_ARGS)
+
+# leave-one-micrograph-out accuracy study on the real sample data (hours on 2 CPU cores; resumable;
+# docs/accuracy.md): trains, picks, evaluates, then the tzl-report table and the lever tables
+accuracy: install
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/accuracy_study.py --out accuracy_out --only base1k
 
 clean:
 	rm -rf $(VENV) $(OUT) $(OUT)_real outputs multirun *.egg-info .pytest_cache .ruff_cache

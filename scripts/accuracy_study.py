@@ -932,7 +932,7 @@ def tables(out: Path) -> str:
                     f"raw, NMS {n:.2f} r{' + TTA' if tta else ''}",
                     t,
                     f"crop{CROP}_raw_norm-pick{tta}_nms{n:.2f}r",
-                    None,
+                    "1000",
                 )
             )
     md.append(lever_table(jobs, rows, labels=("100",)))
