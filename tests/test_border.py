@@ -39,6 +39,11 @@ def test_detect_bands_none_on_noise():
     assert not artefact_mask(image).any()
 
 
+def test_detect_bands_none_on_small_images():
+    # 40 px: the central 20 columns are too few to average a line's change reliably
+    assert detect_bands(_striped(shape=(40, 40), top=4, right=0)) == BorderBands()
+
+
 def test_detect_bands_ignores_bands_beyond_reach():
     image = _striped(shape=(200, 240), top=40)
     # 40 rows is beyond 10% of the height: only rows within reach count, so the band is cut at 20

@@ -15,6 +15,9 @@ from topaz_lightning.errors import ConfigError, InputError
 DEFAULT_BAND_RATIO = 0.5
 #: bands are searched within this fraction of the side from each edge
 DEFAULT_MAX_BAND_FRACTION = 0.1
+#: a line's change is averaged over the central half of the image; below this many pixels the
+#: average is too noisy to tell a band (nothing is detected on such small images)
+MIN_AVERAGED_PIXELS = 32
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ def detect_bands(
     For every row the mean absolute difference to the next row is taken over the central half of
     the columns (so a band along the left or right edge does not count), divided by the median
     over all rows; rows below ``ratio`` within ``max_fraction`` of the height from the top
-    (bottom) edge form the top (bottom) band, up to the last such row. Columns likewise.
+    (bottom) edge form the top (bottom) band, up to the last such row. Columns likewise. Images
+    whose central half is narrower than ``MIN_AVERAGED_PIXELS`` get no bands.
     """
     if not 0 < ratio < 1:
         raise ConfigError("border.band_ratio", f"must lie in (0, 1), got {ratio}")
@@ -63,6 +67,8 @@ def detect_bands(
         raise ConfigError("border.max_band_fraction", f"must lie in (0, 0.5], got {max_fraction}")
     image = _check_image(image)
     h, w = image.shape
+    if min(h, w) - 2 * (min(h, w) // 4) < MIN_AVERAGED_PIXELS:
+        return BorderBands()
     rows = np.abs(np.diff(image[:, w // 4 : w - w // 4], axis=0)).mean(axis=1)
     cols = np.abs(np.diff(image[h // 4 : h - h // 4, :], axis=1)).mean(axis=0)
     rows = rows / max(float(np.median(rows)), 1e-12)
