@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from topaz_lightning.errors import InputError
-from topaz_lightning.geometry import MAX_COORDINATE_PX
+from topaz_lightning.geometry import MAX_COORDINATE_PX, rescale_coordinates
 from topaz_lightning.utils.atomic import (
     atomic_output,
     check_output_dir,
@@ -607,9 +607,10 @@ def transform_coordinates(
         else:
             h = float(heights)
         out["y"] = h - 1.0 - out["y"].to_numpy(dtype=np.float64)
-    out["x"] = out["x"].to_numpy(dtype=np.float64) * scale
-    out["y"] = out["y"].to_numpy(dtype=np.float64) * scale
-    return out
+    # the one place that multiplies coordinates (geometry); x, y become float64 either way
+    out["x"] = out["x"].to_numpy(dtype=np.float64)
+    out["y"] = out["y"].to_numpy(dtype=np.float64)
+    return rescale_coordinates(out, scale)
 
 
 # ----------------------------------------------------------------------------------------------
