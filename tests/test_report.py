@@ -581,3 +581,18 @@ def test_main_builds_table_from_finished_runs(paper_tables, tmp_path, capsys):
 def test_escaped_interpolation_and_null_overrides():
     assert parse_override(r"data.labeled_seed=$\{seed\}") == ("data.labeled_seed", "${seed}")
     assert parse_override("callbacks.progress_bar=null") == ("callbacks.progress_bar", None)
+
+
+@pytest.mark.slow
+def test_template_baseline_row_uses_the_replicates_labels(paper_tables, tmp_path):
+    """Table 2's EMAN2-byRef-like row: template from the replicate's labeled particles."""
+    from topaz_lightning.simulate import simulate_dataset
+
+    dataset = simulate_dataset(tmp_path / "tiny", preset="tiny", seed=0)
+    spec = paper_tables.simulated_spec(Path(dataset), "tiny", ["model=conv31"])
+    assert spec.particle_radius_px_model > 0 and spec.nms_radius_px_model > 0
+    first = paper_tables.baseline_metrics(spec, 10, 0)
+    assert first["num_labeled_particles"] == 10 and 0 <= first["aupr"] <= 1
+    assert set(paper_tables.PICK_METRICS) <= set(first)
+    # another replicate draws other labeled particles, hence another template
+    assert paper_tables.baseline_metrics(spec, 10, 1)["aupr"] != first["aupr"]
