@@ -62,6 +62,22 @@ def _command(root: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are still running (zombies waiting to be reaped excluded)."""
+    live = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(entry))
+    return live
+
+
 def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
 
@@ -107,8 +123,18 @@ def test_kill_then_rerun_continues_to_the_uninterrupted_outputs(tmp_path):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(parts.glob("*.tsv"))) < 3:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the command and its DataLoader worker
+    os.kill(proc.pid, signal.SIGKILL)  # the command only: its DataLoader worker must follow
     proc.wait(timeout=60)
+    try:  # the worker watches its parent and exits within a few seconds (no orphan)
+        deadline = time.monotonic() + 30
+        while _live_group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _live_group_members(proc.pid), "a worker of the killed tzl-pick lives on"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     done = len(list(parts.glob("*.tsv")))
     assert 3 <= done < 12, f"kill came too late or too early: {done} micrographs done"
     assert not (out / "picks.tsv").exists()

@@ -17,6 +17,7 @@ Under ``trainer=ddp`` Lightning's distributed sampler shards the dataset over th
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -188,6 +189,23 @@ def _as_list(items: list) -> list:
     return list(items)
 
 
+def _die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """DataLoader worker init: get SIGKILL when the picking process dies (Linux), so a killed
+    run leaves no orphan; a worker blocked on a full result pipe would otherwise live on."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl: the watchdog of torch's workers remains
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+
+
 def micrograph_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 0) -> DataLoader:
     """In order, ``batch_size`` items per batch as a list (micrographs may differ in shape)."""
     return DataLoader(
@@ -196,7 +214,8 @@ def micrograph_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 
         shuffle=False,
         num_workers=int(num_workers),
         collate_fn=_as_list,
-        # workers of a killed run must not linger: the DataLoader's workers watch their parent
+        # workers of a killed run must not linger (nor write: they only read)
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
         persistent_workers=False,
     )
 
