@@ -20,7 +20,11 @@ from topaz_lightning.picking.coarse import (
 SCORING_METHODS = ("dense", "coarse_to_fine")
 #: default flood-fill level (logit) of coarse_to_fine when the pick threshold is -inf: picks
 #: scoring at least this are exactly the dense ones (docs/picking_evaluation.md)
-DEFAULT_LEVEL = -4.0
+DEFAULT_LEVEL = -2.0
+#: coarse_to_fine also seeds tiles whose coarse samples reach level - margin: strided networks'
+#: dense maps carry phase-dependent spikes between the samples; 2 logits was needed on the
+#: simulated demo model for exact picks above level 0 (docs/picking_evaluation.md)
+DEFAULT_SEED_MARGIN = 2.0
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -62,7 +66,7 @@ def score_micrographs(
     level: float | None = None,
     threshold: float = -math.inf,
     fine_tile: int = 16,
-    seed_margin: float = 0.0,
+    seed_margin: float = DEFAULT_SEED_MARGIN,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, score_map)`` (float32 logits, same shape as the image) for every micrograph.
 
