@@ -264,7 +264,7 @@ def main() -> int:
     parser.add_argument("--match-distance", type=float, default=13.5, help="model px")
     parser.add_argument(
         "--levels",
-        default="-3,-2,-1,0,inf",
+        default="-2/2,0/2,1/2,inf",
         help="coarse_to_fine levels, each LEVEL or LEVEL/SEED_MARGIN",
     )
     parser.add_argument("--fine-tile", type=int, default=16)
@@ -281,7 +281,7 @@ def main() -> int:
         "--max-micrographs", type=int, default=None, help="first N (0: the test ones only)"
     )
     parser.add_argument("--workdir", type=Path, default=Path("bench_out/scoring"))
-    parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--train-steps", type=int, default=500)
     parser.add_argument("--timing-only", action="store_true", help="times only, no picks/AUPR")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 300 training steps")
     args = parser.parse_args()
