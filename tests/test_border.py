@@ -113,3 +113,15 @@ def test_pick_micrograph_drops_picks_on_bands():
 def test_picking_mask_none_when_nothing_asked():
     assert picking_mask(np.zeros((20, 20))) is None
     assert picking_mask(np.zeros((20, 20)), margin=2).sum() == 20 * 20 - 16 * 16
+
+
+def test_tzl_pick_refuses_bad_border_settings():
+    from tests.conftest import compose_config
+    from topaz_lightning.cli.validate import validate_pick
+
+    base = ["model_path=m.pt", "micrographs=mics", "output_dir=out"]
+    with pytest.raises(ConfigError, match="border_margin_px_model"):
+        validate_pick(compose_config("pick", [*base, "border_margin_px_model=-1"]))
+    with pytest.raises(ConfigError, match="border_bands"):
+        validate_pick(compose_config("pick", [*base, "border_bands=maybe"]))
+    validate_pick(compose_config("pick", base))
