@@ -552,6 +552,9 @@ def _check_settings(cfg: DictConfig) -> None:
 
     check_scoring(cfg.get("scoring", "dense"))
     check_tta(cfg.get("tta", 1))
+    level = cfg.get("scoring_level")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int | float)):
+        raise ConfigError("scoring_level", f"must be a logit (number) or null, got {level!r}")
     if cfg.get("chunk_size") is not None:
         log.warning(
             "chunk_size is no longer used: micrographs stream one at a time and the GMM "
