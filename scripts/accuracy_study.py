@@ -858,7 +858,30 @@ def tables(out: Path) -> str:
     jobs = load_evaluations(out)
     t = "base1k"
     base = "raw_norm-pick_nms0.89r"
-    md = ["### NMS radius (pick time; 1k steps, last checkpoint)\n"]
+    md = ["### Summary: picking settings x labels (conv31 + GE-binomial, 1k steps, raw weights)\n"]
+    md.append(
+        lever_table(
+            jobs,
+            [
+                ("NMS 0.5 r (Topaz's 7 px), no mask", t, "raw_norm-pick_nms0.50r", None),
+                ("NMS 0.89 r (old demo-real 12 px), no mask", t, base, None),
+                ("NMS 1.0 r, no mask (previous defaults)", t, "raw_norm-pick_nms1.00r", None),
+                (
+                    "**NMS 1.0 r + band mask (new defaults)**",
+                    t,
+                    "raw_norm-pick_nms1.00r_bands+7",
+                    None,
+                ),
+                (
+                    "NMS 1.25 r + band mask (best measured)",
+                    t,
+                    "raw_norm-pick_nms1.25r_bands+7",
+                    None,
+                ),
+            ],
+        )
+    )
+    md.append("\n### NMS radius (pick time; 1k steps, last checkpoint)\n")
     rows = []
     for weights in ("raw", "ema", "ema999"):
         for n in NMS_GRID:
@@ -975,6 +998,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stage", choices=("all", "train", "pick", "report", "tables"), default="all"
     )
     parser.add_argument("--only", default="", help="comma-separated training setting names")
+    parser.add_argument("--folds", default="", help="comma-separated folds (default: all)")
     parser.add_argument("--simulated", action="store_true", help="include the simulated preset")
     parser.add_argument(
         "--tta",
@@ -1010,6 +1034,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     names = [n for n in args.only.split(",") if n]
     jobs = job_list(names, args.simulated)
+    if args.folds:
+        wanted = {int(f) for f in args.folds.split(",")}
+        jobs = [job for job in jobs if job[2] in wanted]
     if args.stage in ("all", "train", "pick"):
         data = Data(out)
         run_jobs(
