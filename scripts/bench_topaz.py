@@ -255,6 +255,7 @@ class Bench:
         self.rows: list[Row] = []
         self.aupr: dict[str, dict[str, float | None]] = {}
         self.commands: dict[str, str] = {}
+        self.merged = False
 
     # ------------------------------------------------------------------ set-up
     def ensure_topaz(self) -> None:
@@ -770,6 +771,7 @@ class Bench:
     def merge(self, path: Path) -> None:
         """Add the rows, AUPR results and commands of another run's results.json."""
         data = json.loads(Path(path).read_text())
+        self.merged = True
         for r in data["rows"]:
             self.rows.append(
                 Row(
@@ -814,9 +816,15 @@ class Bench:
             f"- Versions: Topaz {m['topaz']}, torch {m['torch']} (both venvs), Python "
             f"{m['python']}, topaz-lightning commit {m['topaz_lightning_commit']}",
             f"- Settings: {self.args.threads} thread(s) per process (OMP_NUM_THREADS, Topaz -j), "
-            f"nice {self.args.nice}, {self.args.repeats} repeat(s) alternating ours/Topaz, "
-            f"medians; training timing {self.args.train_steps} steps, AUPR training "
-            f"{self.args.aupr_steps} steps, picking threshold {self.args.pick_threshold} (logit)",
+            f"nice {self.args.nice}, ours and Topaz alternating, medians; "
+            + (
+                "repeats, steps and micrographs per row (the runs column, the row names), "
+                "picking threshold in the row names"
+                if self.merged
+                else f"{self.args.repeats} repeat(s); training timing {self.args.train_steps} "
+                f"steps, AUPR training {self.args.aupr_steps} steps, picking threshold "
+                f"{self.args.pick_threshold} (logit)"
+            ),
             "- Rates are work / seconds of the whole process; the CPU clock is user + sys time "
             "of the process and its children. Ratios are ours / Topaz (> 1: ours is faster).",
             "",
@@ -883,6 +891,22 @@ def write_doc(path: Path, generated: str) -> None:
     path.write_text(intro + generated)
 
 
+def find_models(work: Path, model: str) -> tuple[Path, Path]:
+    """Both tools' trained ``model`` in a work directory: the AUPR run's, else a timing run's.
+
+    The weights do not change the cost of dense scoring; a threshold does make the NMS cost depend
+    on how many pixels score above it (said in the report).
+    """
+    aupr = work / "real" / f"aupr_{model}"
+    pairs = [(aupr / "ours_train" / "model.pt", aupr / "topaz_train" / "model_epoch1.sav")]
+    for rep in sorted((work / "real" / f"train_{model}").glob("rep*")):
+        pairs.append((rep / "ours" / "model.pt", rep / "topaz" / "model_epoch1.sav"))
+    for ours, topaz in pairs:
+        if ours.exists() and topaz.exists():
+            return ours, topaz
+    raise SystemExit(f"error: no trained {model} of both tools under {work}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topaz-venv", default=str(ROOT / ".bench" / "topaz_venv"))
@@ -902,6 +926,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pick-micrographs", type=int, default=4, help="micrographs per picking run (real: <= 4)"
+    )
+    parser.add_argument(
+        "--models-from",
+        default=None,
+        help="work directory whose trained models the pick_* parts time (default: --work)",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--nice", type=int, default=10)
@@ -930,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bench = Bench(args)
     bench.ensure_topaz()
-    real = bench.prepare("real")
+    real = bench.prepare("real") if args.only else {}
     models: dict[str, tuple[Path, Path]] = {}
     for part in args.only:
         if part == "setup":
@@ -948,20 +977,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif part.startswith("pick_"):
             model = part[len("pick_") :]
             if model not in models:
-                # the last timing run's models (weights do not change the scoring cost)
-                d = bench.work / "real" / f"train_{model}"
-                reps = sorted(d.glob("rep*"))
-                if not reps:
-                    d = bench.work / "real" / f"aupr_{model}"
-                    models[model] = (
-                        d / "ours_train" / "model.pt",
-                        d / "topaz_train" / "model_epoch1.sav",
-                    )
-                else:
-                    models[model] = (
-                        reps[-1] / "ours" / "model.pt",
-                        reps[-1] / "topaz" / "model_epoch1.sav",
-                    )
+                models[model] = find_models(Path(args.models_from or bench.work), model)
             bench.pick_timing("real", real, model, *models[model])
         else:
             parser.error(f"unknown part {part!r}")
