@@ -549,6 +549,7 @@ class Bench:
             f"train {ours_model} vs Topaz {topaz_model} ({ds}, {steps} steps)", "steps/s", steps
         )
         pi = None
+        self.rows.append(row)
         for rep in range(self.args.repeats):
             d = self.work / ds / f"train_{ours_model}" / f"rep{rep}"
             cmd = self.ours_train(ds, info, ours_model, steps, d / "ours")
@@ -565,11 +566,11 @@ class Bench:
             tcmd = self.topaz_train(ds, info, topaz_model, steps, pi, d / "topaz")
             row.topaz.append(run_process(tcmd, d / "topaz.log", self.env))
             self._print(row.name, "Topaz", rep, row.topaz[-1])
+            self.save()
         self.commands[row.name + " (ours)"] = " ".join(cmd[len(self.nice) :])
         self.commands[row.name + " (Topaz)"] = "topaz " + " ".join(
             map(str, tcmd[len(self.nice) + 3 :])
         )
-        self.rows.append(row)
         self.save()
 
     def aupr_and_pick(self, ds: str, info: dict, model: str) -> tuple[Path, Path]:
@@ -642,6 +643,7 @@ class Bench:
             )
             for s in scorings
         }
+        self.rows.extend(rows.values())
         for rep in range(self.args.repeats):
             d = self.work / ds / f"pick_{label}" / f"rep{rep}"
             for s in scorings:
@@ -656,10 +658,10 @@ class Bench:
             for s in scorings:  # one Topaz run is the reference of every scoring mode
                 rows[s].topaz.append(run)
             self._print(label, "Topaz", rep, run)
+            self.save()
             self.commands[f"pick {label} (Topaz)"] = "topaz " + " ".join(
                 map(str, tcmd[len(self.nice) + 3 :])
             )
-        self.rows.extend(rows.values())
         self.save()
 
     def profile(self, ds: str, info: dict, steps: int) -> None:
