@@ -35,6 +35,8 @@ echo "== 1/3 train conv31 + GE-binomial on 3 micrographs for $STEPS steps (4x do
   callbacks.held_out_picking.every_n_steps="$EVERY" \
   hydra.run.dir="$RUN/train"
 
+# tzl-pick's defaults (docs/accuracy.md): NMS radius 1.0 particle radius from model.pt, and picks
+# on the striped bands along these micrographs' edges are dropped (border_bands=true)
 echo "== 2/3 pick the held-out micrograph (coordinates written at full size)"
 "$BIN/tzl-pick" model_path="$RUN/train/model.pt" micrographs="$SRC/images" subset="$RUN/test.txt" \
   output_dir="$RUN/pick" save_score_maps=true progress=false
