@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from topaz_lightning.data.prior import unlabeled_prior
+
 log = logging.getLogger("topaz_lightning")
 
 
@@ -285,9 +287,9 @@ def estimate_pi(
         )
     pi = float(np.mean(estimates[method]))
     other = "elkan_noto" if method == "bbe" else "bbe"
-    pi_unlabeled = max(
-        0.0, (pi * num_regions - num_labeled_regions) / (num_regions - num_labeled_regions)
-    )
+    # an estimate of exactly 0 or 1 (BBE clips at 1) is reported as is, not raised here: the
+    # training run's prior check rejects it with the config key
+    pi_unlabeled = unlabeled_prior(pi, num_labeled_regions, num_regions) if 0 < pi < 1 else pi
     return PiEstimate(
         pi=pi,
         pi_unlabeled=float(pi_unlabeled),
