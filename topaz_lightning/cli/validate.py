@@ -33,6 +33,14 @@ def _get(cfg: DictConfig, key: str) -> Any:
         return _MISSING
 
 
+def _checked_value(cfg: DictConfig, key: str, allow_none: bool) -> Any:
+    """``cfg[key]``, or ``_MISSING`` when there is nothing to check (absent, or an allowed null)."""
+    value = _get(cfg, key)
+    if value is None and not allow_none:
+        raise ConfigError(key, "must be set (got null)")
+    return _MISSING if value is None else value
+
+
 def integer(
     cfg: DictConfig,
     key: str,
@@ -41,13 +49,9 @@ def integer(
     allow_none: bool = False,
 ) -> int | None:
     """``cfg[key]`` as an int within bounds; ConfigError naming ``key`` otherwise (absent: None)."""
-    value = _get(cfg, key)
+    value = _checked_value(cfg, key, allow_none)
     if value is _MISSING:
         return None
-    if value is None:
-        if allow_none:
-            return None
-        raise ConfigError(key, "must be set (got null)")
     bounds = _bounds(minimum, maximum)
     if isinstance(value, bool) or not (
         isinstance(value, int) or (isinstance(value, float) and value.is_integer())
@@ -69,13 +73,9 @@ def number(
     allow_inf: bool = False,
 ) -> float | None:
     """``cfg[key]`` as a float within bounds (finite unless ``allow_inf``); ConfigError otherwise."""
-    value = _get(cfg, key)
+    value = _checked_value(cfg, key, allow_none)
     if value is _MISSING:
         return None
-    if value is None:
-        if allow_none:
-            return None
-        raise ConfigError(key, "must be set (got null)")
     low = (
         "" if minimum is None else (f" > {minimum:g}" if exclusive_minimum else f" >= {minimum:g}")
     )
