@@ -31,15 +31,9 @@ VARIANTS = ("fp32", "channels_last", "bf16", "fp16", "channels_last+bf16")
 
 
 def make_net(name: str) -> torch.nn.Module:
-    from topaz_lightning import models
+    from topaz_lightning.models import MODELS
 
-    return {
-        "conv31": models.Conv31,
-        "resnet8": models.ResNet8,
-        "resnet16": models.ResNet16,
-        "resnet8_prelu": models.PReLUResNet8,
-        "resnet16_prelu": models.PReLUResNet16,
-    }[name]()
+    return MODELS[name]()
 
 
 def settings(variant: str) -> tuple[bool, torch.dtype | None]:

@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from topaz_lightning.models import Conv31, PReLUResNet8, PReLUResNet16, ResNet8, ResNet16
+from topaz_lightning.models import MODELS
 
 
 def train_step(net, patches, labels) -> float:
@@ -91,13 +91,7 @@ def main() -> None:
     methods = args.methods.split(",")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    builders = {
-        "conv31": Conv31,
-        "resnet8": ResNet8,
-        "resnet16": ResNet16,
-        "resnet8_prelu": PReLUResNet8,
-        "resnet16_prelu": PReLUResNet16,
-    }
+    builders = MODELS
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, fp32")
     for name in args.models.split(","):
         net = builders[name]().train()

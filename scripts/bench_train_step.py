@@ -66,17 +66,10 @@ def sync(device: torch.device) -> None:
 def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
     """Time ``args.steps`` steps of model ``name``; return medians in milliseconds."""
     from topaz_lightning import models
-    from topaz_lightning.data.sampler import PUPatchSampler
     from topaz_lightning.module import PULitModule
 
     device = torch.device(args.device)
-    net = {
-        "conv31": models.Conv31,
-        "resnet8": models.ResNet8,
-        "resnet16": models.ResNet16,
-        "resnet8_prelu": models.PReLUResNet8,
-        "resnet16_prelu": models.PReLUResNet16,
-    }[name]()
+    net = _net(name)
     decoder = models.Decoder(net.num_features, net.receptive_field) if args.decoder else None
     module = PULitModule(
         net, objective(), None, pi_unlabeled=0.02, decoder=decoder, num_labeled_particles=100
@@ -85,15 +78,7 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
     module.train()
     optimizer = module.configure_optimizers()
     images, coords = synthetic(args.micrographs, args.size, args.particles)
-    sampler = PUPatchSampler.from_coordinates(
-        images,
-        coords,
-        radius_px=3,
-        patch_size=net.receptive_field,
-        n_positive=16,
-        n_unlabeled=240,
-        device=device,
-    )
+    sampler = _sampler(images, coords, net, device)
     sample_ms, compute_ms = [], []
     for step in range(args.warmup + args.steps):
         sync(device)
@@ -135,23 +120,13 @@ def overhead(name: str, args: argparse.Namespace) -> dict[str, float]:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from topaz_lightning import models
-    from topaz_lightning.data.sampler import PUBatchDataset, PUPatchSampler
+    from topaz_lightning.data.sampler import PUBatchDataset
     from topaz_lightning.module import PULitModule
 
     torch.manual_seed(0)
     net = _net(name)
     images, coords = synthetic(args.micrographs, args.size, args.particles)
-    sampler = PUPatchSampler.from_coordinates(
-        images,
-        coords,
-        radius_px=3,
-        patch_size=net.receptive_field,
-        n_positive=16,
-        n_unlabeled=240,
-        device="cpu",
-    )
-    del models
+    sampler = _sampler(images, coords, net, "cpu")
     steps = args.warmup + args.steps
 
     def bare_block() -> list[float]:
@@ -207,15 +182,24 @@ def overhead(name: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def _net(name: str) -> torch.nn.Module:
-    from topaz_lightning import models
+    from topaz_lightning.models import MODELS
 
-    return {
-        "conv31": models.Conv31,
-        "resnet8": models.ResNet8,
-        "resnet16": models.ResNet16,
-        "resnet8_prelu": models.PReLUResNet8,
-        "resnet16_prelu": models.PReLUResNet16,
-    }[name]()
+    return MODELS[name]()
+
+
+def _sampler(images, coords, net: torch.nn.Module, device):
+    """The paper's minibatch (16 positive + 240 unlabeled patches), label radius 3 px."""
+    from topaz_lightning.data.sampler import PUPatchSampler
+
+    return PUPatchSampler.from_coordinates(
+        images,
+        coords,
+        radius_px=3,
+        patch_size=net.receptive_field,
+        n_positive=16,
+        n_unlabeled=240,
+        device=device,
+    )
 
 
 def main() -> None:

@@ -7,7 +7,17 @@ from topaz_lightning.models.io import load_model, save_model
 from topaz_lightning.models.resnet import PReLUResNet8, PReLUResNet16, ResidualBlock, ResNet
 from topaz_lightning.models.topaz_resnet import ResNet8, ResNet16, TopazResNet
 
+#: the region classifiers by their configs/model/<name>.yaml name (default widths), for scripts
+MODELS: dict[str, type[PatchClassifier]] = {
+    "conv31": Conv31,
+    "resnet8": ResNet8,
+    "resnet16": ResNet16,
+    "resnet8_prelu": PReLUResNet8,
+    "resnet16_prelu": PReLUResNet16,
+}
+
 __all__ = [
+    "MODELS",
     "Conv31",
     "Decoder",
     "PReLUResNet8",
