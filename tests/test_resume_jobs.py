@@ -269,9 +269,9 @@ def test_kill_9_mid_directory_then_rerun_gives_the_uninterrupted_outputs_and_no_
 # ------------------------------------------------------------------ training checkpoints
 
 
-def test_train_rerun_continues_from_its_last_checkpoint_never_two_last(tmp_path, caplog):
+def _small_training(tmp_path: Path):
+    """``cfg(steps, *overrides)`` composing a small training run into ``run_dir``, and run_dir."""
     from tests.test_train import compose_train, make_dataset, small_overrides
-    from topaz_lightning.train import train
 
     mics, coords = make_dataset(tmp_path / "data", n=3, size=96, particles=8)
     extra = [
@@ -280,11 +280,18 @@ def test_train_rerun_continues_from_its_last_checkpoint_never_two_last(tmp_path,
         "callbacks.held_out_picking=null",
         "data.steps_per_epoch=100",
     ]
+    run_dir = tmp_path / "run"
 
     def cfg(steps: int, *more: str):
         return compose_train(small_overrides(mics, coords, steps, [*extra, *more]), run_dir)
 
-    run_dir = tmp_path / "run"
+    return cfg, run_dir
+
+
+def test_train_rerun_continues_from_its_last_checkpoint_never_two_last(tmp_path, caplog):
+    from topaz_lightning.train import train
+
+    cfg, run_dir = _small_training(tmp_path)
     train(cfg(2))
     # as if killed after the step-2 checkpoint: no model.pt / metrics.json yet
     for name in ("model.pt", "metrics.json"):
@@ -298,21 +305,9 @@ def test_train_rerun_continues_from_its_last_checkpoint_never_two_last(tmp_path,
 
 
 def test_train_rerun_refuses_other_settings_and_overwrite_removes_old_checkpoints(tmp_path, caplog):
-    from tests.test_train import compose_train, make_dataset, small_overrides
     from topaz_lightning.train import train
 
-    mics, coords = make_dataset(tmp_path / "data", n=3, size=96, particles=8)
-    extra = [
-        "logger=none",
-        "callbacks.best_checkpoint=null",
-        "callbacks.held_out_picking=null",
-        "data.steps_per_epoch=100",
-    ]
-
-    def cfg(steps: int, *more: str):
-        return compose_train(small_overrides(mics, coords, steps, [*extra, *more]), run_dir)
-
-    run_dir = tmp_path / "run"
+    cfg, run_dir = _small_training(tmp_path)
     train(cfg(3))
     # finished: refused; interrupted with other settings: refused, naming the key
     with pytest.raises(OutputExistsError, match="model.pt"):
