@@ -40,6 +40,15 @@ def _extension(path: Path) -> str:
     return ext
 
 
+def _existing_micrograph(path: str | os.PathLike) -> tuple[Path, str]:
+    """``(path, lower-case extension)`` of a file that exists and has a supported extension."""
+    path = Path(path)
+    ext = _extension(path)
+    if not path.is_file():
+        raise InputError("micrograph file not found", path=path)
+    return path, ext
+
+
 def read_micrograph(path: str | os.PathLike) -> np.ndarray:
     """Read one micrograph as a 2-D ``float32`` array indexed ``[row, col] = [y, x]`` (a copy).
 
@@ -54,10 +63,7 @@ def read_micrograph(path: str | os.PathLike) -> np.ndarray:
     or corrupt file, a stack or volume with more than one section, an empty image, and NaN/inf
     pixels.
     """
-    path = Path(path)
-    ext = _extension(path)
-    if not path.is_file():
-        raise InputError("micrograph file not found", path=path)
+    path, ext = _existing_micrograph(path)
     if ext in MRC_EXTENSIONS:
         image = _read_mrc(path)
     elif ext in TIFF_EXTENSIONS:
@@ -313,10 +319,7 @@ def read_micrograph_shape(path: str | os.PathLike) -> tuple[int, int]:
     """``(height, width)`` of a micrograph, from the header where the format allows (MRC: the
     validated header, no pixels read; PNG/JPEG: the picture header; TIFF: the image itself), so
     coordinates can be checked against the image before any long work."""
-    path = Path(path)
-    ext = _extension(path)
-    if not path.is_file():
-        raise InputError("micrograph file not found", path=path)
+    path, ext = _existing_micrograph(path)
     if ext in MRC_EXTENSIONS:
         mrc = _open_mrc(path)
         try:
@@ -346,10 +349,7 @@ def read_pixel_size(path: str | os.PathLike) -> float | None:
     1.0 A/px micrograph therefore reads as "unknown" too. TIFF/PNG/JPEG carry no reliable pixel
     size: always None.
     """
-    path = Path(path)
-    ext = _extension(path)
-    if not path.is_file():
-        raise InputError("micrograph file not found", path=path)
+    path, ext = _existing_micrograph(path)
     if ext not in MRC_EXTENSIONS:
         return None
     mrc = _open_mrc(path)
@@ -540,9 +540,7 @@ def _read_list_file(list_path: Path) -> dict[str, Path]:
 def _keyed(files: list[Path], origin: str | os.PathLike | None) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in files:
-        _extension(p)
-        if not p.is_file():
-            raise InputError("micrograph file not found", path=p)
+        _existing_micrograph(p)
         name = micrograph_name(p)
         if name in out:
             raise InputError(
