@@ -148,7 +148,8 @@ def simulated_overrides(out: Path) -> list[str]:
         "data=simulated",
         "data.simulated_preset=demo",
         f"data.simulated_dir={out / 'sim' / 'demo_seed0'}",
-        "trainer.limit_val_batches=0",
+        # not in the trainer config: ++ adds it
+        "++trainer.limit_val_batches=0",
     ]
 
 
