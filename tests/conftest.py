@@ -81,3 +81,17 @@ def cfg_train(tmp_path) -> Callable[..., DictConfig]:
         return compose_config("train", [*TEST_TRAIN_OVERRIDES, *overrides], out)
 
     return make
+
+
+def randomize_batchnorm(net, seed: int = 0) -> None:
+    """Give BatchNorm non-trivial running statistics and affine parameters (tests of dense scoring)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)

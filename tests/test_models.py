@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from tests.conftest import randomize_batchnorm
 from topaz_lightning.errors import InputError, OutputExistsError
 from topaz_lightning.models import (
     Conv31,
@@ -37,18 +38,6 @@ EXPECTED_FIELD = {
 
 def test_every_model_has_a_config():
     assert {p.stem for p in CONFIG_FILES} >= set(EXPECTED_FIELD)
-
-
-def randomize_batchnorm(net: torch.nn.Module, seed: int = 0) -> None:
-    """Give BatchNorm non-trivial running statistics and affine parameters."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
 
 
 @pytest.fixture(scope="module", params=CONFIG_FILES, ids=lambda p: p.stem)

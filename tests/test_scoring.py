@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy import ndimage
 
+from tests.conftest import randomize_batchnorm
 from topaz_lightning.errors import ConfigError
 from topaz_lightning.models import Conv31, ResNet8
 from topaz_lightning.picking import non_maximum_suppression, score_micrograph
@@ -32,14 +33,7 @@ MODEL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "model
 def _randomize(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Random weights with non-trivial BatchNorm statistics, eval mode."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+    randomize_batchnorm(net, seed)
     return net.eval()
 
 
