@@ -108,6 +108,11 @@ class TrainSetting:
     labels: tuple[str, ...] = ("10", "100", "all")
     folds: tuple[int, ...] = (0, 1, 2, 3)
     simulated: bool = False
+    #: the labeled subset (data.labeled_seed) and the training seed (seed): several per fold
+    labeled_seed: int = 0
+    seed: int = 0
+    #: the simulated preset (configs/simulate/<preset>.yaml), when ``simulated``
+    preset: str = "demo"
 
 
 def base_overrides(out: Path, fold: int) -> list[str]:
@@ -143,11 +148,15 @@ COMMON_TRAIN = [
 ]
 
 
-def simulated_overrides(out: Path) -> list[str]:
+def simulated_dir(out: Path, preset: str) -> Path:
+    return out / "sim" / f"{preset}_seed0"
+
+
+def simulated_overrides(out: Path, preset: str) -> list[str]:
     return [
         "data=simulated",
-        "data.simulated_preset=demo",
-        f"data.simulated_dir={out / 'sim' / 'demo_seed0'}",
+        f"data.simulated_preset={preset}",
+        f"data.simulated_dir={simulated_dir(out, preset)}",
         # not in the trainer config: ++ adds it
         "++trainer.limit_val_batches=0",
     ]
@@ -159,13 +168,16 @@ def train_dir(out: Path, setting: TrainSetting, labels: str, fold: int) -> Path:
 
 def train_command(out: Path, setting: TrainSetting, labels: str, fold: int) -> list[str]:
     run = train_dir(out, setting, labels, fold)
-    data = simulated_overrides(out) if setting.simulated else base_overrides(out, fold)
+    data = (
+        simulated_overrides(out, setting.preset) if setting.simulated else base_overrides(out, fold)
+    )
     n = LABELS[labels]
     return [
         str(BIN / "tzl-train"),
         *data,
         f"data.num_labeled={'null' if n is None else n}",
-        "data.labeled_seed=0",
+        f"data.labeled_seed={setting.labeled_seed}",
+        f"seed={setting.seed}",
         f"trainer.max_steps={setting.steps}",
         *COMMON_TRAIN,
         *setting.overrides,
@@ -648,8 +660,11 @@ def pick_settings(ckpts: list[int], labels: str, tta: bool = False) -> list[Pick
         for n in (1.0, 1.1, 1.25):
             out.append(PickSetting(weights=weights, nms=n, bands=True, band_padding=7))
             out.append(PickSetting(weights=weights, nms=n, margin=24))
-        for step in ckpts[:-1]:
+        # earlier checkpoints (training length, best vs last): raw weights only, one score map
+        # each, picked with the old baseline and with the current defaults (1.0 r + bands)
+        for step in ckpts[:-1] if weights == "raw" else ():
             out += [PickSetting(step=step, weights=weights, nms=n) for n in (12 / R, 1.0, 1.1)]
+            out.append(PickSetting(step=step, weights=weights, nms=1.0, bands=True, band_padding=7))
         if labels == "100":  # two more score maps: measured at 100 labels only
             out.append(PickSetting(weights=weights, normalize="train"))
             out.append(PickSetting(weights=weights, normalize="train", nms=1.1))
@@ -675,9 +690,51 @@ TRAIN_JOBS: list[tuple[TrainSetting, tuple[str, ...]]] = [
         ("100",),
     ),
     (TrainSetting("base", steps=2000), ("100",)),
+    # training length and best-vs-last: one 10k-step run per fold with a checkpoint every 1k
+    # steps gives 1k, 2k, ..., 10k (same seed and labeled subset as base1k)
+    (TrainSetting("steps10k", steps=10000), ("100",)),
+    (TrainSetting("steps5k", steps=5000), ("10", "all")),
+    # the autoencoder head at 10 labels (the paper: it helps with few labels); c = 10/P = 1
+    (TrainSetting("ae1k", overrides=("decoder=dcgan",), steps=1000), ("10", "100")),
+    # more labeled subsets and training seeds per fold (seed 0 is base1k)
+    (TrainSetting("seed1_1k", labeled_seed=1, seed=1, steps=1000), ("10", "100", "all")),
+    (TrainSetting("seed2_1k", labeled_seed=2, seed=2, steps=1000), ("10", "100", "all")),
+    # models: Topaz's resnet8 (RF 71) and resnet16 (RF 91)
+    (TrainSetting("resnet8_1k", overrides=("model=resnet8",), steps=1000), ("100",)),
+    (TrainSetting("resnet16_1k", overrides=("model=resnet16",), steps=1000), ("100",)),
 ]
 SIM_JOBS: list[tuple[TrainSetting, tuple[str, ...]]] = [
     (TrainSetting("sim_base1k", steps=1000, simulated=True, folds=(0,)), ("10", "100", "all")),
+    *[
+        (
+            TrainSetting(
+                f"sim_demo_seed{k}_1k",
+                steps=1000,
+                simulated=True,
+                folds=(0,),
+                labeled_seed=k,
+                seed=k,
+            ),
+            ("10", "100", "all"),
+        )
+        for k in (1, 2)
+    ],
+    *[
+        (
+            TrainSetting(
+                f"sim_{preset}_seed{k}_1k",
+                steps=1000,
+                simulated=True,
+                folds=(0,),
+                labeled_seed=k,
+                seed=k,
+                preset=preset,
+            ),
+            ("10", "100", "all"),
+        )
+        for preset in ("empiar10096_like", "shapiro_like")
+        for k in (0, 1, 2)
+    ],
 ]
 
 
@@ -708,11 +765,11 @@ class Data:
         self._held: dict[tuple, HeldOut] = {}
 
     def held(self, setting: TrainSetting, fold: int) -> HeldOut:
-        key = (setting.simulated, fold)
+        key = (setting.preset if setting.simulated else "", fold)
         if key in self._held:
             return self._held[key]
         if setting.simulated:
-            self._held[key] = simulated_held_out(self.out)
+            self._held[key] = simulated_held_out(self.out, setting.preset)
         else:
             test = [self.names[fold]]
             train = [n for n in self.names if n != self.names[fold]]
@@ -720,13 +777,13 @@ class Data:
         return self._held[key]
 
 
-def simulated_held_out(out: Path) -> HeldOut:
-    """The demo preset's test micrographs (complete truth), at their native pixel size."""
+def simulated_held_out(out: Path, preset: str) -> HeldOut:
+    """A simulated preset's test micrographs (complete truth), at their native pixel size."""
     from topaz_lightning.io.coordinates import read_coordinates
     from topaz_lightning.io.micrographs import list_micrographs, read_micrograph
     from topaz_lightning.simulate import load_dataset_info
 
-    sim = out / "sim" / "demo_seed0"
+    sim = simulated_dir(out, preset)
     meta = load_dataset_info(sim)
     test = (sim / "test.txt").read_text().split()
     train = (sim / "train.txt").read_text().split()
@@ -1021,20 +1078,21 @@ def main(argv: list[str] | None = None) -> int:
     CODE = args.code
     out = args.out.resolve()
     prepare(out)
-    if args.simulated and not (out / "sim" / "demo_seed0" / "dataset.yaml").is_file():
-        subprocess.run(
-            [
-                str(BIN / "tzl-simulate"),
-                "simulate=demo",
-                f"out_dir={out / 'sim' / 'demo_seed0'}",
-                "contact_sheet=false",
-                f"hydra.run.dir={out / 'sim' / 'hydra'}",
-            ],
-            check=True,
-            cwd=ROOT,
-        )
     names = [n for n in args.only.split(",") if n]
     jobs = job_list(names, args.simulated)
+    for preset in sorted({s.preset for s, _, _ in jobs if s.simulated}):
+        if not (simulated_dir(out, preset) / "dataset.yaml").is_file():
+            subprocess.run(
+                [
+                    str(BIN / "tzl-simulate"),
+                    f"simulate={preset}",
+                    f"out_dir={simulated_dir(out, preset)}",
+                    "contact_sheet=false",
+                    f"hydra.run.dir={out / 'sim' / 'hydra' / preset}",
+                ],
+                check=True,
+                cwd=ROOT,
+            )
     if args.folds:
         wanted = {int(f) for f in args.folds.split(",")}
         jobs = [job for job in jobs if job[2] in wanted]
