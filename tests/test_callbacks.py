@@ -118,6 +118,13 @@ def _fake_world(shift: float = 0.0, n_micrographs: int = 3):
     return micrographs, pd.DataFrame(rows)
 
 
+def _held_out(**kwargs) -> HeldOutPicking:
+    """The callback without the border-band mask (unless asked): the fake world's flat
+    background, rows repeating their neighbour exactly, reads as striped bands along the edges."""
+    kwargs.setdefault("border_bands", False)
+    return HeldOutPicking(**kwargs)
+
+
 def _trainer(tmp_path: Path, callbacks, max_steps=4, logger=None, **kwargs) -> pl.Trainer:
     return pl.Trainer(
         accelerator="cpu",
@@ -140,7 +147,7 @@ def _trainer(tmp_path: Path, callbacks, max_steps=4, logger=None, **kwargs) -> p
 
 def test_peaks_at_particles_give_aupr_one_and_checkpoint_sees_it(tmp_path):
     micrographs, coords = _fake_world()
-    callback = HeldOutPicking(every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
+    callback = _held_out(every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
     best = pl.callbacks.ModelCheckpoint(
         dirpath=tmp_path / "ckpt",
         monitor="val/aupr",
@@ -178,7 +185,7 @@ def test_peaks_beyond_matching_distance_give_aupr_zero(tmp_path):
     micrographs, coords = _fake_world(shift=MAX_DISTANCE + 2.0)
     # threshold 0 keeps only the bump peaks (the near-flat background has stray local maxima,
     # some of which fall next to a true particle by chance)
-    callback = HeldOutPicking(
+    callback = _held_out(
         every_n_steps=3, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, threshold=0.0
     )
     trainer = _trainer(tmp_path, [callback], max_steps=3)
@@ -192,12 +199,12 @@ def test_peaks_beyond_matching_distance_give_aupr_zero(tmp_path):
 
 def test_final_evaluation_when_max_steps_is_not_a_multiple(tmp_path):
     micrographs, coords = _fake_world(n_micrographs=1)
-    callback = HeldOutPicking(every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
+    callback = _held_out(every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
     trainer = _trainer(tmp_path, [callback], max_steps=5)
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
     assert [h["step"] for h in callback.history] == [2.0, 4.0, 5.0]
     # and with max_epochs: 3 batches per epoch, 2 epochs -> steps 2, 4 and the final 6
-    callback = HeldOutPicking(every_n_steps=4, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
+    callback = _held_out(every_n_steps=4, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=2,
@@ -217,7 +224,7 @@ def test_max_micrographs_and_region_radius(tmp_path):
     micrographs, coords = _fake_world()
     micrographs = dict(micrographs)
     micrographs["mic1"] = _peak_image(_particles(1) + np.array([MAX_DISTANCE + 2.0, 0.0]))
-    callback = HeldOutPicking(
+    callback = _held_out(
         every_n_steps=1, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, max_micrographs=1,
         region_radius_px=None,
     )  # fmt: skip
@@ -231,7 +238,7 @@ def test_max_micrographs_and_region_radius(tmp_path):
 
 def test_pictures_saved_and_logged_to_tensorboard(tmp_path, monkeypatch):
     micrographs, coords = _fake_world(n_micrographs=2)
-    callback = HeldOutPicking(
+    callback = _held_out(
         every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, log_images=True
     )
     logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
@@ -257,7 +264,7 @@ def test_pictures_saved_and_logged_to_tensorboard(tmp_path, monkeypatch):
 
 def test_images_go_to_default_root_dir_without_logger(tmp_path):
     micrographs, coords = _fake_world(n_micrographs=1)
-    callback = HeldOutPicking(
+    callback = _held_out(
         every_n_steps=1, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, log_images=True
     )
     _trainer(tmp_path, [callback], max_steps=1).fit(
@@ -271,14 +278,14 @@ def test_distances_from_the_run_geometry(tmp_path):
     data = StubData(
         micrographs, coords, downsample=2.0, nms_radius_px_model=5.0, match_distance_px_model=3.0
     )
-    callback = HeldOutPicking(every_n_steps=1)
+    callback = _held_out(every_n_steps=1)
     _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=data)
     # model-frame values are used as they are: no second division by the downsample factor
     assert callback.radius == 5.0 and callback.max_distance == 3.0
     assert callback.history[0]["val/aupr"] == 1.0
     # a geometry without NMS radius (no particle size) and no setting: a clear error
     with pytest.raises(ConfigError, match="held_out_picking.radius.*particle_diameter_px"):
-        _trainer(tmp_path, [HeldOutPicking(every_n_steps=1)], max_steps=1).fit(
+        _trainer(tmp_path, [_held_out(every_n_steps=1)], max_steps=1).fit(
             StubModule(), datamodule=StubData(micrographs, coords)
         )
 
@@ -297,14 +304,14 @@ def test_missing_held_out_data_is_a_clear_error(tmp_path):
         def train_dataloader(self):
             return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
 
-    callback = HeldOutPicking(every_n_steps=1, radius=5, max_distance=3)
+    callback = _held_out(every_n_steps=1, radius=5, max_distance=3)
     with pytest.raises(ConfigError, match="val_micrographs"):
         _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=NoVal())
 
 
 def test_micrographs_passed_directly(tmp_path):
     micrographs, coords = _fake_world(n_micrographs=1)
-    callback = HeldOutPicking(
+    callback = _held_out(
         every_n_steps=1, radius=5, max_distance=3, micrographs=micrographs, coordinates=coords
     )
     module = StubModule()
@@ -322,6 +329,9 @@ def test_micrographs_passed_directly(tmp_path):
         ({"max_distance": 0.0}, "max_distance"),
         ({"max_micrographs": 0}, "max_micrographs"),
         ({"region_radius_px": -2}, "region_radius_px"),
+        ({"border_bands": "maybe"}, "border_bands"),
+        ({"border_padding_px_model": -1.0}, "border_padding_px_model"),
+        ({"border_margin_px_model": -1.0}, "border_margin_px_model"),
     ],
 )
 def test_bad_settings(kwargs, key):
@@ -336,6 +346,73 @@ def test_state_dict_round_trip():
     b = HeldOutPicking(every_n_steps=3, radius=4, max_distance=2)
     b.load_state_dict(a.state_dict())
     assert b._last_step == 6 and b.history == a.history
+
+
+# ---------------------------------------------------------------------------------------------
+# the border-band mask: the picks tzl-pick would make
+
+
+BAND_ROWS = 12
+
+
+def _banded_world():
+    """A 96 x 96 noise micrograph (the net's input and score map) whose top BAND_ROWS rows repeat
+    the row below them (a striped band, as Fourier-cropped real micrographs have), with a bright
+    column inside the band, the best score on the micrograph, and two true particles inside."""
+    rng = np.random.default_rng(0)
+    image = (0.1 * rng.normal(size=(96, 96))).astype(np.float32)
+    image[:BAND_ROWS, :] = image[BAND_ROWS, :]
+    image[:BAND_ROWS, 40] = 5.0
+    truth = np.array([[30.0, 50.0], [70.0, 70.0]])
+    for x, y in truth:
+        image[int(y), int(x)] = 4.0
+    coords = pd.DataFrame({"micrograph": "mic0", "x": truth[:, 0], "y": truth[:, 1]})
+    return {"mic0": image}, coords
+
+
+@pytest.mark.parametrize("bands", [True, False])
+def test_border_bands_drop_the_pick_in_the_band(tmp_path, bands):
+    micrographs, coords = _banded_world()
+    callback = HeldOutPicking(
+        every_n_steps=1, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, threshold=1.0,
+        micrographs=micrographs, coordinates=coords, region_radius_px=2.0,
+        **({} if bands else {"border_bands": False}),
+    )  # fmt: skip
+    loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
+    _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), train_dataloaders=loader)
+    picks = callback.last_evaluation.picks
+    in_band = picks["y"] < BAND_ROWS
+    (h,) = callback.history
+    if bands:
+        # the default: dropped, as tzl-pick drops it; the two particles remain
+        assert callback.border_padding_px_model == NMS_RADIUS / 2  # null: tzl-pick's rule
+        assert not in_band.any() and len(picks) == 2 and h["val/aupr"] == 1.0
+    else:
+        # kept: the bright column in the band outscores the particles
+        assert in_band.any() and (picks.loc[in_band, "x"] == 40).all()
+        assert h["val/aupr"] < 1.0
+    # region AUPR is a pixel metric: the mask leaves it alone
+    shards = [
+        score_shard(PeakNet().eval(), micrographs, coords, ["mic0"], radius=NMS_RADIUS,
+                    region_radius_px=2.0, border_bands=b, border_padding_px_model=2.5)[0]
+        for b in (True, False)
+    ]  # fmt: skip
+    np.testing.assert_array_equal(shards[0].region_logits[0], shards[1].region_logits[0])
+    assert h["val/region_aupr"] == pytest.approx(
+        compute_metrics(shards[1], coords, MAX_DISTANCE)[0]["val/region_aupr"]
+    )
+
+
+def test_border_padding_rule_is_tzl_picks():
+    from topaz_lightning.picking.border import border_padding_px_model
+
+    assert border_padding_px_model(None, 13.5) == 6.75
+    assert border_padding_px_model(2, 13.5) == 2.0
+    callback = HeldOutPicking(radius=8.0, max_distance=3.0, border_padding_px_model=1.5)
+    assert callback.border_padding_px_model == 1.5
+    assert HeldOutPicking(radius=8.0, max_distance=3.0).border_padding_px_model == 4.0
+    with pytest.raises(ConfigError, match="border_padding_px_model"):
+        _ = HeldOutPicking().border_padding_px_model  # null before the NMS radius is known
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,7 +547,7 @@ def test_lightning_ddp_spawn_two_ranks(tmp_path):
     expected, _ = compute_metrics(merge_shards([single]), coords, MAX_DISTANCE)
     assert 0.0 < expected["val/aupr"] < 1.0
 
-    callback = HeldOutPicking(
+    callback = _held_out(
         every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, log_images=True
     )
     best = pl.callbacks.ModelCheckpoint(
@@ -521,6 +598,11 @@ def test_callbacks_configs_compose_and_instantiate(group_file, tmp_path):
     if group_file.stem == "default":
         picking = built["held_out_picking"]
         assert isinstance(picking, HeldOutPicking)
+        # the border mask mirrors tzl-pick's defaults
+        pick = compose_config("pick", ["model_path=m.pt", "micrographs=m", "output_dir=o"])
+        assert picking.border_bands is pick.border_bands is True
+        assert picking.border_padding_setting is None and pick.border_padding_px_model is None
+        assert picking.border_margin_px_model == pick.border_margin_px_model
         best = built["best_checkpoint"]
         assert best.monitor == "val/aupr" and best.mode == "max"
         assert best._every_n_train_steps == picking.every_n_steps
@@ -545,7 +627,7 @@ def test_images_sent_to_wandb_like_logger(tmp_path):
 
     logger = WandbLogger()
     micrographs, coords = _fake_world(n_micrographs=1)
-    callback = HeldOutPicking(every_n_steps=1, radius=5, max_distance=3, log_images=True)
+    callback = _held_out(every_n_steps=1, radius=5, max_distance=3, log_images=True)
     _trainer(tmp_path, [callback], max_steps=1, logger=logger).fit(
         StubModule(), datamodule=StubData(micrographs, coords)
     )

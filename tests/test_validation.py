@@ -46,6 +46,16 @@ BAD = [
     ("train", ["data.normalize=zscore"], "data.normalize"),
     ("train", ["data.num_folds=3", "data.fold=3"], "data.fold"),
     ("train", ["trainer.enable_progress_bar=maybe"], "trainer.enable_progress_bar"),
+    (
+        "train",
+        ["callbacks.held_out_picking.border_bands=maybe"],
+        "callbacks.held_out_picking.border_bands",
+    ),
+    (
+        "train",
+        ["callbacks.held_out_picking.border_padding_px_model=-1"],
+        "callbacks.held_out_picking.border_padding_px_model",
+    ),
     ("pick", [*PICK, "tile_size=0"], "tile_size"),
     ("pick", [*PICK, "chunk_size=-1"], "chunk_size"),
     ("pick", [*PICK, "batch_size=0"], "batch_size"),

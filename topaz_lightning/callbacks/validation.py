@@ -110,16 +110,24 @@ def score_shard(
     region_radius_px: float | None = None,
     device: str | torch.device = "cpu",
     keep_maps: Iterable[str] = (),
+    border_bands: bool = False,
+    border_padding_px_model: float = 0.0,
+    border_margin_px_model: float = 0.0,
 ) -> tuple[ShardResult, dict[str, np.ndarray]]:
     """Score ``names`` with ``net``, pick with NMS and (optionally) collect region logits/labels.
 
     Returns the shard result and the dense score maps (logits) of the micrographs in
     ``keep_maps`` (for pictures). Scoring and NMS are :mod:`topaz_lightning.picking`'s
     (``score_micrographs`` runs the net in eval mode without gradients and restores its mode);
-    region labels are :func:`topaz_lightning.metrics.region_labels`.
+    region labels are :func:`topaz_lightning.metrics.region_labels`. Picks where
+    :func:`topaz_lightning.picking.border.picking_mask` of the micrograph is set are dropped, as
+    ``tzl-pick`` drops them (``border_bands``: striped edge bands widened inwards by
+    ``border_padding_px_model``; ``border_margin_px_model``: any edge; model px, already
+    resolved); the region logits and labels keep every pixel.
     """
     from topaz_lightning.metrics import region_labels
     from topaz_lightning.picking import picks_from_score_map, score_micrographs
+    from topaz_lightning.picking.border import drop_masked_picks
 
     keep = set(keep_maps)
     result = ShardResult(names=list(names))
@@ -127,7 +135,15 @@ def score_shard(
     maps: dict[str, np.ndarray] = {}
     images = {name: micrographs[name] for name in names}
     for name, score_map in score_micrographs(net, images, device=device):
-        tables.append(picks_from_score_map(name, score_map, radius, threshold=threshold))
+        picks = picks_from_score_map(name, score_map, radius, threshold=threshold)
+        picks = drop_masked_picks(
+            picks,
+            images[name],
+            bands=border_bands,
+            margin=border_margin_px_model,
+            band_padding=border_padding_px_model,
+        )
+        tables.append(picks)
         if region_radius_px is not None:
             mask = region_labels({name: score_map.shape}, coordinates, region_radius_px)[name]
             result.region_logits.append(score_map.reshape(-1))
@@ -197,10 +213,21 @@ class HeldOutPicking(pl.Callback):
     (``trainer.datamodule.geometry``: ``nms_radius_px_model`` / ``match_distance_px_model``).
     Without held-out micrographs the callback switches itself off and asks for nothing. Region
     AUPR labels the pixels within ``region_radius_px`` (model px) of a particle positive (default:
-    the geometry's ``label_radius_px_model``; no region AUPR if neither is known). ``max_micrographs`` caps how many held-out micrographs
-    (first by name) are scored. Under DDP each rank scores a round-robin shard, the results are
-    gathered to every rank, rank 0 computes the metrics and broadcasts them, so every rank logs
-    identical values and a ``ModelCheckpoint(monitor="val/aupr")`` agrees on all ranks.
+    the geometry's ``label_radius_px_model``; no region AUPR if neither is known).
+    ``max_micrographs`` caps how many held-out micrographs (first by name) are scored.
+
+    Picks are masked as ``tzl-pick`` masks them (the defaults mirror configs/pick.yaml, so
+    ``val/aupr`` and the best checkpoint measure the picks ``tzl-pick`` would make): with
+    ``border_bands`` picks on striped bands detected along the edges of the held-out
+    micrograph (the normalized model-frame image the net scores) are dropped, the bands widened
+    inwards by ``border_padding_px_model`` (None = half the NMS radius,
+    :func:`topaz_lightning.picking.border.border_padding_px_model`), and so are picks within
+    ``border_margin_px_model`` of any edge (model px; 0 = none). ``val/region_aupr`` is a pixel
+    metric and stays unmasked: it scores every pixel.
+
+    Under DDP each rank scores a round-robin shard, the results are gathered to every rank,
+    rank 0 computes the metrics and broadcasts them, so every rank logs identical values and a
+    ``ModelCheckpoint(monitor="val/aupr")`` agrees on all ranks.
 
     With ``log_images`` the overlay of picks at the best-F1 threshold, the score-map heatmap (of
     the first ``num_images`` micrographs of rank 0's shard) and the PR curves of the last
@@ -223,6 +250,9 @@ class HeldOutPicking(pl.Callback):
         at_train_end: bool = True,
         micrographs: Mapping[str, np.ndarray] | None = None,
         coordinates: pd.DataFrame | None = None,
+        border_bands: bool = True,
+        border_padding_px_model: float | None = None,
+        border_margin_px_model: float = 0.0,
     ):
         super().__init__()
         key = "callbacks.held_out_picking"
@@ -243,6 +273,14 @@ class HeldOutPicking(pl.Callback):
             )
         if num_images < 0 or pr_history < 1:
             raise ConfigError(f"{key}.num_images", "num_images must be >= 0 and pr_history >= 1")
+        if not isinstance(border_bands, bool | np.bool_):
+            raise ConfigError(f"{key}.border_bands", f"must be true or false, got {border_bands!r}")
+        for name, value in [
+            ("border_padding_px_model", border_padding_px_model),
+            ("border_margin_px_model", border_margin_px_model),
+        ]:
+            if value is not None and not (math.isfinite(float(value)) and value >= 0):
+                raise ConfigError(f"{key}.{name}", f"must be a number of pixels >= 0, got {value}")
         self.every_n_steps = int(every_n_steps)
         self.radius_setting = radius
         self.max_distance_setting = max_distance
@@ -255,6 +293,9 @@ class HeldOutPicking(pl.Callback):
         self.num_images = int(num_images)
         self.pr_history = int(pr_history)
         self.at_train_end = bool(at_train_end)
+        self.border_bands = bool(border_bands)
+        self.border_padding_setting = border_padding_px_model
+        self.border_margin_px_model = float(border_margin_px_model or 0.0)
         self._micrographs = micrographs
         self._coordinates = coordinates
         self._last_step: int | None = None
@@ -292,6 +333,18 @@ class HeldOutPicking(pl.Callback):
         if self.max_micrographs is not None:
             names = names[: self.max_micrographs]
         return names
+
+    @property
+    def border_padding_px_model(self) -> float:
+        """The band padding in model px (tzl-pick's rule: None = half the NMS radius)."""
+        from topaz_lightning.picking.border import border_padding_px_model
+
+        if self.border_padding_setting is None and self.radius is None:
+            raise ConfigError(
+                "callbacks.held_out_picking.border_padding_px_model",
+                "null needs the NMS radius, which is not resolved yet",
+            )
+        return border_padding_px_model(self.border_padding_setting, self.radius or 0.0)
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -394,6 +447,9 @@ class HeldOutPicking(pl.Callback):
                     region_radius_px=self._region_radius(trainer),
                     device=pl_module.device,
                     keep_maps=keep,
+                    border_bands=self.border_bands,
+                    border_padding_px_model=self.border_padding_px_model,
+                    border_margin_px_model=self.border_margin_px_model,
                 )
         finally:
             net.train(was_training)

@@ -575,6 +575,7 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
     from topaz_lightning.io.micrographs import list_micrographs
     from topaz_lightning.models import load_model
     from topaz_lightning.picking import sigmoid
+    from topaz_lightning.picking.border import border_padding_px_model
     from topaz_lightning.picking.predict import (
         MicrographDataset,
         PickModule,
@@ -638,12 +639,8 @@ def run(cfg: DictConfig) -> pd.DataFrame | None:
         scoring_level=None if cfg.get("scoring_level") is None else float(cfg.scoring_level),
         tta=int(cfg.get("tta", 1)),
         border_bands=bool(cfg.get("border_bands", False)),
-        # null: half the NMS radius (about half a particle radius), docs/accuracy.md
-        border_padding_px_model=float(
-            radius / 2
-            if cfg.get("border_padding_px_model") is None
-            else cfg.border_padding_px_model
-        ),
+        # null: half the NMS radius (picking.border.border_padding_px_model)
+        border_padding_px_model=border_padding_px_model(cfg.get("border_padding_px_model"), radius),
         border_margin_px_model=float(cfg.get("border_margin_px_model") or 0.0),
     )
     record = run_record(

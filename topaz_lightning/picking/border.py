@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from topaz_lightning.errors import ConfigError, InputError
 
@@ -147,3 +148,27 @@ def picking_mask(
     if bands:
         return artefact_mask(image, margin=margin, band_padding=band_padding)
     return border_mask(np.shape(image), margin=margin)
+
+
+def border_padding_px_model(padding: float | None, nms_radius_px_model: float) -> float:
+    """How far (model px) a detected band is widened inwards: ``padding`` when given, else half
+    the NMS radius (about half a particle radius, docs/accuracy.md). The one home of the rule
+    for ``border_padding_px_model: null``, used by ``tzl-pick`` and the held-out picking
+    callback alike."""
+    return float(nms_radius_px_model) / 2 if padding is None else float(padding)
+
+
+def drop_masked_picks(
+    picks: pd.DataFrame,
+    image: np.ndarray,
+    bands: bool = False,
+    margin: float = 0.0,
+    band_padding: float = 0.0,
+) -> pd.DataFrame:
+    """``picks`` (x, y in ``image``'s pixels, the model frame) less those where
+    :func:`picking_mask` of ``image`` is set; unchanged when nothing is asked."""
+    mask = picking_mask(image, bands=bands, margin=margin, band_padding=band_padding)
+    if mask is None:
+        return picks
+    keep = keep_unmasked(picks[["x", "y"]].to_numpy(), mask)
+    return picks[keep].reset_index(drop=True)

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from topaz_lightning.errors import InputError
 from topaz_lightning.geometry import coordinates_to_micrograph_frame
-from topaz_lightning.picking.border import keep_unmasked, picking_mask
+from topaz_lightning.picking.border import drop_masked_picks
 from topaz_lightning.picking.pick import PICK_COLUMNS, picks_from_score_map
 from topaz_lightning.picking.scoring import fill_unscored, score_micrograph
 from topaz_lightning.utils.atomic import atomic_output
@@ -121,15 +121,13 @@ def pick_micrograph(
         max_picks=settings.max_picks,
         nms_boundary=settings.nms_boundary,
     )
-    mask = picking_mask(
+    picks = drop_masked_picks(
+        picks,
         image,
         bands=settings.border_bands,
         margin=settings.border_margin_px_model,
         band_padding=settings.border_padding_px_model,
     )
-    if mask is not None:
-        keep = keep_unmasked(picks[["x", "y"]].to_numpy(), mask)
-        picks = picks[keep].reset_index(drop=True)
     picks = coordinates_to_micrograph_frame(picks, settings.downsample)
     if settings.keep_score_map and settings.scoring == "coarse_to_fine":
         score_map = fill_unscored(score_map)  # no -inf in saved maps and pictures
