@@ -111,7 +111,9 @@ def test_bright_dot_lands_at_scaled_coordinates(factor):
     wy, wx = np.mgrid[-2:3, -2:3]
     cy = yi + (win * wy).sum() / win.sum()
     cx = xi + (win * wx).sum() / win.sum()
-    scaled = coordinates_to_model_frame(pd.DataFrame({"micrograph": ["a"], "x": [x0], "y": [y0]}), factor)
+    scaled = coordinates_to_model_frame(
+        pd.DataFrame({"micrograph": ["a"], "x": [x0], "y": [y0]}), factor
+    )
     assert abs(cx - scaled.x.iloc[0]) < 0.5
     assert abs(cy - scaled.y.iloc[0]) < 0.5
 

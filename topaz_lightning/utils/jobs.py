@@ -25,7 +25,9 @@ class FailureLog:
     :class:`PartialFailureError` (exit status 3) when anything failed.
     """
 
-    def __init__(self, strict: bool = False, errors: tuple[type[BaseException], ...] = (InputError,)):
+    def __init__(
+        self, strict: bool = False, errors: tuple[type[BaseException], ...] = (InputError,)
+    ):
         self.strict = bool(strict)
         self.errors = errors
         self.failures: list[tuple[str, str]] = []
@@ -71,9 +73,7 @@ class _Guard:
 def write_failures(path: str | os.PathLike, failures: Iterable[tuple[str, str]]) -> Path:
     """``name<TAB>reason`` lines with a header, written atomically (replacing an old list)."""
     path = Path(path)
-    lines = ["name\treason"] + [
-        f"{name}\t{' '.join(reason.split())}" for name, reason in failures
-    ]
+    lines = ["name\treason"] + [f"{name}\t{' '.join(reason.split())}" for name, reason in failures]
     with atomic_output(path, overwrite=True) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
