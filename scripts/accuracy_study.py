@@ -352,10 +352,13 @@ class HeldOut:
         truth_full: pd.DataFrame,
         downsample: float = DOWNSAMPLE,
         particle_radius_px_model: float = PARTICLE_RADIUS_PX_MODEL,
+        target_count: int = 650,
     ):
         from topaz_lightning.preprocess.gmm import fit_gmm, normalize_gmm
 
         self.test_names = test_names
+        #: expected particles per micrograph (what a user gives for pi), for the top-k threshold
+        self.target_count = int(target_count)
         self.downsample = float(downsample)
         self.radius = float(particle_radius_px_model)
         # a pick matches within one particle radius (micrograph frame)
@@ -379,6 +382,29 @@ class HeldOut:
 
         for n, im in tests.items():
             self.bands[n] = detect_bands(im)
+
+
+def threshold_metrics(picks: pd.DataFrame, held: HeldOut) -> dict[str, float]:
+    """Precision, recall and F1 of two ways to choose a threshold without the truth: the top
+    ``held.target_count`` picks per micrograph (the expected particle count, as given for pi),
+    and logit >= 0 (probability 0.5)."""
+    from topaz_lightning.metrics import evaluate_picks
+
+    ranked = picks.sort_values("score", ascending=False, kind="stable")
+    subsets = {
+        "topk": ranked.groupby("micrograph", sort=False).head(held.target_count),
+        "logit0": ranked[ranked["score"] >= 0],
+    }
+    out: dict[str, float] = {}
+    for name, sub in subsets.items():
+        ev = evaluate_picks(sub, held.truth, held.match_distance, micrographs=held.test_names)
+        p = ev.n_matched / max(ev.n_pred, 1)
+        r = ev.n_matched / max(ev.n_true, 1)
+        out[f"precision_{name}"] = p
+        out[f"recall_{name}"] = r
+        out[f"f1_{name}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+        out[f"n_{name}"] = int(ev.n_pred)
+    return out
 
 
 def evaluate_setting(
@@ -428,6 +454,7 @@ def evaluate_setting(
     }
     for level, value in ev.precision_at_recall.items():
         metrics[f"precision@{float(level):g}"] = 0.0 if value is None else value
+    metrics.update(threshold_metrics(picks, held))
     if setting.margin or setting.bands:
         # of the unmasked picks' top-ranked false positives, how many the mask removes
         removed = pd.concat(masked_frames, ignore_index=True).assign(masked=True)
@@ -695,13 +722,23 @@ TRAIN_JOBS: list[tuple[TrainSetting, tuple[str, ...]]] = [
     (TrainSetting("steps10k", steps=10000), ("100",)),
     (TrainSetting("steps5k", steps=5000), ("10", "all")),
     # the autoencoder head at 10 labels (the paper: it helps with few labels); c = 10/P = 1
-    (TrainSetting("ae1k", overrides=("decoder=dcgan",), steps=1000), ("10", "100")),
+    (TrainSetting("ae1k", overrides=("decoder=dcgan",), steps=1000), ("10",)),
     # more labeled subsets and training seeds per fold (seed 0 is base1k)
-    (TrainSetting("seed1_1k", labeled_seed=1, seed=1, steps=1000), ("10", "100", "all")),
-    (TrainSetting("seed2_1k", labeled_seed=2, seed=2, steps=1000), ("10", "100", "all")),
+    # (all labels: no subset to draw, only the training seed; one extra run on fold 0)
+    (TrainSetting("seed1_1k", labeled_seed=1, seed=1, steps=1000), ("10", "100")),
+    (TrainSetting("seed2_1k", labeled_seed=2, seed=2, steps=1000), ("10", "100")),
     # models: Topaz's resnet8 (RF 71) and resnet16 (RF 91)
     (TrainSetting("resnet8_1k", overrides=("model=resnet8",), steps=1000), ("100",)),
     (TrainSetting("resnet16_1k", overrides=("model=resnet16",), steps=1000), ("100",)),
+    # pi from the automatic estimate (data.pi=auto, BBE) instead of 650 particles per micrograph
+    (
+        TrainSetting(
+            "piauto_1k",
+            overrides=("data.particles_per_micrograph=null", "data.pi=auto"),
+            steps=1000,
+        ),
+        ("100",),
+    ),
 ]
 SIM_JOBS: list[tuple[TrainSetting, tuple[str, ...]]] = [
     (TrainSetting("sim_base1k", steps=1000, simulated=True, folds=(0,)), ("10", "100", "all")),
@@ -733,7 +770,7 @@ SIM_JOBS: list[tuple[TrainSetting, tuple[str, ...]]] = [
             ("10", "100", "all"),
         )
         for preset in ("empiar10096_like", "shapiro_like")
-        for k in (0, 1, 2)
+        for k in (0,)
     ],
 ]
 
@@ -791,7 +828,17 @@ def simulated_held_out(out: Path, preset: str) -> HeldOut:
     images = {n: read_micrograph(paths[n]) for n in train + test}
     truth = read_coordinates(sim / "particles.tsv")
     radius = float(meta.get("particle_radius_px") or meta["match_distance_px"])
-    return HeldOut(train, test, images, truth, downsample=1.0, particle_radius_px_model=radius)
+    # the true mean count per test micrograph (complete truth) as the expected count
+    count = round(int(truth["micrograph"].isin(test).sum()) / len(test))
+    return HeldOut(
+        train,
+        test,
+        images,
+        truth,
+        downsample=1.0,
+        particle_radius_px_model=radius,
+        target_count=count,
+    )
 
 
 def run_jobs(
@@ -893,11 +940,13 @@ def lever_table(
     header += list(extra)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, train, core, steps in rows:
-        sel = (jobs["train"] == train) & (jobs["pick_core"] == core)
+        # several training settings (e.g. seeds) pool into one row: n = folds x settings
+        trains = [train] if isinstance(train, str) else list(train)
+        sel = jobs["train"].isin(trains) & (jobs["pick_core"] == core)
         if steps is None:
             sel &= jobs["pick"].astype(str).str.startswith("slast")
-        else:
-            sel &= jobs["pick"].astype(str).str.startswith(f"s{steps}_")
+        else:  # that checkpoint, whether or not it was the run's last
+            sel &= pd.to_numeric(jobs["steps"], errors="coerce") == int(steps)
         part = jobs[sel]
         if part.empty:
             continue
@@ -1030,22 +1079,134 @@ def tables(out: Path) -> str:
             ):
                 rows.append((f"{label}, {weights}, NMS {n:.2f} r", train, core, None))
     md.append(lever_table(jobs, rows, labels=("100",)))
-    sim = jobs[jobs["train"].astype(str).str.startswith("sim")]
-    if not sim.empty:
-        md.append("\n### Simulated preset `demo` (complete truth; 2 test micrographs, 1 split)\n")
-        rows = []
-        for weights in ("raw", "ema"):
-            for n in (12 / R, 1.0, 1.1, 1.25):
-                rows.append(
-                    (
-                        f"{weights}, NMS {n:.2f} r",
-                        "sim_base1k",
-                        f"{weights}_norm-pick_nms{n:.2f}r",
-                        None,
-                    )
-                )
-        md.append(lever_table(jobs, rows))
+    md.append(new_lever_tables(jobs))
+    md.append(sim_tables(jobs))
     return "\n".join(md) + "\n"
+
+
+#: the current defaults at pick time: last checkpoint, raw weights, NMS 1.0 r, band mask + 7 px
+DEFAULT_CORE = "raw_norm-pick_nms1.00r_bands+7"
+SEEDS = ("base1k", "seed1_1k", "seed2_1k")
+
+
+def step_choice(jobs: pd.DataFrame, train: str, labels: str, core: str = DEFAULT_CORE) -> str:
+    """Markdown rows: last checkpoint vs the best step chosen on the OTHER folds (nested: for
+    fold k the step with the highest mean AUPR over the remaining folds) vs the best step on
+    the held-out micrograph itself (an oracle, optimistic by construction)."""
+    sel = (jobs["train"] == train) & (jobs["labels"] == labels) & (jobs["pick_core"] == core)
+    part = jobs[sel].copy()
+    if part.empty:
+        return ""
+    part["step"] = pd.to_numeric(part["steps"], errors="coerce")
+    part["fold"] = part["data.fold"].astype(int)
+    table = part.pivot_table(index="fold", columns="step", values="aupr", aggfunc="first")
+    p90 = part.pivot_table(index="fold", columns="step", values="precision@0.9", aggfunc="first")
+    table = table.dropna(axis=1)
+    if table.shape[0] < 2 or table.shape[1] < 2:
+        return ""
+    last = table.columns.max()
+    rows = {
+        "last checkpoint": ([], []),
+        "step chosen on the other folds": ([], []),
+        "best step on the held-out micrograph (oracle)": ([], []),
+    }
+    chosen = []
+    for fold in table.index:
+        others = table.drop(index=fold).mean()
+        s_cv = others.idxmax()
+        s_or = table.loc[fold].idxmax()
+        chosen.append(int(s_cv))
+        for name, step in zip(rows, (last, s_cv, s_or), strict=True):
+            rows[name][0].append(table.loc[fold, step])
+            rows[name][1].append(p90.loc[fold, step])
+    lines = []
+    for name, (a, b) in rows.items():
+        lines.append(
+            f"| {name} ({labels} labels) | {_cell(pd.Series(a))} | {_cell(pd.Series(b))} |"
+        )
+    lines.append(
+        f"| (steps chosen on the other folds, per fold: {', '.join(map(str, chosen))}) | | |"
+    )
+    return "\n".join(lines)
+
+
+def new_lever_tables(jobs: pd.DataFrame) -> str:
+    """Tables of the second study (training length, checkpoint choice, seeds, autoencoder,
+    models, threshold choice), all picked with the current defaults (DEFAULT_CORE)."""
+    md = []
+    core = DEFAULT_CORE
+    md.append(
+        "\n### Training length (one run per fold, checkpoints every 1k steps; picked with the "
+        "defaults)\n"
+    )
+    rows = []
+    for step in range(1000, 10001, 1000):
+        rows.append((f"{step} steps", ("steps10k", "steps5k"), core, str(step)))
+    md.append(lever_table(jobs, rows))
+    md.append("\n### Checkpoint choice: last vs best step (AUPR, P@R0.9)\n")
+    md.append("| checkpoint | AUPR | P@R0.9 |\n|---|---|---|")
+    for train, labels in (("steps10k", "100"), ("steps5k", "10"), ("steps5k", "all")):
+        text = step_choice(jobs, train, labels)
+        if text:
+            md.append(text)
+    md.append(
+        "\n### Seeds: three labeled subsets and training seeds per fold (1k steps; "
+        "n = folds x seeds)\n"
+    )
+    rows = [("seed 0 (labeled_seed 0)", "base1k", core, None)]
+    rows += [(f"seed {k}", f"seed{k}_1k", core, None) for k in (1, 2)]
+    rows.append(("**pooled: 3 seeds x 4 folds**", SEEDS, core, None))
+    md.append(lever_table(jobs, rows))
+    md.append("\n### Autoencoder head (decoder=dcgan, c = 10/P; 1k steps, seed 0)\n")
+    rows = [
+        ("conv31, no decoder", "base1k", core, None),
+        ("conv31 + DCGAN decoder", "ae1k", core, None),
+    ]
+    md.append(lever_table(jobs, rows, labels=("10", "100")))
+    md.append("\n### Models (1k steps, seed 0)\n")
+    rows = [
+        ("conv31 (RF 31)", "base1k", core, None),
+        ("resnet8, Topaz's (RF 71)", "resnet8_1k", core, None),
+        ("resnet16, Topaz's (RF 91)", "resnet16_1k", core, None),
+    ]
+    md.append(lever_table(jobs, rows, labels=("100",)))
+    md.append(
+        "\n### Threshold choice (defaults; 3 seeds x 4 folds at 1k steps): the best-F1 "
+        "threshold (known only with the truth) vs the top 650 per micrograph (the count given "
+        "for pi) vs logit 0\n"
+    )
+    sel = jobs["train"].isin(SEEDS) & (jobs["pick_core"] == core)
+    sel &= jobs["pick"].astype(str).str.startswith("slast")
+    part = jobs[sel]
+    if "f1_topk" in part:
+        header = "| labels | best F1 | F1 top-650 | P / R top-650 | F1 logit 0 | P / R logit 0 |"
+        md.append(header + "\n|---|---|---|---|---|---|")
+        for lab in ("10", "100", "all"):
+            sub = part[(part["labels"] == lab) & part["f1_topk"].notna()]
+            if sub.empty:
+                continue
+            md.append(
+                f"| {lab} | {_cell(sub['best_f1'])} | {_cell(sub['f1_topk'])} | "
+                f"{sub['precision_topk'].mean():.3f} / {sub['recall_topk'].mean():.3f} | "
+                f"{_cell(sub['f1_logit0'])} | "
+                f"{sub['precision_logit0'].mean():.3f} / {sub['recall_logit0'].mean():.3f} |"
+            )
+    return "\n".join(md)
+
+
+def sim_tables(jobs: pd.DataFrame) -> str:
+    """Simulated presets (complete truth): mean over the seeds (one split each)."""
+    md = ["\n### Simulated presets (complete truth; 1k steps; n = seeds, one split)\n"]
+    rows = []
+    for preset, trains in (
+        ("demo", ("sim_base1k", "sim_demo_seed1_1k", "sim_demo_seed2_1k")),
+        ("empiar10096_like", ("sim_empiar10096_like_seed0_1k",)),
+        ("shapiro_like", ("sim_shapiro_like_seed0_1k",)),
+    ):
+        rows.append((f"{preset}, NMS 1.0 r", trains, "raw_norm-pick_nms1.00r", None))
+        rows.append((f"{preset}, NMS 1.0 r + band mask", trains, DEFAULT_CORE, None))
+    md.append(lever_table(jobs, rows))
+    return "\n".join(md)
 
 
 def main(argv: list[str] | None = None) -> int:
