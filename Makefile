@@ -46,10 +46,12 @@ bench: install
 bench-topaz: install
 	$(BIN)/python scripts/bench_topaz.py $(BENCH_TOPAZ_ARGS)
 
-# leave-one-micrograph-out accuracy study on the real sample data (hours on 2 CPU cores; resumable;
-# docs/accuracy.md): trains, picks, evaluates, then the tzl-report table and the lever tables
+# leave-one-micrograph-out accuracy study on the real sample data plus the simulated presets
+# (every setting of scripts/accuracy_study.py: about 10 CPU-core hours; resumable, so it can be
+# stopped and rerun; docs/accuracy.md): trains, picks, evaluates, then the tzl-report table and
+# the lever tables. One lever: scripts/accuracy_study.py --only <setting>
 accuracy: install
-	OMP_NUM_THREADS=1 $(BIN)/python scripts/accuracy_study.py --out accuracy_out --only base1k
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/accuracy_study.py --out accuracy_out --simulated
 
 clean:
 	rm -rf $(VENV) $(OUT) $(OUT)_real outputs multirun *.egg-info .pytest_cache .ruff_cache
