@@ -671,6 +671,11 @@ R = PARTICLE_RADIUS_PX_MODEL
 NMS_GRID = (0.5, 0.6, 0.7, 0.8, 12 / R, 1.0, 1.1, 1.25, 1.5)
 
 
+#: tzl-pick's defaults: NMS 1.25 r (geometry.NMS_RADIUS_PER_PARTICLE_RADIUS) and the band mask
+#: widened by half the NMS radius (picking.border.border_padding_px_model)
+DEFAULTS = {"nms": 1.25, "bands": True, "band_padding": 0.5 * 1.25 * R}
+
+
 def pick_settings(ckpts: list[int], labels: str, tta: bool = False) -> list[PickSetting]:
     """The pick-time levers, each alone around the baseline (last checkpoint, raw weights, GMM
     fitted at pick time, no TTA, NMS 12 px = 0.89 r, no mask), plus combinations.
@@ -687,11 +692,14 @@ def pick_settings(ckpts: list[int], labels: str, tta: bool = False) -> list[Pick
         for n in (1.0, 1.1, 1.25):
             out.append(PickSetting(weights=weights, nms=n, bands=True, band_padding=7))
             out.append(PickSetting(weights=weights, nms=n, margin=24))
+        # the defaults after this study: NMS 1.25 r, band padding = half the NMS radius
+        out.append(PickSetting(weights=weights, **DEFAULTS))
         # earlier checkpoints (training length, best vs last): raw weights only, one score map
         # each, picked with the old baseline and with the current defaults (1.0 r + bands)
         for step in ckpts[:-1] if weights == "raw" else ():
             out += [PickSetting(step=step, weights=weights, nms=n) for n in (12 / R, 1.0, 1.1)]
             out.append(PickSetting(step=step, weights=weights, nms=1.0, bands=True, band_padding=7))
+            out.append(PickSetting(step=step, weights=weights, **DEFAULTS))
         if labels == "100":  # two more score maps: measured at 100 labels only
             out.append(PickSetting(weights=weights, normalize="train"))
             out.append(PickSetting(weights=weights, normalize="train", nms=1.1))
@@ -1075,8 +1083,10 @@ def tables(out: Path) -> str:
     return "\n".join(md) + "\n"
 
 
-#: the current defaults at pick time: last checkpoint, raw weights, NMS 1.0 r, band mask + 7 px
-DEFAULT_CORE = "raw_norm-pick_nms1.00r_bands+7"
+#: the defaults at pick time: last checkpoint, raw weights, NMS 1.25 r, band mask + 8.4 px
+DEFAULT_CORE = "raw_" + PickSetting(**DEFAULTS).name().split("_", 2)[2]
+#: the defaults before this study's third pass: NMS 1.0 r, band mask + 7 px
+OLD_CORE = "raw_norm-pick_nms1.00r_bands+7"
 SEEDS = ("base1k", "seed1_1k", "seed2_1k")
 
 
@@ -1121,10 +1131,209 @@ def step_choice(jobs: pd.DataFrame, train: str, labels: str, core: str = DEFAULT
     return "\n".join(lines)
 
 
+def _select(jobs: pd.DataFrame, train: str, core: str, steps: int | None) -> pd.DataFrame:
+    """Evaluations of ``train`` picked as ``core`` at checkpoint ``steps`` (None = the last)."""
+    sel = (jobs["train"] == train) & (jobs["pick_core"] == core)
+    if steps is None:
+        sel &= jobs["pick"].astype(str).str.startswith("slast")
+    else:
+        sel &= pd.to_numeric(jobs["steps"], errors="coerce") == int(steps)
+    return jobs[sel]
+
+
+def paired(
+    jobs: pd.DataFrame,
+    base: tuple[str, str, int | None],
+    other: tuple[str, str, int | None],
+    labels: str,
+    metric: str,
+) -> str:
+    """``other - base`` per fold (same fold, labeled subset and seed): mean (min to max, n)."""
+    a = _select(jobs, *base)
+    b = _select(jobs, *other)
+    a = a[a["labels"] == labels].set_index("data.fold")[metric]
+    b = b[b["labels"] == labels].set_index("data.fold")[metric]
+    d = (pd.to_numeric(b, errors="coerce") - pd.to_numeric(a, errors="coerce")).dropna()
+    if d.empty:
+        return "-"
+    return f"{d.mean():+.3f} ({d.min():+.3f} to {d.max():+.3f}, {len(d)})"
+
+
+def summary_table(jobs: pd.DataFrame) -> str:
+    """Every lever against its baseline, paired per fold: the table at the top of
+    docs/accuracy.md. Deltas are other minus baseline."""
+    b = "base1k"
+    nobands = "raw_norm-pick_nms1.00r"
+    crop = "crop512_raw_norm-pick"
+    ema_core = "ema_" + DEFAULT_CORE[4:]
+    rows = [
+        # (lever, baseline, other, labels)
+        *[
+            (
+                f"new pick defaults (NMS 1.25 r, band mask + 8.4 px) vs old (1.0 r, + 7 px), {t}",
+                (t, OLD_CORE, None),
+                (t, DEFAULT_CORE, None),
+                ("10", "100", "all"),
+            )
+            for t in (*SEEDS, "steps10k", "steps5k")
+        ],
+        (
+            "NMS radius 0.5 r (Topaz's 7 px) vs 1.0 r, no mask",
+            (b, nobands, None),
+            (b, "raw_norm-pick_nms0.50r", None),
+            ("10", "100", "all"),
+        ),
+        (
+            "NMS radius 1.25 r vs 1.0 r, band mask + 7 px",
+            (b, OLD_CORE, None),
+            (b, "raw_norm-pick_nms1.25r_bands+7", None),
+            ("10", "100", "all"),
+        ),
+        (
+            "band mask (+7 px) vs none, NMS 1.0 r",
+            (b, nobands, None),
+            (b, OLD_CORE, None),
+            ("10", "100", "all"),
+        ),
+        (
+            "fixed 24 px margin vs band mask, NMS 1.0 r",
+            (b, OLD_CORE, None),
+            (b, "raw_norm-pick_nms1.00r_margin24", None),
+            ("10", "100", "all"),
+        ),
+        (
+            "GMM fitted on the training micrographs vs at pick time (NMS 1.1 r, no mask)",
+            (b, "raw_norm-pick_nms1.10r", None),
+            (b, "raw_norm-train_nms1.10r", None),
+            ("100",),
+        ),
+        (
+            "TTA x8 vs none (central 512 px, NMS 1.0 r, no mask)",
+            (b, f"{crop}_nms1.00r", 1000),
+            (b, f"{crop}_tta_nms1.00r", 1000),
+            ("100",),
+        ),
+        (
+            "EMA 0.99 vs raw weights, 1k steps",
+            (b, DEFAULT_CORE, None),
+            (b, ema_core, None),
+            ("10", "100", "all"),
+        ),
+        (
+            "EMA 0.99 vs raw weights, 10k steps",
+            ("steps10k", DEFAULT_CORE, None),
+            ("steps10k", ema_core, None),
+            ("100",),
+        ),
+        (
+            "EMA 0.99 vs raw weights, 5k steps",
+            ("steps5k", DEFAULT_CORE, None),
+            ("steps5k", ema_core, None),
+            ("10",),
+        ),
+        (
+            "3k vs 1k steps",
+            ("steps10k", DEFAULT_CORE, 1000),
+            ("steps10k", DEFAULT_CORE, 3000),
+            ("100",),
+        ),
+        (
+            "10k vs 1k steps",
+            ("steps10k", DEFAULT_CORE, 1000),
+            ("steps10k", DEFAULT_CORE, None),
+            ("100",),
+        ),
+        (
+            "10k vs 3k steps",
+            ("steps10k", DEFAULT_CORE, 3000),
+            ("steps10k", DEFAULT_CORE, None),
+            ("100",),
+        ),
+        (
+            "3k vs 1k steps",
+            ("steps5k", DEFAULT_CORE, 1000),
+            ("steps5k", DEFAULT_CORE, 3000),
+            ("10",),
+        ),
+        (
+            "5k vs 1k steps",
+            ("steps5k", DEFAULT_CORE, 1000),
+            ("steps5k", DEFAULT_CORE, None),
+            ("10",),
+        ),
+        (
+            "label radius 3 px (0.22 r) vs 4 px (0.3 r)",
+            (b, DEFAULT_CORE, None),
+            ("radius3", DEFAULT_CORE, None),
+            ("100",),
+        ),
+        (
+            "label radius 6 px (0.44 r) vs 4 px (0.3 r)",
+            (b, DEFAULT_CORE, None),
+            ("radius6", DEFAULT_CORE, None),
+            ("100",),
+        ),
+        (
+            "pi from 400 vs 650 particles per micrograph",
+            (b, DEFAULT_CORE, None),
+            ("ppm400", DEFAULT_CORE, None),
+            ("100",),
+        ),
+        (
+            "pi from the automatic estimate (data.pi=auto) vs 650 per micrograph",
+            (b, DEFAULT_CORE, None),
+            ("piauto_1k", DEFAULT_CORE, None),
+            ("100",),
+        ),
+        (
+            "autoencoder head (decoder=dcgan) vs none",
+            (b, DEFAULT_CORE, None),
+            ("ae1k", DEFAULT_CORE, None),
+            ("10",),
+        ),
+        (
+            "resnet8 (Topaz's) vs conv31",
+            (b, DEFAULT_CORE, None),
+            ("resnet8_1k", DEFAULT_CORE, None),
+            ("100",),
+        ),
+        (
+            "resnet16 (Topaz's) vs conv31",
+            (b, DEFAULT_CORE, None),
+            ("resnet16_1k", DEFAULT_CORE, None),
+            ("100",),
+        ),
+        (
+            "labeled subset + seed 1 vs seed 0 (not a lever: the spread of luck)",
+            (b, DEFAULT_CORE, None),
+            ("seed1_1k", DEFAULT_CORE, None),
+            ("10", "100"),
+        ),
+        (
+            "labeled subset + seed 2 vs seed 0",
+            (b, DEFAULT_CORE, None),
+            ("seed2_1k", DEFAULT_CORE, None),
+            ("10", "100"),
+        ),
+    ]
+    lines = [
+        "| lever (other vs baseline) | labels | ΔAUPR mean (min to max, folds) | ΔP@R0.9 |",
+        "|---|---|---|---|",
+    ]
+    for name, base, other, label_set in rows:
+        for lab in label_set:
+            d_aupr = paired(jobs, base, other, lab, "aupr")
+            if d_aupr == "-":
+                continue
+            d_p90 = paired(jobs, base, other, lab, "precision@0.9")
+            lines.append(f"| {name} | {lab} | {d_aupr} | {d_p90} |")
+    return "\n".join(lines)
+
+
 def new_lever_tables(jobs: pd.DataFrame) -> str:
     """Tables of the second study (training length, checkpoint choice, seeds, autoencoder,
     models, threshold choice), all picked with the current defaults (DEFAULT_CORE)."""
-    md = []
+    md = ["\n### Every lever against its baseline (paired per fold)\n", summary_table(jobs)]
     core = DEFAULT_CORE
     md.append(
         "\n### Training length (one run per fold, checkpoints every 1k steps; picked with the "
@@ -1195,7 +1404,7 @@ def sim_tables(jobs: pd.DataFrame) -> str:
         ("shapiro_like", ("sim_shapiro_like_seed0_1k",)),
     ):
         rows.append((f"{preset}, NMS 1.0 r", trains, "raw_norm-pick_nms1.00r", None))
-        rows.append((f"{preset}, NMS 1.0 r + band mask", trains, DEFAULT_CORE, None))
+        rows.append((f"{preset}, defaults (NMS 1.25 r + band mask)", trains, DEFAULT_CORE, None))
     md.append(lever_table(jobs, rows))
     return "\n".join(md)
 
