@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from tests.conftest import compose_config
 from topaz_lightning.data import FilesDataModule, SimulatedDataModule, kfold_split, positive_mask
 from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.geometry import NMS_RADIUS_PER_PARTICLE_RADIUS
 
 
 def synthetic(num=6, shape=(48, 64), per_mic=5, seed=0):
@@ -417,7 +418,8 @@ def _write_mrcs(root: Path, images: dict, pixel_size_a: float | None) -> Path:
 def test_particle_diameter_in_angstrom_gives_the_same_run_as_in_pixels(tmp_path):
     images, coords = synthetic(num=4, shape=(96, 128), per_mic=8)
     common = dict(coordinates=coords, downsample=2, pi=0.1, normalize="none", patch_size=11)
-    # 60 A at 2.5 A/px = 24 px: radius 12 px, 6 model px -> label round(1.8) = 2, NMS/match 6
+    # 60 A at 2.5 A/px = 24 px: radius 12 px, 6 model px -> label round(1.8) = 2, NMS 1.25 x 6,
+    # match 6
     in_pixels = FilesDataModule(micrographs=images, particle_diameter_px=24, **common)
     in_angstrom = FilesDataModule(
         micrographs=images, particle_diameter_a=60, pixel_size_a=2.5, **common
@@ -436,8 +438,10 @@ def test_particle_diameter_in_angstrom_gives_the_same_run_as_in_pixels(tmp_path)
     assert records[0] == records[1] == records[2]
     g = in_pixels.geometry
     assert g.particle_radius_px == 12 and g.particle_radius_px_model == 6
-    assert (g.label_radius_px_model, g.nms_radius_px_model, g.match_distance_px_model) == (2, 6, 6)
-    assert g.nms_radius_px == 12 and g.match_distance_px == 12  # back in micrograph pixels
+    nms = NMS_RADIUS_PER_PARTICLE_RADIUS * 6
+    assert (g.label_radius_px_model, g.match_distance_px_model) == (2, 6)
+    assert g.nms_radius_px_model == nms
+    assert g.nms_radius_px == 2 * nms and g.match_distance_px == 12  # back in micrograph pixels
     # the same labels and the same batches
     for dm in runs[1:]:
         for name in in_pixels._train_masks:

@@ -17,6 +17,7 @@ import yaml
 
 from tests.conftest import compose_config
 from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
+from topaz_lightning.geometry import NMS_RADIUS_PER_PARTICLE_RADIUS
 from topaz_lightning.report import aggregate, best_row, load_sweep, mean_std, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
@@ -422,9 +423,12 @@ def test_experiment_spec_reads_the_real_dataset(paper_tables):
     assert spec.test_names == ["Falcon_2012_06_12-15_27_22_0"]
     # 2,591 particles on the 4 micrographs; the test micrograph is not counted
     assert 1800 < spec.num_train < 2591
-    assert spec.nms_radius_px_model == 13.5 and spec.match_distance_px_model == 13.5
+    # particle radius 108 / 2 / 4 = 13.5 model px: NMS 1.25 r = 16.875, match r
+    nms = NMS_RADIUS_PER_PARTICLE_RADIUS * 13.5
+    assert spec.nms_radius_px_model == nms and spec.match_distance_px_model == 13.5
+    assert spec.particle_radius_px_model == 13.5
     pick, evaluate = paper_tables.pick_commands_for(Path("/r0"), spec)
-    assert "subset=[Falcon_2012_06_12-15_27_22_0]" in pick and "radius=13.5" in pick
+    assert "subset=[Falcon_2012_06_12-15_27_22_0]" in pick and f"radius={nms:g}" in pick
     # tzl-evaluate compares micrograph-frame coordinates: 13.5 model px x 4
     assert "max_distance=54" in evaluate
     with pytest.raises(SystemExit, match="no such experiment"):

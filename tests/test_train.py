@@ -372,6 +372,7 @@ def test_files_run_without_validation_micrographs_asks_for_no_radius(dataset, cf
 
 
 def test_particle_size_gives_the_held_out_radii(dataset, cfg_train):
+    from topaz_lightning.geometry import NMS_RADIUS_PER_PARTICLE_RADIUS
     from topaz_lightning.models import load_model
     from topaz_lightning.train import train
 
@@ -384,7 +385,8 @@ def test_particle_size_gives_the_held_out_radii(dataset, cfg_train):
     assert 0.0 <= metrics["val/aupr"] <= 1.0
     _, extra = load_model(Path(cfg_train().paths.output_dir) / "model.pt")
     geometry = extra["geometry"]
-    assert geometry["particle_radius_px"] == 4 and geometry["nms_radius_px_model"] == 4
+    assert geometry["particle_radius_px"] == 4
+    assert geometry["nms_radius_px_model"] == NMS_RADIUS_PER_PARTICLE_RADIUS * 4
     assert geometry["match_distance_px_model"] == 4 and geometry["label_radius_px_model"] == 1
 
 
@@ -392,6 +394,7 @@ def test_particle_size_gives_the_held_out_radii(dataset, cfg_train):
 def test_readme_files_example_on_the_sample_data(cfg_train):
     """README "Usage": data=files on the real EMPIAR-10017 sample, downsample 4, particle size
     in pixels, validation micrograph, no radius given (shrunk to a few steps)."""
+    from topaz_lightning.geometry import NMS_RADIUS_PER_PARTICLE_RADIUS
     from topaz_lightning.models import load_model
     from topaz_lightning.train import train
 
@@ -419,5 +422,6 @@ def test_readme_files_example_on_the_sample_data(cfg_train):
     _, extra = load_model(Path(cfg.paths.output_dir) / "model.pt")
     g = extra["geometry"]
     assert (g["downsample"], g["particle_radius_px"]) == (4, 54)
-    assert (g["label_radius_px_model"], g["nms_radius_px_model"]) == (4, 13.5)
+    nms = NMS_RADIUS_PER_PARTICLE_RADIUS * 13.5  # 1.25 r = 16.875 model px
+    assert (g["label_radius_px_model"], g["nms_radius_px_model"]) == (4, nms)
     assert g["match_distance_px_model"] == 13.5 and g["num_labeled_particles"] == 100

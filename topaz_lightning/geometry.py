@@ -30,11 +30,14 @@ import pandas as pd
 
 from topaz_lightning.errors import ConfigError, InputError
 
-# Paper-derived defaults, in units of the particle radius (model frame). The paper suppresses and
-# matches within about a particle radius (EMPIAR-10096: radius ~7 px, match 7 px, NMS 10 px) and
-# labels regions within 4 px of a labeled centre (~0.3 of a 13.5 px EMPIAR-10017 radius at 4x).
+# Defaults in units of the particle radius r (model frame). The paper suppresses and matches
+# within about a particle radius (EMPIAR-10096: radius ~7 px, match 7 px, NMS 10 px) and labels
+# regions within 4 px of a labeled centre (~0.3 of a 13.5 px EMPIAR-10017 radius at 4x). NMS at
+# 1.25 r (16.9 px at r = 13.5 px) measured best on the real EMPIAR-10017 folds (docs/accuracy.md:
+# above 1.0 r at 10/100/all labels, 1.5 r worse again); non-overlapping particles are >= 2 r
+# apart, so 1.25 r never suppresses a true neighbour that does not overlap. Matching stays at r.
 LABEL_RADIUS_PER_PARTICLE_RADIUS = 0.3
-NMS_RADIUS_PER_PARTICLE_RADIUS = 1.0
+NMS_RADIUS_PER_PARTICLE_RADIUS = 1.25
 MATCH_DISTANCE_PER_PARTICLE_RADIUS = 1.0
 #: label radius (model px) when neither it nor a particle size is known (the paper's 3-4 px)
 DEFAULT_LABEL_RADIUS_PX_MODEL = 3.0
@@ -188,7 +191,8 @@ def particle_radius_px(
 
 
 def default_radii(particle_radius_px_model: float | None) -> dict[str, float | None]:
-    """The paper's radii (model frame) from the particle radius: label, NMS, match distance.
+    """The default radii (model frame) from the particle radius: label (0.3 r), NMS (1.25 r),
+    match distance (1.0 r); see the ``*_PER_PARTICLE_RADIUS`` constants.
 
     Without a particle size only the label radius has a default (3 px, the paper's 3-4).
     """
@@ -349,8 +353,9 @@ def resolve_geometry(
     2. the dataset's suggestion (``dataset``: a simulated dataset.yaml's ``label_radius_px``,
        ``nms_radius_px``, ``match_distance_px``, ``particle_radius_px``, ``pixel_size_a``; all in
        micrograph pixels, so all divided by ``downsample``);
-    3. the paper's defaults from the particle radius (:func:`default_radii`), given as
-       ``particle_diameter_a`` (needs ``pixel_size_a``) or ``particle_diameter_px``;
+    3. the defaults from the particle radius r (:func:`default_radii`: label 0.3 r, NMS 1.25 r,
+       match r), the particle size given as ``particle_diameter_a`` (needs ``pixel_size_a``) or
+       ``particle_diameter_px``;
     4. the label radius alone has a default without a particle size (3 model px).
     """
     factor = check_downsample(downsample, f"{key_prefix}downsample")

@@ -71,7 +71,7 @@ class PUDataModule(pl.LightningDataModule):
     MRC header or dataset.yaml), the particle size as ``particle_diameter_a`` (needs the pixel
     size) or ``particle_diameter_px`` (micrograph pixels), and the model-frame radii
     ``label_radius_px_model``, ``nms_radius_px_model``, ``match_distance_px_model`` (null = the
-    dataset's suggestion, else the paper's defaults from the particle size, see
+    dataset's suggestion, else the defaults from the particle radius r: 0.3 r, 1.25 r, r; see
     :func:`topaz_lightning.geometry.resolve_geometry`). Coordinates are checked for the scale trap
     (already divided by ``downsample``) and converted to the model frame once.
 
