@@ -14,7 +14,8 @@ RUN="$OUT/run_$(date +%Y%m%d_%H%M%S)"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # Only what a user knows is given: the particle diameter in the micrographs' own pixels and the
 # downsampling. The run geometry derives the rest (4x: particle radius 13.5 model px, label
-# radius 4, NMS radius and match distance 13.5 = 54 full-size px) and model.pt carries it to
+# radius 4, NMS radius 1.25 r = 16.9 (67.5 full-size px), match distance 13.5 = 54 full-size px)
+# and model.pt carries it to
 # tzl-pick and tzl-evaluate.
 DOWNSAMPLE=4
 PARTICLE_DIAMETER_PX=108
@@ -35,7 +36,7 @@ echo "== 1/3 train conv31 + GE-binomial on 3 micrographs for $STEPS steps (4x do
   callbacks.held_out_picking.every_n_steps="$EVERY" \
   hydra.run.dir="$RUN/train"
 
-# tzl-pick's defaults (docs/accuracy.md): NMS radius 1.0 particle radius from model.pt, and picks
+# tzl-pick's defaults (docs/accuracy.md): NMS radius 1.25 particle radii from model.pt, and picks
 # on the striped bands along these micrographs' edges are dropped (border_bands=true)
 echo "== 2/3 pick the held-out micrograph (coordinates written at full size)"
 "$BIN/tzl-pick" model_path="$RUN/train/model.pt" micrographs="$SRC/images" subset="$RUN/test.txt" \
