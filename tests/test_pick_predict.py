@@ -232,3 +232,29 @@ def test_corrupt_micrograph_is_skipped_and_reported(data, tmp_path):
     with pytest.raises(PartialFailureError):
         _pick(data, "bad", *base)
     pd.testing.assert_frame_equal(pd.read_csv(out / "picks.tsv", sep="\t"), written)
+
+
+def test_top_k_is_taken_after_the_band_mask(monkeypatch):
+    """particles_per_micrograph=k gives k picks outside the masked bands, not k minus the
+    masked ones (the mask used to be applied after the top k)."""
+    from topaz_lightning.picking import predict
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(96, 96)).astype(np.float32)
+    image[:12] = image[12]  # a striped band along the top edge: rows repeat their neighbour
+    score = np.full((96, 96), -10.0, dtype=np.float32)
+    peaks = [(5, 20, 9.0), (6, 60, 8.0), (40, 30, 5.0), (60, 70, 4.0), (80, 20, 3.0)]
+    for row, col, value in peaks:
+        score[row, col] = value
+    monkeypatch.setattr(predict, "score_micrograph", lambda *args, **kwargs: score)
+
+    def pick(bands: bool) -> pd.DataFrame:
+        settings = predict.PickSettings(
+            nms_radius_px_model=4.0, max_picks=3, border_bands=bands, border_padding_px_model=2.0
+        )
+        return predict.pick_micrograph(None, image, settings, name="m").picks
+
+    masked = pick(True)
+    assert masked["score"].tolist() == [5.0, 4.0, 3.0]
+    assert (masked["y"] > 12).all()
+    assert pick(False)["score"].tolist() == [9.0, 8.0, 5.0]

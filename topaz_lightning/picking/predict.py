@@ -118,7 +118,6 @@ def pick_micrograph(
         score_map,
         settings.nms_radius_px_model,
         threshold=settings.threshold,
-        max_picks=settings.max_picks,
         nms_boundary=settings.nms_boundary,
     )
     picks = drop_masked_picks(
@@ -128,6 +127,9 @@ def pick_micrograph(
         margin=settings.border_margin_px_model,
         band_padding=settings.border_padding_px_model,
     )
+    if settings.max_picks is not None:
+        # the top k AFTER the mask, so a micrograph with masked bands still gets k picks
+        picks = picks.head(int(settings.max_picks)).reset_index(drop=True)
     picks = coordinates_to_micrograph_frame(picks, settings.downsample)
     if settings.keep_score_map and settings.scoring == "coarse_to_fine":
         score_map = fill_unscored(score_map)  # no -inf in saved maps and pictures
