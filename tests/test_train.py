@@ -425,3 +425,12 @@ def test_readme_files_example_on_the_sample_data(cfg_train):
     nms = NMS_RADIUS_PER_PARTICLE_RADIUS * 13.5  # 1.25 r = 16.875 model px
     assert (g["label_radius_px_model"], g["nms_radius_px_model"]) == (4, nms)
     assert g["match_distance_px_model"] == 13.5 and g["num_labeled_particles"] == 100
+
+
+def test_few_labels_hint_flags_long_runs_on_very_few_labels():
+    from topaz_lightning.train import few_labels_hint
+
+    assert "max_steps=50000" in few_labels_hint(10, 50000)
+    assert few_labels_hint(10, 2000) is None  # short enough
+    assert few_labels_hint(100, 50000) is None  # 100 labels still gained at 10k steps
+    assert few_labels_hint(None, 50000) is None  # all labels
