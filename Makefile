@@ -47,9 +47,11 @@ bench-topaz: install
 	$(BIN)/python scripts/bench_topaz.py $(BENCH_TOPAZ_ARGS)
 
 # leave-one-micrograph-out accuracy study on the real sample data plus the simulated presets
-# (every setting of scripts/accuracy_study.py: about 10 CPU-core hours; resumable, so it can be
-# stopped and rerun; docs/accuracy.md): trains, picks, evaluates, then the tzl-report table and
-# the lever tables. One lever: scripts/accuracy_study.py --only <setting>
+# (every setting of scripts/accuracy_study.py; docs/accuracy.md). Resumable: stop and rerun at
+# will. The settings run so far took about 7 CPU-core hours on this 2-core EPYC (5.0 of them the
+# 64 timed training runs); resnet16 and piauto, not run yet, add about 2. It trains, picks,
+# evaluates, then writes the tzl-report table and the lever tables. One lever:
+# scripts/accuracy_study.py --only <setting>
 accuracy: install
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/accuracy_study.py --out accuracy_out --simulated
 
