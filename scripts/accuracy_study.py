@@ -771,6 +771,22 @@ SIM_JOBS: list[tuple[TrainSetting, tuple[str, ...]]] = [
             ("shapiro_like", 0),
         )
     ],
+    # empiar10096_like seed 0 had all labels below 100 labels: two more seeds at 100 and all
+    *[
+        (
+            TrainSetting(
+                f"sim_empiar10096_like_seed{k}_1k",
+                steps=1000,
+                simulated=True,
+                folds=(0,),
+                labeled_seed=k,
+                seed=k,
+                preset="empiar10096_like",
+            ),
+            ("100", "all"),
+        )
+        for k in (1, 2)
+    ],
 ]
 
 
@@ -1400,7 +1416,7 @@ def sim_tables(jobs: pd.DataFrame) -> str:
     rows = []
     for preset, trains in (
         ("demo", ("sim_base1k", "sim_demo_seed1_1k", "sim_demo_seed2_1k")),
-        ("empiar10096_like", ("sim_empiar10096_like_seed0_1k",)),
+        ("empiar10096_like", tuple(f"sim_empiar10096_like_seed{k}_1k" for k in range(3))),
         ("shapiro_like", ("sim_shapiro_like_seed0_1k",)),
     ):
         rows.append((f"{preset}, NMS 1.0 r", trains, "raw_norm-pick_nms1.00r", None))
