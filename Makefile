@@ -48,9 +48,10 @@ bench-topaz: install
 
 # leave-one-micrograph-out accuracy study on the real sample data plus the simulated presets
 # (every setting of scripts/accuracy_study.py; docs/accuracy.md). Resumable: stop and rerun at
-# will. The settings run so far took about 7 CPU-core hours on this 2-core EPYC (5.0 of them the
-# 64 timed training runs); resnet16 and piauto, not run yet, add about 2. It trains, picks,
-# evaluates, then writes the tzl-report table and the lever tables. One lever:
+# will. On this 2-core EPYC the 64 timed training runs took 5.0 CPU-core hours (the sum of
+# accuracy_out/train/*/*/fold*.seconds); scoring, the untimed first-pass runs and the settings
+# not run yet (resnet16_1k, piauto_1k) come on top. It trains, picks, evaluates, then writes the
+# tzl-report table and the lever tables. One lever:
 # scripts/accuracy_study.py --only <setting>
 accuracy: install
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/accuracy_study.py --out accuracy_out --simulated

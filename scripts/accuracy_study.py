@@ -34,10 +34,12 @@ import numpy as np
 import pandas as pd
 
 from topaz_lightning.geometry import (
+    NMS_RADIUS_PER_PARTICLE_RADIUS,
     coordinates_to_micrograph_frame,
     coordinates_to_model_frame,
     to_micrograph_px,
 )
+from topaz_lightning.picking.border import border_padding_px_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -673,7 +675,11 @@ NMS_GRID = (0.5, 0.6, 0.7, 0.8, 12 / R, 1.0, 1.1, 1.25, 1.5)
 
 #: tzl-pick's defaults: NMS 1.25 r (geometry.NMS_RADIUS_PER_PARTICLE_RADIUS) and the band mask
 #: widened by half the NMS radius (picking.border.border_padding_px_model)
-DEFAULTS = {"nms": 1.25, "bands": True, "band_padding": 0.5 * 1.25 * R}
+DEFAULTS = {
+    "nms": NMS_RADIUS_PER_PARTICLE_RADIUS,
+    "bands": True,
+    "band_padding": border_padding_px_model(None, NMS_RADIUS_PER_PARTICLE_RADIUS * R),
+}
 
 
 def pick_settings(ckpts: list[int], labels: str, tta: bool = False) -> list[PickSetting]:
@@ -942,6 +948,21 @@ def _cell(values: pd.Series) -> str:
 METRICS = (("aupr", "AUPR"), ("precision@0.9", "P@R0.9"), ("best_f1", "best F1"))
 
 
+def _select(
+    jobs: pd.DataFrame, train: str | tuple[str, ...], core: str, steps: int | str | None
+) -> pd.DataFrame:
+    """Evaluations of ``train`` (one setting, or several pooled: n = folds x settings) picked
+    as ``core`` at checkpoint ``steps`` (None = the run's last; a number = that checkpoint,
+    whether or not it was the run's last)."""
+    trains = [train] if isinstance(train, str) else list(train)
+    sel = jobs["train"].isin(trains) & (jobs["pick_core"] == core)
+    if steps is None:
+        sel &= jobs["pick"].astype(str).str.startswith("slast")
+    else:
+        sel &= pd.to_numeric(jobs["steps"], errors="coerce") == int(steps)
+    return jobs[sel]
+
+
 def lever_table(
     jobs: pd.DataFrame,
     rows: list[tuple[str, str, str, str | None]],
@@ -955,14 +976,7 @@ def lever_table(
     header += list(extra)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, train, core, steps in rows:
-        # several training settings (e.g. seeds) pool into one row: n = folds x settings
-        trains = [train] if isinstance(train, str) else list(train)
-        sel = jobs["train"].isin(trains) & (jobs["pick_core"] == core)
-        if steps is None:
-            sel &= jobs["pick"].astype(str).str.startswith("slast")
-        else:  # that checkpoint, whether or not it was the run's last
-            sel &= pd.to_numeric(jobs["steps"], errors="coerce") == int(steps)
-        part = jobs[sel]
+        part = _select(jobs, train, core, steps)
         if part.empty:
             continue
         cells = [label]
@@ -1145,16 +1159,6 @@ def step_choice(jobs: pd.DataFrame, train: str, labels: str, core: str = DEFAULT
         f"| (steps chosen on the other folds, per fold: {', '.join(map(str, chosen))}) | | |"
     )
     return "\n".join(lines)
-
-
-def _select(jobs: pd.DataFrame, train: str, core: str, steps: int | None) -> pd.DataFrame:
-    """Evaluations of ``train`` picked as ``core`` at checkpoint ``steps`` (None = the last)."""
-    sel = (jobs["train"] == train) & (jobs["pick_core"] == core)
-    if steps is None:
-        sel &= jobs["pick"].astype(str).str.startswith("slast")
-    else:
-        sel &= pd.to_numeric(jobs["steps"], errors="coerce") == int(steps)
-    return jobs[sel]
 
 
 def paired(
