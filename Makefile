@@ -48,7 +48,7 @@ bench-topaz: install
 
 # leave-one-micrograph-out accuracy study on the real sample data plus the simulated presets
 # (every setting of scripts/accuracy_study.py; docs/accuracy.md). Resumable: stop and rerun at
-# will. On this 2-core EPYC the 64 timed training runs took 5.0 CPU-core hours (the sum of
+# will. On this 2-core EPYC the 69 timed training runs took 5.1 CPU-core hours (the sum of
 # accuracy_out/train/*/*/fold*.seconds); scoring, the untimed first-pass runs and the settings
 # not run yet (resnet16_1k, piauto_1k) come on top. It trains, picks, evaluates, then writes the
 # tzl-report table and the lever tables. One lever:
