@@ -230,7 +230,7 @@ def test_tzl_pick_nms_boundary_option(monkeypatch):
     counts = {}
     for boundary in ("keep", "suppress"):
         settings = predict.PickSettings(
-            nms_radius_px_model=10, threshold=0.5, nms_boundary=boundary
+            nms_radius_px_model=10, threshold=0.5, nms_boundary=boundary, border_bands=False
         )
         counts[boundary] = len(predict.pick_micrograph(None, score_map, settings, "m").picks)
     assert counts == {"keep": 2, "suppress": 1}

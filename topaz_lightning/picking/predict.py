@@ -18,7 +18,6 @@ Under ``trainer=ddp`` Lightning's distributed sampler shards the dataset over th
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from topaz_lightning.geometry import coordinates_to_micrograph_frame
 from topaz_lightning.picking.border import drop_masked_picks
 from topaz_lightning.picking.pick import PICK_COLUMNS, picks_from_score_map
 from topaz_lightning.picking.scoring import fill_unscored, score_micrograph
+from topaz_lightning.picking.settings import PickSettings
 from topaz_lightning.utils.atomic import atomic_output
 
 PART_SUFFIX = ".tsv"
@@ -47,37 +47,6 @@ _PART_HEADER = ["image_name", "x_coord", "y_coord", "score"]
 
 # ------------------------------------------------------------------------------------------------
 # one micrograph -> picks
-
-
-@dataclass(frozen=True)
-class PickSettings:
-    """What turns one preprocessed micrograph into picks (plain values; see configs/pick.yaml)."""
-
-    #: NMS keeps picks at least this far apart (model frame)
-    nms_radius_px_model: float
-    #: a candidate exactly the radius from a pick: "keep" (ours) | "suppress" (Topaz's)
-    nms_boundary: str = "keep"
-    #: logit threshold (picks with a lower score are dropped)
-    threshold: float = -math.inf
-    #: keep at most the best k picks per micrograph
-    max_picks: int | None = None
-    #: the model frame's downsampling factor: coordinates are multiplied by it on the way out
-    downsample: float = 1.0
-    #: output pixels per tile side when scoring (bounds memory; identical results)
-    tile_size: int | None = 1024
-    #: dense | coarse_to_fine (picking.scoring: the same picks above the level, fewer FLOPs)
-    scoring: str = "dense"
-    #: coarse_to_fine level (logit) when there is no threshold; None = scoring.DEFAULT_LEVEL
-    scoring_level: float | None = None
-    #: 1 | 8: average the logits over the 8 rotations/mirrors of each patch
-    tta: int = 1
-    #: keep the dense score map in the result (to save or plot it)
-    keep_score_map: bool = False
-    #: drop picks on striped bands detected along the edges (picking.border), widened inwards
-    #: by border_padding_px_model, and within border_margin_px_model of any edge (model frame)
-    border_bands: bool = False
-    border_padding_px_model: float = 0.0
-    border_margin_px_model: float = 0.0
 
 
 @dataclass
