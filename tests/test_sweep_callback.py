@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.test_report import _kfold_sweep
-from topaz_lightning.callbacks.sweep import SweepReport, refit_overrides
+from topaz_lightning.callbacks.sweep import SweepReport, refit_overrides, sweep_keys
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = str(REPO / "configs")
@@ -130,3 +130,58 @@ def test_pi_kfold_sweep_ends_with_ranking_and_refit(tmp_path):
     refit_cfg = yaml.safe_load((tmp_path / "sweep" / "refit" / "config.yaml").read_text())
     assert refit_cfg["data"]["pi"] == best["setting"]["data.pi"]
     assert refit_cfg["data"]["num_folds"] is None
+
+
+def test_sweep_keys_come_from_hydras_parser_not_commas():
+    task = [
+        "hparams_search=pi_kfold",
+        "data.val_list=null",
+        "data.train_list=[a,b,c]",
+        "data.pi=0.01,0.03",
+        "seed=range(0,3)",
+        "objective=choice(pn,nnpu)",
+        "trainer.max_steps=60",
+    ]
+    params = {"data.pi": "0.01,0.02", "data.fold": "range(0,5)", "data.labeled_seed": "7"}
+    swept, fixed = sweep_keys(task, OmegaConf.create(params))
+    assert swept == ["data.pi", "seed", "objective", "data.fold"]
+    assert "data.train_list" not in swept and "data.val_list" not in swept
+    # a one-value sweeper param reaches the jobs without being on the command line
+    assert fixed == ["data.labeled_seed=7"]
+
+
+def test_refit_keeps_a_list_valued_training_list(tmp_path, monkeypatch):
+    """Regression (issue 19): the list override used to be taken for a sweep and dropped, so the
+    refit trained on every micrograph, the held-out one included."""
+    sweep = _kfold_sweep(tmp_path)
+    task = [
+        "hparams_search=pi_kfold",
+        "data.val_list=null",
+        "data.train_list=[a,b,c]",
+        "data.pi=0.01,0.03,0.1",
+        "data.fold=0,1",
+        "data.num_folds=2",
+        "refit=true",
+    ]
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "sweep": {"dir": str(sweep)},
+                "overrides": {"task": task},
+                "sweeper": {"params": {"data.fold": "range(0,2)"}},
+            }
+        }
+    )
+    calls = []
+
+    def fake_run(cmd, check):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr("topaz_lightning.callbacks.sweep.subprocess.run", fake_run)
+    SweepReport(group_by=["data.pi"], metric=["val/aupr"], refit=True).on_multirun_end(config)
+    (cmd,) = calls
+    overrides = cmd[3:]
+    assert "data.train_list=[a,b,c]" in overrides and "data.val_list=null" in overrides
+    assert "data.pi=0.03" in overrides
+    assert not any(o.startswith(("data.fold=0,", "hparams_search", "refit")) for o in overrides)

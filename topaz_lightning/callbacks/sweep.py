@@ -41,8 +41,55 @@ def _names(value: Any) -> list[str]:
     return [str(value)]
 
 
+def _parse(texts: Sequence[str]) -> list[Any]:
+    """Hydra's own parse of command-line overrides (``Override`` objects)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([str(t) for t in texts])
+
+
 def _override_key(text: str) -> str:
-    return text.split("=", 1)[0].lstrip("+~").strip()
+    """The key (or config group) an override sets, as Hydra parses it (``+``/``++``/``~`` off)."""
+    return str(_parse([text])[0].key_or_group)
+
+
+def sweep_keys(
+    task_overrides: Sequence[str], sweeper_params: Any = None
+) -> tuple[list[str], list[str]]:
+    """The swept keys of a multirun and the sweeper's fixed settings, from Hydra's parser.
+
+    ``task_overrides``: ``hydra.overrides.task`` (the command line); ``sweeper_params``:
+    ``hydra.sweeper.params`` (the sweep written in a config, e.g. ``hparams_search/pi_kfold``).
+    An override is swept when Hydra parses it as a sweep (``a,b``, ``range(..)``,
+    ``choice(..)``, ``glob(..)``): a list value such as ``data.train_list=[a,b,c]`` is one
+    setting, never a sweep, although its text holds commas. Returns ``(swept, fixed)`` where
+    ``fixed`` are the sweeper params with a single value, as overrides (they reach the jobs but
+    not ``hydra.overrides.task``, so a refit must restate them).
+    """
+    swept: list[str] = []
+    fixed: list[str] = []
+    for override in _parse(task_overrides):
+        if override.is_sweep_override() and override.key_or_group not in swept:
+            swept.append(str(override.key_or_group))
+    command_line = {str(o.key_or_group) for o in _parse(task_overrides)}
+    params = dict(params_items(sweeper_params))
+    for override in _parse([f"{key}={value}" for key, value in params.items()]):
+        key = str(override.key_or_group)
+        if override.is_sweep_override():
+            if key not in swept:
+                swept.append(key)
+        elif key not in command_line:
+            fixed.append(override.input_line)
+    return swept, fixed
+
+
+def params_items(params: Any) -> list[tuple[str, str]]:
+    """``hydra.sweeper.params`` as (key, sweep text) pairs (a DictConfig, dict or None)."""
+    if params is None:
+        return []
+    if isinstance(params, DictConfig):
+        params = OmegaConf.to_container(params, resolve=False)
+    return [(str(k), str(v)) for k, v in dict(params).items()]
 
 
 def refit_overrides(
@@ -155,13 +202,11 @@ class SweepReport(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         run_dir = sweep_dir / "refit"
         task = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[])]
-        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-        swept = [
-            *summary.get("group_by", []),
-            *(str(k) for k in params),
-            *(_override_key(o) for o in task if "," in o.split("=", 1)[-1] or "range(" in o),
-        ]
-        overrides = refit_overrides(task, summary["setting"], swept, run_dir)
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        swept, fixed = sweep_keys(task, params)
+        overrides = refit_overrides(
+            [*task, *fixed], summary["setting"], [*summary.get("group_by", []), *swept], run_dir
+        )
         cmd = [sys.executable, "-m", "topaz_lightning.cli.train", *overrides]
         print("Refit on all training micrographs: tzl-train " + shlex.join(overrides), flush=True)
         result = subprocess.run(cmd, check=False)
