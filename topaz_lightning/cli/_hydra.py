@@ -117,6 +117,47 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
                 print(f"error: {user_error}", file=sys.stderr)
                 sys.exit(EXIT_USER_ERROR)
 
-        return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run)
+        hydra_main = hydra.main(
+            version_base="1.3", config_path=CONFIG_DIR, config_name=config_name
+        )(run)
+
+        @functools.wraps(fn)
+        def main() -> None:
+            from topaz_lightning.cli.overrides import (
+                check_added_keys,
+                check_output_locations,
+                command_line_overrides,
+                composition_error,
+                runs_a_job,
+            )
+
+            argv = sys.argv[1:]
+            try:
+                # before Hydra creates the run directory and its log file
+                if runs_a_job(argv):
+                    check_output_locations(argv)
+                check_added_keys(config_name, command_line_overrides(argv))
+            except USER_ERRORS as err:
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(EXIT_USER_ERROR)
+            # Hydra's composition errors come back to us as exceptions (one line, exit 2)
+            # instead of its several-line advice with exit 1
+            previous = os.environ.get("HYDRA_FULL_ERROR")
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+            try:
+                hydra_main()
+            except Exception as err:
+                user_error = composition_error(config_name, err, command_line_overrides(argv))
+                if user_error is None:
+                    raise
+                print(f"error: {user_error}", file=sys.stderr)
+                sys.exit(EXIT_USER_ERROR)
+            finally:
+                if previous is None:
+                    os.environ.pop("HYDRA_FULL_ERROR", None)
+                else:
+                    os.environ["HYDRA_FULL_ERROR"] = previous
+
+        return main
 
     return decorate
