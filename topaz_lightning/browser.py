@@ -40,6 +40,7 @@ log = logging.getLogger("topaz_lightning")
 __all__ = [
     "THUMBNAIL_MAX_SIDE_PX",
     "SCORE_DECIMALS",
+    "expected_particles",
     "pick_counts",
     "thumbnail",
     "write_pick_browser",
@@ -59,6 +60,18 @@ MAX_CURVE_POINTS = 1000
 HISTOGRAM_BINS = 60
 #: colour of picks on micrographs without true particles
 PICK_COLOR = "#ffd400"
+
+
+def expected_particles(
+    pi: float, shape_px: tuple[int, int], downsample: float, label_radius_px_model: float
+) -> float:
+    """Particles expected on a micrograph of ``shape_px`` (H, W, micrograph frame) from the
+    model's prior: ``pi * (H / downsample) * (W / downsample) / disk_area(label_radius_px_model)``,
+    the inverse of ``data.prior.pi_from_particles_per_micrograph``."""
+    from topaz_lightning.geometry import disk_area
+
+    h_model, w_model = shape_px[0] / downsample, shape_px[1] / downsample
+    return float(pi) * h_model * w_model / disk_area(label_radius_px_model)
 
 
 def _check_picks(picks: pd.DataFrame, name: str, need_score: bool) -> pd.DataFrame:
@@ -221,6 +234,7 @@ def write_pick_browser(
     downsample_for_thumbnail: int | None = None,
     overwrite: bool = False,
     threshold: float | None = None,
+    expected_source: str = "the model's pi",
     title: str = "topaz-lightning picks",
     description: str | None = None,
 ) -> Path:
@@ -234,7 +248,8 @@ def write_pick_browser(
     ``truth``: DataFrame[micrograph, x, y] of true particles; micrographs with none are shown
     without colours and left out of the precision-recall numbers. ``match_distance_px`` defaults
     to the particle radius. ``threshold``: the page's starting threshold (default: the score
-    that keeps the expected number of picks in all, else every pick). Written atomically; an
+    that keeps the expected number of picks in all, else every pick). ``expected_source`` says
+    where the expected count comes from, beside it on the page. Written atomically; an
     existing file is refused unless ``overwrite``. Returns the written path.
     """
     from topaz_lightning.metrics import match_picks, precision_recall_curve
@@ -374,6 +389,7 @@ def write_pick_browser(
         "particle_diameter_px": diameter,
         "match_distance_px": match_distance if truth_groups else None,
         "threshold": round(float(threshold), SCORE_DECIMALS),
+        "expected_source": str(expected_source),
         "page_size": PAGE_SIZE,
         "colors": {
             "pick": PICK_COLOR,
@@ -459,8 +475,10 @@ figure { margin: 0; } figcaption { font-size: .8em; color: #555; }
 #legend i { display: inline-block; width: .9em; height: .9em; border-radius: 50%;
   border: 2px solid; margin-right: .3em; vertical-align: middle; }
 #pager { margin: .5em 0; } #pager span { margin: 0 1em; }
-#grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: .8em; }
-.card { background: #fff; border: 1px solid #ddd; padding: .3em; }
+#grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: .8em; }
+.card { background: #fff; border: 1px solid #ddd; padding: .3em; cursor: zoom-in; }
+.card.wide { grid-column: 1 / -1; cursor: zoom-out; }
+.card.wide canvas { width: min(100%, 1024px); margin: auto; }
 .card canvas { width: 100%; height: auto; display: block; background: #000; }
 .card .name { font-size: .8em; word-break: break-all; margin: .2em 0; }
 .card .count { font-size: .85em; }
@@ -658,6 +676,8 @@ _SCRIPT = r"""
     for (let i = start; i < Math.min(M.length, start + D.page_size); i++) {
       const m = M[i], el = make("div", "card");
       el.dataset.index = i;
+      el.title = "click to enlarge / shrink";
+      el.addEventListener("click", () => el.classList.toggle("wide"));
       const canvas = make("canvas");
       canvas.width = Math.floor(m.width / m.factor); canvas.height = Math.floor(m.height / m.factor);
       const name = text(make("div", "name"), m.name);
@@ -691,7 +711,7 @@ _SCRIPT = r"""
     text(totalEl, total + " picks on " + M.length + " micrographs");
     totalEl.dataset.count = total;
     const expEl = $("total-expected");
-    text(expEl, haveExpected ? "(expected " + fmt(expectedTotal) + " from the model's pi)" : "");
+    text(expEl, haveExpected ? "(expected " + fmt(expectedTotal) + " from " + D.expected_source + ")" : "");
     if (hasTruth) {
       const precision = matched + falses > 0 ? matched / (matched + falses) : 1;
       const recall = truthTotal > 0 ? matched / truthTotal : 0;
