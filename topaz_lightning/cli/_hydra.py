@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from topaz_lightning.cli.overrides import CONFIG_DIR
 from topaz_lightning.errors import (
     EXIT_PARTIAL_FAILURE,
     EXIT_USER_ERROR,
@@ -20,9 +21,6 @@ from topaz_lightning.errors import (
     OutputExistsError,
     PartialFailureError,
 )
-
-# topaz_lightning/configs: in a checkout a link to the top-level configs/, in a wheel a copy of it
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 log = logging.getLogger("topaz_lightning")
 

@@ -83,9 +83,11 @@ def check_output_directory(path: Path, key: str) -> None:
 # unknown keys
 
 
-def _config_dir() -> Path:
-    from topaz_lightning.cli._hydra import CONFIG_DIR
+#: topaz_lightning/configs: in a checkout a link to the top-level configs/, in a wheel a copy of it
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
+
+def _config_dir() -> Path:
     return Path(CONFIG_DIR)
 
 
