@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from topaz_lightning.errors import InputError
 from topaz_lightning.geometry import MAX_COORDINATE_PX
 from topaz_lightning.io.coordinates import read_coordinates
-from topaz_lightning.io.micrographs import read_micrograph, write_micrograph
+from topaz_lightning.io.formats.common import MAX_ABS_SCORE, control_characters
+from topaz_lightning.io.micrographs import MAX_PIXEL_MAGNITUDE, read_micrograph, write_micrograph
 from topaz_lightning.utils.atomic import safe_output_name
 
 FAST = int(os.environ.get("TZL_FUZZ_EXAMPLES", "30"))
@@ -76,8 +77,10 @@ def _render(fmt: str, rows) -> str:
 SUFFIX = {"tsv": ".tsv", "csv": ".csv", "cryoppp": ".csv", "box": ".box", "star": ".star", "star31": ".star"}  # fmt: skip
 FORMATS = list(SUFFIX)
 
-BAD_NUMBERS = ["nan", "NaN", "inf", "-inf", "1e308", "-1e308", "1e7", "-5", "-0.5", "", "0x10", "1e-400", "9" * 400]  # fmt: skip
-BAD_NAMES = ["../../ESCAPED", "/abs/path", "a/b", "..", ".", ""]
+BAD_NUMBERS = ["nan", "NaN", "inf", "-inf", "1e308", "-1e308", "1e7", "-5", "-0.5", "", "0x10", "1e-400", "9" * 400, "1.2e11", "3.4e38", "-3.4e38", "1e31", "1.7976931348623157e308"]  # fmt: skip
+# control characters and line separators: a name holding one would split the rows it is written to
+CONTROL = ["\t", "\x0b", "\x0c", "\r", "\x1b", "\x1c", "\x1f", "\x7f", "\x85", "\u2028"]
+BAD_NAMES = ["../../ESCAPED", "/abs/path", "a/b", "..", ".", ""] + [f"mic{c}1" for c in CONTROL]
 
 
 @st.composite
@@ -130,9 +133,12 @@ def _check_table(df) -> None:
         assert np.isfinite(values).all(), f"non-finite {column} returned"
         assert ((values >= 0) & (values <= MAX_COORDINATE_PX)).all(), f"{column} out of range"
     if "score" in df.columns:
-        assert np.isfinite(df["score"].to_numpy(dtype=np.float64)).all(), "non-finite score"
+        scores = df["score"].to_numpy(dtype=np.float64)
+        assert np.isfinite(scores).all(), "non-finite score"
+        assert (np.abs(scores) <= MAX_ABS_SCORE).all(), "absurd score returned"
     for name in df["micrograph"]:
         safe_output_name(name)  # raises if a name could leave an output directory
+        assert not control_characters(name), f"name {name!r} with a control character returned"
 
 
 def _read_coordinate_bytes(fmt: str, raw: bytes) -> None:
@@ -175,7 +181,7 @@ def test_coordinate_readers_random_bytes(raw, suffix):
         _check_table(df)
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "-1", "2e6"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "-1", "2e6", "1.2e11", "1e300"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_reader_refuses_bad_values_with_the_line(tmp_path, fmt, value):
     """The deterministic core of the fuzz property: one bad x is refused, naming where."""
@@ -205,6 +211,8 @@ HEADER_FIELDS = {
     64: "mapc", 68: "mapr", 72: "maps", 92: "nsymbt", 208: "map", 212: "machst",
 }  # fmt: skip
 INT_VALUES = [0, 1, 2, 3, 4, 6, 12, 16, 101, -1, 2**31 - 1, 7, 13, 1024]
+# finite float32 values that turn inf after any arithmetic (3.4e38 is float32's largest)
+HUGE_PIXELS = [3.4e38, -3.4e38, 1e31, -2e35]
 
 
 def _valid_mrc(dtype: str, shape: tuple[int, int], seed: int) -> bytes:
@@ -228,7 +236,7 @@ def mutated_mrc(draw) -> bytes:
     shape = (draw(st.integers(1, 12)), draw(st.integers(1, 12)))
     raw = bytearray(_valid_mrc(dtype, shape, draw(st.integers(0, 3))))
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["field", "truncate", "append", "bytes", "nan"]))
+        kind = draw(st.sampled_from(["field", "truncate", "append", "bytes", "nan", "huge"]))
         if kind == "field":
             offset = draw(st.sampled_from(sorted(HEADER_FIELDS)))
             raw[offset : offset + 4] = struct.pack("<i", draw(st.sampled_from(INT_VALUES)))
@@ -243,6 +251,9 @@ def mutated_mrc(draw) -> bytes:
         elif kind == "nan" and len(raw) >= 1028:
             pos = 1024 + 4 * draw(st.integers(0, (len(raw) - 1028) // 4))
             raw[pos : pos + 4] = struct.pack("<f", draw(st.sampled_from([np.nan, np.inf, -np.inf])))  # fmt: skip
+        elif kind == "huge" and len(raw) >= 1028:
+            pos = 1024 + 4 * draw(st.integers(0, (len(raw) - 1028) // 4))
+            raw[pos : pos + 4] = struct.pack("<f", draw(st.sampled_from(HUGE_PIXELS)))
     return bytes(raw)
 
 
@@ -258,6 +269,7 @@ def _read_mrc_bytes(raw: bytes) -> None:
                 return
         assert image.ndim == 2 and image.dtype == np.float32 and image.size > 0
         assert np.isfinite(image).all()
+        assert float(np.abs(image).max()) <= MAX_PIXEL_MAGNITUDE
         nx, ny, nz, mode = struct.unpack("<4i", raw[:16])
         nsymbt = struct.unpack("<i", raw[92:96])[0]
         itemsize = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}[mode]
@@ -316,3 +328,108 @@ def test_huge_extended_header_is_refused_without_reading_it(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(InputError, match="extended header of 2147483647 bytes"):
         read_micrograph(path)
+
+
+# ------------------------------------------------------------------------------ issue 18's garbage
+
+
+@pytest.mark.parametrize("value", [3.4e38, -3.4e38, 1.0e31])
+def test_huge_finite_pixels_are_refused_naming_the_file(tmp_path, value):
+    """Pixels near float32's limit are finite but turn inf after any arithmetic."""
+    path = tmp_path / "m.mrc"
+    image = np.ones((8, 10), np.float32)
+    image[3, 4] = value
+    write_micrograph(path, image)
+    with pytest.raises(InputError, match=r"magnitude above 1e\+30 \(first at x=4, y=3") as err:
+        read_micrograph(path)
+    assert str(path) in str(err.value)
+
+
+def test_pixels_at_the_bound_stay_finite_through_preprocessing(tmp_path):
+    """The bound is low enough: an image at +-MAX_PIXEL_MAGNITUDE is read and every
+    preprocessing (Fourier downsampling, GMM, standardize) keeps it finite."""
+    from topaz_lightning.preprocess.pipeline import NORMALIZATIONS, preprocess_images
+
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.standard_normal((64, 64)), -1, 1) * MAX_PIXEL_MAGNITUDE
+    path = tmp_path / "m.mrc"
+    write_micrograph(path, image.astype(np.float32))
+    read = read_micrograph(path)
+    for normalize in NORMALIZATIONS:
+        out = preprocess_images({"m": read, "n": read[::-1].copy()}, 2.0, normalize)
+        assert all(np.isfinite(v).all() for v in out.values()), normalize
+
+
+def test_unset_axis_order_is_read_as_standard_with_a_warning(tmp_path):
+    """MAPC/MAPR/MAPS = 0,0,0 is outside MRC2014: read as 1,2,3, saying so with the file."""
+    path = tmp_path / "m.mrc"
+    image = np.arange(80, dtype=np.float32).reshape(8, 10)
+    write_micrograph(path, image)
+    raw = bytearray(path.read_bytes())
+    raw[64:76] = struct.pack("<3i", 0, 0, 0)
+    path.write_bytes(bytes(raw))
+    with pytest.warns(RuntimeWarning, match=r"unset \(0, 0, 0\); read as 1, 2, 3") as caught:
+        out = read_micrograph(path)
+    assert str(path) in str(caught[0].message)
+    np.testing.assert_array_equal(out, image)  # no transpose
+
+
+@pytest.mark.parametrize("axes", [(0, 0, 3), (1, 1, 3), (3, 2, 1), (0, 2, 3)])
+def test_other_axis_orders_are_refused(tmp_path, axes):
+    path = tmp_path / "m.mrc"
+    write_micrograph(path, np.ones((8, 10), np.float32))
+    raw = bytearray(path.read_bytes())
+    raw[64:76] = struct.pack("<3i", *axes)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="axis order") as err:
+        read_micrograph(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("char", CONTROL)
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "star", "star31"])
+def test_control_characters_in_names_are_refused_with_the_line(tmp_path, fmt, char):
+    """A name with a tab, escape, line separator... is refused at read, naming file and line."""
+    text = _render(fmt, [("mic_1", 10.0, 20.0, 1.0), ("mic_2", 30.0, 40.0, 2.0)])
+    name = f"mic{char}2"
+    if fmt in ("star", "star31") or (fmt == "csv" and char in "\r\x85\u2028"):
+        name = f'"{name}"'  # quoted: the STAR and CSV parsers keep it as one field
+    if fmt == "tsv" and char == "\t":
+        pytest.skip("a tab is the TSV separator: the row gets an extra field instead")
+    path = tmp_path / f"picks{SUFFIX[fmt]}"
+    path.write_bytes(text.replace("mic_2", name, 1).encode())
+    with pytest.raises(InputError) as err:
+        read_coordinates(path)
+    message = str(err.value)
+    # refused naming the file and line; a STAR parser that chokes on the character itself says so
+    assert str(path) in message, message
+    assert "line" in message or "cannot parse STAR file" in message, message
+
+
+def test_star_name_with_a_quoted_newline_is_refused_with_the_line(tmp_path):
+    """The issue's case: a quoted newline in _rlnMicrographName was read and split a TSV row."""
+    text = _render("star", [("mic_1", 10.0, 20.0, 1.0), ("mic_2", 30.0, 40.0, 2.0)])
+    path = tmp_path / "picks.star"
+    path.write_text(text.replace("mic_2.mrc", '"mic\n2.mrc"'))
+    line = text.split("\n").index(next(ln for ln in text.split("\n") if ln.startswith("mic_2")))
+    with pytest.raises(InputError, match="control character") as err:
+        read_coordinates(path)
+    assert f"line {line + 1}" in str(err.value) and "row 2" in str(err.value)
+
+
+@pytest.mark.parametrize("char", ["\n", "\t", "\x1b"])
+def test_file_names_with_control_characters_are_refused(tmp_path, char):
+    """Box and CryoPPP take the micrograph name from the file name: the same rule holds."""
+    path = tmp_path / f"mic{char}1.box"
+    path.write_text("10\t20\t20\t20\n")
+    with pytest.raises(InputError, match="control character"):
+        read_coordinates(path)
+
+
+@pytest.mark.parametrize("score", ["1e31", "-3e38", "1e308"])
+def test_absurd_scores_are_refused_with_the_line(tmp_path, score):
+    path = tmp_path / "picks.tsv"
+    path.write_text(f"image_name\tx_coord\ty_coord\tscore\nm\t1\t2\t0.5\nm\t3\t4\t{score}\n")
+    with pytest.raises(InputError, match="score") as err:
+        read_coordinates(path)
+    assert "line 3" in str(err.value)

@@ -23,6 +23,12 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 # a voxel size equal to one of these is what software writes when it does not know the pixel size
 UNSET_PIXEL_SIZES = (0.0, 1.0)
 
+#: The largest pixel magnitude read. float32 holds up to 3.4e38, but a value near that limit
+#: turns into inf after any arithmetic (a sum, a square, a Fourier transform); below 1e30 even a
+#: float32 sum over a 4096 x 4096 micrograph (1.7e7 pixels) stays finite. Real micrographs hold
+#: counts or normalized values many orders of magnitude smaller.
+MAX_PIXEL_MAGNITUDE = 1.0e30
+
 
 def micrograph_name(path: str | os.PathLike) -> str:
     """The micrograph's name used in coordinate tables: the file name without directory and extension."""
@@ -60,8 +66,10 @@ def read_micrograph(path: str | os.PathLike) -> np.ndarray:
     (0.299 R + 0.587 G + 0.114 B, alpha dropped) and a warning; micrographs should be grayscale.
 
     Raises ``InputError`` naming the file for: a missing file, an unknown extension, a truncated
-    or corrupt file, a stack or volume with more than one section, an empty image, and NaN/inf
-    pixels.
+    or corrupt file, a stack or volume with more than one section, an empty image, NaN/inf
+    pixels, and pixels beyond +-MAX_PIXEL_MAGNITUDE (1e30), which turn non-finite after any
+    arithmetic. An MRC header with a non-standard axis order is refused; one with MAPC/MAPR/MAPS
+    unset (0, 0, 0) is read in the standard order (x fastest) with a warning naming the file.
     """
     path, ext = _existing_micrograph(path)
     if ext in MRC_EXTENSIONS:
@@ -88,6 +96,17 @@ def _validated(image: np.ndarray, path: Path) -> np.ndarray:
         raise InputError(
             f"{len(bad)} pixel(s) are NaN or infinite (first at x={x}, y={y}); "
             "expected finite values",
+            path=path,
+        )
+    magnitude = np.abs(out)
+    bound = np.float32(MAX_PIXEL_MAGNITUDE)  # compared in float32: the bound itself is read
+    if magnitude.max() > bound:
+        huge = magnitude > bound
+        y, x = np.argwhere(huge)[0]
+        raise InputError(
+            f"{int(huge.sum())} pixel(s) have a magnitude above {MAX_PIXEL_MAGNITUDE:g} (first at "
+            f"x={x}, y={y}: {float(out[y, x]):g}); such values turn non-finite after any "
+            "arithmetic: the file is corrupt or not a micrograph",
             path=path,
         )
     return out
@@ -203,9 +222,17 @@ def _open_permissive(path: Path, strict_err: Exception):
 
 def _check_mrc_header(header, path: Path) -> None:
     """Refuse a non-standard axis order: mrcfile (and we) always read x fastest, so a file whose
-    MAPC/MAPR/MAPS say otherwise would come out transposed. 0,0,0 (unset) counts as standard."""
+    MAPC/MAPR/MAPS say otherwise would come out transposed. 0,0,0 is out of the MRC2014 standard
+    but means "unset" to the writers that leave it: read as 1,2,3, with a warning naming the file."""
     axes = (int(header.mapc), int(header.mapr), int(header.maps))
-    if axes not in ((1, 2, 3), (0, 0, 0)):
+    if axes == (0, 0, 0):
+        warnings.warn(
+            f"{path}: MRC axis order MAPC/MAPR/MAPS is unset (0, 0, 0); read as 1, 2, 3 (x "
+            "fastest, the standard for micrographs)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    elif axes != (1, 2, 3):
         raise InputError(
             f"non-standard MRC axis order MAPC/MAPR/MAPS = {axes}; only 1,2,3 (x fastest, as "
             "MRC2014 and every common cryo-EM program write micrographs) is read. Rewrite the "

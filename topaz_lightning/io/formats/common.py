@@ -37,11 +37,12 @@ def micrograph_name_from_reference(reference: str) -> str:
 
 
 def control_characters(text: str) -> list[str]:
-    """The control characters (Unicode category Cc: newline, tab, carriage return, escape, ...)
-    in ``text``, each once, in order of appearance."""
+    """The control characters in ``text`` (Unicode category Cc: newline, tab, carriage return,
+    escape, ...; and the line/paragraph separators U+2028/U+2029, which line-splitting readers
+    break at), each once, in order of appearance."""
     found: dict[str, None] = {}
     for char in text:
-        if unicodedata.category(char) == "Cc":
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
             found.setdefault(char, None)
     return list(found)
 

@@ -99,17 +99,24 @@ def _read(path: Path) -> pd.DataFrame:
     if "rlnAutopickFigureOfMerit" in block:
         scores = _numeric(block, "rlnAutopickFigureOfMerit", "score", path, where)
     if "rlnMicrographName" in block.columns:
-        names = [
-            checked_name(
-                micrograph_name_from_reference(v),
-                path,
-                f"{where}, row {i + 1}, key _rlnMicrographName",
-            )
-            for i, v in enumerate(block["rlnMicrographName"].astype(str))
-        ]
+        names = []
+        for i, value in enumerate(block["rlnMicrographName"].astype(str)):
+            place = f"{where}, row {i + 1}, key _rlnMicrographName"
+            try:
+                names.append(checked_name(micrograph_name_from_reference(value), path, place))
+            except InputError as err:
+                raise InputError(err.problem, path, _with_line(path, value, place)) from None
     else:
         names = [name_from_file(path, strip_relion_suffix=True)] * len(xs)
     return make_table(names, xs, ys, scores)
+
+
+def _with_line(path: Path, value: str, place: str) -> str:
+    """``place`` with the line of the file where ``value`` first appears (for a bad value whose
+    row the parser knows but not the line: a quoted name may span lines)."""
+    text = read_text(path)
+    at = text.find(value)
+    return place if at < 0 else f"line {text.count(chr(10), 0, at) + 1} ({place})"
 
 
 def _particles(df: pd.DataFrame) -> pd.DataFrame:
