@@ -608,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="real data: configs/experiment/<NAME>.yaml with data.micrographs, "
         "data.coordinates, data.val_list (the test micrographs) and "
-        "callbacks.held_out_picking.radius/max_distance, e.g. empiar10017_table5",
+        "callbacks.held_out_picking.nms_radius_px_model/match_distance_px_model, e.g. "
+        "empiar10017_table5",
     )
     p.add_argument("--data-seed", type=int, default=0, help="seed of the simulated dataset")
     p.add_argument(
@@ -708,7 +709,8 @@ def experiment_spec(name: str, extra: Sequence[str] = ()) -> DataSpec:
     """The spec of a real dataset described by ``configs/experiment/<name>.yaml``.
 
     It must name the test micrographs as ``data.val_list`` (a list or a list file) and set the
-    held-out picking radii (``callbacks.held_out_picking.radius`` / ``max_distance``, model px).
+    held-out picking radii (``callbacks.held_out_picking.nms_radius_px_model`` /
+    ``match_distance_px_model``, model px).
     """
     from omegaconf import OmegaConf
 
@@ -751,8 +753,11 @@ def experiment_spec(name: str, extra: Sequence[str] = ()) -> DataSpec:
         derived = {}
     radii = {}
     for radius_name, keys in (
-        ("nms", ("data.nms_radius_px_model", "callbacks.held_out_picking.radius")),
-        ("match", ("data.match_distance_px_model", "callbacks.held_out_picking.max_distance")),
+        ("nms", ("data.nms_radius_px_model", "callbacks.held_out_picking.nms_radius_px_model")),
+        (
+            "match",
+            ("data.match_distance_px_model", "callbacks.held_out_picking.match_distance_px_model"),
+        ),
     ):
         radii[radius_name] = next((float(get(k)) for k in keys if get(k) is not None), None)
         if radii[radius_name] is None:

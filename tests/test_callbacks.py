@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from topaz_lightning.callbacks import HeldOutPicking
 from topaz_lightning.callbacks.validation import (
     ShardResult,
-    all_gather_objects,
     compute_metrics,
     merge_shards,
-    score_shard,
-    shard_names,
+    pick_shard,
 )
 from topaz_lightning.errors import ConfigError
 from topaz_lightning.geometry import RunGeometry
+from topaz_lightning.picking.settings import PickSettings
+from topaz_lightning.utils.distributed import all_gather_objects, shard_names
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -118,11 +118,16 @@ def _fake_world(shift: float = 0.0, n_micrographs: int = 3):
     return micrographs, pd.DataFrame(rows)
 
 
-def _held_out(**kwargs) -> HeldOutPicking:
-    """The callback without the border-band mask (unless asked): the fake world's flat
-    background, rows repeating their neighbour exactly, reads as striped bands along the edges."""
-    kwargs.setdefault("border_bands", False)
-    return HeldOutPicking(**kwargs)
+def _held_out(threshold: float | None = None, **kwargs) -> HeldOutPicking:
+    """The callback without the border-band mask: the fake world's flat background, rows
+    repeating their neighbour exactly, reads as striped bands along the edges."""
+    pick = {"border_bands": False, **({} if threshold is None else {"threshold": threshold})}
+    return HeldOutPicking(pick=pick, **kwargs)
+
+
+def _settings(radius: float = NMS_RADIUS, **pick) -> PickSettings:
+    """tzl-pick's settings (PickSettings' defaults) without the band mask, as _held_out picks."""
+    return PickSettings(nms_radius_px_model=radius, **{"border_bands": False, **pick})
 
 
 def _trainer(tmp_path: Path, callbacks, max_steps=4, logger=None, **kwargs) -> pl.Trainer:
@@ -147,7 +152,9 @@ def _trainer(tmp_path: Path, callbacks, max_steps=4, logger=None, **kwargs) -> p
 
 def test_peaks_at_particles_give_aupr_one_and_checkpoint_sees_it(tmp_path):
     micrographs, coords = _fake_world()
-    callback = _held_out(every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
+    callback = _held_out(
+        every_n_steps=2, nms_radius_px_model=NMS_RADIUS, match_distance_px_model=MAX_DISTANCE
+    )
     best = pl.callbacks.ModelCheckpoint(
         dirpath=tmp_path / "ckpt",
         monitor="val/aupr",
@@ -186,7 +193,10 @@ def test_peaks_beyond_matching_distance_give_aupr_zero(tmp_path):
     # threshold 0 keeps only the bump peaks (the near-flat background has stray local maxima,
     # some of which fall next to a true particle by chance)
     callback = _held_out(
-        every_n_steps=3, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, threshold=0.0
+        every_n_steps=3,
+        nms_radius_px_model=NMS_RADIUS,
+        match_distance_px_model=MAX_DISTANCE,
+        threshold=0.0,
     )
     trainer = _trainer(tmp_path, [callback], max_steps=3)
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
@@ -199,12 +209,16 @@ def test_peaks_beyond_matching_distance_give_aupr_zero(tmp_path):
 
 def test_final_evaluation_when_max_steps_is_not_a_multiple(tmp_path):
     micrographs, coords = _fake_world(n_micrographs=1)
-    callback = _held_out(every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
+    callback = _held_out(
+        every_n_steps=2, nms_radius_px_model=NMS_RADIUS, match_distance_px_model=MAX_DISTANCE
+    )
     trainer = _trainer(tmp_path, [callback], max_steps=5)
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
     assert [h["step"] for h in callback.history] == [2.0, 4.0, 5.0]
     # and with max_epochs: 3 batches per epoch, 2 epochs -> steps 2, 4 and the final 6
-    callback = _held_out(every_n_steps=4, radius=NMS_RADIUS, max_distance=MAX_DISTANCE)
+    callback = _held_out(
+        every_n_steps=4, nms_radius_px_model=NMS_RADIUS, match_distance_px_model=MAX_DISTANCE
+    )
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=2,
@@ -225,8 +239,8 @@ def test_max_micrographs_and_region_radius(tmp_path):
     micrographs = dict(micrographs)
     micrographs["mic1"] = _peak_image(_particles(1) + np.array([MAX_DISTANCE + 2.0, 0.0]))
     callback = _held_out(
-        every_n_steps=1, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, max_micrographs=1,
-        region_radius_px=None,
+        every_n_steps=1, nms_radius_px_model=NMS_RADIUS, match_distance_px_model=MAX_DISTANCE, max_micrographs=1,
+        region_radius_px_model=None,
     )  # fmt: skip
     trainer = _trainer(tmp_path, [callback], max_steps=1)
     # mic1 (bad) is excluded, and the datamodule has no radius: no region AUPR
@@ -239,7 +253,10 @@ def test_max_micrographs_and_region_radius(tmp_path):
 def test_pictures_saved_and_logged_to_tensorboard(tmp_path, monkeypatch):
     micrographs, coords = _fake_world(n_micrographs=2)
     callback = _held_out(
-        every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, log_images=True
+        every_n_steps=2,
+        nms_radius_px_model=NMS_RADIUS,
+        match_distance_px_model=MAX_DISTANCE,
+        log_images=True,
     )
     logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
     tags: list[tuple[str, tuple, int]] = []
@@ -265,7 +282,10 @@ def test_pictures_saved_and_logged_to_tensorboard(tmp_path, monkeypatch):
 def test_images_go_to_default_root_dir_without_logger(tmp_path):
     micrographs, coords = _fake_world(n_micrographs=1)
     callback = _held_out(
-        every_n_steps=1, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, log_images=True
+        every_n_steps=1,
+        nms_radius_px_model=NMS_RADIUS,
+        match_distance_px_model=MAX_DISTANCE,
+        log_images=True,
     )
     _trainer(tmp_path, [callback], max_steps=1).fit(
         StubModule(), datamodule=StubData(micrographs, coords)
@@ -281,10 +301,11 @@ def test_distances_from_the_run_geometry(tmp_path):
     callback = _held_out(every_n_steps=1)
     _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=data)
     # model-frame values are used as they are: no second division by the downsample factor
-    assert callback.radius == 5.0 and callback.max_distance == 3.0
+    assert callback.settings.nms_radius_px_model == 5.0 and callback.match_distance_px_model == 3.0
     assert callback.history[0]["val/aupr"] == 1.0
     # a geometry without NMS radius (no particle size) and no setting: a clear error
-    with pytest.raises(ConfigError, match="held_out_picking.radius.*particle_diameter_px"):
+    match = "held_out_picking.nms_radius_px_model.*particle_diameter_px"
+    with pytest.raises(ConfigError, match=match):
         _trainer(tmp_path, [_held_out(every_n_steps=1)], max_steps=1).fit(
             StubModule(), datamodule=StubData(micrographs, coords)
         )
@@ -296,7 +317,7 @@ def test_no_held_out_micrographs_asks_for_no_radius(tmp_path):
     data = StubData({}, pd.DataFrame(columns=["micrograph", "x", "y"]))
     with pytest.warns(UserWarning, match="no held-out micrographs"):
         _trainer(tmp_path, [callback], max_steps=2).fit(StubModule(), datamodule=data)
-    assert callback.history == [] and callback.radius is None
+    assert callback.history == [] and callback.settings is None
 
 
 def test_missing_held_out_data_is_a_clear_error(tmp_path):
@@ -304,7 +325,7 @@ def test_missing_held_out_data_is_a_clear_error(tmp_path):
         def train_dataloader(self):
             return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
 
-    callback = _held_out(every_n_steps=1, radius=5, max_distance=3)
+    callback = _held_out(every_n_steps=1, nms_radius_px_model=5, match_distance_px_model=3)
     with pytest.raises(ConfigError, match="val_micrographs"):
         _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=NoVal())
 
@@ -312,7 +333,11 @@ def test_missing_held_out_data_is_a_clear_error(tmp_path):
 def test_micrographs_passed_directly(tmp_path):
     micrographs, coords = _fake_world(n_micrographs=1)
     callback = _held_out(
-        every_n_steps=1, radius=5, max_distance=3, micrographs=micrographs, coordinates=coords
+        every_n_steps=1,
+        nms_radius_px_model=5,
+        match_distance_px_model=3,
+        micrographs=micrographs,
+        coordinates=coords,
     )
     module = StubModule()
     loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
@@ -325,25 +350,50 @@ def test_micrographs_passed_directly(tmp_path):
     [
         ({"every_n_steps": 0}, "every_n_steps"),
         ({"every_n_steps": 2.5}, "every_n_steps"),
-        ({"radius": -1.0}, "radius"),
-        ({"max_distance": 0.0}, "max_distance"),
-        ({"max_micrographs": 0}, "max_micrographs"),
-        ({"region_radius_px": -2}, "region_radius_px"),
-        ({"border_bands": "maybe"}, "border_bands"),
-        ({"border_padding_px_model": -1.0}, "border_padding_px_model"),
-        ({"border_margin_px_model": -1.0}, "border_margin_px_model"),
+        ({"nms_radius_px_model": -1.0}, "held_out_picking.nms_radius_px_model'"),
+        ({"match_distance_px_model": 0.0}, "match_distance_px_model'"),
+        ({"max_micrographs": 0}, "max_micrographs'"),
+        ({"region_radius_px_model": -2}, "region_radius_px_model'"),
+        # the pick settings are PickSettings' own checks, named under the callback's key
+        ({"pick": {"border_bands": "maybe"}}, "held_out_picking.pick.border_bands'"),
+        ({"pick": {"border_padding_px_model": -1.0}}, "pick.border_padding_px_model'"),
+        ({"pick": {"border_margin_px_model": -1.0}}, "pick.border_margin_px_model'"),
+        ({"pick": {"scoring": "sparse"}}, "pick.scoring'"),
+        ({"pick": {"tta": 3}}, "pick.tta'"),
+        ({"pick": {"threshold": float("nan")}}, "pick.threshold'"),
+        ({"pick": {"nms_radius_px_model": 3}}, "pick.nms_radius_px_model'.*held_out_picking"),
+        ({"pick": {"downsample": 2}}, "pick.downsample'"),
+        ({"pick": {"radius": 3}}, "pick.radius'.*known: nms_boundary"),
+        ({"nms_radius": 3}, "held_out_picking.nms_radius'"),
+        ({"radius": 4, "nms_radius_px_model": 4}, "held_out_picking.radius'.*together"),
     ],
 )
 def test_bad_settings(kwargs, key):
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match=key), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         HeldOutPicking(**kwargs)
 
 
+def test_old_names_warn_and_still_work():
+    old = {"radius": 4.0, "max_distance": 2.0, "region_radius_px": 1.0, "threshold": 0.5}
+    old |= {"border_bands": False, "border_padding_px_model": 1.5, "border_margin_px_model": 2.0}
+    with pytest.warns(DeprecationWarning) as caught:
+        callback = HeldOutPicking(**old)
+    assert len(caught) == len(old)
+    assert "held_out_picking.radius is deprecated: use callbacks.held_out_picking.nms_radius_px_model" in str(caught[0].message)  # fmt: skip
+    assert callback.nms_radius_setting == 4.0 and callback.match_distance_setting == 2.0
+    assert callback.region_radius_setting == 1.0
+    assert callback.pick == {
+        "threshold": 0.5, "border_bands": False, "border_padding_px_model": 1.5,
+        "border_margin_px_model": 2.0,
+    }  # fmt: skip
+
+
 def test_state_dict_round_trip():
-    a = HeldOutPicking(every_n_steps=3, radius=4, max_distance=2)
+    a = HeldOutPicking(every_n_steps=3, nms_radius_px_model=4, match_distance_px_model=2)
     a._last_step = 6
     a.history = [{"step": 6.0, "val/aupr": 0.5}]
-    b = HeldOutPicking(every_n_steps=3, radius=4, max_distance=2)
+    b = HeldOutPicking(every_n_steps=3, nms_radius_px_model=4, match_distance_px_model=2)
     b.load_state_dict(a.state_dict())
     assert b._last_step == 6 and b.history == a.history
 
@@ -374,9 +424,9 @@ def _banded_world():
 def test_border_bands_drop_the_pick_in_the_band(tmp_path, bands):
     micrographs, coords = _banded_world()
     callback = HeldOutPicking(
-        every_n_steps=1, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, threshold=1.0,
-        micrographs=micrographs, coordinates=coords, region_radius_px=2.0,
-        **({} if bands else {"border_bands": False}),
+        every_n_steps=1, nms_radius_px_model=NMS_RADIUS, match_distance_px_model=MAX_DISTANCE,
+        micrographs=micrographs, coordinates=coords, region_radius_px_model=2.0,
+        pick={"threshold": 1.0, **({} if bands else {"border_bands": False})},
     )  # fmt: skip
     loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
     _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), train_dataloaders=loader)
@@ -385,7 +435,7 @@ def test_border_bands_drop_the_pick_in_the_band(tmp_path, bands):
     (h,) = callback.history
     if bands:
         # the default: dropped, as tzl-pick drops it; the two particles remain
-        assert callback.border_padding_px_model == NMS_RADIUS / 2  # null: tzl-pick's rule
+        assert callback.settings.border_padding_px_model == NMS_RADIUS / 2  # tzl-pick's rule
         assert not in_band.any() and len(picks) == 2 and h["val/aupr"] == 1.0
     else:
         # kept: the bright column in the band outscores the particles
@@ -393,10 +443,11 @@ def test_border_bands_drop_the_pick_in_the_band(tmp_path, bands):
         assert h["val/aupr"] < 1.0
     # region AUPR is a pixel metric: the mask leaves it alone
     shards = [
-        score_shard(PeakNet().eval(), micrographs, coords, ["mic0"], radius=NMS_RADIUS,
-                    region_radius_px=2.0, border_bands=b, border_padding_px_model=2.5)[0]
+        pick_shard(PeakNet().eval(), micrographs, coords, ["mic0"], _settings(border_bands=b),
+                   region_radius_px_model=2.0)[0]
         for b in (True, False)
     ]  # fmt: skip
+    assert len(shards[0].picks) < len(shards[1].picks)
     np.testing.assert_array_equal(shards[0].region_logits[0], shards[1].region_logits[0])
     assert h["val/region_aupr"] == pytest.approx(
         compute_metrics(shards[1], coords, MAX_DISTANCE)[0]["val/region_aupr"]
@@ -408,11 +459,11 @@ def test_border_padding_rule_is_tzl_picks():
 
     assert border_padding_px_model(None, 13.5) == 6.75
     assert border_padding_px_model(2, 13.5) == 2.0
-    callback = HeldOutPicking(radius=8.0, max_distance=3.0, border_padding_px_model=1.5)
-    assert callback.border_padding_px_model == 1.5
-    assert HeldOutPicking(radius=8.0, max_distance=3.0).border_padding_px_model == 4.0
-    with pytest.raises(ConfigError, match="border_padding_px_model"):
-        _ = HeldOutPicking().border_padding_px_model  # null before the NMS radius is known
+    geometry = RunGeometry(nms_radius_px_model=8.0, match_distance_px_model=3.0)
+    for pick, padding in [({"border_padding_px_model": 1.5}, 1.5), ({}, 4.0)]:
+        callback = HeldOutPicking(pick=pick, geometry=geometry)
+        callback._resolve(None)  # the geometry given explicitly: no trainer needed
+        assert callback.settings.border_padding_px_model == padding
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,11 +494,11 @@ def test_sharded_scoring_equals_single_process(world_size):
     micrographs["mic2"] = _peak_image(_particles(2) + np.array([[4.0, 0.0]] * 3 + [[0.0, 0.0]] * 3))
     names = sorted(micrographs)
     net = PeakNet().eval()
-    kw = dict(radius=NMS_RADIUS, region_radius_px=2.0)
-    single, _ = score_shard(net, micrographs, coords, names, **kw)
+    kw = dict(settings=_settings(), region_radius_px_model=2.0)
+    single, _ = pick_shard(net, micrographs, coords, names, **kw)
     expected, ev1 = compute_metrics(merge_shards([single]), coords, MAX_DISTANCE)
     shards = [
-        score_shard(net, micrographs, coords, shard_names(names, r, world_size), **kw)[0]
+        pick_shard(net, micrographs, coords, shard_names(names, r, world_size), **kw)[0]
         for r in range(world_size)
     ]
     merged = merge_shards(shards[::-1])  # gather order must not matter
@@ -474,7 +525,7 @@ def test_compute_metrics_against_obvious_reference():
         }
     )
     merged = ShardResult(names=["a", "b"], picks=picks)
-    metrics, ev = compute_metrics(merged, truth, max_distance=2.0)
+    metrics, ev = compute_metrics(merged, truth, match_distance_px_model=2.0)
     # ranks: TP (P=1, R=1/3), FP, TP (P=2/3, R=2/3), FP (duplicate near b's particle)
     assert metrics["val/aupr"] == pytest.approx((1.0 + 2.0 / 3.0) / 3.0)
     assert metrics["val/precision@0.25"] == 1.0
@@ -483,7 +534,7 @@ def test_compute_metrics_against_obvious_reference():
     # a held-out micrograph without particles: its picks are false positives, not dropped
     extra = pd.DataFrame({"micrograph": ["c"], "x": [1.0], "y": [1.0], "score": [0.95]})
     merged = ShardResult(names=["a", "b", "c"], picks=pd.concat([picks, extra], ignore_index=True))
-    metrics, _ = compute_metrics(merged, truth, max_distance=2.0)
+    metrics, _ = compute_metrics(merged, truth, match_distance_px_model=2.0)
     assert metrics["val/aupr"] == pytest.approx((0.5 / 1 + 2.0 / 4.0) / 3.0)
 
 
@@ -501,9 +552,9 @@ def _gloo_worker(rank: int, world_size: int, port: int, queue) -> None:
     try:
         micrographs, coords = _fake_world(n_micrographs=3)
         names = sorted(micrographs)
-        shard, _ = score_shard(
+        shard, _ = pick_shard(
             PeakNet().eval(), micrographs, coords, shard_names(names, rank, world_size),
-            radius=NMS_RADIUS, region_radius_px=2.0,
+            _settings(), region_radius_px_model=2.0,
         )  # fmt: skip
         merged = merge_shards(all_gather_objects(shard))
         metrics, _ = compute_metrics(merged, coords, MAX_DISTANCE)
@@ -543,12 +594,15 @@ def _half_wrong_world():
 def test_lightning_ddp_spawn_two_ranks(tmp_path):
     micrographs, coords = _half_wrong_world()
     names = sorted(micrographs)
-    single, _ = score_shard(PeakNet().eval(), micrographs, coords, names, radius=NMS_RADIUS)
+    single, _ = pick_shard(PeakNet().eval(), micrographs, coords, names, _settings())
     expected, _ = compute_metrics(merge_shards([single]), coords, MAX_DISTANCE)
     assert 0.0 < expected["val/aupr"] < 1.0
 
     callback = _held_out(
-        every_n_steps=2, radius=NMS_RADIUS, max_distance=MAX_DISTANCE, log_images=True
+        every_n_steps=2,
+        nms_radius_px_model=NMS_RADIUS,
+        match_distance_px_model=MAX_DISTANCE,
+        log_images=True,
     )
     best = pl.callbacks.ModelCheckpoint(
         dirpath=tmp_path / "ckpt", monitor="val/aupr", mode="max", every_n_train_steps=2,
@@ -598,11 +652,11 @@ def test_callbacks_configs_compose_and_instantiate(group_file, tmp_path):
     if group_file.stem == "default":
         picking = built["held_out_picking"]
         assert isinstance(picking, HeldOutPicking)
-        # the border mask mirrors tzl-pick's defaults
-        pick = compose_config("pick", ["model_path=m.pt", "micrographs=m", "output_dir=o"])
-        assert picking.border_bands is pick.border_bands is True
-        assert picking.border_padding_setting is None and pick.border_padding_px_model is None
-        assert picking.border_margin_px_model == pick.border_margin_px_model
+        # nothing mirrored by hand: every pick setting is PickSettings' default (tzl-pick's)
+        assert picking.pick == {}
+        picking.set_run_geometry(RunGeometry(nms_radius_px_model=7.0, match_distance_px_model=5.0))
+        picking._resolve(None)
+        assert picking.settings == PickSettings(nms_radius_px_model=7.0)
         best = built["best_checkpoint"]
         assert best.monitor == "val/aupr" and best.mode == "max"
         assert best._every_n_train_steps == picking.every_n_steps
@@ -627,7 +681,9 @@ def test_images_sent_to_wandb_like_logger(tmp_path):
 
     logger = WandbLogger()
     micrographs, coords = _fake_world(n_micrographs=1)
-    callback = _held_out(every_n_steps=1, radius=5, max_distance=3, log_images=True)
+    callback = _held_out(
+        every_n_steps=1, nms_radius_px_model=5, match_distance_px_model=3, log_images=True
+    )
     _trainer(tmp_path, [callback], max_steps=1, logger=logger).fit(
         StubModule(), datamodule=StubData(micrographs, coords)
     )

@@ -65,8 +65,8 @@ def small_overrides(mics: Path, coords: Path, steps: int, extra: list[str] = ())
         f"trainer.max_steps={steps}",
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar=null",
-        "callbacks.held_out_picking.radius=6",
-        "callbacks.held_out_picking.max_distance=4",
+        "callbacks.held_out_picking.nms_radius_px_model=6",
+        "callbacks.held_out_picking.match_distance_px_model=4",
         "callbacks.held_out_picking.every_n_steps=10",
         "trainer.enable_model_summary=false",
         *extra,
@@ -173,8 +173,21 @@ def test_short_training_lowers_loss_and_saves_a_reloadable_model(dataset, tmp_pa
     geometry = extra["geometry"]
     assert geometry["pi"] == pytest.approx(0.05) and geometry["pi_source"] == "data.pi"
     assert geometry["label_radius_px_model"] == 3  # no particle size: the paper's 3 px
-    assert extra["preprocess"] == {"downsample": 1.0, "normalize": "standardize"}
+    assert "preprocess" not in extra  # the card's geometry holds downsample and normalize
     assert geometry["downsample"] == 1.0 and geometry["normalize"] == "standardize"
+    # the model card: one versioned record of how the classifier was trained
+    card = extra["card"]
+    assert card["card_version"] == 2 and card["geometry"] == geometry
+    assert card["preprocessing"] == {"downsample": 1.0, "normalize": "standardize"}
+    assert card["objective"]["configured"].endswith("GEBinomial")
+    assert card["objective"]["optimized"] == "GEBinomial"
+    assert card["objective"]["prior"] == "pi_unlabeled"
+    assert card["objective"]["prior_value"] == pytest.approx(geometry["pi_unlabeled"])
+    assert card["training"]["patch_size_px_model"] == 31
+    assert card["training"]["global_step"] == 30 and card["training"]["seed"] == 0
+    assert len(card["training"]["data_fingerprint"]) == 64
+    stored = torch.load(out / "model.pt", map_location="cpu", weights_only=True)["extra"]
+    assert set(stored) == {"card"}  # nothing stored twice
     assert 0 < geometry["pi_unlabeled"] < 0.05
     assert geometry["num_labeled_particles"] == 24  # 2 training micrographs x 12
     # the logged hyperparameters carry the resolved values, not null
@@ -322,6 +335,10 @@ def test_short_training_on_the_simulators_tiny_preset(tmp_path):
     assert geometry["label_radius_px_model"] == 4 and geometry["nms_radius_px_model"] == 10
     assert geometry["match_distance_px_model"] == 7 and 0 < geometry["pi"] < 1
     assert extra["normalize_fit"]["mu"] and 0 < extra["normalize_fit"]["pi"] < 1
+    from topaz_lightning.preprocess.gmm import GMMFit
+
+    fit = GMMFit.from_record(extra["card"]["preprocessing"]["gmm"])
+    assert len(fit.names) == len(fit.alpha) > 0  # the training fit with its image scales
 
 
 def test_fresh_run_refuses_to_replace_an_earlier_runs_model(dataset, tmp_path):
@@ -364,7 +381,7 @@ def test_files_run_without_validation_micrographs_asks_for_no_radius(dataset, cf
 
     mics, coords = dataset
     cfg = cfg_train(_files_overrides(mics, coords, 2) + ["callbacks.best_checkpoint=null"])
-    assert cfg.callbacks.held_out_picking.radius is None  # nothing computed by hand
+    assert cfg.callbacks.held_out_picking.nms_radius_px_model is None  # nothing computed by hand
     metrics = train(cfg)
     assert metrics["global_step"] == 2 and "val/aupr" not in metrics
     _, extra = load_model(Path(cfg.paths.output_dir) / "model.pt")

@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 PICK = [
     "model_path=/nonexistent/model.pt",
     "micrographs=/nonexistent",
-    "radius=5",
+    "nms_radius_px_model=5",
     "output_dir=/tmp/x",
 ]
 EVALUATE = ["picks=p.tsv", "truth=t.tsv", "output_dir=/tmp/x"]
@@ -48,13 +48,28 @@ BAD = [
     ("train", ["trainer.enable_progress_bar=maybe"], "trainer.enable_progress_bar"),
     (
         "train",
-        ["callbacks.held_out_picking.border_bands=maybe"],
-        "callbacks.held_out_picking.border_bands",
+        ["+callbacks.held_out_picking.pick.border_bands=maybe"],
+        "callbacks.held_out_picking.pick.border_bands",
     ),
     (
         "train",
-        ["callbacks.held_out_picking.border_padding_px_model=-1"],
-        "callbacks.held_out_picking.border_padding_px_model",
+        ["+callbacks.held_out_picking.pick.border_padding_px_model=-1"],
+        "callbacks.held_out_picking.pick.border_padding_px_model",
+    ),
+    (
+        "train",
+        ["+callbacks.held_out_picking.pick.tta=3"],
+        "callbacks.held_out_picking.pick.tta",
+    ),
+    (
+        "train",
+        ["+callbacks.held_out_picking.pick.max_pick=3"],
+        "callbacks.held_out_picking.pick.max_pick",
+    ),
+    (
+        "train",
+        ["callbacks.held_out_picking.nms_radius_px_model=0"],
+        "callbacks.held_out_picking.nms_radius_px_model",
     ),
     ("pick", [*PICK, "tile_size=0"], "tile_size"),
     ("pick", [*PICK, "chunk_size=-1"], "chunk_size"),
@@ -295,7 +310,7 @@ def test_pick_then_evaluate_with_a_micrograph_called_data_0001(tmp_path):
     torch.manual_seed(0)
     extra = {"preprocess": {"downsample": 1.0, "normalize": "none"}}
     model = save_model(tmp_path / "model.pt", Conv31(widths=(2, 2, 2)), extra=extra)
-    pick(compose_config("pick", [f"model_path={model}", f"micrographs={tmp_path / 'mics'}", "radius=6", f"output_dir={tmp_path / 'picks'}", "progress=false", "device=cpu"]))  # fmt: skip
+    pick(compose_config("pick", [f"model_path={model}", f"micrographs={tmp_path / 'mics'}", "nms_radius_px_model=6", f"output_dir={tmp_path / 'picks'}", "progress=false", "device=cpu"]))  # fmt: skip
     picks = tmp_path / "picks" / "picks.tsv"
     assert picks.read_text().splitlines()[1].startswith("data_0001\t")
     assert detect_format(picks) == "tsv"

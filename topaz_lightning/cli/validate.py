@@ -208,9 +208,11 @@ def validate_train(cfg: DictConfig) -> None:
         check_geometry_settings(data, data.get("downsample", 1.0))
     choice(cfg, "data.normalize", ("gmm", "standardize", "none"), allow_none=True)
     integer(cfg, "callbacks.held_out_picking.every_n_steps", minimum=1, allow_none=True)
-    boolean(cfg, "callbacks.held_out_picking.border_bands")
-    number(cfg, "callbacks.held_out_picking.border_padding_px_model", minimum=0, allow_none=True)
-    number(cfg, "callbacks.held_out_picking.border_margin_px_model", minimum=0, allow_none=True)
+    held_out = _get(cfg, "callbacks.held_out_picking")
+    if isinstance(held_out, DictConfig):  # its pick settings: PickSettings' own checks
+        from topaz_lightning.callbacks.validation import check_settings
+
+        check_settings(OmegaConf.to_container(held_out, resolve=True))
 
 
 def prepare_train(cfg: DictConfig) -> None:
