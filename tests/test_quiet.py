@@ -43,9 +43,11 @@ def test_lightning_tips_dropped_other_messages_kept(caplog):
     with caplog.at_level(logging.INFO, logger="pytorch_lightning.utilities.rank_zero"):
         logger.info(f"{TIP_PREFIX} For seamless cloud logging, try installing [litlogger]")
         logger.info("GPU available: False, used: False")
+        logger.info("GPU available: True (cuda), used: False")
         logger.warning("a real Lightning warning")
     texts = [r.getMessage() for r in caplog.records]
-    assert texts == ["GPU available: False, used: False", "a real Lightning warning"]
+    # absent hardware says nothing; a GPU present but unused is worth a line
+    assert texts == ["GPU available: True (cuda), used: False", "a real Lightning warning"]
 
 
 def test_pick_has_no_leafspec_filter_of_its_own():

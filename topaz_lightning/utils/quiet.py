@@ -12,6 +12,10 @@ LEAFSPEC_MESSAGE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 #: Lightning's advertisements (litlogger, litmodels), logged at INFO on every Trainer start
 TIP_PREFIX = "💡 Tip:"
 
+#: Lightning's hardware banner when the hardware is absent ("GPU available: False, used: False"):
+#: it says nothing on a CPU machine; a GPU that is present but unused is still reported
+ABSENT_HARDWARE_PREFIXES = ("GPU available: False", "TPU available: False", "HPU available: False")
+
 #: the loggers Lightning's rank-zero messages go through (package and unified ``lightning`` names)
 RANK_ZERO_LOGGERS = (
     "pytorch_lightning.utilities.rank_zero",
@@ -22,17 +26,19 @@ RANK_ZERO_LOGGERS = (
 
 
 class _DropTips(logging.Filter):
-    """Drop log records that are Lightning's product tips; every other record passes."""
+    """Drop Lightning's product tips and absent-hardware banner; every other record passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(TIP_PREFIX)
+        message = str(record.msg)
+        return not message.startswith((TIP_PREFIX, *ABSENT_HARDWARE_PREFIXES))
 
 
 _TIP_FILTER = _DropTips()
 
 
 def quiet_third_party() -> None:
-    """Install the filters (idempotent): the LeafSpec FutureWarning and Lightning's tips only.
+    """Install the filters (idempotent): the LeafSpec FutureWarning, Lightning's tips and its
+    banner for absent hardware only.
 
     Matched by exact message and category, so any other deprecation or warning (ours, torch's,
     Lightning's) is still shown.
