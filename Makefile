@@ -34,6 +34,7 @@ demo-real: install
 lint: install
 	$(BIN)/ruff check topaz_lightning tests scripts
 	$(BIN)/ruff format --check topaz_lightning tests scripts
+	$(BIN)/lint-imports --config .importlinter
 
 format: install
 	$(BIN)/ruff format topaz_lightning tests scripts
