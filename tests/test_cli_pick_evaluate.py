@@ -101,7 +101,7 @@ def _pick(data: Path, *extra: str, model: Path | None = None, out: str = "picks"
         [
             f"model_path={model}",
             f"micrographs={data / 'micrographs'}",
-            "radius=8",
+            "nms_radius_px_model=8",
             f"output_dir={data / out}",
             "progress=false",
             "device=cpu",
@@ -211,13 +211,14 @@ def test_score_maps_per_micrograph_outputs_and_overwrite(dataset):
     with mrcfile.open(dataset / "picks" / "score_maps" / "mic_a.mrc") as mrc:
         np.testing.assert_allclose(mrc.data, _blob_image(BLOBS["mic_a"], seed=0), rtol=1e-6)
 
-    # a different command into the same run directory is refused; overwrite=true starts over
-    with pytest.raises(OutputExistsError):
+    # a command with other pick-deciding settings is refused, naming the key that changed
+    with pytest.raises(InputError, match="changed: save_score_maps"):
         _pick(dataset, "threshold=0.5")
     _pick(dataset, "threshold=0.5", "overwrite=true")
     assert (dataset / "picks" / "picks.tsv").is_file()
-    # ... removing the old command's per-micrograph outputs
+    # ... removing the old command's per-micrograph outputs (and only those)
     assert not (dataset / "picks" / "score_maps" / "mic_a.mrc").exists()
+    assert not list((dataset / "picks" / "picks_star").glob("*.star"))
     # the same command again continues: nothing left to do, the same output
     before = (dataset / "picks" / "picks.tsv").read_bytes()
     _pick(dataset, "threshold=0.5")
@@ -269,7 +270,7 @@ def test_command_line_exit_status_and_message(dataset):
             "topaz_lightning.cli.pick",
             f"model_path={dataset / 'missing.pt'}",
             f"micrographs={dataset / 'micrographs'}",
-            "radius=5",
+            "nms_radius_px_model=5",
             f"output_dir={dataset / 'cli'}",
         ],
         capture_output=True,
@@ -317,7 +318,7 @@ def test_score_micrograph_with_conv31_matches_patches_tiles_and_batches():
 
 def test_score_map_pictures_and_overlays(dataset):
     pytest.importorskip("topaz_lightning.plots")
-    _pick(dataset, "threshold=0.5", "plot_score_maps=true", "save_score_maps=true", "chunk_size=1")
+    _pick(dataset, "threshold=0.5", "plot_score_maps=true", "save_score_maps=true")
     assert (dataset / "picks" / "score_maps" / "mic_b.png").stat().st_size > 0
     _evaluate(
         dataset,
@@ -361,10 +362,14 @@ def test_existing_overlay_or_bad_score_maps_setting_is_refused_before_metrics(da
     assert sorted(p.name for p in (dataset / "eval").iterdir()) == ["score_map_mic_a.png"]
 
 
-def test_chunked_picking_gives_the_same_picks_without_gmm(dataset):
-    whole = _pick(dataset, "threshold=0.5", "progress=true", out="whole")
-    chunked = _pick(dataset, "threshold=0.5", "chunk_size=1", out="chunked")
-    pd.testing.assert_frame_equal(whole, chunked)
+@pytest.mark.parametrize(
+    ("key", "replacement"), [("radius=4", "nms_radius_px_model"), ("chunk_size=1", "stream")]
+)
+def test_removed_keys_are_refused_naming_the_replacement(dataset, key, replacement):
+    with pytest.raises(ConfigError, match=replacement) as err:
+        _pick(dataset, key, out="removed")
+    assert key.split("=")[0] in str(err.value)
+    assert not (dataset / "removed" / "picks_by_micrograph").exists()
 
 
 def test_name_lists(dataset):

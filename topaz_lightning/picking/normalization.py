@@ -120,13 +120,14 @@ class PickNormalization:
         return normalize_gmm(image, own, name)
 
     def record(self) -> dict[str, Any]:
-        """Plain values for ``normalization.json`` in the run directory (exact float round trip)."""
+        """Plain values for ``normalization.json`` in the run directory (strict JSON, exact float
+        round trip: a continued run reads back the very fit, with its n_iter and likelihood)."""
         out: dict[str, Any] = {"normalize": self.method}
         if self.method == "gmm":
             assert self.fit is not None
             out["normalize_fit"] = self.source
             out["seed"] = int(self.seed)
-            out["fit"] = self.fit.as_dict()
+            out["fit"] = self.fit.to_record()
         return out
 
     @classmethod
@@ -140,44 +141,8 @@ class PickNormalization:
 
 
 def gmm_fit_from_dict(data: Any, source: str | None = None) -> GMMFit:
-    """A GMMFit from ``GMMFit.as_dict()`` read from a file (model.pt or normalization.json).
-
-    Only plain finite numbers are accepted (an untrusted file must not pass garbage on);
-    ``alpha`` may be a name -> scale mapping or absent (then the fit carries no image scales).
-    """
-    where = "normalize_fit"
-    if not isinstance(data, Mapping):
-        raise InputError("normalization fit is not a mapping", path=source, where=where)
-
-    def number(value: Any, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"{key} must be a number", path=source, where=where)
-        if not math.isfinite(float(value)):
-            raise InputError(f"{key} is not finite", path=source, where=where)
-        return float(value)
-
-    try:
-        pi = number(data["pi"], "pi")
-        mu = np.array([number(v, "mu") for v in data["mu"]], dtype=np.float64)
-        sigma = np.array([number(v, "sigma") for v in data["sigma"]], dtype=np.float64)
-    except (KeyError, TypeError) as err:
-        raise InputError(f"missing or malformed entry ({err})", path=source, where=where) from err
-    if not 0 < pi < 1 or mu.shape != (2,) or sigma.shape != (2,) or not (sigma > 0).all():
-        raise InputError(
-            "expected 0 < pi < 1 and two means and two positive deviations",
-            path=source,
-            where=where,
-        )
-    alphas = data.get("alpha") or {}
-    if isinstance(alphas, list | tuple):
-        alphas = {}  # scales without their micrographs' names: not usable for other micrographs
-    if not isinstance(alphas, Mapping):
-        raise InputError("alpha must map micrograph names to scales", path=source, where=where)
-    names = [str(n) for n in alphas]
-    alpha = np.array([number(v, "alpha") for v in alphas.values()], dtype=np.float64)
-    if (alpha <= 0).any():
-        raise InputError("alpha must be positive", path=source, where=where)
-    return GMMFit(pi=pi, mu=mu, sigma=sigma, alpha=alpha, names=names)
+    """A GMMFit read from a file (model.pt or normalization.json): :meth:`GMMFit.from_record`."""
+    return GMMFit.from_record(data, source=source)
 
 
 class PixelSample:
@@ -212,29 +177,50 @@ def fit_over_micrographs(
     sample_size)`` pixels drawn with ``image_rng(seed, k)``: with every file readable this is
     the very fit of :func:`topaz_lightning.preprocess.preprocess_images` over all of them at once.
     A micrograph that cannot be read or is constant raises InputError, or, with ``on_error``, is
-    reported there and left out of the fit.
+    reported there and left out of the fit, which is then exactly the fit without that file.
     """
+    names = list(sources)
+    errors, samples = _sample_pass(sources, downsample, seed, sample_size, num_workers)
+    failed = [n for n in names if n not in samples]
+    for name in failed:
+        if on_error is None:
+            raise InputError(errors[name])
+        on_error(name, errors[name])
+    if failed and len(failed) < len(names):
+        # the sample size per micrograph and each one's random stream depend on the number and
+        # order of micrographs: draw again over the readable ones only, so a skipped file leaves
+        # the fit (and every other micrograph's picks) exactly as without it
+        good = {n: sources[n] for n in names if n in samples}
+        errors, samples = _sample_pass(good, downsample, seed, sample_size, num_workers)
+        for name in [n for n in good if n not in samples]:  # changed between the passes
+            if on_error is None:
+                raise InputError(errors[name])
+            on_error(name, errors[name])
+    if not samples:
+        raise InputError("no readable micrograph to fit the GMM normalization on")
+    log.info("GMM normalization: one fit over %d micrograph(s)", len(samples))
+    order = [n for n in names if n in samples]
+    return fit_gmm_samples([samples[n] for n in order], names=order)
+
+
+def _sample_pass(
+    sources: Mapping[str, Path], downsample: float, seed: int, sample_size: int, num_workers: int
+) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """One first pass: ({name: error} of the unreadable, {name: pixel sample} of the others)."""
     from topaz_lightning.picking.predict import MicrographDataset, micrograph_loader
 
     names = list(sources)
     per_image = samples_per_image(len(names), sample_size)
     sampler = PixelSample(downsample, per_image, seed, {n: k for k, n in enumerate(names)})
-    dataset = MicrographDataset(sources, sampler)
-    fitted: list[str] = []
-    samples: list[np.ndarray] = []
-    for batch in micrograph_loader(dataset, num_workers=num_workers):
+    errors: dict[str, str] = {}
+    samples: dict[str, np.ndarray] = {}
+    for batch in micrograph_loader(MicrographDataset(sources, sampler), num_workers=num_workers):
         for item in batch:
             if item.error is not None:
-                if on_error is None:
-                    raise InputError(item.error)
-                on_error(item.name, item.error)
-                continue
-            fitted.append(item.name)
-            samples.append(item.value)
-    if not samples:
-        raise InputError("no readable micrograph to fit the GMM normalization on")
-    log.info("GMM normalization: one fit over %d micrograph(s)", len(fitted))
-    return fit_gmm_samples(samples, names=fitted)
+                errors[item.name] = item.error
+            else:
+                samples[item.name] = item.value
+    return errors, samples
 
 
 def training_fit(extra: Mapping[str, Any], model_path: str | None = None) -> GMMFit:

@@ -15,6 +15,7 @@ from topaz_lightning.errors import ConfigError
 from topaz_lightning.picking.border import border_padding_px_model as _padding_rule
 from topaz_lightning.picking.coarse import check_tta
 from topaz_lightning.picking.scoring import check_scoring
+from topaz_lightning.picking.strided import check_refine
 
 #: a candidate exactly the NMS radius from a pick: kept (ours) or suppressed (Topaz's)
 NMS_BOUNDARIES = ("keep", "suppress")
@@ -58,6 +59,8 @@ class PickSettings:
     scoring_level: float | None = None
     #: 1 | 8: average the logits over the 8 rotations/mirrors of each patch
     tta: int = 1
+    #: scoring=strided: how each coarse pick is refined (picking.strided.REFINE_METHODS)
+    refine: str = "window"
     #: keep the score map in the result (to save or plot it)
     keep_score_map: bool = False
     #: drop picks on striped bands detected along the edges (picking.border), widened inwards
@@ -100,6 +103,7 @@ class PickSettings:
         if self.scoring_level is not None:
             set_(self, "scoring_level", _number("scoring_level", self.scoring_level, -math.inf))
         set_(self, "tta", check_tta(self.tta))
+        check_refine(self.refine)
         if not isinstance(self.border_bands, bool):
             raise ConfigError("border_bands", f"must be true or false, got {self.border_bands!r}")
         if self.border_padding_px_model is None:
@@ -120,3 +124,249 @@ class PickSettings:
         if "nms_radius_px_model" in changes and "border_padding_px_model" not in changes:
             changes["border_padding_px_model"] = None
         return replace(self, **changes)
+
+
+# ------------------------------------------------------------------------------------------------
+# tzl-pick: the settings of one run, resolved once from its config and the model card
+
+#: scoring methods whose score map depends on the threshold (they cannot re-threshold parts)
+SCORING_USES_THRESHOLD = ("coarse_to_fine",)
+#: config keys that do not decide a micrograph's stored picks: resolved into the record instead
+#: (threshold, radius, preprocessing), applied when the combined output is assembled from the
+#: parts (threshold, top k, score, format, layout), or only about speed, logging and paths
+NOT_IN_RECORD = frozenset(
+    {
+        "model_path", "micrographs", "subset", "output_dir", "output", "format",
+        "per_micrograph", "box_size", "score", "threshold", "threshold_probability",
+        "target_recall", "recall_metrics", "particles_per_micrograph", "radius",
+        "nms_radius_px", "nms_radius_px_model", "downsample", "normalize", "chunk_size",
+        "device", "batch_size", "num_workers", "tile_size", "progress", "overwrite", "strict",
+        "trainer", "hydra", "task_name", "picks_dir", "callbacks",
+    }
+)  # fmt: skip
+#: removed keys and what replaces them
+REMOVED_KEYS = {
+    "radius": "nms_radius_px_model (model pixels) or nms_radius_px (micrograph pixels)",
+    "chunk_size": "nothing: micrographs stream one at a time and the GMM is fitted once; drop it",
+}
+
+
+@dataclass(frozen=True)
+class ResolvedPick:
+    """Everything a tzl-pick run decided before scoring.
+
+    ``settings`` turn one micrograph into its stored part: with a threshold-free scoring every
+    NMS maximum after the band mask (threshold -inf, no top k), so ``threshold`` and
+    ``max_picks`` are applied when the combined output is assembled and a rerun that changes
+    only them re-extracts without scoring. ``record`` is what the job record compares.
+    """
+
+    settings: PickSettings
+    threshold: float
+    threshold_source: str
+    max_picks: int | None
+    downsample: float
+    normalize: str
+    model_sha256: str
+    record: dict
+    stores_all_maxima: bool
+
+
+def choose_threshold(cfg) -> tuple[float, str]:
+    """(logit threshold, the key it came from) from ``threshold``, ``threshold_probability`` or
+    ``target_recall``; (-inf, "none") when none is set."""
+    from topaz_lightning.picking.pick import logit
+
+    given = [
+        k for k in ("threshold", "threshold_probability", "target_recall") if cfg.get(k) is not None
+    ]
+    if len(given) > 1:
+        raise ConfigError(
+            given[1],
+            f"set only one of threshold, threshold_probability, target_recall (got {given})",
+        )
+    if not given:
+        return -math.inf, "none"
+    if given[0] == "threshold":
+        return _number("threshold", cfg.threshold, -math.inf), "threshold"
+    if given[0] == "threshold_probability":
+        return logit(float(cfg.threshold_probability)), "threshold_probability"
+    if not cfg.get("recall_metrics"):
+        raise ConfigError(
+            "recall_metrics",
+            "target_recall needs the metrics JSON of tzl-evaluate (with its curve)",
+        )
+    return threshold_from_metrics(cfg.recall_metrics, float(cfg.target_recall)), "target_recall"
+
+
+def threshold_from_metrics(path, target_recall: float) -> float:
+    """Threshold reaching ``target_recall`` on the PR curve stored in a tzl-evaluate metrics JSON."""
+    import json
+    import logging
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from topaz_lightning.errors import InputError
+    from topaz_lightning.metrics.pr import threshold_for_recall
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+        raise InputError(f"cannot read metrics JSON ({err})", path=path) from err
+    curve = data.get("curve") if isinstance(data, dict) else None
+    if not isinstance(curve, dict) or not {"threshold", "recall"} <= set(curve):
+        raise InputError(
+            "no PR curve in the metrics file (run tzl-evaluate with include_curve=true)",
+            path=path,
+            where="curve",
+        )
+    ev = SimpleNamespace(recall=curve["recall"], thresholds=curve["threshold"])
+    threshold = threshold_for_recall(ev, target_recall)
+    logging.getLogger("topaz_lightning").info(
+        "threshold %.4f reaches recall %.3f on %s", threshold, target_recall, path
+    )
+    return threshold
+
+
+def _preprocessing(cfg, extra: dict, geometry) -> tuple[float, str]:
+    """(downsample, normalize): the config's override, else model.pt's training preprocessing."""
+    from topaz_lightning.geometry import check_downsample
+    from topaz_lightning.preprocess.pipeline import NORMALIZATIONS
+
+    prep = dict(extra.get("preprocess") or {})
+    if cfg.get("downsample") is not None:
+        downsample = check_downsample(cfg.downsample, "downsample")
+    elif geometry is not None:
+        downsample = geometry.downsample
+    else:
+        downsample = check_downsample(
+            prep.get("downsample") or 1.0, "model.pt preprocess.downsample"
+        )
+    if cfg.get("normalize") is not None:
+        normalize = str(cfg.normalize)
+    elif prep.get("normalize") is not None:
+        normalize = str(prep["normalize"])
+    elif geometry is not None:
+        normalize = geometry.normalize
+    else:
+        normalize = "none"
+    if normalize not in NORMALIZATIONS:
+        raise ConfigError(
+            "normalize", f"must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}"
+        )
+    return downsample, normalize
+
+
+def nms_radius_px_model(cfg, geometry, downsample: float) -> float:
+    """The NMS radius in model pixels: ``nms_radius_px_model``, or ``nms_radius_px`` (micrograph
+    pixels) divided by the downsampling factor, else model.pt's run geometry."""
+    from topaz_lightning.geometry import default_radii, to_model_px
+
+    given = [k for k in ("nms_radius_px_model", "nms_radius_px") if cfg.get(k) is not None]
+    if len(given) > 1:
+        raise ConfigError(given[1], f"give the NMS radius once (got {given})")
+    if given:
+        key = given[0]
+        value = _number(key, cfg[key], 0.0, strict=True)
+        return to_model_px(value, downsample) if key == "nms_radius_px" else value
+    if geometry is not None:
+        if geometry.nms_radius_px_model is not None:
+            return float(geometry.nms_radius_px_model)
+        default = default_radii(geometry.particle_radius_px_model)["nms_radius_px_model"]
+        if default is not None:
+            return float(default)
+    raise ConfigError(
+        "nms_radius_px_model",
+        "model.pt carries no NMS radius (no run geometry, or no particle size): give "
+        "nms_radius_px_model=<model pixels> or nms_radius_px=<micrograph pixels>",
+    )
+
+
+def model_fingerprint(net, extra: dict) -> str:
+    """sha256 of the weights and extras (the content: re-saving the same model keeps it)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        digest.update(key.encode("utf-8"))
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def resolve_pick_settings(cfg, net, extra: dict, model_path: str | None = None) -> ResolvedPick:
+    """Resolve a tzl-pick config against the model card (``load_model``'s ``extra``) once.
+
+    Removed keys (``radius``, ``chunk_size``) are refused naming their replacement; the
+    threshold, NMS radius and preprocessing are chosen here; ``record`` holds every config key
+    that decides the stored parts (any key not in NOT_IN_RECORD counts, so a key added later
+    counts by default) plus the resolved values and the model's hash (the caller adds the
+    micrographs: :func:`micrographs_record`).
+    """
+    from omegaconf import OmegaConf
+
+    from topaz_lightning.geometry import RunGeometry
+
+    for key, instead in REMOVED_KEYS.items():
+        if cfg.get(key) is not None:
+            raise ConfigError(key, f"was removed; use {instead}")
+    model_path = str(model_path or cfg.get("model_path") or "model.pt")
+    geometry_data = extra.get("geometry")
+    geometry = (
+        None if geometry_data is None else RunGeometry.from_dict(geometry_data, source=model_path)
+    )
+    downsample, normalize = _preprocessing(cfg, extra, geometry)
+    radius = nms_radius_px_model(cfg, geometry, downsample)
+    threshold, threshold_source = choose_threshold(cfg)
+    k = cfg.get("particles_per_micrograph")
+    max_picks = None if k is None else _number("particles_per_micrograph", k, 0, integer=True)
+    scoring = check_scoring(str(cfg.get("scoring", "dense")))
+    all_maxima = scoring not in SCORING_USES_THRESHOLD
+    settings = PickSettings(
+        nms_radius_px_model=radius,
+        nms_boundary=str(cfg.get("nms_boundary", "keep")),
+        threshold=-math.inf if all_maxima else threshold,
+        max_picks=None,  # the top k is taken when assembling (after the mask, as before)
+        downsample=downsample,
+        tile_size=cfg.get("tile_size"),
+        scoring=scoring,
+        scoring_level=cfg.get("scoring_level"),
+        tta=cfg.get("tta", 1),
+        border_bands=bool(cfg.get("border_bands", True)),
+        border_padding_px_model=cfg.get("border_padding_px_model"),
+        border_margin_px_model=cfg.get("border_margin_px_model") or 0.0,
+    )
+    fingerprint = model_fingerprint(net, extra)
+    keys = [k for k in cfg if k not in NOT_IN_RECORD]
+    plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    resolved = {
+        "parts": "all_maxima" if all_maxima else "above_threshold",
+        "nms_radius_px_model": radius,
+        "downsample": downsample,
+        "normalize": normalize,
+        "model_sha256": fingerprint,
+    }
+    if not all_maxima:  # the score map itself depends on it
+        resolved["threshold"] = threshold if math.isfinite(threshold) else None
+    record = {**plain, **resolved}
+    return ResolvedPick(
+        settings=settings,
+        threshold=threshold,
+        threshold_source=threshold_source,
+        max_picks=max_picks,
+        downsample=downsample,
+        normalize=normalize,
+        model_sha256=fingerprint,
+        record=record,
+        stores_all_maxima=all_maxima,
+    )
+
+
+def micrographs_record(names: list[str]) -> dict:
+    """The micrographs of a run as the job record compares them (their number and names)."""
+    import hashlib
+
+    names_hash = hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
+    return {"count": len(names), "names_sha256": names_hash}

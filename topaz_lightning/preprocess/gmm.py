@@ -71,6 +71,78 @@ class GMMFit:
             "converged": self.converged,
         }
 
+    def to_record(self) -> dict:
+        """THE serialized form (job records, normalization.json, the model card): plain values
+        that strict JSON holds (a NaN log-likelihood becomes null) and that read back bit for bit
+        through :meth:`from_record`."""
+        ll = float(self.log_likelihood)
+        return {
+            "pi": float(self.pi),
+            "mu": [float(v) for v in self.mu],
+            "sigma": [float(v) for v in self.sigma],
+            "names": [str(n) for n in self.names],
+            "alpha": [float(v) for v in self.alpha],
+            "log_likelihood": ll if math.isfinite(ll) else None,
+            "n_iter": int(self.n_iter),
+            "converged": bool(self.converged),
+        }
+
+    @classmethod
+    def from_record(cls, data: object, source: str | None = None) -> GMMFit:
+        """A fit from :meth:`to_record` (or the older :meth:`as_dict`, whose ``alpha`` maps names
+        to scales) read from a file that may be untrusted: only plain finite numbers, 0 < pi < 1,
+        two means, two positive deviations and positive scales pass; InputError names ``source``.
+        """
+        where = "normalize_fit"
+
+        def fail(problem: str) -> InputError:
+            return InputError(problem, path=source, where=where)
+
+        def number(value: object, key: str) -> float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise fail(f"{key} must be a number")
+            if not math.isfinite(float(value)):
+                raise fail(f"{key} is not finite")
+            return float(value)
+
+        if not isinstance(data, Mapping):
+            raise fail("normalization fit is not a mapping")
+        try:
+            pi = number(data["pi"], "pi")
+            mu = np.array([number(v, "mu") for v in data["mu"]], dtype=np.float64)
+            sigma = np.array([number(v, "sigma") for v in data["sigma"]], dtype=np.float64)
+        except (KeyError, TypeError) as err:
+            raise fail(f"missing or malformed entry ({err})") from err
+        if not 0 < pi < 1 or mu.shape != (2,) or sigma.shape != (2,) or not (sigma > 0).all():
+            raise fail("expected 0 < pi < 1 and two means and two positive deviations")
+        alphas = data.get("alpha") or {}
+        if isinstance(alphas, Mapping):  # as_dict(): name -> scale
+            names = [str(n) for n in alphas]
+            values = list(alphas.values())
+        elif isinstance(alphas, list | tuple):
+            names = data.get("names")
+            if not isinstance(names, list | tuple) or len(names) != len(alphas):
+                names, values = [], []  # scales without their names: unusable for others
+            else:
+                names, values = [str(n) for n in names], list(alphas)
+        else:
+            raise fail("alpha must map micrograph names to scales")
+        alpha = np.array([number(v, "alpha") for v in values], dtype=np.float64)
+        if (alpha <= 0).any():
+            raise fail("alpha must be positive")
+        ll = data.get("log_likelihood")
+        n_iter = data.get("n_iter", 0)
+        return cls(
+            pi=pi,
+            mu=mu,
+            sigma=sigma,
+            alpha=alpha,
+            names=names,
+            log_likelihood=float("nan") if ll is None else number(ll, "log_likelihood"),
+            n_iter=int(number(n_iter, "n_iter")),
+            converged=bool(data.get("converged", False)),
+        )
+
 
 def check_not_constant(image: np.ndarray, name: str | None = None) -> None:
     """Raise InputError naming the micrograph if every pixel has the same value."""
