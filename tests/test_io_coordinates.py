@@ -575,3 +575,201 @@ def test_writer_refuses_non_finite_coordinates(tmp_path):
     with pytest.raises(InputError, match="row 2"):
         write_coordinates(df, tmp_path / "o.tsv")
     assert not (tmp_path / "o.tsv").exists()
+
+
+# ------------------------------------------------------------------------------ the format registry
+
+
+def test_old_table_names_are_derived_from_the_registry():
+    """cli/pick.py, cli/convert.py, simulate/dataset.py import these: same values as before."""
+    from topaz_lightning.io import coordinates
+
+    assert coordinates.FORMATS == ("tsv", "star3.0", "star3.1", "box", "cryoppp", "csv")
+    assert coordinates.EXTENSIONS == {
+        "tsv": ".tsv",
+        "star3.0": ".star",
+        "star3.1": ".star",
+        "box": ".box",
+        "cryoppp": ".csv",
+        "csv": ".csv",
+    }
+    assert coordinates.ONE_MICROGRAPH_PER_FILE == ("box", "cryoppp")
+    assert coordinates._EXT_FORMAT == {
+        ".tsv": "tsv",
+        ".txt": "tsv",
+        ".star": "star3.0",
+        ".box": "box",
+        ".csv": "csv",
+    }
+    assert coordinates._format_for_output is coordinates.format_for_output
+    with pytest.raises(AttributeError):
+        coordinates.NO_SUCH_TABLE  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [("topaz", "tsv"), ("TXT", "tsv"), ("star", "star3.1"), ("relion3.0", "star3.0"),
+     ("EMAN", "box"), ("cryoppp_csv", "cryoppp"), (" csv ", "csv")],
+)  # fmt: skip
+def test_aliases_and_format_facts(alias, name):
+    from topaz_lightning.io.coordinates import (
+        canonical_format,
+        format_extension,
+        one_micrograph_per_file,
+    )
+
+    assert canonical_format(alias) == name
+    assert format_extension(alias) == EXTENSIONS[name]
+    assert one_micrograph_per_file(alias) == (name in ("box", "cryoppp"))
+
+
+@pytest.mark.parametrize(
+    ("file", "fmt"),
+    [("p.tsv", "tsv"), ("p.TXT", "tsv"), ("p.star", "star3.1"), ("p.box", "box"), ("p.csv", "csv")],
+)
+def test_format_for_output(file, fmt):
+    from topaz_lightning.io.coordinates import format_for_output
+
+    assert format_for_output(Path("out") / file) == fmt
+
+
+def test_format_for_output_refuses_an_unknown_extension():
+    from topaz_lightning.io.coordinates import format_for_output
+
+    with pytest.raises(InputError, match=r"out/p\.json: cannot tell the output format"):
+        format_for_output("out/p.json")
+
+
+# the header line of each built-in format (what its sniff must claim, and no other sniff before it)
+HEADERS = {
+    "tsv": ["image_name\tx_coord\ty_coord", "m\t1\t2"],
+    "star3.0": ["data_", "loop_", "_rlnCoordinateX #1"],
+    "star3.1": ["data_optics", "loop_", "data_particles"],
+    "box": ["1 2 3 4"],
+    "cryoppp": ["X-Coordinate,Y-Coordinate,Diameter"],
+    "csv": ["micrograph,x,y,score"],
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(HEADERS))
+def test_each_sniff_claims_its_own_header_only(fmt):
+    from topaz_lightning.io.formats import all_formats, sniff_format
+
+    assert sniff_format(HEADERS[fmt]) == fmt
+    claims = [f.name for f in all_formats() if f.sniff(HEADERS[fmt])]
+    assert claims == [fmt]
+
+
+def test_every_record_is_complete_and_its_module_is_one_file():
+    """A format's facts live in its record, in one module of io/formats/."""
+    import inspect
+
+    from topaz_lightning.io.formats import all_formats
+
+    for fmt in all_formats():
+        assert fmt.extension.startswith(".") and fmt.description
+        assert all(e.startswith(".") and e == e.lower() for e in fmt.read_extensions)
+        module = inspect.getmodule(fmt.read)
+        assert module.__name__.startswith("topaz_lightning.io.formats.")
+        assert fmt in module.FORMATS
+
+
+@pytest.fixture
+def xyz_format():
+    """A format added at run time the way a plug-in would: one record, nothing else changed."""
+    from topaz_lightning.io.formats import CoordinateFormat, register_format, registry
+    from topaz_lightning.io.formats.common import checked_name, make_table, read_text, text_lines
+
+    def read(path):
+        rows = [line.split(";") for _, line in text_lines(read_text(path))[1:]]
+        return make_table([checked_name(r[0], path, "") for r in rows],
+                          [float(r[1]) for r in rows], [float(r[2]) for r in rows])  # fmt: skip
+
+    def write(df, target, box_size_px):
+        rows = [f"{m};{x};{y}" for m, x, y in zip(df["micrograph"], df["x"], df["y"], strict=True)]
+        target.write_text("XYZ\n" + "\n".join(rows) + "\n")
+
+    record = CoordinateFormat(
+        name="xyz", extension=".xyz", read=read, write=write,
+        sniff=lambda lines: lines[0] == "XYZ", description="XYZ (header 'XYZ')",
+        aliases=("semicolons",), read_extensions=(".xyz",), output_extensions=(".xyz",),
+        has_score=False, order=99,
+    )  # fmt: skip
+    register_format(record)
+    yield record
+    registry._REGISTRY.pop("xyz", None)
+
+
+def test_a_registered_format_works_everywhere(tmp_path, xyz_format):
+    from topaz_lightning.io import coordinates
+
+    assert "xyz" in coordinates.FORMATS and coordinates.canonical_format("SEMICOLONS") == "xyz"
+    df = pd.DataFrame({"micrograph": ["a", "b"], "x": [1.0, 2.0], "y": [3.0, 4.0]})
+    out = write_coordinates(df, tmp_path / "p.xyz")  # format from the extension
+    assert detect_format(out) == "xyz"
+    pd.testing.assert_frame_equal(read_coordinates(out), df)
+    per = write_coordinates(df, tmp_path / "d", fmt="xyz", per_micrograph=True)
+    assert sorted(p.name for p in per.iterdir()) == ["a.xyz", "b.xyz"]
+    assert detect_format(per) == "xyz"
+    with pytest.raises(ValueError, match="already"):
+        from topaz_lightning.io.formats import register_format
+
+        register_format(xyz_format)
+
+
+def test_entry_point_formats_are_loaded_and_a_broken_one_is_skipped(monkeypatch, caplog):
+    import importlib.metadata
+
+    from topaz_lightning.io.formats import CoordinateFormat, registry
+
+    class Entry:
+        def __init__(self, name, value):
+            self.name, self._value = name, value
+
+        def load(self):
+            if isinstance(self._value, Exception):
+                raise self._value
+            return self._value
+
+    tsv = registry.get_format("tsv")
+    plug = CoordinateFormat(
+        name="plug", extension=".plug", read=tsv.read, write=tsv.write,
+        sniff=lambda lines: False, description="plug",
+    )  # fmt: skip
+    entries = [Entry("plug", (plug,)), Entry("broken", ImportError("no module named nowhere"))]
+    monkeypatch.setattr(
+        importlib.metadata,
+        "entry_points",
+        lambda group: entries if group == registry.ENTRY_POINT_GROUP else [],
+    )
+    saved = dict(registry._REGISTRY)
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_LOADED", False)
+    assert set(registry.format_names()) == {*saved, "plug"}
+    assert registry.get_format("plug") is plug
+    assert "broken" in caplog.text and "not loaded" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("a\nb", "control character"), ("a\tb", "control character"), ("a" * 201, "too long"),
+     ("é" * 101, "too long"), ("../x", "path separator")],
+)  # fmt: skip
+def test_per_micrograph_paths_refuse_unsafe_names(tmp_path, name, problem):
+    from topaz_lightning.io.coordinates import per_micrograph_paths
+
+    with pytest.raises(InputError, match=problem) as err:
+        per_micrograph_paths(["ok", name], tmp_path, "star")
+    assert "row 2" in str(err.value)
+    assert per_micrograph_paths(["a" * 200], tmp_path, "box") == {
+        "a" * 200: tmp_path / ("a" * 200 + ".box")
+    }
+
+
+def test_lines_end_at_newline_only(tmp_path):
+    """A form feed or \\x1c inside a name is refused on its own line, not split silently."""
+    path = _write(tmp_path, "p.tsv", "image_name\tx_coord\ty_coord\nm\t1\t2\nm\x0cq\t3\t4\n")
+    with pytest.raises(InputError, match=r"line 3: micrograph name 'm\\x0cq' contains control"):
+        read_coordinates(path)
+    crlf = _write(tmp_path, "crlf.tsv", "image_name\tx_coord\ty_coord\r\nm\t1\t2\r\n")
+    assert read_coordinates(crlf).iloc[0].tolist() == ["m", 1.0, 2.0]
