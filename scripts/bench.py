@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 # run by their own make targets
-SEPARATE = {"bench_topaz.py"}
+SEPARATE = {"bench_topaz.py", "bench_strided.py"}
 OVERHEAD_TARGET = 1.25
 
 

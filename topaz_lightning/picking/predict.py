@@ -3,8 +3,9 @@
 - :class:`MicrographDataset` reads and preprocesses one micrograph per item inside the
   DataLoader, so the next one is prefetched while the current one is scored and memory stays
   flat in the number of micrographs. A file that cannot be read becomes an item with ``error``.
-- :func:`pick_micrograph` is THE place where a preprocessed micrograph becomes picks: dense
-  score map, non-maximum suppression, threshold/top-k, coordinates to the micrograph frame.
+- :func:`pick_micrograph` is THE place where a preprocessed micrograph becomes picks: score
+  map and non-maximum suppression (or, with ``scoring=strided``, picks at the network's stride
+  refined on real pixels), band mask, threshold/top-k, coordinates to the micrograph frame.
 - :class:`PickModule` is the LightningModule whose ``predict_step`` calls it for each item.
 - :class:`PickWriter` (a ``BasePredictionWriter``) writes each micrograph's picks atomically as
   soon as it is done (``<picks_dir>/<name>.tsv``, full precision; score maps first, so an
@@ -36,8 +37,9 @@ from topaz_lightning.errors import InputError
 from topaz_lightning.geometry import coordinates_to_micrograph_frame
 from topaz_lightning.picking.border import drop_masked_picks
 from topaz_lightning.picking.pick import PICK_COLUMNS, picks_from_score_map
-from topaz_lightning.picking.scoring import fill_unscored, score_micrograph
+from topaz_lightning.picking.scoring import fill_unscored, resolve_device, score_micrograph
 from topaz_lightning.picking.settings import PickSettings
+from topaz_lightning.picking.strided import strided_picks
 from topaz_lightning.utils.atomic import atomic_output
 
 PART_SUFFIX = ".tsv"
@@ -72,23 +74,26 @@ def pick_micrograph(
     (:func:`topaz_lightning.geometry.coordinates_to_micrograph_frame`) and ``score`` the logit,
     best first.
     """
-    score_map = score_micrograph(
-        net,
-        image,
-        device=device,
-        tile_size=settings.tile_size,
-        scoring=settings.scoring,
-        tta=settings.tta,
-        level=settings.scoring_level,
-        threshold=settings.threshold,
-    )
-    picks = picks_from_score_map(
-        name,
-        score_map,
-        settings.nms_radius_px_model,
-        threshold=settings.threshold,
-        nms_boundary=settings.nms_boundary,
-    )
+    if settings.scoring == "strided":
+        picks, score_map = _strided(net, image, settings, name, device)
+    else:
+        score_map = score_micrograph(
+            net,
+            image,
+            device=device,
+            tile_size=settings.tile_size,
+            scoring=settings.scoring,
+            tta=settings.tta,
+            level=settings.scoring_level,
+            threshold=settings.threshold,
+        )
+        picks = picks_from_score_map(
+            name,
+            score_map,
+            settings.nms_radius_px_model,
+            threshold=settings.threshold,
+            nms_boundary=settings.nms_boundary,
+        )
     picks = drop_masked_picks(
         picks,
         image,
@@ -103,6 +108,46 @@ def pick_micrograph(
     if settings.keep_score_map and settings.scoring == "coarse_to_fine":
         score_map = fill_unscored(score_map)  # no -inf in saved maps and pictures
     return PickResult(name, picks, score_map if settings.keep_score_map else None)
+
+
+def _strided(
+    net: nn.Module, image: np.ndarray, settings: PickSettings, name: str, device
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """scoring=strided (:mod:`topaz_lightning.picking.strided`): picks (model frame) and, when
+    kept, a picture of the scores."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise InputError(
+            f"expected a 2-D micrograph (H, W), got shape {image.shape}", where=name or "image"
+        )
+    device = resolve_device(device)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+            result = strided_picks(
+                net,
+                tensor,
+                settings.nms_radius_px_model,
+                settings.threshold,
+                boundary=settings.nms_boundary,
+                refine=settings.refine,
+                tta=settings.tta,
+                keep_score_map=settings.keep_score_map,
+            )
+    finally:
+        net.train(was_training)
+    picks = pd.DataFrame(
+        {
+            "micrograph": np.full(len(result.scores), name, dtype=object),
+            "x": result.xy[:, 0],
+            "y": result.xy[:, 1],
+            "score": result.scores,
+        },
+        columns=PICK_COLUMNS,
+    )
+    return picks, result.score_map
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Scoring whole micrographs with a trained region classifier: dense or coarse-to-fine, optional 8-fold TTA."""
+"""Scoring whole micrographs with a trained region classifier: dense, coarse-to-fine or strided, optional 8-fold TTA."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from topaz_lightning.picking.coarse import (
     coarse_to_fine_score_map,
     dense_logits,
 )
+from topaz_lightning.picking.strided import strided_picks
 
-#: ``dense``: every pixel (the exact reference); ``coarse_to_fine``: picking.coarse
-SCORING_METHODS = ("dense", "coarse_to_fine")
+#: ``dense``: every pixel (the exact reference); ``coarse_to_fine``: picking.coarse;
+#: ``strided``: the native stride, picks refined on real pixels (picking.strided)
+SCORING_METHODS = ("dense", "coarse_to_fine", "strided")
 #: default flood-fill level (logit) of coarse_to_fine when the pick threshold is -inf: picks
 #: scoring at least this are exactly the dense ones (docs/picking_evaluation.md)
 DEFAULT_LEVEL = -2.0
@@ -67,6 +69,9 @@ def score_micrographs(
     threshold: float = -math.inf,
     fine_tile: int = 16,
     seed_margin: float = DEFAULT_SEED_MARGIN,
+    radius_px_model: float | None = None,
+    nms_boundary: str = "keep",
+    refine: str = "window",
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, score_map)`` (float32 logits, same shape as the image) for every micrograph.
 
@@ -78,6 +83,11 @@ def score_micrographs(
     ``threshold`` then gives the dense picks scoring at least that level. ``tta=8`` averages
     the logits over the 8 rotations/mirrors (8x the cost). The net runs in eval mode without
     gradients; its train/eval state is restored after.
+    ``scoring="strided"`` (:mod:`topaz_lightning.picking.strided`, needs ``radius_px_model``,
+    the NMS radius): ``-inf`` except at the strided picks (NMS radius ``radius_px_model``,
+    ``nms_boundary``, ``refine``, ``threshold``), which hold their scores, so NMS with that
+    radius on the map returns exactly the strided picks. For picking, call
+    :func:`topaz_lightning.picking.predict.pick_micrograph` instead (no full-size map).
     """
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
@@ -86,6 +96,10 @@ def score_micrographs(
     if scoring == "coarse_to_fine":
         batch_size = 1  # each micrograph scores its own tiles
         level = scoring_level(level, threshold)
+    if scoring == "strided":
+        batch_size = 1
+        if radius_px_model is None:
+            raise ConfigError("radius_px_model", "scoring=strided needs the NMS radius (model px)")
     device = resolve_device(device)
     was_training = net.training
     net.eval()
@@ -110,6 +124,20 @@ def score_micrographs(
                         net, tensor[0, 0], level, fine_tile, tta, seed_margin=seed_margin
                     )
                     logits = result.score_map[None]
+                elif scoring == "strided":
+                    picks = strided_picks(
+                        net,
+                        tensor[0, 0],
+                        radius_px_model,
+                        threshold,
+                        boundary=nms_boundary,
+                        refine=refine,
+                        tta=tta,
+                    )
+                    sparse = np.full(tensor.shape[-2:], -np.inf, dtype=np.float32)
+                    xs, ys = np.rint(picks.xy).astype(np.int64).T
+                    sparse[ys, xs] = picks.scores
+                    logits = sparse[None]
                 else:
                     logits = dense_logits(net, tensor, tile_size, tta).float().cpu().numpy()
             yield from zip(group, logits, strict=True)
@@ -125,7 +153,8 @@ def score_micrograph(
     **scoring,
 ) -> np.ndarray:
     """Logits (H, W) float32 for one micrograph (H, W); keyword options (``scoring``, ``tta``,
-    ``level``, ``threshold``, ``fine_tile``, ``seed_margin``) as in :func:`score_micrographs`."""
+    ``level``, ``threshold``, ``fine_tile``, ``seed_margin``, ``radius_px_model``,
+    ``nms_boundary``, ``refine``) as in :func:`score_micrographs`."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise InputError(

@@ -1,0 +1,197 @@
+"""scoring=strided against dense scoring: refined scores are dense scores, positions within the stride, stride 1 is dense."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from tests.test_scoring import _micrograph, _net, _smooth_kernels
+from topaz_lightning.errors import ConfigError
+from topaz_lightning.models import Conv31, ResNet8
+from topaz_lightning.models.base import PatchClassifier, apply_conv, receptive_field
+from topaz_lightning.picking import non_maximum_suppression, score_micrograph
+from topaz_lightning.picking.coarse import native_stride
+from topaz_lightning.picking.predict import pick_micrograph
+from topaz_lightning.picking.settings import PickSettings
+from topaz_lightning.picking.strided import strided_picks, window_scores
+
+
+class _Stride1(PatchClassifier):
+    """Two 3 x 3 convolutions without stride (receptive field 5): the coarse map is dense."""
+
+    def __init__(self):
+        super().__init__()
+        self._init_kwargs = {}
+        self.convs = nn.ModuleList([nn.Conv2d(1, 4, 3), nn.Conv2d(4, 6, 3)])
+        self.receptive_field = receptive_field([(3, 1), (3, 1)])
+        self.phase_strides = (1, 1)
+        self.num_features = 6
+        self.classifier = nn.Linear(6, 1)
+
+    def trunk(self, x, dense):
+        jump = 1
+        for conv in self.convs:
+            x, jump = apply_conv(conv, x, dense, jump)
+            x = torch.tanh(x)
+        return x
+
+
+def _dense(net, image: np.ndarray, tta: int = 1) -> np.ndarray:
+    return score_micrograph(net, image, tile_size=None, tta=tta)
+
+
+def _strided(net, image: np.ndarray, radius: float, **kw):
+    with torch.inference_mode():
+        return strided_picks(net, torch.from_numpy(image), radius, **kw)
+
+
+@pytest.fixture(scope="module")
+def conv31():
+    return _smooth_kernels(_net(Conv31, 0), 0).eval()
+
+
+@pytest.mark.parametrize(
+    "net_cls, stride", [(Conv31, 4), pytest.param(ResNet8, 4, marks=pytest.mark.slow)]
+)
+def test_native_strides(net_cls, stride):
+    assert native_stride(net_cls()) == stride
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_window_refinement_scores_real_pixels(conv31, seed):
+    image = _micrograph(seed, shape=(101, 118), n_blobs=9)
+    dense = _dense(conv31, image)
+    result = _strided(conv31, image, 10.0)
+    assert result.stride == 4 and len(result.scores) > 5
+    xs, ys = result.xy.astype(np.int64).T
+    assert np.array_equal(result.xy, np.stack([xs, ys], 1).astype(float))  # integer pixels
+    # the refined score IS the dense score at the refined pixel (up to float rounding)
+    np.testing.assert_allclose(result.scores, dense[ys, xs], rtol=0, atol=1e-5)
+    # ... and that pixel is the best dense pixel within 2 px of a coarse sample
+    cx, cy = result.sample_xy.astype(np.int64).T
+    assert np.all(cx % 4 == 0) and np.all(cy % 4 == 0)
+    for x, y, s, x0, y0 in zip(xs, ys, result.scores, cx, cy, strict=True):
+        assert abs(x - x0) <= 2 and abs(y - y0) <= 2
+        patch = dense[max(0, y0 - 2) : y0 + 3, max(0, x0 - 2) : x0 + 3]
+        assert s >= patch.max() - 1e-5
+    # best first, and no two picks closer than the NMS radius
+    assert np.all(np.diff(result.scores) <= 0)
+    d = np.hypot(*(result.xy[:, None] - result.xy[None]).transpose(2, 0, 1))
+    assert d[~np.eye(len(d), dtype=bool)].min() >= 10.0
+
+
+def test_strided_finds_the_dense_picks_within_half_the_stride(conv31):
+    image = _micrograph(3, shape=(128, 128), n_blobs=12)
+    dense = _dense(conv31, image)
+    dense_xy, dense_scores = non_maximum_suppression(dense, 10.0)
+    result = _strided(conv31, image, 10.0)
+
+    # the best dense picks are found at the same pixel or within stride / 2 (per axis); this
+    # random net's map has structure finer than the stride (a trained one's peaks are a
+    # particle wide), so two of the eight are missed: a pick whose 4 nearest coarse samples
+    # are each suppressed by a better sample whose window does not reach the dense peak
+    def found(picks) -> int:
+        offsets = np.abs(picks.xy[None] - dense_xy[:8, None]).max(axis=2)
+        return int((offsets.min(axis=1) <= 2).sum())
+
+    assert found(result) >= 6
+    shrunk = _strided(conv31, image, 10.0, coarse_shrink_px_model=4 * math.sqrt(2))
+    assert found(shrunk) >= found(result)
+    assert shrunk.n_refined > result.n_refined
+    # the best pick is the dense map's maximum itself
+    assert np.array_equal(result.xy[0], dense_xy[0])
+    assert result.scores[0] == pytest.approx(dense_scores[0], abs=1e-5)
+
+
+def test_stride_one_equals_dense():
+    torch.manual_seed(0)
+    net = _Stride1().eval()
+    image = _micrograph(4, shape=(60, 71), n_blobs=6)
+    dense = _dense(net, image)
+    for threshold in (-math.inf, float(np.quantile(dense, 0.9))):
+        xy, scores = non_maximum_suppression(dense, 6.0, threshold)
+        result = _strided(net, image, 6.0, threshold=threshold)
+        assert np.array_equal(result.xy, xy)
+        np.testing.assert_allclose(result.scores, scores, rtol=0, atol=1e-6)
+
+
+def test_pick_micrograph_strided_stride_one_matches_dense():
+    torch.manual_seed(1)
+    net = _Stride1().eval()
+    image = _micrograph(5, shape=(64, 64), n_blobs=5)
+    base = PickSettings(nms_radius_px_model=5.0, downsample=2.0, max_picks=7)
+    dense = pick_micrograph(net, image, base, "m").picks
+    strided = pick_micrograph(net, image, base.replace(scoring="strided"), "m").picks
+    assert len(dense) == 7
+    pd.testing.assert_frame_equal(
+        strided[["micrograph", "x", "y"]], dense[["micrograph", "x", "y"]]
+    )
+    np.testing.assert_allclose(strided["score"], dense["score"], atol=1e-6)
+
+
+def test_threshold_and_refine_methods(conv31):
+    image = _micrograph(6, shape=(96, 96), n_blobs=8)
+    everything = _strided(conv31, image, 8.0)
+    threshold = float(np.median(everything.scores))
+    above = _strided(conv31, image, 8.0, threshold=threshold)
+    assert len(above.scores) and above.scores.min() >= threshold
+    # the thresholded picks are the unthresholded ones above it
+    keep = everything.scores >= threshold
+    assert np.array_equal(above.xy, everything.xy[keep])
+    coarse = _strided(conv31, image, 8.0, refine="none")
+    assert coarse.n_refined == 0 and np.all(coarse.xy % 4 == 0)
+    # no refinement: the scores are the coarse samples'
+    i, j = (coarse.xy[:, 1] // 4).astype(int), (coarse.xy[:, 0] // 4).astype(int)
+    np.testing.assert_array_equal(coarse.scores, coarse.coarse[i, j])
+    centroid = _strided(conv31, image, 8.0, refine="centroid")
+    assert centroid.n_refined == 0 and len(centroid.scores)
+    assert np.abs(centroid.xy - np.rint(centroid.xy / 4) * 4).max() <= 4
+    with pytest.raises(ConfigError, match="refine"):
+        _strided(conv31, image, 8.0, refine="bogus")
+    with pytest.raises(ConfigError, match="refine"):
+        PickSettings(nms_radius_px_model=5.0, scoring="strided", refine="bogus")
+
+
+def test_window_scores_edges_and_tta(conv31):
+    image = _micrograph(7, shape=(41, 53), n_blobs=3)
+    positions = np.array([[0, 0], [52, 40], [20, 17]])
+    for tta in (1, 8):
+        dense = _dense(conv31, image, tta=tta)
+        with torch.inference_mode():
+            windows = window_scores(conv31, torch.from_numpy(image), positions, 2, tta)
+        for (x, y), block in zip(positions, windows, strict=True):
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    inside = 0 <= y + dy < 41 and 0 <= x + dx < 53
+                    got = block[dy + 2, dx + 2]
+                    if inside:
+                        assert got == pytest.approx(dense[y + dy, x + dx], abs=1e-5)
+                    else:
+                        assert got == -np.inf
+
+
+def test_score_micrograph_strided_map_gives_the_picks(conv31):
+    image = _micrograph(8, shape=(80, 90), n_blobs=6)
+    sparse = score_micrograph(conv31, image, scoring="strided", radius_px_model=9.0)
+    result = _strided(conv31, image, 9.0)
+    xy, scores = non_maximum_suppression(sparse, 9.0)
+    assert np.array_equal(xy, result.xy)
+    np.testing.assert_allclose(scores, result.scores, atol=1e-6)
+    with pytest.raises(ConfigError, match="radius"):
+        score_micrograph(conv31, image, scoring="strided")
+
+
+def test_kept_score_map_is_a_picture(conv31):
+    image = _micrograph(9, shape=(50, 61), n_blobs=4)
+    settings = PickSettings(nms_radius_px_model=8.0, scoring="strided", keep_score_map=True)
+    result = pick_micrograph(conv31, image, settings, "m")
+    assert result.score_map.shape == image.shape
+    assert np.isfinite(result.score_map).all()
+    dense = _dense(conv31, image)
+    # coarse samples carry their dense scores
+    np.testing.assert_allclose(result.score_map[::4, ::4], dense[::4, ::4], atol=1e-5)

@@ -1,0 +1,279 @@
+"""Strided picking: the classifier at its native stride, NMS on that grid, each pick refined on real positions.
+
+A classifier whose convolution strides multiply to ``s`` (conv31, resnet8, resnet16 and
+resnet16_prelu: 4; resnet8_prelu: 8), run on a whole micrograph as written, gives the dense
+score at every ``s``-th pixel
+(:func:`topaz_lightning.picking.coarse.coarse_scores`) for about ``1 / s**2`` of the cost of
+dense scoring. A particle is many strides wide, so the coarse map already finds the particles;
+what it loses is position (a pick can sit up to ``s / 2`` pixels from the best pixel) and the
+score of that best pixel. Strided picking therefore:
+
+1. scores the coarse map (the ``s``-th pixels);
+2. runs greedy NMS on the coarse grid with the NMS radius divided by ``s`` (coarse samples below
+   ``threshold - refine_margin`` are not candidates: refinement can only raise a score);
+3. refines every kept pick (``refine``):
+
+   - ``"window"`` (exact): scores the ``(2 * (s // 2) + 1)**2`` real pixels around the sample
+     (the sample itself included) with the dense network on a small window holding their
+     receptive fields, all picks in batches, and moves the pick to the best of them with that
+     pixel's score (a dense score, equal to what ``scoring=dense`` gives at that pixel);
+   - ``"centroid"`` (no network cost): moves the pick to the softmax-weighted centroid of its
+     3 x 3 coarse neighbourhood and keeps the sample's score;
+   - ``"none"``: the coarse sample's position and score;
+
+4. re-ranks by the refined score and drops, greedily from the best, a pick that refinement
+   moved closer than the NMS radius to a better one (the same boundary rule as dense NMS), then
+   drops picks below ``threshold``.
+
+A network of stride 1 gives exactly the dense picks (the coarse map is the dense map and the
+window is the pixel itself). The band mask, top-k, and the frame conversion are applied after
+this by :func:`topaz_lightning.picking.predict.pick_micrograph`, exactly as for dense scoring.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from topaz_lightning.errors import ConfigError
+from topaz_lightning.picking.coarse import (
+    check_tta,
+    coarse_scores,
+    dihedral,
+    dihedral_inverse,
+    native_stride,
+)
+from topaz_lightning.picking.nms import NMS_BOUNDARIES, non_maximum_suppression
+
+#: how strided picking refines a coarse pick (module docstring)
+REFINE_METHODS = ("window", "centroid", "none")
+#: coarse samples down to ``threshold - DEFAULT_REFINE_MARGIN`` (logits) are refined: the best
+#: pixel near a sample can score above it (same margin as coarse_to_fine's seeds)
+DEFAULT_REFINE_MARGIN = 2.0
+
+
+def check_refine(refine: str) -> str:
+    """``refine`` if it is one of REFINE_METHODS, else ConfigError."""
+    if refine not in REFINE_METHODS:
+        raise ConfigError("refine", f"must be one of {REFINE_METHODS}, got {refine!r}")
+    return refine
+
+
+@dataclass
+class StridedPicks:
+    """Output of :func:`strided_picks` (model frame).
+
+    ``xy`` (n, 2) float64 columns ``x, y``; ``scores`` (n,) float64 logits, best first.
+    ``coarse`` (ceil(H / s), ceil(W / s)) float32: the coarse logits at pixels ``(s * i, s * j)``.
+    ``stride``: ``s``. ``n_refined``: picks scored on a window. ``sample_xy`` (n, 2): the coarse
+    sample (model px, x, y) each pick was refined from. ``score_map``: (H, W) picture of the
+    scores (each pixel the nearest coarse sample, refined windows pasted in) when asked.
+    """
+
+    xy: np.ndarray
+    scores: np.ndarray
+    coarse: np.ndarray
+    stride: int
+    n_refined: int
+    sample_xy: np.ndarray
+    score_map: np.ndarray | None = None
+
+
+def _coarse_map(net: nn.Module, image: torch.Tensor, tta: int) -> np.ndarray:
+    """Coarse logits of ``image`` (H, W): samples at ``(s * i, s * j)`` inside the image."""
+    s = native_stride(net)
+    height, width = image.shape
+    if tta == 1:
+        padded = image[None, None]
+    else:  # (s * n + 1) a side: every rotation/mirror maps the grid onto itself
+        grid_h, grid_w = -(-(height - 1) // s) * s + 1, -(-(width - 1) // s) * s + 1
+        padded = F.pad(image, (0, grid_w - width, 0, grid_h - height))[None, None]
+    coarse = coarse_scores(net, padded, tta)[0].float().cpu().numpy()
+    return np.ascontiguousarray(coarse[: -(-height // s), : -(-width // s)])
+
+
+def window_scores(
+    net: nn.Module,
+    image: torch.Tensor,
+    xy_px_model: np.ndarray,
+    half: int,
+    tta: int = 1,
+    chunk: int = 256,
+) -> np.ndarray:
+    """Dense logits ``(n, 2 * half + 1, 2 * half + 1)`` of the pixels ``(x + dx, y + dy)``,
+    ``|dx|, |dy| <= half``, around each integer position ``xy_px_model`` (n, 2) of ``image``
+    (H, W); pixels outside the image get ``-inf``. Each window is scored with the network's
+    dense map on a crop holding its receptive fields, so a value equals the dense score of that
+    pixel (zeros beyond the image, as in dense scoring) up to float rounding."""
+    height, width = image.shape
+    side_out = 2 * half + 1
+    out = np.full((len(xy_px_model), side_out, side_out), -np.inf, dtype=np.float32)
+    if len(xy_px_model) == 0:
+        return out
+    r = net.receptive_field // 2
+    pad = r + half
+    context = F.pad(image, (pad, pad, pad, pad))
+    side_in = side_out + 2 * r
+    steps = torch.arange(side_in, device=image.device)
+    xs = np.asarray(xy_px_model[:, 0], dtype=np.int64)
+    ys = np.asarray(xy_px_model[:, 1], dtype=np.int64)
+    for start in range(0, len(xs), chunk):
+        # output pixel x needs context columns x - r + pad ...: the crop starts at x0 - half - r
+        # + pad = x0 (context frame) for the window's first pixel x0 - half
+        x0 = torch.as_tensor(xs[start : start + chunk], device=image.device)
+        y0 = torch.as_tensor(ys[start : start + chunk], device=image.device)
+        rows = (y0[:, None] + steps[None, :])[:, :, None]
+        cols = (x0[:, None] + steps[None, :])[:, None, :]
+        crops = context[rows, cols][:, None]  # (n, 1, side_in, side_in)
+        total = None
+        for k in range(tta):
+            logits = dihedral_inverse(net.valid_score_map(dihedral(crops, k)), k)
+            total = logits if total is None else total + logits
+        out[start : start + len(x0)] = (total / tta).float().cpu().numpy()
+    d = np.arange(-half, half + 1)
+    inside_y = (ys[:, None] + d[None, :] >= 0) & (ys[:, None] + d[None, :] < height)
+    inside_x = (xs[:, None] + d[None, :] >= 0) & (xs[:, None] + d[None, :] < width)
+    out[~(inside_y[:, :, None] & inside_x[:, None, :])] = -np.inf
+    return out
+
+
+def _centroids(coarse: np.ndarray, ij: np.ndarray, stride: int) -> np.ndarray:
+    """Softmax-weighted centroids (model px, columns x, y) of the 3 x 3 coarse neighbourhoods of
+    the samples ``ij`` (n, 2) rows (i, j)."""
+    rows, cols = coarse.shape
+    padded = np.pad(coarse.astype(np.float64), 1, constant_values=-np.inf)
+    d = np.arange(-1, 2)
+    vals = padded[ij[:, 0, None, None] + 1 + d[None, :, None], ij[:, 1, None, None] + 1 + d]
+    weights = np.exp(vals - vals.max(axis=(1, 2), keepdims=True))  # outside the grid: 0
+    weights /= weights.sum(axis=(1, 2), keepdims=True)
+    dy = (weights.sum(axis=2) * d).sum(axis=1)
+    dx = (weights.sum(axis=1) * d).sum(axis=1)
+    return np.stack([(ij[:, 1] + dx) * stride, (ij[:, 0] + dy) * stride], axis=1)
+
+
+def _suppress_points(xy: np.ndarray, scores: np.ndarray, radius: float, boundary: str):
+    """Greedy NMS of points: best score first (ties: smaller flat position first), a point
+    closer than ``radius`` (``keep``; ``suppress``: not farther) to a kept one is dropped.
+    Returns the kept indices in that order."""
+    from scipy.spatial import cKDTree
+
+    order = np.lexsort((xy[:, 0], xy[:, 1], -scores))
+    if len(order) < 2 or radius <= 0:
+        return order
+    pairs = cKDTree(xy).query_pairs(radius, output_type="ndarray")
+    if len(pairs):
+        d2 = ((xy[pairs[:, 0]] - xy[pairs[:, 1]]) ** 2).sum(axis=1)
+        pairs = pairs[d2 < radius**2] if boundary == "keep" else pairs
+    if not len(pairs):
+        return order
+    neighbours: dict[int, list[int]] = {}
+    for a, b in pairs.tolist():
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    dropped = np.zeros(len(xy), dtype=bool)
+    kept = []
+    for i in order.tolist():
+        if dropped[i]:
+            continue
+        kept.append(i)
+        for j in neighbours.get(i, ()):
+            dropped[j] = True
+    return np.asarray(kept, dtype=np.int64)
+
+
+def strided_picks(
+    net: nn.Module,
+    image: torch.Tensor,
+    radius_px_model: float,
+    threshold: float = -math.inf,
+    *,
+    boundary: str = "keep",
+    refine: str = "window",
+    tta: int = 1,
+    refine_margin: float = DEFAULT_REFINE_MARGIN,
+    chunk: int = 256,
+    keep_score_map: bool = False,
+    coarse_shrink_px_model: float = 0.0,
+) -> StridedPicks:
+    """Picks of one micrograph ``image`` (H, W) tensor on the net's device (module docstring).
+
+    ``radius_px_model``: the NMS radius (model px); ``threshold``: logit (picks scoring less are
+    dropped); ``boundary``: as in :func:`topaz_lightning.picking.nms.non_maximum_suppression`;
+    ``refine``: REFINE_METHODS; ``tta``: 1 or 8 (rotations/mirrors averaged, coarse map and
+    windows alike); ``chunk``: windows per batch. ``coarse_shrink_px_model``: the coarse NMS
+    uses the radius minus this (model px): refinement moves a pick up to ``s / sqrt(2)``, so
+    two dense picks ``radius`` apart can have coarse samples up to ``sqrt(2) * s`` closer;
+    shrinking by that keeps both (more windows to score; the final NMS on the refined
+    positions uses the full radius). The net must be in eval mode; call under
+    ``torch.inference_mode()``.
+    """
+    if image.dim() != 2:
+        raise ValueError(f"expected a 2-D micrograph tensor, got shape {tuple(image.shape)}")
+    check_refine(refine)
+    tta = check_tta(tta)
+    if boundary not in NMS_BOUNDARIES:
+        raise ConfigError("nms_boundary", f"must be one of {NMS_BOUNDARIES}, got {boundary!r}")
+    s = native_stride(net)
+    coarse = _coarse_map(net, image, tta)
+    floor = threshold - refine_margin if refine == "window" else threshold
+    coarse_radius = max(float(radius_px_model) - float(coarse_shrink_px_model), 0.0) / s
+    ij_xy, coarse_vals = non_maximum_suppression(coarse, coarse_radius, floor, boundary=boundary)
+    ij = ij_xy[:, ::-1].astype(np.int64)  # (i, j) = (row, col) on the coarse grid
+    xy = ij[:, ::-1].astype(np.float64) * s
+    scores = coarse_vals.astype(np.float64)
+    windows = None
+    half = s // 2
+    if refine == "window" and len(ij):
+        windows = window_scores(net, image, xy.astype(np.int64), half, tta, chunk)
+        flat = windows.reshape(len(windows), -1)
+        # best pixel of each window; ties: the first in row-major order (as dense NMS's order)
+        best = flat.argmax(axis=1)
+        dy, dx = np.divmod(best, 2 * half + 1)
+        xy = xy + np.stack([dx - half, dy - half], axis=1)
+        scores = flat[np.arange(len(flat)), best].astype(np.float64)
+    elif refine == "centroid" and len(ij):
+        xy = _centroids(coarse, ij, s)
+    kept = _suppress_points(xy, scores, float(radius_px_model), boundary)
+    keep_score = scores[kept] >= threshold if threshold > -math.inf else slice(None)
+    kept = kept[keep_score]
+    score_map = None
+    if keep_score_map:
+        score_map = _picture(coarse, image.shape, s, ij[:, ::-1] * s, windows, half)
+    return StridedPicks(
+        xy[kept].reshape(-1, 2),
+        scores[kept],
+        coarse,
+        s,
+        0 if windows is None else len(windows),
+        (ij[kept, ::-1] * s).astype(np.float64).reshape(-1, 2),
+        score_map,
+    )
+
+
+def _picture(
+    coarse: np.ndarray,
+    shape: tuple[int, int],
+    s: int,
+    centres: np.ndarray,
+    windows: np.ndarray | None,
+    half: int,
+) -> np.ndarray:
+    """(H, W) map for saving and plotting: the nearest coarse sample's score at every pixel, the
+    refined windows' dense scores (centred on the coarse samples ``centres`` (n, 2) x, y) pasted
+    in (not for NMS: strided picks do not come from it)."""
+    height, width = int(shape[0]), int(shape[1])
+    iy = np.minimum(np.rint(np.arange(height) / s).astype(np.int64), coarse.shape[0] - 1)
+    ix = np.minimum(np.rint(np.arange(width) / s).astype(np.int64), coarse.shape[1] - 1)
+    picture = coarse[iy[:, None], ix[None, :]].astype(np.float32)
+    if windows is not None:
+        d = np.arange(-half, half + 1)
+        for (cx, cy), block in zip(centres, windows, strict=True):
+            ys, xs = cy + d, cx + d
+            ok_y, ok_x = (ys >= 0) & (ys < height), (xs >= 0) & (xs < width)
+            picture[np.ix_(ys[ok_y], xs[ok_x])] = block[np.ix_(ok_y, ok_x)]
+    return picture
