@@ -56,16 +56,18 @@ class PeakNet(nn.Module):
 
 
 class StubModule(pl.LightningModule):
-    def __init__(self):
+    def __init__(self, net: nn.Module | None = None):
         super().__init__()
-        self.net = PeakNet()
+        self.net = PeakNet() if net is None else net
         self.weight = nn.Parameter(torch.ones(1))
         self.modes_seen: list[bool] = []
 
     def training_step(self, batch, batch_idx):
         self.modes_seen.append(self.net.training)
-        # the net's parameter joins the graph (gradient 0) so DDP sees every parameter used
-        return ((self.weight - batch[0]) ** 2).sum() + 0.0 * self.net.dummy
+        # the net's parameters join the graph (gradient 0: SGD leaves them as they are) so DDP
+        # sees every parameter used
+        unused = sum(p.sum() for p in self.net.parameters())
+        return ((self.weight - batch[0]) ** 2).sum() + 0.0 * unused
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -464,6 +466,84 @@ def test_border_padding_rule_is_tzl_picks():
         callback = HeldOutPicking(pick=pick, geometry=geometry)
         callback._resolve(None)  # the geometry given explicitly: no trainer needed
         assert callback.settings.border_padding_px_model == padding
+
+
+# ---------------------------------------------------------------------------------------------
+# one picking pipeline: the callback's picks are tzl-pick's
+
+
+TZL_NMS_RADIUS = 6.0
+
+
+def _tiny_model_and_banded_micrograph() -> tuple[nn.Module, np.ndarray]:
+    """A random conv31 (non-trivial BatchNorm) and a noise micrograph whose top BAND_ROWS rows
+    repeat the row below them, a striped band that tzl-pick's default mask drops picks on."""
+    from tests.conftest import randomize_batchnorm
+    from topaz_lightning.models import Conv31
+
+    torch.manual_seed(0)
+    net = Conv31(widths=(2, 3, 4))
+    randomize_batchnorm(net)
+    image = np.random.default_rng(3).normal(size=(96, 112)).astype(np.float32)
+    image[:BAND_ROWS] = image[BAND_ROWS]
+    return net.eval(), image
+
+
+def _callback_picks(tmp_path: Path, net: nn.Module, image: np.ndarray) -> pd.DataFrame:
+    """The picks table of the callback with the default config node's settings (no pick key)."""
+    coords = pd.DataFrame({"micrograph": ["mic0"], "x": [50.0], "y": [50.0]})
+    callback = HeldOutPicking(every_n_steps=1, micrographs={"mic0": image}, coordinates=coords)
+    geometry = RunGeometry(nms_radius_px_model=TZL_NMS_RADIUS, match_distance_px_model=4.0)
+    callback.set_run_geometry(geometry)  # what train.py hands over (no datamodule here)
+    loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
+    _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(net), train_dataloaders=loader)
+    assert callback.settings == PickSettings(nms_radius_px_model=TZL_NMS_RADIUS)
+    return callback.last_picks
+
+
+def test_callback_picks_equal_pick_micrograph_with_default_settings(tmp_path):
+    from topaz_lightning.picking.predict import pick_micrograph
+
+    net, image = _tiny_model_and_banded_micrograph()
+    # what tzl-pick does with this model, micrograph (already in the model frame) and radius
+    expected = pick_micrograph(net, image, PickSettings(nms_radius_px_model=TZL_NMS_RADIUS), "mic0")
+    unmasked = pick_micrograph(
+        net, image, PickSettings(nms_radius_px_model=TZL_NMS_RADIUS, border_bands=False), "mic0"
+    )
+    # the band mask matters here: it drops picks in (and next to) the band
+    assert (unmasked.picks["y"] < BAND_ROWS).any() and len(expected.picks) < len(unmasked.picks)
+    assert (expected.picks["y"] >= BAND_ROWS).all()
+    got = _callback_picks(tmp_path, net, image)
+    pd.testing.assert_frame_equal(got, expected.picks)
+
+
+@pytest.mark.slow
+def test_callback_picks_equal_tzl_pick_command(tmp_path):
+    """The same picks through the tzl-pick command (model.pt, MRC file, normalize none, downsample
+    1, NMS radius from the model's run geometry): the callback measures what users get."""
+    import subprocess
+    import sys
+
+    from topaz_lightning.io.coordinates import read_coordinates
+    from topaz_lightning.io.micrographs import write_micrograph
+    from topaz_lightning.models import save_model
+
+    net, image = _tiny_model_and_banded_micrograph()
+    write_micrograph(tmp_path / "mics" / "mic0.mrc", image)
+    geometry = RunGeometry(nms_radius_px_model=TZL_NMS_RADIUS, normalize="none")
+    save_model(tmp_path / "model.pt", net, extra={"geometry": geometry.to_dict()})
+    command = [
+        str(Path(sys.executable).parent / "tzl-pick"), f"model_path={tmp_path / 'model.pt'}",
+        f"micrographs={tmp_path / 'mics'}", f"output_dir={tmp_path / 'out'}", "device=cpu",
+        "num_workers=0", "progress=false",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tzl_pick = read_coordinates(tmp_path / "out" / "picks.tsv")
+    got = _callback_picks(tmp_path, net, image)
+    assert len(got) == len(tzl_pick) > 0
+    np.testing.assert_array_equal(got[["x", "y"]].to_numpy(), tzl_pick[["x", "y"]].to_numpy())
+    np.testing.assert_allclose(got["score"], tzl_pick["score"], rtol=0, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
