@@ -600,3 +600,126 @@ def test_template_baseline_row_uses_the_replicates_labels(paper_tables, tmp_path
     assert set(paper_tables.PICK_METRICS) <= set(first)
     # another replicate draws other labeled particles, hence another template
     assert paper_tables.baseline_metrics(spec, 10, 1)["aupr"] != first["aupr"]
+
+
+def _add_refit(sweep: Path, val_aupr: float | None) -> None:
+    """The refit run the sweep callback leaves in <sweep>/refit (its overrides differ)."""
+    metrics = {"global_step": 60} | ({"val/aupr": val_aupr} if val_aupr is not None else {})
+    _write_job(
+        sweep / "refit",
+        ["data.train_list=[a,b,c]", "data.pi=0.03", "data.num_folds=null", "data.fold=0"],
+        metrics,
+        config={"data": {"pi": 0.03, "fold": 0, "num_folds": None}},
+    )
+
+
+def test_refit_is_its_own_labelled_row_not_a_job(tmp_path, capsys):
+    sweep = _kfold_sweep(tmp_path)
+    _add_refit(sweep, 0.55)
+    result = _report(sweep)
+    out = capsys.readouterr().out
+    assert len(result["jobs"]) == 6 and "refit" not in set(result["jobs"]["job"])
+    assert "swept: data.pi, data.fold;" in out  # not hparams_search, num_folds, train_list
+    assert "Fixed overrides: hparams_search=pi_kfold, trainer.max_steps=60." in out
+    assert result["refit"]["metrics"]["val/aupr"] == 0.55
+    (line,) = [line for line in out.splitlines() if line.startswith("Refit (")]
+    assert "data.pi=0.03 on every training micrograph): val/aupr=0.550 on its validation" in line
+    # a refit without held-out micrographs says that nothing was evaluated
+    _add_refit(sweep2 := _kfold_sweep(tmp_path / "b"), None)
+    _report(sweep2)
+    assert "no held-out micrographs, nothing evaluated" in capsys.readouterr().out
+    assert sweep2.exists()
+
+
+def test_paired_tests_against_a_reference_in_the_table(tmp_path, capsys):
+    from scipy.stats import ttest_rel
+
+    sweep = _kfold_sweep(tmp_path)
+    result = _report(sweep, "reference='data.pi=0.01'")
+    out = capsys.readouterr().out
+    assert result["reference"] == {"data.pi": 0.01}
+    table = result["table"].set_index("data.pi")
+    assert table.loc[0.01, "Δ vs reference"] == "reference"
+    # 0.03 - 0.01 over the folds: (0.50 - 0.30, 0.42 - 0.40)
+    expected = ttest_rel([0.50, 0.42], [0.30, 0.40]).pvalue
+    assert table.loc[0.03, "Δ vs reference"] == "+0.110"
+    assert table.loc[0.03, "p"] == f"{expected:.3f}" and table.loc[0.03, "pairs"] == "2"
+    assert "| n | Δ vs reference | p | pairs |" in out
+    assert (
+        "paired t-test (scipy.stats.ttest_rel, two-sided) over the jobs matched on data.fold" in out
+    )
+    # the bare value works with one grouped key; a setting that is not in the sweep is refused
+    assert _report(sweep, "reference=0.1", "overwrite=true")["reference"] == {"data.pi": 0.1}
+    with pytest.raises(ConfigError, match="reference.*none of the settings.*data.pi=0.03"):
+        _report(sweep, "reference='data.pi=0.5'", "overwrite=true")
+    with pytest.raises(ConfigError, match="reference.*grouped keys"):
+        _report(sweep, "reference='seed=1'", "overwrite=true")
+
+
+def _pi_sweep(root: Path, values: dict[float, list[float]]) -> Path:
+    sweep = root / "sweep"
+    num = 0
+    for pi, scores in values.items():
+        for fold, score in enumerate(scores):
+            _write_job(
+                sweep / str(num), [f"data.pi={pi}", f"data.fold={fold}"], {"val/aupr": score}
+            )
+            num += 1
+    return sweep
+
+
+def test_choice_rules_and_the_tie(tmp_path, capsys):
+    from topaz_lightning.report import aggregate, choose
+
+    # 0.05 has the best mean; 0.02 is within one standard error of it and not significantly worse
+    # on the paired test; 0.01 is consistently worse on every fold
+    values = {
+        0.01: [0.20, 0.25, 0.22, 0.30],
+        0.02: [0.55, 0.53, 0.56, 0.52],
+        0.05: [0.55, 0.60, 0.50, 0.58],
+    }
+    sweep = _pi_sweep(tmp_path, values)
+    jobs = load_sweep(sweep).jobs
+    table = aggregate(jobs, ["data.pi"], ["val/aupr"])
+    best = choose(table, jobs, ["data.pi"], "val/aupr", rule="best")
+    assert best.setting == {"data.pi": 0.05} and not best.tie
+    se = np.std(values[0.05], ddof=1) / 2
+    assert np.mean(values[0.02]) >= np.mean(values[0.05]) - se  # the premise of the next line
+    one_se = choose(table, jobs, ["data.pi"], "val/aupr", rule="one_se")
+    assert one_se.setting == {"data.pi": 0.02} and one_se.best == {"data.pi": 0.05}
+    assert choose(
+        table, jobs, ["data.pi"], "val/aupr", rule="one_se", prefer="largest"
+    ).setting == {"data.pi": 0.05}
+    not_worse = choose(table, jobs, ["data.pi"], "val/aupr", rule="not_worse")
+    assert not_worse.setting == {"data.pi": 0.02}
+    text = "\n".join(one_se.lines("val/aupr"))
+    assert "Chosen: data.pi=0.02" in text and "one-standard-error rule" in text and "n=4" in text
+    assert "1 of 2 other setting(s) significantly worse" in text
+    with pytest.raises(ConfigError, match="rule"):
+        choose(table, jobs, ["data.pi"], "val/aupr", rule="highest")
+
+    # nothing significant: the choice is printed as a tie, with n and the test
+    tie_sweep = _pi_sweep(tmp_path / "tie", {0.01: [0.40, 0.52, 0.45], 0.03: [0.50, 0.41, 0.49]})
+    result = _report(tie_sweep, "rule=one_se")
+    out = capsys.readouterr().out
+    assert result["choice"].tie
+    assert "tie: the best mean (data.pi=0.03) is not significantly better" in out
+    assert "n=3 matched pairs" in out and "paired t-test" in out
+
+
+def test_one_mean_std_and_paired_test():
+    from scipy.stats import ttest_rel
+
+    from topaz_lightning.report import mean_std_of, p_text, paired_ttest
+
+    assert mean_std_of([0.50, 0.42, None, float("nan")]) == "0.460 ± 0.057"
+    assert mean_std_of([0.5]) == "0.500" and mean_std_of([]) == "-"
+    a = {0: 0.5, 1: 0.42, 2: 0.3, 3: float("nan")}
+    b = {0: 0.2, 1: 0.1, 2: 0.25, 4: 0.9}
+    diff, t, p, n = paired_ttest(a, b)
+    ref = ttest_rel([0.5, 0.42, 0.3], [0.2, 0.1, 0.25])
+    assert n == 3 and diff == pytest.approx(np.mean([0.3, 0.32, 0.05]))
+    assert t == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    # constant differences: the test is undefined, not p=0
+    assert math.isnan(paired_ttest({0: 1.0, 1: 2.0}, {0: 0.5, 1: 1.5})[2])
+    assert p_text(0.0205) == "0.021" and p_text(2.1e-5) == "2.1e-05" and p_text(math.nan) == "-"

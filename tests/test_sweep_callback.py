@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from tests.test_report import _kfold_sweep
 from topaz_lightning.callbacks.sweep import SweepReport, refit_overrides, sweep_keys
+from topaz_lightning.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = str(REPO / "configs")
@@ -59,13 +60,19 @@ def test_callback_prints_ranking_and_writes_best(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| 0.")]
     assert [r.split(" | ")[0] for r in rows] == ["| 0.03", "| 0.01", "| 0.1"]
     assert "0.460 ± 0.057" in rows[0]
-    assert "Chosen: data.pi=0.03 (mean val/aupr 0.460 ± 0.057, n=2)" in out
-    # paired over folds: 0.50/0.42 vs 0.20/0.10 (scipy.stats.ttest_rel)
+    assert "Chosen: data.pi=0.03 (mean val/aupr 0.460 ± 0.057, n=2) by the rule 'best'" in out
+    # paired over folds: 0.50/0.42 vs 0.20/0.10 (scipy.stats.ttest_rel: p = 0.0205)
+    assert rows[2].endswith("| -0.310 | 0.021 | 2 |")
     assert (
-        "vs data.pi=0.1: val/aupr +0.310 (paired t-test over 2 matched replicates, p=0.0205)" in out
+        "paired t-test (scipy.stats.ttest_rel, two-sided) over the jobs matched on data.fold" in out
     )
     best = yaml.safe_load((sweep / "report" / "best.yaml").read_text())
     assert best["setting"] == {"data.pi": 0.03} and best["n"] == 2
+    assert best["tie"] is False and best["rule"] == "best"
+    assert (
+        "vs data.pi=0.1: val/aupr +0.310 (paired t-test over 2 matched data.fold, p=0.021)"
+        in (best["comparisons"])
+    )
     assert best["mean"] == pytest.approx(0.46)
     assert (sweep / "report" / "report.md").is_file()
     # a second sweep end (e.g. rerun) replaces the report instead of failing
@@ -185,3 +192,70 @@ def test_refit_keeps_a_list_valued_training_list(tmp_path, monkeypatch):
     assert "data.train_list=[a,b,c]" in overrides and "data.val_list=null" in overrides
     assert "data.pi=0.03" in overrides
     assert not any(o.startswith(("data.fold=0,", "hparams_search", "refit")) for o in overrides)
+
+
+def _config(sweep, task=(), params=None, callbacks=None, train_list=None):
+    return OmegaConf.create(
+        {
+            "hydra": {
+                "sweep": {"dir": str(sweep)},
+                "overrides": {"task": list(task)},
+                "sweeper": {"params": params or {}},
+            },
+            "callbacks": callbacks or {},
+            "data": {"train_list": train_list},
+        }
+    )
+
+
+def _capture_refit(monkeypatch):
+    calls = []
+
+    def fake_run(cmd, check):
+        calls.append(cmd[3:])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr("topaz_lightning.callbacks.sweep.subprocess.run", fake_run)
+    return calls
+
+
+def test_refit_validates_once_on_the_test_list(tmp_path, monkeypatch):
+    sweep = _kfold_sweep(tmp_path)
+    task = ["data.train_list=[a,b,c]", "data.val_list=null", "test_list=[d,e]", "refit=true"]
+    config = _config(
+        sweep,
+        task,
+        {"data.pi": "0.01,0.03,0.1", "data.fold": "range(0,2)"},
+        callbacks={"best_checkpoint": {"monitor": "val/aupr"}},
+        train_list=["a", "b", "c"],
+    )
+    callback = SweepReport(group_by=["data.pi"], refit=True, test_list=["d", "e"])
+    callback.on_multirun_start(config)
+    calls = _capture_refit(monkeypatch)
+    callback.on_multirun_end(config)
+    (overrides,) = calls
+    assert "data.train_list=[a,b,c]" in overrides
+    assert "data.val_list=['d','e']" in overrides and "data.val_list=null" not in overrides
+    # no model is selected on the test micrographs; the sweep's own key stays out of tzl-train
+    assert "callbacks.best_checkpoint=null" in overrides
+    assert not any(o.startswith("test_list") for o in overrides)
+
+
+def test_test_list_must_be_outside_the_folds(tmp_path):
+    config = _config(tmp_path, train_list=["a", "b", "c"])
+    with pytest.raises(ConfigError, match="also in data.train_list.*'b'"):
+        SweepReport(test_list=["b", "d"]).on_multirun_start(config)
+    with pytest.raises(ConfigError, match="needs data.train_list"):
+        SweepReport(test_list=["d"]).on_multirun_start(_config(tmp_path))
+    lists = tmp_path / "test.txt"
+    lists.write_text("d\n# comment\ne.mrc\n")
+    SweepReport(test_list=str(lists)).on_multirun_start(config)  # disjoint: no error
+
+
+def test_pi_kfold_states_its_choice_rule():
+    node = _compose_train(["hparams_search=pi_kfold", "test_list=[x]"]).hydra.callbacks.pi_report
+    callback = instantiate(node)
+    assert callback.rule == "one_se" and callback.prefer == "smallest"
+    assert list(callback.test_list) == ["x"]
+    with pytest.raises(ConfigError, match="rule"):
+        SweepReport(rule="highest")

@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from topaz_lightning.errors import ConfigError
 
 log = logging.getLogger("topaz_lightning")
 
@@ -93,16 +94,83 @@ def params_items(params: Any) -> list[tuple[str, str]]:
 
 
 def refit_overrides(
-    task_overrides: Sequence[str], best: dict[str, Any], swept: Sequence[str], run_dir: Path
+    task_overrides: Sequence[str],
+    best: dict[str, Any],
+    swept: Sequence[str],
+    run_dir: Path,
+    test_list: Any = None,
+    no_best_checkpoint: bool = False,
 ) -> list[str]:
     """The tzl-train overrides of the refit: the sweep's own overrides without the swept keys and
-    the sweep machinery, the chosen setting, no fold held out, and the run directory."""
+    the sweep machinery, the chosen setting, no fold held out, and the run directory.
+
+    ``test_list``: micrographs held out of the folds, the refit's validation micrographs
+    (``data.val_list``), so the refit model is evaluated on them once. ``no_best_checkpoint``:
+    drop the best-checkpoint callback, so no model is selected on the test list.
+    """
     from topaz_lightning.report import key_text
 
     drop = set(swept) | set(best) | set(SWEEP_ONLY_KEYS)
+    if test_list is not None:
+        drop |= {"data.val_list", "callbacks.best_checkpoint"}
     kept = [o for o in task_overrides if _override_key(o) not in drop]
     chosen = [f"{key}={key_text(value)}" for key, value in best.items()]
-    return [*kept, *chosen, "data.num_folds=null", "data.fold=0", f"hydra.run.dir={run_dir}"]
+    test = []
+    if test_list is not None:
+        test = [f"data.val_list={hydra_value(test_list)}"]
+        if no_best_checkpoint:
+            test.append("callbacks.best_checkpoint=null")
+    return [
+        *kept,
+        *chosen,
+        "data.num_folds=null",
+        "data.fold=0",
+        *test,
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def hydra_value(value: Any) -> str:
+    """A string or a list of strings as a Hydra override value (quoted, so any name survives)."""
+
+    def quoted(text: Any) -> str:
+        return "'" + str(text).replace("'", "\\'") + "'"
+
+    if isinstance(value, ListConfig | list | tuple):
+        return "[" + ",".join(quoted(v) for v in value) + "]"
+    return quoted(value)
+
+
+def test_micrographs(test_list: Any, train_list: Any) -> list[str]:
+    """Check a test list held out of a k-fold sweep: it needs a training list without it.
+
+    The folds split ``data.train_list``; the test list must be outside it, or the folds (and the
+    refit) would train on the test micrographs. Raises ConfigError otherwise; returns the names.
+    """
+    from topaz_lightning.io.micrographs import read_micrograph_names
+
+    if isinstance(test_list, ListConfig):
+        test_list = list(test_list)
+    if isinstance(train_list, ListConfig):
+        train_list = list(train_list)
+    if train_list is None:
+        raise ConfigError(
+            "test_list",
+            "a test list held out of the folds needs data.train_list (the micrographs the folds "
+            "split, the test micrographs excluded); set data.train_list=[...] or a list file",
+        )
+    test = read_micrograph_names(test_list, key="test_list")
+    train = read_micrograph_names(train_list, key="data.train_list")
+    overlap = sorted(set(test) & set(train))
+    if overlap:
+        raise ConfigError(
+            "test_list",
+            f"{len(overlap)} test micrograph(s) are also in data.train_list (the folds would "
+            f"train on them), e.g. '{overlap[0]}'",
+        )
+    if not test:
+        raise ConfigError("test_list", "names no micrograph")
+    return test
 
 
 class SweepReport(Callback):
@@ -122,7 +190,19 @@ class SweepReport(Callback):
         refit: bool = False,
         output_dir: str | None = None,
         overwrite: bool = True,
+        rule: str = "best",
+        prefer: str = "smallest",
+        alpha: float = 0.05,
+        test_list: Any = None,
     ) -> None:
+        from topaz_lightning.report import CHOICE_RULES
+
+        if rule not in CHOICE_RULES:
+            raise ConfigError("rule", f"must be one of {', '.join(CHOICE_RULES)}, got {rule!r}")
+        self.rule = str(rule)
+        self.prefer = str(prefer)
+        self.alpha = float(alpha)
+        self.test_list = test_list
         self.group_by = _names(group_by) or None
         self.metrics = _names(metric) or ["val/aupr"]
         self.mode = str(mode)
@@ -130,6 +210,11 @@ class SweepReport(Callback):
         self.output_dir = output_dir
         self.overwrite = bool(overwrite)
         self.summary: dict[str, Any] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before any job: a test list must be outside the training list the folds split."""
+        if self.test_list is not None:
+            test_micrographs(self.test_list, OmegaConf.select(config, "data.train_list"))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Report the finished sweep (errors are logged, never raised: the jobs are done)."""
@@ -139,7 +224,7 @@ class SweepReport(Callback):
             log.error("sweep report failed: %s (rerun it with tzl-report sweep_dir=...)", err)
             print(f"error: sweep report failed: {err}", file=sys.stderr)
             return
-        if self.refit and self.summary.get("best"):
+        if self.refit and self.summary.get("setting"):
             try:
                 self.summary["refit"] = self.run_refit(config, self.summary)
             except Exception as err:  # noqa: BLE001 - report the failure, keep the sweep
@@ -147,9 +232,9 @@ class SweepReport(Callback):
                 print(f"error: refit failed: {err}", file=sys.stderr)
 
     def report(self, config: DictConfig) -> dict[str, Any]:
-        """Build the ranking with tzl-report's machinery; print it and write ``best.yaml``."""
+        """Build the ranking with tzl-report's machinery (its table, paired tests and choice
+        rule); print it and write ``best.yaml``."""
         from topaz_lightning.cli.report import run as report_run
-        from topaz_lightning.report import key_text, mean_std
         from topaz_lightning.utils.atomic import atomic_output
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -160,6 +245,10 @@ class SweepReport(Callback):
                 "group_by": self.group_by,
                 "metric": self.metrics,
                 "mode": self.mode,
+                "rule": self.rule,
+                "prefer": self.prefer,
+                "alpha": self.alpha,
+                "reference": None,
                 "list_jobs": True,
                 "sort": True,
                 "output_dir": str(out_dir),
@@ -167,27 +256,26 @@ class SweepReport(Callback):
             }
         )
         summary = report_run(cfg)
-        best = summary.get("best")
-        if not best:
-            print("No best setting: every group lacks the metric.")
+        choice = summary.get("choice")
+        if choice is None:
+            print("No chosen setting: every group lacks the metric.")
             return summary
         metric = self.metrics[0]
-        setting = {k: _plain(best[k]) for k in summary["group_by"]}
-        row = summary["best_row"]
-        score = mean_std(row[f"{metric} mean"], row[f"{metric} std"], int(row[f"{metric} n"]))
-        chosen = ", ".join(f"{k}={key_text(v)}" for k, v in setting.items())
-        print(f"Chosen: {chosen} (mean {metric} {score}, n={int(row[f'{metric} n'])})")
-        comparisons = paired_comparisons(summary["jobs"], summary["group_by"], setting, metric)
-        for text in comparisons:
-            print(text)
+        setting = {k: _plain(v) for k, v in choice.setting.items()}
+        comparisons = [t.text(metric) for t in summary.get("tests", [])]
         record = {
             "setting": setting,
+            "rule": self.rule,
+            "rule_text": choice.rule_text,
+            "tie": bool(choice.tie),
+            "best_mean_setting": {k: _plain(v) for k, v in choice.best.items()},
+            "test": "paired t-test (scipy.stats.ttest_rel) against the best mean",
             "comparisons": comparisons,
             "metric": metric,
             "mode": self.mode,
-            "mean": float(row[f"{metric} mean"]),
-            "std": _plain(row[f"{metric} std"]),
-            "n": int(row[f"{metric} n"]),
+            "mean": float(choice.row[f"{metric} mean"]),
+            "std": _plain(choice.row[f"{metric} std"]),
+            "n": int(choice.row[f"{metric} n"]),
             "sweep_dir": str(sweep_dir),
         }
         import yaml
@@ -205,7 +293,12 @@ class SweepReport(Callback):
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         swept, fixed = sweep_keys(task, params)
         overrides = refit_overrides(
-            [*task, *fixed], summary["setting"], [*summary.get("group_by", []), *swept], run_dir
+            [*task, *fixed],
+            summary["setting"],
+            [*summary.get("group_by", []), *swept, "test_list"],
+            run_dir,
+            test_list=self.test_list,
+            no_best_checkpoint=OmegaConf.select(config, "callbacks.best_checkpoint") is not None,
         )
         cmd = [sys.executable, "-m", "topaz_lightning.cli.train", *overrides]
         print("Refit on all training micrographs: tzl-train " + shlex.join(overrides), flush=True)
@@ -224,54 +317,11 @@ class SweepReport(Callback):
 def paired_comparisons(
     jobs: Any, group_by: Sequence[str], best: dict[str, Any], metric: str
 ) -> list[str]:
-    """The chosen setting against every other group: paired t-test over matched replicates.
+    """The chosen setting against every other group, one line each (paired t-test over matched
+    folds/seeds: :func:`topaz_lightning.report.paired_tests`)."""
+    from topaz_lightning.report import paired_tests
 
-    Jobs are matched on the replicate keys they share (folds, seeds: ``REPLICATE_KEYS``), so a
-    fold that is hard for every pi does not hide a consistent difference. One line per group.
-    """
-    import math
-
-    from scipy.stats import ttest_rel
-
-    from topaz_lightning.report import REPLICATE_KEYS, key_text
-
-    replicate = [k for k in REPLICATE_KEYS if k in jobs.columns]
-    if not replicate or metric not in jobs.columns:
-        return []
-
-    def values(setting: dict[str, Any]) -> dict[tuple, float]:
-        mask = np.ones(len(jobs), dtype=bool)
-        for key, value in setting.items():
-            mask &= jobs[key].map(lambda v, value=value: v == value).to_numpy()
-        part = jobs[mask]
-        return {
-            tuple(r[k] for k in replicate): float(r[metric])
-            for _, r in part.iterrows()
-            if r[metric] is not None and math.isfinite(float(r[metric]))
-        }
-
-    reference = values(best)
-    lines = []
-    groups = jobs[list(group_by)].drop_duplicates().to_dict("records")
-    for group in groups:
-        if all(group[k] == best[k] for k in group_by):
-            continue
-        other = values(group)
-        keys = sorted(set(reference) & set(other))
-        if len(keys) < 2:
-            continue
-        a = [reference[k] for k in keys]
-        b = [other[k] for k in keys]
-        diff = float(np.mean(np.subtract(a, b)))
-        test = ttest_rel(a, b)
-        p = float(test.pvalue)
-        shown = f"{p:.3g}" if math.isfinite(p) else "-"
-        name = ", ".join(f"{k}={key_text(v)}" for k, v in group.items())
-        lines.append(
-            f"  vs {name}: {metric} {diff:+.3f} (paired t-test over {len(keys)} matched "
-            f"replicates, p={shown})"
-        )
-    return lines
+    return ["  " + t.text(metric) for t in paired_tests(jobs, group_by, best, metric) if t.n >= 2]
 
 
 def _plain(value: Any) -> Any:

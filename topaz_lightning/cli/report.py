@@ -7,12 +7,21 @@ group, and writes ``report.csv`` (aggregated), ``jobs.csv`` (per job) and ``repo
 into ``output_dir`` (default ``<sweep_dir>/report``). Jobs without ``metrics.json`` (failed or
 unfinished) are listed and left out.
 
+Every table carries n and a paired test: each setting against ``reference`` (default: the best
+mean), a paired t-test over the jobs matched on fold and seeds, with the mean difference, p and
+the number of pairs. The chosen setting follows a stated ``rule`` (``best``, ``one_se``: the
+one-standard-error rule, ``not_worse``: the ``prefer``-most setting not significantly worse than
+the best) and is called a tie when no setting is significantly worse than the best. The
+``refit/`` run of the sweep callback is not a job: it is its own labelled line.
+
 Example usage::
 
     tzl-train -m hparams_search=pi_kfold ...            # -> multirun/pi_kfold/<time>/0..49
     tzl-report sweep_dir=multirun/pi_kfold/<time>       # mean val/aupr per pi over the folds
     tzl-report sweep_dir=multirun/train/<time> group_by=[objective] \\
         metric=[val/aupr,val/precision@0.9] output_dir=reports/objectives
+    tzl-report sweep_dir=multirun/pi_kfold/<time> reference=0.05 rule=one_se
+    tzl-report sweep_dir=DIR group_by=[objective,data.pi] "reference='objective=pn,data.pi=0.05'"
 """
 
 from __future__ import annotations
@@ -43,19 +52,26 @@ def _names(value, key: str) -> list[str] | None:
 def run(cfg: DictConfig) -> dict:
     """Build the report described by a composed ``report`` config; return a summary dict.
 
-    The summary has ``table`` (the aggregated DataFrame, best first with ``sort``), ``jobs``,
-    ``group_by``, ``metrics``, ``best`` (dict of the best group's keys and mean, or None),
-    ``best_row`` (that group's row of ``table``), ``without_metrics`` and ``paths``.
+    The summary has ``table`` (the aggregated DataFrame, best first with ``sort``, with the
+    paired-test columns), ``jobs``, ``group_by``, ``metrics``, ``best`` (dict of the best-mean
+    group's keys and mean, or None), ``best_row`` (that group's row of ``table``), ``choice``
+    (:class:`topaz_lightning.report.Choice` of ``rule``, or None), ``reference``, ``tests``,
+    ``refit`` (the refit run, or None), ``without_metrics`` and ``paths``.
     """
     from topaz_lightning.report import (
+        PAIRED_TEST,
         aggregate,
         best_row,
+        choose,
         default_group_by,
         jobs_markdown,
         key_text,
         load_sweep,
         mean_std,
+        paired_tests,
+        parse_reference,
         rank,
+        setting_text,
         summary_markdown,
     )
     from topaz_lightning.utils.atomic import atomic_output, check_writable
@@ -74,11 +90,30 @@ def run(cfg: DictConfig) -> dict:
     sweep = load_sweep(cfg.sweep_dir, extra_keys=group_by or (), exclude=[out_dir])
     if group_by is None:
         group_by = default_group_by(sweep)
+    metric = metrics[0]
     table = aggregate(sweep.jobs, group_by, metrics, source=sweep.path)
     mode = str(cfg.get("mode", "max"))
-    best = best_row(table, metrics[0], mode) if group_by else None
+    best = best_row(table, metric, mode) if group_by else None
+    choice = choose(
+        table,
+        sweep.jobs,
+        group_by,
+        metric,
+        mode,
+        rule=str(cfg.get("rule", "best")),
+        alpha=float(cfg.get("alpha", 0.05)),
+        prefer=str(cfg.get("prefer", "smallest")),
+    )
+    reference = None
+    if group_by and cfg.get("reference") is not None:
+        reference = parse_reference(cfg.reference, group_by, table)
+    elif best is not None:
+        reference = {k: best[k] for k in group_by}
+    tests = paired_tests(sweep.jobs, group_by, reference, metric) if reference else []
+    if reference is not None:
+        table = _with_tests(table, group_by, reference, tests, metric)
     if cfg.get("sort", False):
-        table = rank(table, metrics[0], mode)
+        table = rank(table, metric, mode)
 
     lines = [f"# Sweep report: {sweep.path}", ""]
     lines.append(
@@ -95,21 +130,24 @@ def run(cfg: DictConfig) -> dict:
     if sweep.fixed:
         fixed = ", ".join(f"{k}={key_text(v)}" for k, v in sweep.fixed.items())
         lines.append(f"Fixed overrides: {fixed}.")
-    lines += ["", summary_markdown(table, group_by, metrics), ""]
+    extra = ["Δ vs reference", "p", "pairs"] if reference is not None else []
+    lines += ["", summary_markdown(table, group_by, metrics, extra_columns=extra), ""]
+    lines.append(_table_note(reference, tests, metric, PAIRED_TEST, setting_text))
+    lines.append("")
     best_info = None
     if best is not None:
-        setting = ", ".join(f"{k}={key_text(best[k])}" for k in group_by)
-        summary = mean_std(
-            best[f"{metrics[0]} mean"], best[f"{metrics[0]} std"], int(best[f"{metrics[0]} n"])
-        )
+        summary = mean_std(best[f"{metric} mean"], best[f"{metric} std"], int(best[f"{metric} n"]))
         lines.append(
-            f"Best ({'highest' if mode == 'max' else 'lowest'} mean {metrics[0]}): "
-            f"{setting} ({summary}, n={int(best[f'{metrics[0]} n'])})"
+            f"Best ({'highest' if mode == 'max' else 'lowest'} mean {metric}): "
+            f"{setting_text({k: best[k] for k in group_by})} "
+            f"({summary}, n={int(best[f'{metric} n'])})"
         )
-        lines.append("")
-        best_info = {k: best[k] for k in group_by} | {
-            f"{metrics[0]} mean": best[f"{metrics[0]} mean"]
-        }
+        best_info = {k: best[k] for k in group_by} | {f"{metric} mean": best[f"{metric} mean"]}
+    if choice is not None:
+        lines += choice.lines(metric)
+    if sweep.refit is not None:
+        lines.append(_refit_line(sweep.refit, metrics, group_by))
+    lines.append("")
     text = "\n".join(lines)
     print(text)
     if cfg.get("list_jobs", True):
@@ -130,9 +168,73 @@ def run(cfg: DictConfig) -> dict:
         "metrics": metrics,
         "best": best_info,
         "best_row": best,
+        "choice": choice,
+        "reference": reference,
+        "tests": tests,
+        "refit": sweep.refit,
         "without_metrics": sweep.without_metrics,
         "paths": paths,
     }
+
+
+def _with_tests(table, group_by, reference, tests, metric):
+    """The table with the paired test of each row against the reference (its own row: ``ref``)."""
+    from topaz_lightning.report import p_text
+
+    by_setting = {tuple(str(t.setting[k]) for k in group_by): t for t in tests}
+    diffs, ps, pairs = [], [], []
+    for _, row in table.iterrows():
+        key = tuple(str(row[k]) for k in group_by)
+        if all(str(row[k]) == str(reference[k]) for k in group_by):
+            diffs.append("reference")
+            ps.append("-")
+            pairs.append("-")
+            continue
+        test = by_setting.get(key)
+        if test is None:
+            diffs.append("-")
+            ps.append("-")
+            pairs.append("0")
+            continue
+        # other - reference, so that a worse setting reads negative under mode=max
+        diffs.append(f"{-test.mean_diff:+.3f}" if test.n else "-")
+        ps.append(p_text(test.p))
+        pairs.append(str(test.n))
+    table = table.copy()
+    table["Δ vs reference"] = diffs
+    table["p"] = ps
+    table["pairs"] = pairs
+    return table
+
+
+def _table_note(reference, tests, metric, test_name, setting_text) -> str:
+    if reference is None:
+        return "n: jobs per setting (no grouped key, so no paired test)."
+    over = ", ".join(tests[0].replicate_keys) if tests else "no shared fold or seed"
+    return (
+        f"n: jobs per setting (mean ± sample std). Δ vs reference: mean paired difference in "
+        f"{metric} (setting - {setting_text(reference)}); p: {test_name} over the jobs matched on "
+        f"{over}; pairs: matched jobs."
+    )
+
+
+def _refit_line(refit, metrics, group_by) -> str:
+    """The refit run as its own labelled line (its val metrics are on the test list, if any)."""
+    from topaz_lightning.report import format_value, setting_text
+
+    chosen = {k: refit["overrides"][k] for k in group_by if k in refit["overrides"]}
+    shown = [m for m in metrics if m in refit["metrics"]]
+    if shown:
+        where = (
+            ", ".join(f"{m}={format_value(refit['metrics'][m])}" for m in shown)
+            + " on its validation micrographs (the test list held out of the folds)"
+        )
+    else:
+        where = "no held-out micrographs, nothing evaluated"
+    return (
+        f"Refit ({refit['path']}; not a job of the sweep: "
+        f"{setting_text(chosen) or 'the chosen setting'} on every training micrograph): {where}."
+    )
 
 
 @entry_point("report")
