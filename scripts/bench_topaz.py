@@ -193,18 +193,36 @@ class Row:
     ours: list[Run] = field(default_factory=list)
     topaz: list[Run] = field(default_factory=list)
     note: str = ""
+    #: picking rows: the key of Bench.aupr (``"<dataset> <model>"``) and our scoring mode, so
+    #: the table shows the test AUPR of the very mode timed beside its speed
+    aupr_key: str = ""
+    scoring: str = ""
 
     def rate(self, runs: list[Run], clock: str) -> float:
         """Median work per second of the successful runs (clock: wall_s or cpu_s)."""
         return median([self.work / getattr(r, clock) for r in runs if r.rc == 0])
 
 
-def render_table(rows: Sequence[Row]) -> str:
-    """Markdown table: medians of both tools (wall and CPU clock) and the ratios ours/Topaz."""
+def aupr_cell(row: Row, aupr: Mapping[str, Mapping[str, float | None]]) -> str:
+    """``ours / Topaz`` test AUPR of a picking row's scoring mode (``-`` for other rows)."""
+    res = aupr.get(row.aupr_key) if row.aupr_key else None
+    if not res:
+        return "-"
+    ours = res.get(f"ours_{row.scoring or 'dense'}")
+    return f"{_f(ours)} / {_f(res.get('topaz'))}"
+
+
+def render_table(
+    rows: Sequence[Row], aupr: Mapping[str, Mapping[str, float | None]] | None = None
+) -> str:
+    """Markdown table: medians of both tools (wall and CPU clock) and the ratios ours/Topaz;
+    picking rows carry the test AUPR of the same model and scoring mode (``aupr``)."""
+    aupr = aupr or {}
     lines = [
         "| measurement | unit | runs (ours/Topaz) | ours, wall | Topaz, wall | ratio wall | "
-        "ours, CPU | Topaz, CPU | ratio CPU | peak RSS MiB (ours/Topaz) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "ours, CPU | Topaz, CPU | ratio CPU | peak RSS MiB (ours/Topaz) | "
+        "test AUPR (ours/Topaz) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ow, tw = row.rate(row.ours, "wall_s"), row.rate(row.topaz, "wall_s")
@@ -216,7 +234,7 @@ def render_table(rows: Sequence[Row]) -> str:
         lines.append(
             f"| {row.name} | {row.unit} | {ok_o}/{ok_t} | {ow:.3g} | {tw:.3g} | "
             f"**{ratio(ow, tw):.2f}** | {oc:.3g} | {tc:.3g} | **{ratio(oc, tc):.2f}** | "
-            f"{rss_o:.0f} / {rss_t:.0f} |"
+            f"{rss_o:.0f} / {rss_t:.0f} | {aupr_cell(row, aupr)} |"
         )
     return "\n".join(lines)
 
@@ -531,6 +549,18 @@ class Bench:
         self.run_checked(cmd, out.with_suffix(".log"))
         return find_aupr(json.loads((out / "metrics.json").read_text()))
 
+    def scorings(self) -> tuple[str, ...]:
+        """Our scoring modes to time, each with its own row (``--scorings``, default all)."""
+        from topaz_lightning.picking.scoring import SCORING_METHODS
+
+        wanted = [s for s in self.args.scorings.split(",") if s]
+        unknown = set(wanted) - set(SCORING_METHODS)
+        if unknown:
+            raise SystemExit(
+                f"--scorings: unknown {sorted(unknown)}; tzl-pick has {SCORING_METHODS}"
+            )
+        return tuple(wanted)
+
     def pick_supports_scoring(self) -> bool:
         pick_yaml = ROOT / "topaz_lightning" / "configs" / "pick.yaml"
         return any(line.startswith("scoring:") for line in pick_yaml.read_text().splitlines())
@@ -597,7 +627,7 @@ class Bench:
         result: dict[str, float | None] = {"steps": steps, "topaz_pi": pi}
         variants = [("dense", None)]
         if self.pick_supports_scoring():
-            variants = [("dense", "dense"), ("coarse_to_fine", "coarse_to_fine")]
+            variants = [(s, s) for s in self.scorings()]
         for label, scoring in variants:
             out = d / f"ours_pick_{label}"
             self.run_checked(
@@ -633,13 +663,15 @@ class Bench:
         paths = [str(Path(info["pre"]) / f"{n}.mrc") for n in names]
         listing = self.work / ds / "all_paths.txt"
         listing.write_text("\n".join(paths) + "\n")
-        scorings = ["dense", "coarse_to_fine"] if self.pick_supports_scoring() else [None]
+        scorings = list(self.scorings()) if self.pick_supports_scoring() else [None]
         rows = {
             s: Row(
                 f"pick {label} {s or 'dense'} ({ds}, {len(paths)} micrographs, "
                 f"threshold {self.args.pick_threshold})",
                 "micrographs/s",
                 len(paths),
+                aupr_key=f"{ds} {label}",
+                scoring=s or "dense",
             )
             for s in scorings
         }
@@ -696,7 +728,7 @@ class Bench:
         first = Path(info["pre"]) / f"{info['test'][0]}.mrc"
         listing = d / "one.txt"
         listing.write_text(f"{first}\n")
-        for scoring in ("dense", "coarse_to_fine"):
+        for scoring in self.scorings():
             pick = self.ours_pick(
                 ds,
                 info,
@@ -732,8 +764,7 @@ class Bench:
         for name in (
             "ours_train",
             "topaz_train",
-            "ours_pick_dense",
-            "ours_pick_coarse_to_fine",
+            *(f"ours_pick_{s}" for s in self.scorings()),
             "topaz_pick",
         ):
             buf = io.StringIO()
@@ -761,6 +792,8 @@ class Bench:
                     "work": r.work,
                     "ours": [vars(x) for x in r.ours],
                     "topaz": [vars(x) for x in r.topaz],
+                    "aupr_key": r.aupr_key,
+                    "scoring": r.scoring,
                 }
                 for r in self.rows
             ],
@@ -782,6 +815,8 @@ class Bench:
                     r["work"],
                     [Run(**x) for x in r["ours"]],
                     [Run(**x) for x in r["topaz"]],
+                    aupr_key=r.get("aupr_key", ""),
+                    scoring=r.get("scoring", ""),
                 )
             )
         self.aupr.update(data["aupr"])
@@ -830,7 +865,7 @@ class Bench:
             "- Rates are work / seconds of the whole process; the CPU clock is user + sys time "
             "of the process and its children. Ratios are ours / Topaz (> 1: ours is faster).",
             "",
-            render_table(self.rows),
+            render_table(self.rows, self.aupr),
             "",
             "### Test AUPR (tzl-evaluate on both tools' picks, same truth and match distance)",
             "",
@@ -916,6 +951,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--aupr-steps", type=int, default=1000)
+    parser.add_argument(
+        "--scorings",
+        default="dense,coarse_to_fine,strided",
+        help="our scoring modes: each gets an AUPR run and a picking-speed row",
+    )
     parser.add_argument(
         "--labels", type=int, default=100, help="labeled particles (both data sets)"
     )

@@ -65,6 +65,23 @@ def test_row_rates_use_successful_runs_only(bt):
     assert "**3.00**" in table and "**1.88**" in table
 
 
+def test_pick_rows_show_the_aupr_of_their_scoring_mode(bt):
+    aupr = {"real conv31": {"steps": 1000, "ours_dense": 0.81, "ours_strided": 0.805, "topaz": 0.8}}
+    dense = bt.Row("pick dense", "micrographs/s", 4, aupr_key="real conv31", scoring="dense")
+    strided = bt.Row("pick strided", "micrographs/s", 4, aupr_key="real conv31", scoring="strided")
+    train = bt.Row("train", "steps/s", 100)
+    for row in (dense, strided, train):
+        row.ours = [bt.Run(1.0, 1.0, 100.0, 0)]
+        row.topaz = [bt.Run(2.0, 2.0, 100.0, 0)]
+    lines = bt.render_table([dense, strided, train], aupr).splitlines()
+    assert lines[2].endswith("| 0.810 / 0.800 |")
+    assert lines[3].endswith("| 0.805 / 0.800 |")
+    assert lines[4].endswith("| - |")
+    # a mode without an AUPR run says so instead of borrowing another mode's number
+    other = bt.Row("pick c2f", "micrographs/s", 4, aupr_key="real conv31", scoring="coarse_to_fine")
+    assert bt.aupr_cell(other, aupr) == "n/a / 0.800"
+
+
 def median_of(values):
     values = sorted(values)
     return (values[0] + values[-1]) / 2 if len(values) == 2 else values[len(values) // 2]
