@@ -206,7 +206,9 @@ def validate_train(cfg: DictConfig) -> None:
         pi_setting = None if data.get("pi") == "auto" else data.get("pi")
         check_prior_settings(pi_setting, data.get("particles_per_micrograph"))
         check_geometry_settings(data, data.get("downsample", 1.0))
-    choice(cfg, "data.normalize", ("gmm", "standardize", "none"), allow_none=True)
+    from topaz_lightning.preprocess.pipeline import NORMALIZATIONS
+
+    choice(cfg, "data.normalize", NORMALIZATIONS, allow_none=True)
     integer(cfg, "callbacks.held_out_picking.every_n_steps", minimum=1, allow_none=True)
     held_out = _get(cfg, "callbacks.held_out_picking")
     if isinstance(held_out, DictConfig):  # its pick settings: PickSettings' own checks
@@ -232,23 +234,74 @@ def prepare_train(cfg: DictConfig) -> None:
                         callbacks[name] = None
 
 
+#: tzl-pick's config keys that are PickSettings fields: {field: config key}
+_PICK_SETTINGS_KEYS = {
+    "nms_boundary": "nms_boundary",
+    "threshold": "threshold",
+    "max_picks": "particles_per_micrograph",
+    "tile_size": "tile_size",
+    "scoring": "scoring",
+    "scoring_level": "scoring_level",
+    "tta": "tta",
+    "border_bands": "border_bands",
+    "border_padding_px_model": "border_padding_px_model",
+    "border_margin_px_model": "border_margin_px_model",
+}
+#: keys that give the NMS radius (at most one is used): PickSettings checks it as > 0
+_NMS_RADIUS_KEYS = ("nms_radius_px_model", "nms_radius_px", "radius")
+
+
+def _check_pick_settings(cfg: DictConfig) -> None:
+    """The picking settings' ranges are PickSettings' own: build one from the keys that are set.
+
+    The NMS radius may come from model.pt (all radius keys null): a stand-in of 1 px lets the other
+    fields be checked now. A radius given in micrograph pixels (``nms_radius_px``) or under its
+    old name (``radius``) has the same range as the model-frame one; its error names its key.
+    """
+    from topaz_lightning.picking.settings import PickSettings
+
+    values = {}
+    for field, key in _PICK_SETTINGS_KEYS.items():
+        value = _get(cfg, key)
+        if value is not _MISSING and value is not None:
+            values[field] = value
+    radii = [(k, _get(cfg, k)) for k in _NMS_RADIUS_KEYS if _get(cfg, k) not in (_MISSING, None)]
+    for key, radius in radii or [(None, 1.0)]:
+        try:
+            PickSettings(nms_radius_px_model=radius, **values)
+        except ConfigError as err:
+            if key is None or err.key != "nms_radius_px_model":
+                raise
+            raise ConfigError(key, str(err).split(": ", 1)[1]) from None
+
+
+def _output_format(key: str, output: str) -> str:
+    """The format ``output``'s extension implies (io.coordinates.format_for_output)."""
+    from topaz_lightning.errors import InputError
+    from topaz_lightning.io.coordinates import format_for_output
+    from topaz_lightning.io.formats import output_extensions
+
+    try:
+        return format_for_output(output)
+    except InputError:
+        suffix = Path(output).suffix.lower()
+        known = "/".join(sorted(output_extensions()))
+        raise ConfigError(
+            key, f"cannot tell the format from the extension {suffix!r}; use {known} or set format="
+        ) from None
+
+
 def validate_pick(cfg: DictConfig) -> None:
-    """tzl-pick: NMS radius, thresholds, tiling/chunking, and the output (format, box_size, parent)."""
-    number(cfg, "radius", minimum=0, allow_none=True)
-    number(cfg, "nms_radius_px_model", minimum=0, allow_none=True)
-    number(cfg, "nms_radius_px", minimum=0, allow_none=True)
-    choice(cfg, "nms_boundary", ("keep", "suppress"))
-    boolean(cfg, "border_bands")
-    number(cfg, "border_padding_px_model", minimum=0, allow_none=True)
-    number(cfg, "border_margin_px_model", minimum=0, allow_none=True)
+    """tzl-pick: the picking settings (PickSettings' checks), threshold sources, workers, and the
+    output (format, box_size, a writable parent)."""
+    from topaz_lightning.preprocess.pipeline import NORMALIZATIONS
+
+    _check_pick_settings(cfg)
     integer(cfg, "num_workers", minimum=0, allow_none=True)
     boolean(cfg, "strict")
-    number(cfg, "threshold", allow_none=True)
     number(cfg, "threshold_probability", minimum=0, maximum=1, allow_none=True)
     number(cfg, "target_recall", minimum=0, maximum=1, exclusive_minimum=True, allow_none=True)
-    integer(cfg, "particles_per_micrograph", minimum=1, allow_none=True)
     choice(cfg, "score", ("logit", "probability"))
-    integer(cfg, "tile_size", minimum=1, allow_none=True)
     integer(cfg, "chunk_size", minimum=1, allow_none=True)
     integer(cfg, "batch_size", minimum=1, allow_none=True)
     integer(cfg, "seed", allow_none=True)
@@ -257,7 +310,7 @@ def validate_pick(cfg: DictConfig) -> None:
         from topaz_lightning.geometry import check_downsample
 
         check_downsample(downsample, "downsample")
-    choice(cfg, "normalize", ("gmm", "standardize", "none"), allow_none=True)
+    choice(cfg, "normalize", NORMALIZATIONS, allow_none=True)
     box_size = number(cfg, "box_size", minimum=0, exclusive_minimum=True, allow_none=True)
     fmt = _coordinate_format(cfg, "format")
     per_micrograph = boolean(cfg, "per_micrograph")
@@ -267,18 +320,11 @@ def validate_pick(cfg: DictConfig) -> None:
     if per_micrograph and fmt is None:
         raise ConfigError("format", "required when per_micrograph=true (e.g. format=star)")
     if fmt is None:
-        from topaz_lightning.io.coordinates import _EXT_FORMAT
+        fmt = _output_format("output", str(output))
+    from topaz_lightning.io.formats import get_format
 
-        suffix = Path(str(output)).suffix.lower()
-        if suffix not in _EXT_FORMAT:
-            raise ConfigError(
-                "output",
-                f"cannot tell the format from the extension {suffix!r}; use .tsv/.star/.box/.csv "
-                "or set format=",
-            )
-        fmt = {**_EXT_FORMAT, ".star": "star3.1"}[suffix]
-    if fmt == "box" and box_size is None:
-        raise ConfigError("box_size", "required for EMAN .box output (box edge in original px)")
+    if get_format(fmt).needs_box_size and box_size is None:
+        raise ConfigError("box_size", f"required for {fmt} output (box edge in original px)")
     out_dir = _get(cfg, "output_dir")
     if out_dir not in (_MISSING, None, ""):
         target = Path(str(output))
@@ -288,9 +334,11 @@ def validate_pick(cfg: DictConfig) -> None:
 
 def validate_evaluate(cfg: DictConfig) -> None:
     """tzl-evaluate: match distance, matching rule, formats, overlay settings."""
+    from topaz_lightning.metrics.matching import MATCH_BOUNDARIES, MATCHING_METHODS
+
     number(cfg, "max_distance", minimum=0, allow_none=True)
-    choice(cfg, "matching", ("distance", "score"))
-    choice(cfg, "match_boundary", ("inclusive", "exclusive"))
+    choice(cfg, "matching", MATCHING_METHODS)
+    choice(cfg, "match_boundary", MATCH_BOUNDARIES)
     _coordinate_format(cfg, "picks_format")
     _coordinate_format(cfg, "truth_format")
     integer(cfg, "overlay_max", minimum=0, allow_none=True)
@@ -306,7 +354,9 @@ def validate_preprocess(cfg: DictConfig) -> None:
 
     if _get(cfg, "downsample") is not _MISSING:
         check_downsample(_get(cfg, "downsample"), "downsample")
-    choice(cfg, "normalize", ("gmm", "standardize", "none"))
+    from topaz_lightning.preprocess.pipeline import NORMALIZATIONS
+
+    choice(cfg, "normalize", NORMALIZATIONS)
     integer(cfg, "sample_size", minimum=1)
     integer(cfg, "num_workers", minimum=1, allow_none=True)
     integer(cfg, "seed", allow_none=True)
