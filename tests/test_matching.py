@@ -48,7 +48,7 @@ def _dense_reference(pred, true, max_distance):
 
 
 def test_two_picks_near_one_particle_count_once():
-    match = match_picks([[10, 10], [11, 10]], [[10.2, 10]], max_distance=5)
+    match = match_picks([[10, 10], [11, 10]], [[10.2, 10]], max_distance_px=5)
     assert match.tolist() == [0, -1]  # the closer pick takes it
 
 
@@ -213,3 +213,13 @@ def test_tzl_evaluate_match_boundary_option(tmp_path):
         recall[boundary] = run(cfg)["n_matched"]
     assert compose_config("evaluate").match_boundary == "inclusive"
     assert recall == {"inclusive": 2, "exclusive": 0}
+
+
+def test_old_max_distance_keyword_warns():
+    from topaz_lightning.metrics import candidate_pairs
+
+    with pytest.warns(DeprecationWarning, match=r"match_picks\(max_distance=...\)"):
+        assert match_picks([[0, 0]], [[3, 4]], max_distance=5).tolist() == [0]
+    with pytest.warns(DeprecationWarning, match="candidate_pairs"):
+        i, _, d = candidate_pairs([[0, 0]], [[3, 4]], max_distance=5)
+    assert i.tolist() == [0] and d.tolist() == [5.0]

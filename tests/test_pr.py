@@ -41,7 +41,7 @@ def test_hand_computed_example():
     # truth at x = 0, 10, 50; picks: 0.9 hits 0, 0.8 is a duplicate near 0, 0.7 hits 10, 0.1 far
     picks = _df("a", [[0, 0], [1, 0], [10, 0], [30, 0]], [0.9, 0.8, 0.7, 0.1])
     truth = _df("a", [[0, 0], [10, 0], [50, 0]])
-    ev = evaluate_picks(picks, truth, max_distance=3)
+    ev = evaluate_picks(picks, truth, max_distance_px=3)
     assert ev.n_true == 3 and ev.n_pred == 4 and ev.n_matched == 2
     np.testing.assert_allclose(ev.precision, [1, 1 / 2, 2 / 3, 1 / 2])
     np.testing.assert_allclose(ev.recall, [1 / 3, 1 / 3, 2 / 3, 2 / 3])
@@ -202,7 +202,7 @@ def test_real_empiar10017_annotation_against_itself(empiar10017_dir):
     assert len(truth) == 2591
     rng = np.random.default_rng(0)
     picks = truth.assign(score=rng.normal(size=len(truth)))
-    ev = evaluate_picks(picks, truth, max_distance=0)
+    ev = evaluate_picks(picks, truth, max_distance_px=0)
     assert ev.aupr == 1.0 and ev.n_matched == 2591 and ev.n_micrographs == 4
     # shifted by 30 px (inside the 54 px particle radius) every particle is still found once
     moved = picks.assign(x=picks["x"] + 30.0)
@@ -215,3 +215,16 @@ def test_sigmoid_matches_formula_and_saturates_without_warnings():
     np.testing.assert_allclose(sigmoid(z), 1.0 / (1.0 + np.exp(-z)), rtol=1e-14, atol=0)
     with np.errstate(all="raise"):
         assert sigmoid(np.array([-800.0, 0.0, 800.0])).tolist() == [0.0, 0.5, 1.0]
+
+
+def test_old_max_distance_keyword_warns_and_gives_the_same_result():
+    """Units in names: max_distance_px; the old keyword works in one place, with a warning."""
+    truth = _df("a", [[0, 0], [10, 0]])
+    picks = _df("a", [[1, 0], [10, 4]], [2.0, 1.0])
+    new = evaluate_picks(picks, truth, max_distance_px=3)
+    with pytest.warns(DeprecationWarning, match=r"evaluate_picks\(max_distance=...\)"):
+        old = evaluate_picks(picks, truth, max_distance=3)
+    assert old.aupr == new.aupr and old.n_matched == new.n_matched == 1
+    assert old.max_distance_px == 3.0 and old.as_dict()["max_distance_px"] == 3.0
+    with pytest.raises(TypeError, match="both"):
+        evaluate_picks(picks, truth, max_distance=3, max_distance_px=3)

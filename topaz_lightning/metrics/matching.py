@@ -9,12 +9,13 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from topaz_lightning.errors import InputError
+from topaz_lightning.metrics._renamed import accept_renamed_keywords
 
 # Definition (the paper's "one-to-one assignment ... that minimizes the Euclidean distance ...
 # up to a maximum distance threshold"): a prediction and a true particle may be matched only if
-# their distance is <= max_distance (boundary="inclusive", this project's default) or
-# < max_distance (boundary="exclusive", Topaz's convention; the two differ only for pairs at
-# exactly max_distance, which integer picks and particles reach often, e.g. offset (0, 7) at 7). Among all one-to-one assignments of such pairs we
+# their distance is <= max_distance_px (boundary="inclusive", this project's default) or
+# < max_distance_px (boundary="exclusive", Topaz's convention; the two differ only for pairs at
+# exactly that distance, which integer picks and particles reach often, e.g. offset (0, 7) at 7). Among all one-to-one assignments of such pairs we
 # take one with the MOST matches and, among those, the smallest total distance. (Minimizing
 # distance alone would match nothing; maximum cardinality first is what "assign each prediction
 # within the cutoff" means.) The matching ignores scores, as in the paper: when two predictions
@@ -40,15 +41,17 @@ def _as_xy(xy, name: str) -> np.ndarray:
     return arr
 
 
-#: whether a pair at exactly ``max_distance`` may match: inclusive (<=, ours) or exclusive (<, Topaz)
+#: whether a pair at exactly ``max_distance_px`` may match: inclusive (<=, ours) or exclusive (<, Topaz)
 MATCH_BOUNDARIES: tuple[str, ...] = ("inclusive", "exclusive")
 
 
+@accept_renamed_keywords
 def candidate_pairs(
-    pred_xy: np.ndarray, true_xy: np.ndarray, max_distance: float, boundary: str = "inclusive"
+    pred_xy: np.ndarray, true_xy: np.ndarray, max_distance_px: float, boundary: str = "inclusive"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All ``(i_pred, j_true, distance)`` with distance ``<= max_distance`` (``boundary=
-    "inclusive"``) or ``< max_distance`` (``"exclusive"``), via k-d trees."""
+    """All ``(i_pred, j_true, distance)`` with distance ``<= max_distance_px`` (``boundary=
+    "inclusive"``) or ``< max_distance_px`` (``"exclusive"``), via k-d trees. The distance is in
+    the pixels of the coordinates given (micrograph or model frame alike)."""
     if boundary not in MATCH_BOUNDARIES:
         raise InputError(
             f"boundary must be one of {MATCH_BOUNDARIES}, got {boundary!r}", where="boundary"
@@ -59,37 +62,41 @@ def candidate_pairs(
     if len(pred_xy) == 0 or len(true_xy) == 0:
         return empty
     # query slightly wider, then apply the exact inclusive cut on recomputed distances
-    reach = max_distance * (1 + 1e-9) + 1e-12
+    reach = max_distance_px * (1 + 1e-9) + 1e-12
     pairs = cKDTree(pred_xy).sparse_distance_matrix(cKDTree(true_xy), reach, output_type="ndarray")
     i = pairs["i"].astype(np.int64)
     j = pairs["j"].astype(np.int64)
     d = np.hypot(*(pred_xy[i] - true_xy[j]).T)
-    keep = d <= max_distance if boundary == "inclusive" else d < max_distance
+    keep = d <= max_distance_px if boundary == "inclusive" else d < max_distance_px
     return i[keep], j[keep], d[keep]
 
 
 MATCHING_METHODS = ("distance", "score")
 
 
+@accept_renamed_keywords
 def match_picks(
     pred_xy,
     true_xy,
-    max_distance: float,
+    max_distance_px: float,
     scores=None,
     method: str = "distance",
     boundary: str = "inclusive",
 ) -> np.ndarray:
     """Index of the true particle matched to each prediction (``-1``: unmatched), shape (n_pred,).
 
-    One-to-one, only pairs at distance ``<= max_distance`` (``boundary="inclusive"``, the
-    default) or ``< max_distance`` (``boundary="exclusive"``, Topaz's convention).
+    One-to-one, only pairs at distance ``<= max_distance_px`` (``boundary="inclusive"``, the
+    default) or ``< max_distance_px`` (``boundary="exclusive"``, Topaz's convention), in the
+    pixels of the coordinates given (``max_distance=`` still works, with a DeprecationWarning).
     ``method="distance"`` (the paper's): maximizes the number of matches, then minimizes their
     total distance; scores are not used (see the module notes). ``method="score"`` (an alternative, not the paper's): predictions
     in order of descending ``scores`` (ties: lower index first) each take the nearest still
     free particle, so a higher-scoring pick is never displaced by a lower-scoring one.
     """
-    if not (max_distance >= 0):
-        raise InputError(f"max_distance must be >= 0, got {max_distance}", where="max_distance")
+    if not (max_distance_px >= 0):
+        raise InputError(
+            f"max_distance_px must be >= 0, got {max_distance_px}", where="max_distance_px"
+        )
     if method not in MATCHING_METHODS:
         raise InputError(
             f"unknown matching method {method!r}; expected one of {MATCHING_METHODS}",
@@ -99,7 +106,7 @@ def match_picks(
     true_xy = _as_xy(true_xy, "true_xy")
     n_pred, n_true = len(pred_xy), len(true_xy)
     match = np.full(n_pred, -1, dtype=np.int64)
-    i, j, d = candidate_pairs(pred_xy, true_xy, max_distance, boundary)
+    i, j, d = candidate_pairs(pred_xy, true_xy, max_distance_px, boundary)
     if i.size == 0:
         return match
     if method == "score":
@@ -129,7 +136,7 @@ def match_picks(
             rows, ri = np.unique(bi, return_inverse=True)
             cols, ci = np.unique(bj, return_inverse=True)
             k = min(len(rows), len(cols))
-            big = (k + 1) * (max_distance + 1.0)
+            big = (k + 1) * (max_distance_px + 1.0)
             cost = np.full((len(rows), len(cols)), big)
             cost[ri, ci] = bd
             r_idx, c_idx = linear_sum_assignment(cost)

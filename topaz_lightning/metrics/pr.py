@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.metrics._renamed import accept_renamed_keywords
 from topaz_lightning.metrics.matching import match_picks
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class PickEvaluation:
     n_true: int
     n_pred: int
     n_matched: int
-    max_distance: float
+    #: the match distance, in the pixels of the evaluated coordinates
+    max_distance_px: float
     n_micrographs: int
     picks: pd.DataFrame | None = field(default=None, repr=False)
     """The evaluated picks with columns micrograph, x, y, score, ``matched`` (bool), ``truth``
@@ -96,7 +98,7 @@ class PickEvaluation:
             "n_true": self.n_true,
             "n_pred": self.n_pred,
             "n_matched": self.n_matched,
-            "max_distance": self.max_distance,
+            "max_distance_px": self.max_distance_px,
             "n_micrographs": self.n_micrographs,
             "matching": self.matching,
             "aupr_definition": "step-wise average precision: sum_k (R_k - R_{k-1}) * P_k over "
@@ -206,7 +208,7 @@ def precision_recall_curve(
         n_true=int(n_true),
         n_pred=int(scores.size),
         n_matched=n_matched,
-        max_distance=math.nan,
+        max_distance_px=math.nan,
         n_micrographs=0,
     )
 
@@ -229,10 +231,11 @@ def _check_table(df: pd.DataFrame, name: str, need_score: bool) -> pd.DataFrame:
     return out
 
 
+@accept_renamed_keywords
 def evaluate_picks(
     picks_df: pd.DataFrame,
     truth_df: pd.DataFrame,
-    max_distance: float,
+    max_distance_px: float,
     micrographs: Iterable[str] | None = None,
     recall_levels: Iterable[float] = RECALL_LEVELS,
     matching: str = "distance",
@@ -241,12 +244,13 @@ def evaluate_picks(
     """Match picks to true particles per micrograph, then pool into one precision-recall curve.
 
     ``picks_df`` has columns micrograph, x, y, score; ``truth_df`` micrograph, x, y (same pixel
-    size). Evaluated micrographs: ``micrographs`` when given (picks and particles elsewhere are
+    size; ``max_distance_px`` in those pixels, ``max_distance=`` still works with a
+    DeprecationWarning). Evaluated micrographs: ``micrographs`` when given (picks and particles elsewhere are
     dropped; a listed micrograph without particles makes its picks false positives), else every
     micrograph of ``truth_df`` (picks on micrographs absent from it are dropped with a warning,
     since unannotated micrographs cannot tell true from false). Matching: :func:`match_picks`
     with ``method=matching`` (``distance``: the paper's; ``score``: greedy by score) and
-    ``boundary=match_boundary`` (``inclusive``: pairs at exactly ``max_distance`` match;
+    ``boundary=match_boundary`` (``inclusive``: pairs at exactly ``max_distance_px`` match;
     ``exclusive``: they do not, Topaz's convention).
     """
     picks = _check_table(picks_df, "picks", need_score=True)
@@ -276,7 +280,7 @@ def evaluate_picks(
         m = match_picks(
             group[["x", "y"]].to_numpy(),
             t[["x", "y"]].to_numpy(),
-            max_distance,
+            max_distance_px,
             scores=group["score"].to_numpy(),
             method=matching,
             boundary=match_boundary,
@@ -285,7 +289,7 @@ def evaluate_picks(
         matched[rows] = m >= 0
         truth_row[rows] = m
     ev = precision_recall_curve(picks["score"].to_numpy(), matched, len(truth), recall_levels)
-    ev.max_distance = float(max_distance)
+    ev.max_distance_px = float(max_distance_px)
     ev.n_micrographs = len(names)
     ev.matching = matching
     ev.picks = picks.assign(matched=matched, truth=truth_row)
