@@ -14,6 +14,7 @@ from scipy.special import expit
 
 from topaz_lightning.errors import ConfigError
 from topaz_lightning.objectives import GEKL, NNPU, PN, GEBinomial
+from topaz_lightning.objectives.common import PUObjective, loss_negative, loss_positive
 from topaz_lightning.objectives.ge_binomial import VARIANCE_EPS
 
 CONFIG_FILES = sorted(
@@ -512,3 +513,41 @@ def test_nnpu_rule_gradient_cosine_against_clamp():
         f"gradient cosine clamp vs kiryo at pi=0.9: logits {cos_logits:.3f}, conv31 {cos_params:.3f}"
     )
     assert cos_logits < -0.5 and cos_params < 0
+
+
+class _ToyLabeledFraction(PUObjective):
+    """A research objective that needs the labeled fraction and overrides only ``terms``."""
+
+    uses_labeled_fraction = True
+
+    def terms(self, z_p, z_u, pi, labeled_fraction=0.0):
+        return {
+            "positive": pi * loss_positive(z_p).mean(),
+            "unlabeled": (1.0 - labeled_fraction) * loss_negative(z_u).mean(),
+        }
+
+
+def test_base_class_hands_the_labeled_fraction_to_terms():
+    logits, labels = batch(5, 20, seed=3)
+    toy = _ToyLabeledFraction()
+    loss, terms = toy(logits, labels, 0.05, labeled_fraction=0.02)
+    z = logits.detach().double().numpy()
+    expected = 0.05 * np.mean(np.log1p(np.exp(-z[:5]))) + 0.98 * np.mean(np.log1p(np.exp(z[5:])))
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert set(terms) == {"positive", "unlabeled"}
+    # None means U covers every region; the base class checks the range for every objective
+    assert toy(logits, labels, 0.05)[0].item() == pytest.approx(
+        0.05 * np.mean(np.log1p(np.exp(-z[:5]))) + np.mean(np.log1p(np.exp(z[5:]))), abs=1e-6
+    )
+    with pytest.raises(ConfigError, match=r"labeled_fraction.*\[0, pi=0.05\)"):
+        toy(logits, labels, 0.05, labeled_fraction=0.05)
+    # an objective that does not use it refuses it instead of ignoring it silently
+    with pytest.raises(ConfigError, match="PN does not use it"):
+        PN()(logits, labels, 0.05, labeled_fraction=0.01)
+
+
+def test_module_passes_the_labeled_fraction_to_a_toy_objective():
+    module = _module(_ToyLabeledFraction(), pi_unlabeled=0.04, pi=0.05, labeled_regions=10)
+    assert module.objective_kwargs == {"labeled_fraction": 0.01}
+    loss, _ = module.compute_loss(torch.randn(4, 1, 31, 31), torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert torch.isfinite(loss)

@@ -73,22 +73,51 @@ class PUObjective(nn.Module):
     """
 
     prior: ClassVar[PriorName] = "pi"
-    #: True for objectives whose ``forward`` takes ``labeled_fraction`` (the share of all regions
-    #: that are labeled positives, excluded from the unlabeled draws); the module passes it
+    #: True for objectives whose :meth:`terms` takes ``labeled_fraction`` (the share of all regions
+    #: that are labeled positives, which the unlabeled draws exclude); the training module then
+    #: passes it to ``forward``, which checks it and hands it on to ``terms``
     uses_labeled_fraction: ClassVar[bool] = False
 
     def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
-        """Named loss terms (they sum to the loss); implemented by each objective."""
+        """Named loss terms (they sum to the loss); implemented by each objective.
+
+        With ``uses_labeled_fraction = True`` the signature is
+        ``terms(z_p, z_u, pi, labeled_fraction=0.0)``.
+        """
         raise NotImplementedError
 
     def forward(
-        self, logits: Tensor, labels: Tensor, pi: float
+        self, logits: Tensor, labels: Tensor, pi: float, labeled_fraction: float | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss and its terms for logits ``(B,)``, labels ``(B,)`` (1 = labeled positive)."""
+        """Loss and its terms for logits ``(B,)``, labels ``(B,)`` (1 = labeled positive).
+
+        ``labeled_fraction`` (only for objectives with ``uses_labeled_fraction``; None = 0, the
+        unlabeled draws cover every region) must lie in ``[0, pi)``.
+        """
         pi = check_pi(pi, self.prior)
         z_p, z_u = split(logits, labels)
-        terms = self.terms(z_p, z_u, pi)
+        if self.uses_labeled_fraction:
+            f = check_labeled_fraction(labeled_fraction, pi)
+            terms = self.terms(z_p, z_u, pi, labeled_fraction=f)
+        else:
+            if labeled_fraction is not None:
+                raise ConfigError(
+                    "labeled_fraction",
+                    f"{type(self).__name__} does not use it (uses_labeled_fraction is False)",
+                )
+            terms = self.terms(z_p, z_u, pi)
         return total(logits, terms), terms
+
+
+def check_labeled_fraction(labeled_fraction: float | None, pi: float) -> float:
+    """The labeled fraction as a float in ``[0, pi)`` (None = 0), or ConfigError."""
+    f = 0.0 if labeled_fraction is None else float(labeled_fraction)
+    if not 0.0 <= f < pi:
+        raise ConfigError(
+            "labeled_fraction",
+            f"must lie in [0, pi={pi}) (at or above pi every positive is labeled: use PN), got {f}",
+        )
+    return f
 
 
 class GECriterion(PUObjective):

@@ -11,11 +11,8 @@ from topaz_lightning.errors import ConfigError
 from topaz_lightning.objectives.common import (
     PriorName,
     PUObjective,
-    check_pi,
     loss_negative,
     loss_positive,
-    split,
-    total,
 )
 
 NNPURule = Literal["kiryo", "clamp"]
@@ -77,26 +74,13 @@ class NNPU(PUObjective):
         self.beta = float(beta)
         self.gamma = float(gamma)
 
-    def forward(
-        self, logits: Tensor, labels: Tensor, pi: float, labeled_fraction: float = 0.0
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss and terms; ``labeled_fraction`` = fraction of ALL regions that are labeled
-        positives, which the unlabeled draws exclude (0: U drawn from every region)."""
-        pi = check_pi(pi, self.prior)
-        f = float(labeled_fraction)
-        if not 0.0 <= f < pi:
-            raise ConfigError(
-                "labeled_fraction",
-                f"must lie in [0, pi={pi}) (at or above pi every positive is labeled: use PN), "
-                f"got {f}",
-            )
-        z_p, z_u = split(logits, labels)
-        terms = self._terms(z_p, z_u, pi, f)
-        return total(logits, terms), terms
-
-    def terms(self, z_p: Tensor, z_u: Tensor, pi: float) -> dict[str, Tensor]:
-        """Named loss terms from the labeled-positive and unlabeled logits (U from every region)."""
-        return self._terms(z_p, z_u, pi, 0.0)
+    def terms(
+        self, z_p: Tensor, z_u: Tensor, pi: float, labeled_fraction: float = 0.0
+    ) -> dict[str, Tensor]:
+        """Named loss terms from the labeled-positive and unlabeled logits; ``labeled_fraction``
+        = fraction of ALL regions that are labeled positives, which the unlabeled draws exclude
+        (0: U drawn from every region). ``forward`` (the base class's) checks it."""
+        return self._terms(z_p, z_u, pi, float(labeled_fraction))
 
     def _terms(self, z_p: Tensor, z_u: Tensor, pi: float, f: float) -> dict[str, Tensor]:
         terms = {}
