@@ -288,12 +288,39 @@ def test_slider_and_top_k_counts_match_python(chromium, tmp_path):
     assert problems == []
 
 
+#: pixels of the first thumbnail whose colour is far from grey (circles; the thumbnail is grey)
+COLOURED_PIXELS = """() => {
+  const c = document.querySelector("#grid canvas");
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i] - d[i + 2] > 80 && d[i + 1] - d[i + 2] > 60) n++;
+  return n;
+}"""
+
+
+def _drawn(page) -> int:
+    """Coloured pixels once the current setting is drawn."""
+    setting = page.evaluate("document.body.dataset.threshold + '/' + document.body.dataset.topk")
+    page.wait_for_function(f"document.body.dataset.drawn === {setting!r}")
+    # every thumbnail of the page decoded (each draws itself when it is)
+    page.wait_for_function(
+        "document.body.dataset.loaded === String(document.querySelectorAll('#grid canvas').length)"
+    )
+    return page.evaluate(COLOURED_PIXELS)
+
+
 def test_page_without_truth_or_expected_count(chromium, tmp_path):
-    picks, images, _ = _scene(["a", "b"], truth=False)
+    picks, images, _ = _scene(["a", "b"], truth=False, shape=(120, 160))
     out = write_pick_browser(picks, images, tmp_path / "p.html", 10.0, threshold=0.3)
     page, problems = _open(chromium, out)
     assert float(page.locator("#threshold-value").input_value()) == 0.3
     assert int(page.get_attribute("#total-picks", "data-count")) == pick_counts(picks, 0.3).sum()
+    # the circles are drawn, in the pick colour, and vanish above the highest score
+    page.click("#btn-all")
+    assert _drawn(page) > 100
+    page.fill("#threshold-value", str(picks["score"].max() + 1))
+    assert int(page.get_attribute("#total-picks", "data-count")) == 0
+    assert _drawn(page) == 0
     assert page.locator("#pr-figure").is_hidden()
     assert page.locator("#total-expected").inner_text() == ""
     assert page.locator("#btn-expected").is_disabled()
