@@ -26,6 +26,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
 from topaz_lightning.cli._hydra import entry_point, require, resolve_output
@@ -130,6 +131,104 @@ def check_names(picks, truth, names: list[str] | None, source: str) -> None:
         )
 
 
+def micrograph_shapes(cfg: DictConfig, names: set[str]) -> dict[str, tuple[int, int]]:
+    """``{name: (H, W)}`` of the evaluated micrographs whose files are known: ``micrographs`` when
+    it names micrograph files (a directory, glob or list of paths; a list of bare names gives
+    none) and ``overlay_micrographs``. Sizes come from the file headers (no pixels read)."""
+    from topaz_lightning.io.micrographs import list_micrographs, read_micrograph_shape
+
+    shapes: dict[str, tuple[int, int]] = {}
+    for key in ("micrographs", "overlay_micrographs"):
+        source = cfg.get(key)
+        if source is None:
+            continue
+        try:
+            files = list_micrographs(str(source) if isinstance(source, str) else list(source))
+        except InputError:
+            continue  # names only, or no micrograph files there
+        for name, path in files.items():
+            if name in names and name not in shapes:
+                try:
+                    shapes[name] = read_micrograph_shape(path)
+                except InputError as err:
+                    log.warning("%s: size unknown (%s)", path, err.problem)
+    return shapes
+
+
+#: picks beyond this multiple of the true particles' extent are "far outside" (scale mistake)
+FAR_BEYOND_TRUTH = 2.0
+
+
+def check_pick_positions(picks, truth, shapes: dict, max_distance_px: float, source: str) -> int:
+    """Warn about picks that cannot be on their micrograph; return how many lie outside it.
+
+    Where the micrograph's size is known (``shapes``), a pick at x >= W or y >= H is outside
+    (counted, warned with an example). Elsewhere, picks far beyond every true particle (beyond
+    ``FAR_BEYOND_TRUTH`` times the truth's largest x or y, plus the match distance) are warned
+    about, and so are picks that all lie within less than half the truth's extent (picks in
+    downsampled pixels against full-size truth). Such picks count as false positives.
+    """
+    if len(picks) == 0 or len(truth) == 0:
+        return 0
+    names = picks["micrograph"].astype(str).to_numpy()
+    xs = picks["x"].to_numpy(dtype=float)
+    ys = picks["y"].to_numpy(dtype=float)
+    known = np.array([n in shapes for n in names])
+    outside = np.zeros(len(picks), dtype=bool)
+    if known.any():
+        heights = np.array([shapes[n][0] if n in shapes else np.inf for n in names])
+        widths = np.array([shapes[n][1] if n in shapes else np.inf for n in names])
+        outside = known & ((xs >= widths) | (ys >= heights))
+        if outside.any():
+            i = int(np.flatnonzero(outside)[0])
+            log.warning(
+                "%s: %d of %d picks lie outside their micrograph (e.g. %r x=%g y=%g on a %d x %d "
+                "(W x H) image); they count as false positives. Check the picks' pixel size "
+                "(downsampled?) and y direction",
+                source,
+                int(outside.sum()),
+                int(known.sum()),
+                names[i],
+                xs[i],
+                ys[i],
+                int(widths[i]),
+                int(heights[i]),
+            )
+    rest = ~known
+    if rest.any():
+        truth_x = float(truth["x"].max())
+        truth_y = float(truth["y"].max())
+        far = rest & (
+            (xs > FAR_BEYOND_TRUTH * truth_x + max_distance_px)
+            | (ys > FAR_BEYOND_TRUTH * truth_y + max_distance_px)
+        )
+        if far.any():
+            i = int(np.flatnonzero(far)[0])
+            log.warning(
+                "%s: %d picks lie far beyond every true particle (e.g. %r x=%g y=%g; true "
+                "particles reach x=%g, y=%g); are picks and truth in the same pixel size? Give "
+                "micrographs=<the micrograph files> to check against the image size",
+                source,
+                int(far.sum()),
+                names[i],
+                xs[i],
+                ys[i],
+                truth_x,
+                truth_y,
+            )
+        elif rest.sum() >= 10 and xs[rest].max() < truth_x / 2 and ys[rest].max() < truth_y / 2:
+            log.warning(
+                "%s: every pick lies within x < %g, y < %g while true particles reach x=%g, y=%g; "
+                "are the picks in downsampled pixels? (tzl-convert scale= converts)",
+                source,
+                xs[rest].max(),
+                ys[rest].max(),
+                truth_x,
+                truth_y,
+            )
+    return int(outside.sum())
+
+
 def _overlay_file(out_dir: Path, prefix: str, name: str, suffix: str) -> Path:
     """``out_dir/<prefix><name><suffix>`` for a micrograph name that is a plain file name."""
     from topaz_lightning.utils.atomic import safe_output_name
@@ -148,7 +247,7 @@ def run(cfg: DictConfig) -> dict:
         ("picks", "truth", "output_dir"),
         "picks=picks.tsv truth=particles.tsv max_distance=7 output_dir=eval",
     )
-    max_distance = resolve_max_distance(cfg)
+    max_distance_px = resolve_max_distance(cfg)
     overwrite = bool(cfg.overwrite)
     metrics_path = check_writable(resolve_output(cfg, "metrics"), overwrite)
     plot_path = check_writable(resolve_output(cfg, "plot"), overwrite) if cfg.get("plot") else None
@@ -175,14 +274,18 @@ def run(cfg: DictConfig) -> dict:
         for path in _overlay_paths(cfg, truth, names):
             check_writable(path, overwrite)
 
-    evaluations = {}
+    evaluated = set(names) if names is not None else set(truth["micrograph"].astype(str))
+    shapes = micrograph_shapes(cfg, evaluated)
+    evaluations, outside = {}, {}
     for label, path in runs.items():
         picks = _read(path, cfg.get("picks_format"), "picks")
         check_names(picks, truth, names, path)
+        on_evaluated = picks[picks["micrograph"].astype(str).isin(evaluated)]
+        outside[label] = check_pick_positions(on_evaluated, truth, shapes, max_distance_px, path)
         evaluations[label] = evaluate_picks(
             picks,
             truth,
-            max_distance,
+            max_distance_px,
             micrographs=names,
             matching=str(cfg.get("matching", "distance")),
             match_boundary=str(cfg.get("match_boundary", "inclusive")),
@@ -197,6 +300,8 @@ def run(cfg: DictConfig) -> dict:
         "truth": str(cfg.truth),
         "micrographs": names,
     }
+    if shapes:  # picks outside their micrograph (false positives), where its size is known
+        result["n_picks_outside_image"] = outside[str(cfg.label)]
     if len(runs) > 1:
         result["runs"] = {
             label: {"picks": runs[label], **ev.as_dict()} for label, ev in evaluations.items()
