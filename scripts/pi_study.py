@@ -1,4 +1,4 @@
-"""Automatic pi vs the truth: run topaz_lightning.data.pi_estimate on a dataset and report its error.
+"""Automatic pi vs the truth: run topaz_lightning.pi_estimate on a dataset and report its error.
 
 For each label count and replicate (``data.labeled_seed = seed = r``, the same labeled subsets as
 ``paper_tables.py``) the training data of tzl-train's config are set up, pi is estimated from the
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hydra.utils import instantiate
 
-    from topaz_lightning.data.pi_estimate import estimate_pi_for_datamodule
+    from topaz_lightning.pi_estimate import estimate_pi_for_datamodule
 
     if args.experiment:
         data = [f"experiment={args.experiment}"]

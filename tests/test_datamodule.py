@@ -341,19 +341,22 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_batches(tmp_path):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_ranks_draw_different_streams_and_patch_size_comes_from_the_model():
+def test_ranks_draw_different_streams_and_patch_size_is_handed_down():
     from types import SimpleNamespace
 
     def attached(rank):
         dm = make(patch_size=None, steps_per_epoch=2, seed=5)
+        # the trainer the DataModule may read: its own rank, step and device (no lightning_module)
         dm.trainer = SimpleNamespace(
             global_rank=rank,
             global_step=0,
             accumulate_grad_batches=1,
             strategy=SimpleNamespace(root_device=torch.device("cpu")),
-            lightning_module=SimpleNamespace(net=SimpleNamespace(receptive_field=9)),
         )
         dm.setup()
+        with pytest.raises(ConfigError, match="set_patch_size"):
+            dm.train_sampler()  # null patch size and nothing handed down yet
+        dm.set_patch_size(9)  # train() passes the model's receptive field after setup()
         return dm
 
     rank0, rank1 = attached(0), attached(1)
@@ -363,6 +366,21 @@ def test_ranks_draw_different_streams_and_patch_size_comes_from_the_model():
     assert rank1.train_sampler().rank == 1 and rank0.train_sampler().rank == 0
     assert not torch.equal(p0[0], p1[0])
     torch.testing.assert_close(p1[1], rank1.train_sampler().batch(1)[0], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="odd"):
+        rank0.set_patch_size(8)
+    explicit = make(patch_size=31)
+    with pytest.raises(ConfigError, match="patch_size"):
+        explicit.set_patch_size(9)  # an explicit patch size must agree with the run's
+
+
+def test_data_fingerprint_follows_the_data():
+    a, b = make(patch_size=31), make(patch_size=31)
+    a.setup()
+    b.setup()
+    assert a.data_fingerprint() == b.data_fingerprint() and len(a.data_fingerprint()) == 64
+    fewer = make(patch_size=31, num_labeled=5)
+    fewer.setup()
+    assert fewer.data_fingerprint() != a.data_fingerprint()
 
 
 @pytest.mark.slow

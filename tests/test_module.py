@@ -193,20 +193,85 @@ def test_decoder_shape_mismatch_is_a_config_error():
 
 
 # ---------------------------------------------------------------- training
-def test_short_fit_lowers_loss_and_takes_pi_from_datamodule(tmp_path):
+def test_short_fit_lowers_loss_and_takes_pi_from_the_run_geometry(tmp_path):
+    from topaz_lightning.geometry import RunGeometry
+
     pl.seed_everything(0, workers=True)
     data = TinyPUData()
     module = PULitModule(_conv31(), _objective(), functools.partial(torch.optim.Adam, lr=1e-3))
+    # handed down by train(); the module never reads the trainer's datamodule
+    module.set_run_geometry(RunGeometry(pi=0.08, pi_unlabeled=0.05, num_labeled_particles=36))
     recorder = LossRecorder()
     trainer = _trainer(30, tmp_path, callbacks=[recorder])
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 30
-    assert module.pi_unlabeled == pytest.approx(0.05)
+    assert module.pi_unlabeled == pytest.approx(0.05) and module.pi == pytest.approx(0.08)
     assert module.num_labeled_particles == 36
+    assert module.hparams["geometry"]["pi_unlabeled"] == pytest.approx(0.05)
     losses = np.array(recorder.losses)
     assert len(losses) == 30 and np.all(np.isfinite(losses))
     assert losses[-5:].mean() < losses[:5].mean() * 0.9
     assert {"train/loss"} <= set(trainer.callback_metrics)
+
+
+def test_the_module_reads_nothing_from_the_datamodule(tmp_path):
+    # a datamodule exposing a prior is not consulted: without one given, setup() refuses
+    module = PULitModule(_conv31(), _objective())
+    with pytest.raises(ConfigError, match="pi_unlabeled"):
+        _trainer(1, tmp_path).fit(module, datamodule=TinyPUData())
+
+
+def test_compute_loss_needs_finalize_first():
+    module = PULitModule(_conv31(), PNObjective(), pi_unlabeled=0.1)
+    with pytest.raises(RuntimeError, match="finalize"):
+        module.compute_loss(torch.randn(2, 1, 31, 31), torch.tensor([1.0, 0.0]))
+    module.finalize()
+    loss, _ = module.compute_loss(torch.randn(2, 1, 31, 31), torch.tensor([1.0, 0.0]))
+    assert torch.isfinite(loss)
+
+
+def _logged_run(tmp_path, every: int, steps: int):
+    """(values logged per step, final callback_metrics) of a short fit logging every ``every``."""
+    pl.seed_everything(0, workers=True)
+    module = PULitModule(_conv31(), _objective(), pi_unlabeled=0.05)
+    logged: dict[int, dict[str, float]] = {}
+    plain_log, plain_log_dict = module.log, module.log_dict
+
+    def log(name, value, **kw):
+        logged.setdefault(module.trainer.global_step, {})[name] = float(value)
+        plain_log(name, value, **kw)
+
+    def log_dict(values, **kw):
+        for name, value in values.items():
+            logged.setdefault(module.trainer.global_step, {})[name] = float(value)
+        plain_log_dict(values, **kw)
+
+    module.log, module.log_dict = log, log_dict
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        log_every_n_steps=every,
+    )
+    trainer.fit(module, datamodule=TinyPUData())
+    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return logged, final
+
+
+def test_training_logs_every_n_steps_with_the_same_numbers(tmp_path):
+    every_step, final_every = _logged_run(tmp_path, 1, 13)
+    sparse, final_sparse = _logged_run(tmp_path, 4, 13)
+    assert sorted(every_step) == list(range(13))
+    # the loggers' steps (every 4th), the last of each 10-step epoch and the last of the run
+    assert sorted(sparse) == [3, 7, 9, 11, 12]
+    for step, values in sparse.items():
+        assert values == every_step[step]  # identical numbers, term by term
+    assert "train/loss" in sparse[3] and len(sparse[3]) >= 2  # the loss and its terms
+    assert final_sparse == final_every
 
 
 def test_patch_aupr_keeps_saturated_logits_in_order(monkeypatch):

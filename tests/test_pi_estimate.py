@@ -1,4 +1,4 @@
-"""Tests for the automatic class prior (topaz_lightning.data.pi_estimate)."""
+"""Tests for the automatic class prior (topaz_lightning.pi_estimate)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from topaz_lightning.data.labels import positive_masks
-from topaz_lightning.data.pi_estimate import (
+from topaz_lightning.pi_estimate import (
     bbe_mixture_proportion,
     dataset_prior,
     elkan_noto_mixture_proportion,
@@ -106,7 +106,7 @@ def test_estimate_pi_on_blob_micrographs_is_close_to_the_truth():
     labeled = truth.sample(n=30, random_state=0)
     torch.manual_seed(0)
     result = estimate_pi(
-        images, labeled, radius, _TinyNet, steps=150, folds=2, lr=0.01, nms_radius_px=4
+        images, labeled, radius, _TinyNet, steps=150, folds=2, lr=0.01, nms_radius_px_model=4
     )
     assert result.method == "bbe" and len(result.fold_pi) == 2 and "elkan_noto" in result.other
     # measured: 0.0287 vs 0.0309
@@ -123,7 +123,7 @@ def test_data_pi_auto_resolves_to_an_estimate(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
     from topaz_lightning.cli.validate import validate_train
-    from topaz_lightning.data.pi_estimate import resolve_auto_pi
+    from topaz_lightning.pi_estimate import estimate_auto_pi
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
@@ -138,6 +138,26 @@ def test_data_pi_auto_resolves_to_an_estimate(tmp_path):
             ],
         )
     validate_train(cfg)  # "auto" passes the prior check
-    result = resolve_auto_pi(cfg, steps=3, folds=2)
-    assert cfg.data.pi == pytest.approx(result.pi) and 0 < cfg.data.pi < 1
-    assert len(result.fold_pi) == 2 and result.steps == 3
+    result = estimate_auto_pi(cfg, steps=3, folds=2)
+    assert 0 < result.pi < 1 and len(result.fold_pi) == 2 and result.steps == 3
+    assert cfg.data.pi == "auto"  # a value is returned; the config is not edited
+
+
+def test_the_pi_procedure_lives_above_data_and_picking():
+    """data/ imports nothing of the automatic pi procedure (it trains and picks, a layer above)."""
+    import ast
+
+    package = REPO / "topaz_lightning"
+    assert not (package / "data" / "pi_estimate.py").exists()
+    for path in (package / "data").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [
+            node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+        ] + [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+        assert not any(
+            n.startswith(("topaz_lightning.picking", "topaz_lightning.pi_estimate")) for n in names
+        ), path
+    # sources.py no longer imports the DataModule that imports it (the one circle)
+    sources = ast.parse((package / "data" / "sources.py").read_text())
+    imported = {n.module for n in ast.walk(sources) if isinstance(n, ast.ImportFrom)}
+    assert "topaz_lightning.data.datamodule" not in imported

@@ -54,13 +54,13 @@ class PULitModule(pl.LightningModule):
         optimizer: a partially applied optimizer class (Hydra ``_partial_: true``), completed with
             the parameters in :meth:`configure_optimizers`. Default: Adam, lr 2e-4. L2
             regularization is the optimizer's ``weight_decay``.
-        pi_unlabeled: prior probability that an unlabeled draw is positive; taken from the
-            datamodule (``pi_unlabeled``) at ``setup`` when None. 0 means every positive is
+        pi_unlabeled: prior probability that an unlabeled draw is positive; taken from the run
+            geometry (:meth:`set_run_geometry`, called by ``train()``) when None. 0 means every positive is
             labeled: the module then optimizes PN (see :meth:`finalize`).
         decoder: optional decoder ``decoder(features) -> (B, 1, w, w)``; when given, the loss gets
             ``recon_weight * E||x - x'||^2`` (sum over pixels, mean over the minibatch).
         recon_weight: c, a number or ``"auto"`` for 10/P (P = number of labeled particles).
-        num_labeled_particles: P; taken from the datamodule at ``setup`` when None.
+        num_labeled_particles: P; taken from the run geometry when None.
         run_config: the resolved run configuration, stored with the hyperparameters and in every
             checkpoint so a run can be reproduced from its checkpoint alone.
         pi: the class prior (fraction of all regions that are positive); taken from the run
@@ -101,7 +101,7 @@ class PULitModule(pl.LightningModule):
         self.prior_value: float | None = None
         #: extra keyword arguments of the objective (NNPU: labeled_fraction)
         self.objective_kwargs: dict[str, float] = {}
-        #: the run's RunGeometry, taken from the datamodule at setup (None before, or without one)
+        #: the run's RunGeometry, handed down by train() (set_run_geometry; None without one)
         self.geometry = None
         if decoder is not None and not hasattr(net, "features"):
             raise ConfigError(
@@ -109,41 +109,47 @@ class PULitModule(pl.LightningModule):
             )
 
     # ------------------------------------------------------------------ setup
-    def setup(self, stage: str) -> None:
-        """Take the run geometry (pi_unlabeled, number of labeled particles) from the datamodule.
+    def set_run_geometry(self, geometry: Any) -> None:
+        """Take the run's resolved :class:`~topaz_lightning.geometry.RunGeometry` and finalize.
 
-        ``self.geometry`` is the datamodule's resolved RunGeometry (None without one); explicit
-        ``pi_unlabeled`` / ``num_labeled_particles`` arguments win over it.
+        ``train()`` calls it after the DataModule's ``setup()``. ``pi_unlabeled``, ``pi`` and
+        ``num_labeled_particles`` not given to the constructor come from the geometry (explicit
+        arguments win); then :meth:`finalize` fixes what is optimized.
         """
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        self.geometry = getattr(dm, "geometry", None)
-        if self.geometry is not None:
+        self.geometry = geometry
+        if geometry is not None:
             if self.pi_unlabeled is None:
-                self.pi_unlabeled = self.geometry.pi_unlabeled
+                self.pi_unlabeled = geometry.pi_unlabeled
             if self.pi is None:
-                self.pi = self.geometry.pi
+                self.pi = geometry.pi
             if self.num_labeled_particles is None:
-                self.num_labeled_particles = self.geometry.num_labeled_particles
-        elif dm is not None:  # a datamodule without a geometry record (tests' stubs)
-            if self.pi_unlabeled is None:
-                self.pi_unlabeled = getattr(dm, "pi_unlabeled", None)
-            if self.num_labeled_particles is None:
-                self.num_labeled_particles = getattr(dm, "num_labeled_particles", None)
+                self.num_labeled_particles = geometry.num_labeled_particles
+            self.hparams["geometry"] = geometry.to_dict()
         self.finalize()
-        # the loggers write hparams_initial after setup: give them the resolved values
+
+    def setup(self, stage: str) -> None:
+        """Finalize from the constructor's priors unless :meth:`set_run_geometry` already did.
+
+        Nothing is read from the trainer or the datamodule: the run geometry is handed down by
+        ``train()``. The loggers write ``hparams_initial`` after setup: they get the resolved values.
+        """
+        if self.active_objective is None:
+            self.finalize()
         resolved = {
-            "pi_unlabeled": self.hparams["pi_unlabeled"],
-            "pi": self.hparams["pi"],
-            "objective_optimized": self.hparams["objective_optimized"],
-            "objective_prior": self.hparams["objective_prior"],
-            "objective_prior_value": self.hparams["objective_prior_value"],
-            "objective_labeled_fraction": self.hparams["objective_labeled_fraction"],
-            "num_labeled_particles": self.hparams["num_labeled_particles"],
-            "recon_weight_value": self.hparams["recon_weight_value"],
+            key: self.hparams[key]
+            for key in (
+                "pi_unlabeled",
+                "pi",
+                "objective_optimized",
+                "objective_prior",
+                "objective_prior_value",
+                "objective_labeled_fraction",
+                "num_labeled_particles",
+                "recon_weight_value",
+            )
         }
         if self.geometry is not None:
             resolved["geometry"] = self.geometry.to_dict()
-            self.hparams["geometry"] = resolved["geometry"]
         self._hparams_initial.update(resolved)
 
     def finalize(self) -> None:
@@ -158,7 +164,7 @@ class PULitModule(pl.LightningModule):
         if self.pi_unlabeled is None:
             raise ConfigError(
                 "module.pi_unlabeled",
-                "no prior given and the datamodule does not expose pi_unlabeled",
+                "no prior given: pass pi_unlabeled or the run geometry (set_run_geometry)",
             )
         pi_u = float(self.pi_unlabeled)
         if not 0.0 <= pi_u < 1.0:
@@ -245,11 +251,14 @@ class PULitModule(pl.LightningModule):
     def compute_loss(
         self, patches: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Objective (plus weighted reconstruction error with a decoder) for one minibatch."""
-        if self.active_objective is None or (
-            self.decoder is not None and self.recon_weight is None
-        ):
-            self.finalize()
+        """Objective (plus weighted reconstruction error with a decoder) for one minibatch.
+
+        Needs :meth:`finalize` (or :meth:`set_run_geometry`, or Lightning's ``setup``) first.
+        """
+        if self.active_objective is None:
+            raise RuntimeError(
+                "PULitModule.compute_loss before finalize(): call set_run_geometry() or finalize()"
+            )
         if self.decoder is None:
             logits = self.net(patches)
             loss, terms = self.active_objective(
@@ -284,14 +293,39 @@ class PULitModule(pl.LightningModule):
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        """One optimizer step's loss on a (patches, labels) minibatch; logs train/loss and terms."""
+        """One optimizer step's loss on a (patches, labels) minibatch; logs train/loss and terms.
+
+        The values are logged only on the steps the loggers write (every
+        ``trainer.log_every_n_steps``) and on the last step of an epoch or of the run, so
+        ``callback_metrics`` end with the same numbers as logging every step; the ~10 ``self.log``
+        calls per step cost more than a conv31 forward pass on a CPU (docs/training.md).
+        """
         patches, labels = batch
         loss, terms = self.compute_loss(patches, labels)
-        batch_size = int(labels.shape[0])
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value.detach().float(), batch_size=batch_size)
+        if self._should_log_step():
+            batch_size = int(labels.shape[0])
+            values = {"train/loss": loss.detach()}
+            values.update(
+                {f"train/{name}": value.detach().float() for name, value in terms.items()}
+            )
+            self.log("train/loss", values.pop("train/loss"), prog_bar=True, batch_size=batch_size)
+            if values:
+                self.log_dict(values, batch_size=batch_size)
         return loss
+
+    def _should_log_step(self) -> bool:
+        """True on the steps whose values reach the loggers or the final ``callback_metrics``."""
+        if self._trainer is None:
+            return True
+        trainer = self.trainer
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
+        # Lightning's own rule for writing to the loggers (_LoggerConnector.should_update_logs)
+        stepped = int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+        if (stepped + 1) % every == 0 or trainer.should_stop:
+            return True
+        max_steps = int(trainer.max_steps or -1)
+        last_of_run = max_steps > 0 and int(trainer.global_step) + 1 >= max_steps
+        return bool(last_of_run or trainer.is_last_batch)
 
     def on_validation_epoch_start(self) -> None:
         self._val_logits: list[torch.Tensor] = []
@@ -301,8 +335,6 @@ class PULitModule(pl.LightningModule):
         """Region classification on held-out batches (labels = full truth): val/loss."""
         patches, labels = batch
         logits = self.net(patches)
-        if self.active_objective is None:
-            self.finalize()
         loss, _ = self.active_objective(logits, labels, self.prior_value, **self.objective_kwargs)
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(labels.shape[0]))
         self._val_logits.append(logits.detach().float().cpu())

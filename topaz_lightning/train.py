@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,50 +16,7 @@ from topaz_lightning.errors import ConfigError, OutputExistsError
 
 log = logging.getLogger("topaz_lightning")
 
-
-def _nodes(cfg: DictConfig | None, key: str) -> list[tuple[str, DictConfig]]:
-    """Named config nodes with a ``_target_`` under ``cfg`` (a single node or a dict of nodes)."""
-    if cfg is None:
-        return []
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(
-            key, f"expected a mapping of nodes with _target_, got {type(cfg).__name__}"
-        )
-    if "_target_" in cfg:
-        return [(key, cfg)]
-    out = []
-    for name, node in cfg.items():
-        if node is None:
-            continue
-        if not isinstance(node, DictConfig):
-            raise ConfigError(f"{key}.{name}", "expected a node with _target_ (or null to disable)")
-        if "_target_" not in node:
-            # e.g. an experiment tuned callbacks.held_out_picking.radius but callbacks=none
-            log.warning("%s.%s has no _target_ (its group is switched off?): skipped", key, name)
-            continue
-        out.append((f"{key}.{name}", node))
-    return out
-
-
-def instantiate_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
-    """Build the callbacks of ``cfg.callbacks`` (a dict of nodes; null entries are skipped)."""
-    return [instantiate(node) for _, node in _nodes(cfg, "callbacks")]
-
-
-def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
-    """Build the loggers of ``cfg.logger`` (one node, a dict of nodes, or null for none)."""
-    return [instantiate(node) for _, node in _nodes(cfg, "logger")]
-
-
-def _data_setting(datamodule: Any, cfg: DictConfig, *names: str) -> Any:
-    """First non-None of the datamodule's attribute or the data config's key among ``names``."""
-    for name in names:
-        value = getattr(datamodule, name, None)
-        if value is None:
-            value = OmegaConf.select(cfg, f"data.{name}", default=None)
-        if value is not None:
-            return value
-    return None
+__all__ = ["build_decoder", "instantiate_callbacks", "instantiate_loggers", "train"]
 
 
 def _plain(value: Any) -> Any:
@@ -91,17 +49,27 @@ def build_decoder(cfg: DictConfig, net: Any, patch_size: int) -> Any:
     return instantiate(node, **kwargs)
 
 
+def _is_launch_rank_zero() -> bool:
+    """False in the extra processes a DDP launcher starts (they must not create data)."""
+    import os
+
+    return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("LOCAL_RANK", "NODE_RANK"))
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a PU classifier as configured; return the final metrics and output paths.
 
-    Steps: seed everything (``cfg.seed``, worker seeds too); build the datamodule (``cfg.data``),
-    classifier (``cfg.model``), objective (``cfg.objective``), optional decoder (``cfg.decoder``),
-    the :class:`~topaz_lightning.module.PULitModule` (``cfg.module``), callbacks, loggers and the
-    trainer; fit (resuming from ``cfg.ckpt_path`` if set: ``"last"`` or a checkpoint path); then
-    save the trained classifier to ``<paths.output_dir>/model.pt`` with the run geometry
-    (``extra["geometry"]``: downsample, normalization, radii, pi), the training GMM fit
-    (``extra["normalize_fit"]``) and the receptive field that ``tzl-pick`` needs. A fresh run refuses
-    (OutputExistsError, before any work) to replace an earlier run's outputs unless
+    Steps: seed everything (``cfg.seed``, worker seeds too); with ``data.pi=auto`` estimate the
+    prior first (:func:`topaz_lightning.pi_estimate.estimate_auto_pi`); build the datamodule
+    (``cfg.data``) and set it up, which resolves the run geometry; build the classifier
+    (``cfg.model``) and hand the wiring down explicitly: the patch size (``data.patch_size``, or
+    the classifier's receptive field) to the datamodule and the decoder, the run geometry to the
+    :class:`~topaz_lightning.module.PULitModule` (``cfg.module``) and to every callback with a
+    ``set_run_geometry`` method. Fit (resuming from ``cfg.ckpt_path``: ``"last"`` or a checkpoint
+    path, read safely first, :func:`check_checkpoint`); then save the trained classifier to
+    ``<paths.output_dir>/model.pt`` with its model card (:class:`~topaz_lightning.models.ModelCard`:
+    geometry, preprocessing with the GMM fit, objective optimized, data fingerprint). A fresh run
+    refuses (OutputExistsError, before any work) to replace an earlier run's outputs unless
     ``cfg.overwrite``.
     """
     from topaz_lightning.models import save_model
@@ -109,18 +77,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     # an interrupted run in this directory is continued, a finished one refused (see there)
     continue_from = _refuse_existing_outputs(output_dir, cfg)
+    ckpt_path = cfg.get("ckpt_path") or continue_from
+    checkpoint_dir = _checkpoint_dir(cfg, output_dir)
+    if ckpt_path == "last" and (checkpoint_dir / "last.ckpt").is_file():
+        ckpt_path = str(checkpoint_dir / "last.ckpt")
+    if ckpt_path not in (None, "last"):
+        if not Path(str(ckpt_path)).is_file():
+            raise ConfigError("ckpt_path", f"checkpoint {ckpt_path} does not exist")
+        ckpt_path = str(check_checkpoint(Path(str(ckpt_path)), checkpoint_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.seed), workers=True)
 
+    # construction order = random-number order: as before the wiring was made explicit, so a
+    # seed gives the same weights and batches
     net = instantiate(cfg.model)
+    data_overrides: dict[str, Any] = {}
     if OmegaConf.select(cfg, "data.pi", default=None) == "auto":
-        from topaz_lightning.data.pi_estimate import resolve_auto_pi
+        from topaz_lightning.pi_estimate import estimate_auto_pi
 
-        resolve_auto_pi(cfg)  # replaces "auto" by the estimate (docs/reports.md)
-    datamodule = instantiate(cfg.data)
+        estimate = estimate_auto_pi(cfg)  # docs/reports.md
+        data_overrides = {"pi": float(estimate.pi), "particles_per_micrograph": None}
+    datamodule = instantiate(cfg.data, **data_overrides)
     objective = instantiate(cfg.objective)
-    patch_size = _data_setting(datamodule, cfg, "patch_size") or net.receptive_field
-    decoder = build_decoder(cfg, net, int(patch_size))
+    patch_size = int(datamodule.patch_size or net.receptive_field)
+    decoder = build_decoder(cfg, net, patch_size)
 
     run_config = OmegaConf.to_container(cfg, resolve=True)
     # partial first: keyword objects passed to instantiate() would be converted and re-instantiated
@@ -133,6 +113,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     # the resolved config reaches the loggers as the module's hyperparameters (run_config)
 
+    # the wiring, handed down once the data are read: patch size and run geometry
+    if _is_launch_rank_zero():
+        datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.set_patch_size(patch_size)
+    geometry = datamodule.geometry
+    module.set_run_geometry(geometry)
+    for callback in callbacks:
+        if callable(getattr(callback, "set_run_geometry", None)):
+            callback.set_run_geometry(geometry)
+
     hint = few_labels_hint(
         OmegaConf.select(cfg, "data.num_labeled", default=None),
         OmegaConf.select(cfg, "trainer.max_steps", default=None),
@@ -140,12 +131,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if hint:
         log.warning(hint)
 
-    ckpt_path = cfg.get("ckpt_path") or continue_from
-    if ckpt_path not in (None, "last"):
-        ckpt_file = Path(str(ckpt_path))
-        if not ckpt_file.is_file():
-            raise ConfigError("ckpt_path", f"checkpoint {ckpt_file} does not exist")
-        ckpt_path = str(ckpt_file.resolve())
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics: dict[str, Any] = {}
@@ -155,50 +140,160 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics[key] = float(value)
     metrics["global_step"] = int(trainer.global_step)
 
-    geometry = getattr(datamodule, "geometry", None)
-    if geometry is None:
-        raise ConfigError("data", "the datamodule resolved no run geometry (data.geometry)")
-    extra = {
-        # the run's pixel frame, radii and prior: tzl-pick / tzl-evaluate take their defaults here
-        "geometry": geometry.to_dict(),
-        # a copy of two geometry values for readers of older model files (tzl-pick until it reads
-        # the record); read extra["geometry"] in new code
-        "preprocess": {"downsample": geometry.downsample, "normalize": geometry.normalize},
-        "receptive_field": int(net.receptive_field),
-        "patch_size": int(patch_size),
-        "global_step": int(trainer.global_step),
-        "objective": cfg.objective.get("_target_"),
-        # what was optimized: PN replaces a PU objective when every positive is labeled
-        "objective_optimized": module.hparams.get("objective_optimized"),
-        "objective_prior": module.hparams.get("objective_prior"),
-        "objective_prior_value": module.hparams.get("objective_prior_value"),
-        "seed": int(cfg.seed),
-    }
-    normalize_fit = getattr(datamodule, "normalize_fit", None)
-    if normalize_fit is not None:
-        # the GMM fitted on the training micrographs, for tzl-pick normalize_fit=training
-        extra["normalize_fit"] = normalize_fit
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     if trainer.is_global_zero:
+        card = model_card(cfg, datamodule, module, patch_size, int(trainer.global_step))
         model_path = output_dir / "model.pt"
-        save_model(model_path, module.net, model_config, extra=extra, overwrite=True)
+        save_model(model_path, module.net, model_config, card=card, overwrite=True)
         metrics["model_path"] = str(model_path)
         best = _best_checkpoint(trainer)
         if best is not None:
-            best_module = type(module).load_from_checkpoint(
-                best,
-                net=instantiate(cfg.model),
-                objective=instantiate(cfg.objective),
-                decoder=build_decoder(cfg, net, int(patch_size)),
-                map_location="cpu",
-            )
+            best_net = instantiate(cfg.model)
+            best_net.load_state_dict(_net_weights(best))
             best_path = output_dir / "model_best.pt"
-            save_model(best_path, best_module.net, model_config, extra=extra, overwrite=True)
+            save_model(best_path, best_net, model_config, card=card, overwrite=True)
             metrics["best_model_path"] = str(best_path)
             metrics["best_checkpoint"] = str(best)
         _write_metrics(output_dir / "metrics.json", metrics)
         log.info("saved the trained classifier to %s", model_path)
     return metrics
+
+
+def model_card(cfg: DictConfig, datamodule: Any, module: Any, patch_size: int, global_step: int):
+    """The :class:`~topaz_lightning.models.ModelCard` of a finished run (model.pt's record)."""
+    from topaz_lightning.models import ModelCard
+
+    geometry = datamodule.geometry
+    fit = getattr(datamodule, "normalize_fit", None)
+    return ModelCard(
+        geometry=geometry,
+        preprocessing={
+            "downsample": float(geometry.downsample),
+            "normalize": str(geometry.normalize),
+            # the GMM fitted on the training micrographs, for tzl-pick normalize_fit=training
+            "gmm": None if fit is None else fit.to_record(),
+        },
+        objective={
+            "configured": cfg.objective.get("_target_"),
+            # what was optimized: PN replaces a PU objective when every positive is labeled
+            "optimized": type(module.active_objective).__name__,
+            "prior": module.prior_name,
+            "prior_value": module.prior_value,
+            "labeled_fraction": module.objective_kwargs.get("labeled_fraction"),
+        },
+        training={
+            "receptive_field": int(module.net.receptive_field),
+            "patch_size_px_model": int(patch_size),
+            "global_step": int(global_step),
+            "seed": int(cfg.seed),
+            "data_fingerprint": datamodule.data_fingerprint(),
+        },
+    )
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
+    """Build the callbacks of ``cfg.callbacks`` (:mod:`topaz_lightning.utils.components`)."""
+    from topaz_lightning.utils.components import instantiate_callbacks as build
+
+    return build(cfg)
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
+    """Build the loggers of ``cfg.logger`` (:mod:`topaz_lightning.utils.components`)."""
+    from topaz_lightning.utils.components import instantiate_loggers as build
+
+    return build(cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints: untrusted input like model files
+
+
+def _checkpoint_dir(cfg: DictConfig, output_dir: Path) -> Path:
+    return Path(
+        str(OmegaConf.select(cfg, "paths.checkpoint_dir", default=output_dir / "checkpoints"))
+    )
+
+
+#: ModelCheckpoint state entries that hold paths (Lightning reloads best_model_path always, the
+#: others when the directory matches, and deletes old top-k / last files by them)
+_CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path", "dirpath")
+
+
+def check_checkpoint(path: Path, checkpoint_dir: Path) -> Path:
+    """Read a checkpoint to resume from as untrusted input before Lightning touches it.
+
+    Read with ``weights_only`` (:func:`topaz_lightning.models.read_torch_file`: a pickled payload
+    is an InputError, no code runs); it must hold this package's training state (``state_dict``
+    of tensors, ``global_step``). Nothing from it chooses a class or a path: hyperparameters and
+    the stored run config are never instantiated (the run is built from the command's config),
+    and every path in a callback's state (ModelCheckpoint's best/last/top-k files, which Lightning
+    would reload and later delete) must be a ``.ckpt`` file in the run's checkpoint directory or
+    beside the checkpoint itself; otherwise InputError naming the key. Returns the resolved path.
+    """
+    from topaz_lightning.errors import InputError
+    from topaz_lightning.models import read_torch_file
+
+    state = read_torch_file(path, "checkpoint")
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise InputError("not a training checkpoint (no state_dict)", path=path)
+    if not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["state_dict"].items()
+    ):
+        raise InputError("state_dict must map names to tensors", path=path, where="state_dict")
+    step = state.get("global_step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise InputError(
+            f"global_step must be a count >= 0, got {step!r}", path=path, where="global_step"
+        )
+    roots = {path.resolve().parent, checkpoint_dir.resolve()}
+    for where, value in _callback_paths(state.get("callbacks")):
+        if value in (None, ""):
+            continue
+        target = Path(str(value)).resolve()
+        is_dir = where.endswith(".dirpath")
+        inside = (target in roots) if is_dir else (target.parent in roots)
+        if not isinstance(value, str) or not inside or (not is_dir and target.suffix != ".ckpt"):
+            raise InputError(
+                f"refers to {str(value)[:200]!r}, outside the run's checkpoint directory "
+                f"{checkpoint_dir}; refusing to resume from it",
+                path=path,
+                where=where,
+            )
+    return path.resolve()
+
+
+def _callback_paths(callbacks: Any) -> list[tuple[str, Any]]:
+    """(key, value) of every path a checkpoint's callback states name."""
+    if callbacks is None:
+        return []
+    if not isinstance(callbacks, dict):
+        return [("callbacks", callbacks)]
+    found: list[tuple[str, Any]] = []
+    for name, cb_state in callbacks.items():
+        if not isinstance(cb_state, dict):
+            continue
+        for key in _CHECKPOINT_PATH_KEYS:
+            if key in cb_state:
+                found.append((f"callbacks.{name}.{key}", cb_state[key]))
+        best_k = cb_state.get("best_k_models")
+        if isinstance(best_k, dict):
+            found += [(f"callbacks.{name}.best_k_models", k) for k in best_k]
+        elif best_k is not None:
+            found.append((f"callbacks.{name}.best_k_models", best_k))
+    return found
+
+
+def _net_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The classifier's weights (``net.*``) from a checkpoint, read with ``weights_only``."""
+    from topaz_lightning.errors import InputError
+    from topaz_lightning.models import read_torch_file
+
+    state = read_torch_file(checkpoint, "checkpoint")
+    weights = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise InputError("not a training checkpoint (no state_dict)", path=checkpoint)
+    return {k[len("net.") :]: v for k, v in weights.items() if k.startswith("net.")}
 
 
 #: what a finished run leaves in its output directory
@@ -248,9 +343,7 @@ def _refuse_existing_outputs(output_dir: Path, cfg: DictConfig) -> str | None:
     """
     if cfg.get("ckpt_path") is not None:
         return None
-    checkpoint_dir = Path(
-        str(OmegaConf.select(cfg, "paths.checkpoint_dir", default=output_dir / "checkpoints"))
-    )
+    checkpoint_dir = _checkpoint_dir(cfg, output_dir)
     stale = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
     if bool(cfg.get("overwrite", False)):
         for path in stale:
@@ -284,8 +377,6 @@ def _refuse_existing_outputs(output_dir: Path, cfg: DictConfig) -> str | None:
 
 def _changed_settings(checkpoint: Path, cfg: DictConfig) -> list[str]:
     """Dotted keys whose value differs between ``cfg`` and the run that wrote ``checkpoint``."""
-    import torch
-
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         saved = state["hyper_parameters"]["run_config"]
@@ -325,10 +416,13 @@ def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
-    """Path of the monitored best checkpoint, if a ModelCheckpoint with a monitor saved one."""
+    """Path of the monitored best checkpoint, if a ModelCheckpoint with a monitor saved one (a
+    path restored from a resumed checkpoint was checked by :func:`check_checkpoint`)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     for cb in trainer.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
-            return cb.best_model_path
+            best = Path(cb.best_model_path)
+            if best.is_file() and best.suffix == ".ckpt":
+                return str(best)
     return None

@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 
-_SOURCES = ("FileSource", "FilesDataModule", "SimulatedDataModule", "SimulatedSource")
+_SOURCES = ("FileSource", "SimulatedSource")
+_MODULES = ("FilesDataModule", "SimulatedDataModule")
 
 
 def __getattr__(name: str):
@@ -47,4 +48,8 @@ def __getattr__(name: str):
         from topaz_lightning.data import sources
 
         return getattr(sources, name)
+    if name in _MODULES:
+        from topaz_lightning.data import modules
+
+        return getattr(modules, name)
     raise AttributeError(f"module 'topaz_lightning.data' has no attribute {name!r}")

@@ -87,11 +87,12 @@ class PUDataModule(pl.LightningDataModule):
     ``geometry.pi_unlabeled`` is what the objective receives.
 
     Preprocessing (in memory): downsampling and ``normalize`` in gmm/standardize/none; with gmm
-    the fit (over the training and validation micrographs) is kept as ``normalize_fit``.
+    the fit (over the training and validation micrographs) is kept as ``normalize_fit`` (a
+    ``GMMFit``) for the model card.
 
     Batches: ``steps_per_epoch`` minibatches of ``batch_positive`` labeled positives then
     ``batch_unlabeled`` unlabeled patches of ``patch_size`` (None = the model's receptive field,
-    read from ``trainer.lightning_module.net`` when training starts), rotated/mirrored, drawn on
+    which ``train()`` passes with :meth:`set_patch_size` after :meth:`setup`), rotated/mirrored, drawn on
     ``device`` ("cpu", "cuda", or "auto" = the trainer's device) with streams seeded by
     ``(seed, global rank, step)``.
     """
@@ -168,7 +169,8 @@ class PUDataModule(pl.LightningDataModule):
         self.val_micrographs: dict[str, np.ndarray] = {}
         self.train_coordinates: pd.DataFrame | None = None
         self.val_coordinates: pd.DataFrame | None = None
-        self.normalize_fit: dict[str, Any] | None = None
+        #: the GMM fitted on the training and validation micrographs (a GMMFit; normalize=gmm)
+        self.normalize_fit: Any = None
         self._is_setup = False
         self._train_sampler: PUPatchSampler | None = None
 
@@ -350,12 +352,47 @@ class PUDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------------------------------
     # public helpers
 
+    def set_patch_size(self, patch_size_px_model: int) -> None:
+        """Fix the patch side (model pixels) when ``patch_size`` was left null (= the model's
+        receptive field): ``train()`` calls it after :meth:`setup` with the classifier's
+        ``receptive_field``. An explicit ``patch_size`` must agree."""
+        size = int(patch_size_px_model)
+        if size < 1 or size % 2 == 0:
+            raise ConfigError("data.patch_size", f"must be a positive odd number, got {size}")
+        if self.patch_size is not None and int(self.patch_size) != size:
+            raise ConfigError(
+                "data.patch_size",
+                f"is {int(self.patch_size)} but the run uses {size}; leave it null for the "
+                "model's receptive field",
+            )
+        if self._train_sampler is not None and self._train_sampler.patch_size != size:
+            raise RuntimeError("set_patch_size() after the training sampler was built")
+        self.patch_size = size
+
     def positive_masks(
         self, images: Mapping[str, np.ndarray], coordinates: pd.DataFrame
     ) -> dict[str, np.ndarray]:
         """Boolean positive-region mask per micrograph for the given particles (model frame, label radius)."""
         shapes = {name: image.shape for name, image in images.items()}
         return positive_masks(shapes, coordinates, self._label_radius())
+
+    def data_fingerprint(self) -> str:
+        """sha256 of what the model trained on: the training and validation micrographs as it saw
+        them (names, shapes, model-frame pixels after preprocessing) and the labeled particles
+        (model frame). Same data and settings, same fingerprint (the model card records it)."""
+        import hashlib
+
+        self._require_setup()
+        digest = hashlib.sha256()
+        for role, images in (("train", self.train_micrographs), ("val", self.val_micrographs)):
+            for name in sorted(images):
+                image = np.ascontiguousarray(images[name], dtype=np.float32)
+                digest.update(f"{role}\0{name}\0{image.shape}\0".encode())
+                digest.update(image.tobytes())
+        coords = self.train_coordinates
+        digest.update("\n".join(coords["micrograph"].astype(str)).encode())
+        digest.update(np.ascontiguousarray(coords[["x", "y"]].to_numpy(np.float64)).tobytes())
+        return digest.hexdigest()
 
     def train_sampler(self) -> PUPatchSampler:
         """The training patch sampler (built once, on the sampler device, for this process's rank)."""
@@ -392,19 +429,14 @@ class PUDataModule(pl.LightningDataModule):
             return None
 
     def _patch_size(self) -> int:
-        if self.patch_size is not None:
-            return int(self.patch_size)
-        trainer = self._trainer_or_none()
-        net = getattr(getattr(trainer, "lightning_module", None), "net", None)
-        field = getattr(net, "receptive_field", None)
-        if field is None:
+        if self.patch_size is None:
             raise ConfigError(
                 "data.patch_size",
-                "null means the model's receptive field, but no model with `receptive_field` is "
-                "attached; set data.patch_size (e.g. 31 for conv31)",
+                "null means the model's receptive field, which train() passes with "
+                "set_patch_size() after setup(); set data.patch_size (e.g. 31 for conv31) when "
+                "using the DataModule on its own",
             )
-        self.patch_size = int(field)
-        return self.patch_size
+        return int(self.patch_size)
 
     def _sampler_device(self) -> torch.device:
         if self.device != "auto":
@@ -474,9 +506,9 @@ class PUDataModule(pl.LightningDataModule):
             return small
         if self.normalize == "standardize":
             return {name: standardize(image, name) for name, image in small.items()}
-        # kept so tzl-pick can reuse the training fit (model.pt extra["normalize_fit"])
+        # kept for the model card, so tzl-pick can reuse the training fit (normalize_fit=training)
         fit = fit_gmm(small, seed=self.seed)
-        self.normalize_fit = fit.as_dict()
+        self.normalize_fit = fit
         return {name: normalize_gmm(image, fit, k) for k, (name, image) in enumerate(small.items())}
 
     def _check_against_data(self, loaded, shapes_px, train_names, val_names) -> None:

@@ -4,8 +4,10 @@ A *data source* reads micrographs and particle coordinates in the micrograph fra
 the data itself suggests (pixel size, particle size, radii, prior); :class:`PUDataModule` turns
 that into a resolved :class:`~topaz_lightning.geometry.RunGeometry`, labels and batches. A new
 source is one class with ``prepare()`` and ``load() -> LoadedData`` plus a DataModule subclass
-that builds it from plain keyword arguments (see ``FilesDataModule``), and one yaml in
-``configs/data/`` whose defaults list takes the shared keys from ``_base.yaml``.
+in :mod:`topaz_lightning.data.modules` that builds it from plain keyword arguments (see
+``FilesDataModule``), and one yaml in ``configs/data/`` whose defaults list takes the shared keys
+from ``_base.yaml``. This module imports nothing of the DataModule (the arrow goes one way:
+``modules`` -> ``datamodule`` and ``sources``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from topaz_lightning.data.datamodule import PUDataModule
 from topaz_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -179,35 +180,3 @@ def _checked_truth(truth: pd.DataFrame, images: Mapping[str, np.ndarray], source
         truth["micrograph"] = truth["micrograph"].astype(str)
     validate(truth, {n: im.shape for n, im in images.items()}, source)  # refuses an empty table
     return truth[["micrograph", "x", "y"]].astype({"x": float, "y": float})
-
-
-# ------------------------------------------------------------------------------------------------
-# the DataModules of the two sources (what configs/data/files.yaml and simulated.yaml build)
-
-
-class FilesDataModule(PUDataModule):
-    """:class:`PUDataModule` over :class:`FileSource` (``data=files``): ``micrographs``,
-    ``coordinates``, ``coordinates_format``, plus every shared keyword of PUDataModule."""
-
-    def __init__(
-        self,
-        micrographs: Any = None,
-        coordinates: Any = None,
-        coordinates_format: str | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(FileSource(micrographs, coordinates, coordinates_format), **kwargs)
-
-
-class SimulatedDataModule(PUDataModule):
-    """:class:`PUDataModule` over :class:`SimulatedSource` (``data=simulated``):
-    ``simulated_dir``, ``simulated_preset``, ``simulated_seed``, plus every shared keyword."""
-
-    def __init__(
-        self,
-        simulated_dir: str | os.PathLike | None = None,
-        simulated_preset: str = "demo",
-        simulated_seed: int = 0,
-        **kwargs: Any,
-    ):
-        super().__init__(SimulatedSource(simulated_dir, simulated_preset, simulated_seed), **kwargs)

@@ -3,7 +3,14 @@
 from topaz_lightning.models.base import PatchClassifier, receptive_field
 from topaz_lightning.models.conv31 import Conv31
 from topaz_lightning.models.decoder import Decoder
-from topaz_lightning.models.io import load_model, save_model
+from topaz_lightning.models.io import (
+    CARD_VERSION,
+    ModelCard,
+    load_model,
+    read_model_card,
+    read_torch_file,
+    save_model,
+)
 from topaz_lightning.models.resnet import PReLUResNet8, PReLUResNet16, ResidualBlock, ResNet
 from topaz_lightning.models.topaz_resnet import ResNet8, ResNet16, TopazResNet
 
@@ -17,9 +24,11 @@ MODELS: dict[str, type[PatchClassifier]] = {
 }
 
 __all__ = [
+    "CARD_VERSION",
     "MODELS",
     "Conv31",
     "Decoder",
+    "ModelCard",
     "PReLUResNet8",
     "PReLUResNet16",
     "PatchClassifier",
@@ -29,6 +38,8 @@ __all__ = [
     "ResidualBlock",
     "TopazResNet",
     "load_model",
+    "read_model_card",
+    "read_torch_file",
     "receptive_field",
     "save_model",
 ]

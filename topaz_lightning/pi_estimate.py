@@ -187,7 +187,7 @@ def _score(
 def estimate_pi(
     micrographs: Mapping[str, np.ndarray],
     labeled: pd.DataFrame,
-    label_radius_px: float,
+    label_radius_px_model: float,
     make_net: Callable[[], torch.nn.Module],
     steps: int = 500,
     folds: int = 2,
@@ -197,17 +197,17 @@ def estimate_pi(
     lr: float = 2e-4,
     method: str = "bbe",
     max_unlabeled: int = 400_000,
-    nms_radius_px: float | None = None,
+    nms_radius_px_model: float | None = None,
     device: str = "cpu",
 ) -> PiEstimate:
     """Estimate the dataset prior ``pi`` of preprocessed training micrographs (model frame).
 
-    ``labeled``: the labeled particles (micrograph, x, y in the micrographs' pixels);
-    ``label_radius_px``: a region is positive within this radius of a particle (as in training);
+    ``labeled``: the labeled particles (micrograph, x, y in model-frame pixels, as the images);
+    ``label_radius_px_model``: a region is positive within this radius of a particle (as in training);
     ``make_net``: builds a fresh classifier (e.g. ``lambda: instantiate(cfg.model)``). Each of
     the ``folds`` fits trains ``steps`` minibatches. ``method``: ``bbe`` (default) or
     ``elkan_noto``; the other one is reported in ``other``. Needs ``folds >= 2`` labeled particles.
-    ``nms_radius_px`` (the picking NMS radius): BBE counts particles instead of pixels (see
+    ``nms_radius_px_model`` (the picking NMS radius): BBE counts particles instead of pixels (see
     :func:`_particle_level_bbe`); without it BBE compares pixel scores, which overestimates
     because pixels just outside a particle's disk score like positives but count as negatives.
     """
@@ -221,11 +221,11 @@ def estimate_pi(
     names = list(micrographs)
     shapes = {n: micrographs[n].shape for n in names}
     num_regions = int(sum(int(np.prod(s)) for s in shapes.values()))
-    all_masks = _masks(shapes, labeled, label_radius_px)
+    all_masks = _masks(shapes, labeled, label_radius_px_model)
     num_labeled_regions = int(sum(int(m.sum()) for m in all_masks.values()))
     from topaz_lightning.geometry import disk_area
 
-    disk = disk_area(label_radius_px)
+    disk = disk_area(label_radius_px_model)
     rng = np.random.default_rng(seed)
     part = rng.permutation(len(labeled)) % folds
     lam = batch_positive / (batch_positive + batch_unlabeled)
@@ -233,8 +233,8 @@ def estimate_pi(
     for k in range(folds):
         train_part = labeled[part != k]
         held_part = labeled[part == k]
-        train_masks = _masks(shapes, train_part, label_radius_px)
-        held_masks = _masks(shapes, held_part, label_radius_px)
+        train_masks = _masks(shapes, train_part, label_radius_px_model)
+        held_masks = _masks(shapes, held_part, label_radius_px_model)
         torch.manual_seed(seed * 1000 + k)
         net = make_net()
         _fit_pn(
@@ -253,13 +253,13 @@ def estimate_pi(
         positive = np.concatenate([scores[n][held_masks[n] & ~train_masks[n]] for n in names])
         if positive.size == 0:
             raise ValueError("the held-out labeled particles cover no region outside the others")
-        if nms_radius_px is not None:
+        if nms_radius_px_model is not None:
             pi_bbe = _particle_level_bbe(
                 scores,
                 held_part,
                 train_masks,
-                label_radius_px,
-                float(nms_radius_px),
+                label_radius_px_model,
+                float(nms_radius_px_model),
                 n_train_regions,
                 num_regions,
                 disk,
@@ -305,8 +305,8 @@ def _particle_level_bbe(
     scores: Mapping[str, np.ndarray],
     held_out: pd.DataFrame,
     train_masks: Mapping[str, np.ndarray],
-    label_radius_px: float,
-    nms_radius_px: float,
+    label_radius_px_model: float,
+    nms_radius_px_model: float,
     n_train_regions: int,
     num_regions: int,
     disk: int,
@@ -314,7 +314,7 @@ def _particle_level_bbe(
     """BBE over particles: one score per held-out particle, one per unlabeled NMS pick.
 
     A held-out particle's score is the highest score within the label radius of its centre
-    (where its NMS peak lies). The unlabeled sample is every NMS pick (``nms_radius_px`` apart)
+    (where its NMS peak lies). The unlabeled sample is every NMS pick (``nms_radius_px_model`` apart)
     outside the training labels' disks. The estimated fraction ``alpha`` of those picks that
     are particles gives the unlabeled particles ``alpha * picks``; each adds a disk of
     positive regions to the labeled ones: ``pi = (N_lab + alpha * picks * disk) / N``.
@@ -322,7 +322,7 @@ def _particle_level_bbe(
     from topaz_lightning.geometry import disk_offsets
     from topaz_lightning.picking import non_maximum_suppression
 
-    offsets = disk_offsets(label_radius_px)
+    offsets = disk_offsets(label_radius_px_model)
     positive = []
     for row in held_out.itertuples(index=False):
         score_map = scores[row.micrograph]
@@ -332,7 +332,7 @@ def _particle_level_bbe(
         positive.append(float(score_map[ys, xs].max()))
     unlabeled = []
     for name, score_map in scores.items():
-        xy, values = non_maximum_suppression(score_map, nms_radius_px)
+        xy, values = non_maximum_suppression(score_map, nms_radius_px_model)
         if len(values) == 0:
             continue
         cols = np.clip(np.round(xy[:, 0]).astype(int), 0, score_map.shape[1] - 1)
@@ -349,14 +349,18 @@ def _particle_level_bbe(
 def estimate_pi_for_datamodule(
     datamodule, make_net: Callable[[], torch.nn.Module], **kwargs
 ) -> PiEstimate:
-    """:func:`estimate_pi` on a set-up PUDataModule's training micrographs and labeled particles."""
+    """:func:`estimate_pi` on a set-up PUDataModule's training micrographs and labeled particles
+    (model frame; the label and NMS radii of its resolved run geometry)."""
     datamodule.setup("fit")
-    geometry = getattr(datamodule, "geometry", None)
-    radius = geometry.label_radius_px_model if geometry is not None else float(datamodule.radius_px)
-    if geometry is not None and geometry.nms_radius_px_model is not None:
-        kwargs.setdefault("nms_radius_px", geometry.nms_radius_px_model)
+    geometry = datamodule.geometry
+    if geometry.nms_radius_px_model is not None:
+        kwargs.setdefault("nms_radius_px_model", geometry.nms_radius_px_model)
     return estimate_pi(
-        datamodule.train_micrographs, datamodule.train_coordinates, radius, make_net, **kwargs
+        datamodule.train_micrographs,
+        datamodule.train_coordinates,
+        geometry.label_radius_px_model,
+        make_net,
+        **kwargs,
     )
 
 
@@ -367,20 +371,17 @@ AUTO_STEPS = 500
 _PLACEHOLDER_PI = 0.5
 
 
-def resolve_auto_pi(cfg, steps: int = AUTO_STEPS, folds: int = AUTO_FOLDS) -> PiEstimate:
-    """``data.pi=auto`` in a tzl-train config: estimate pi and write it into ``cfg.data.pi``.
+def estimate_auto_pi(cfg, steps: int = AUTO_STEPS, folds: int = AUTO_FOLDS) -> PiEstimate:
+    """``data.pi=auto`` in a tzl-train config: estimate pi and return it; ``cfg`` is not changed.
 
     The training data are set up as configured (same labeled subset), ``folds`` classifiers of
     ``cfg.model`` are fitted for ``steps`` minibatches each and :func:`estimate_pi` (particle-level
-    BBE when the run has an NMS radius) gives pi, which replaces ``auto`` before training.
+    BBE when the run has an NMS radius) gives pi. ``train()`` builds the training DataModule with
+    ``pi=result.pi``.
     """
     from hydra.utils import instantiate
-    from omegaconf import open_dict
 
-    with open_dict(cfg):
-        cfg.data.pi = _PLACEHOLDER_PI
-        cfg.data.particles_per_micrograph = None
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, pi=_PLACEHOLDER_PI, particles_per_micrograph=None)
     datamodule.prepare_data()
     result = estimate_pi_for_datamodule(
         datamodule,
@@ -389,8 +390,6 @@ def resolve_auto_pi(cfg, steps: int = AUTO_STEPS, folds: int = AUTO_FOLDS) -> Pi
         folds=folds,
         seed=int(cfg.get("seed", 0)),
     )
-    with open_dict(cfg):
-        cfg.data.pi = float(result.pi)
     log.info(
         "data.pi=auto: estimated pi=%.5g (%s over %d cross-fitted fits of %d steps; Elkan-Noto "
         "would give %.5g)",
