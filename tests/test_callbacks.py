@@ -24,7 +24,13 @@ from topaz_lightning.callbacks.validation import (
 from topaz_lightning.errors import ConfigError
 from topaz_lightning.geometry import RunGeometry
 from topaz_lightning.picking.settings import PickSettings
-from topaz_lightning.utils.distributed import all_gather_objects, shard_names
+from topaz_lightning.utils.distributed import (
+    all_gather_objects,
+    barrier,
+    broadcast_object,
+    rank_and_world_size,
+    shard_names,
+)
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -561,10 +567,13 @@ def test_shard_names_partition_round_robin():
         shard_names(names, 2, 2)
 
 
-def test_all_gather_without_distributed_is_identity():
+def test_distributed_helpers_without_a_process_group_are_no_ops():
     assert not torch.distributed.is_initialized()
     obj = {"a": 1}
+    assert rank_and_world_size() == (0, 1)
     assert all_gather_objects(obj) == [obj]
+    assert broadcast_object(obj) is obj
+    barrier()  # returns at once
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -637,7 +646,10 @@ def _gloo_worker(rank: int, world_size: int, port: int, queue) -> None:
             _settings(), region_radius_px_model=2.0,
         )  # fmt: skip
         merged = merge_shards(all_gather_objects(shard))
-        metrics, _ = compute_metrics(merged, coords, MAX_DISTANCE)
+        # rank 0 computes, every rank gets its numbers (as the callback does)
+        metrics = compute_metrics(merged, coords, MAX_DISTANCE)[0] if rank == 0 else None
+        metrics = broadcast_object(metrics, src=0)
+        barrier()
         queue.put((rank, merged.names, metrics))
     finally:
         torch.distributed.destroy_process_group()
