@@ -378,14 +378,14 @@ def test_micrographs_passed_directly(tmp_path):
 )
 def test_bad_settings(kwargs, key):
     with pytest.raises(ConfigError, match=key), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         HeldOutPicking(**kwargs)
 
 
 def test_old_names_warn_and_still_work():
     old = {"radius": 4.0, "max_distance": 2.0, "region_radius_px": 1.0, "threshold": 0.5}
     old |= {"border_bands": False, "border_padding_px_model": 1.5, "border_margin_px_model": 2.0}
-    with pytest.warns(DeprecationWarning) as caught:
+    with pytest.warns(FutureWarning) as caught:
         callback = HeldOutPicking(**old)
     assert len(caught) == len(old)
     assert "held_out_picking.radius is deprecated: use callbacks.held_out_picking.nms_radius_px_model" in str(caught[0].message)  # fmt: skip

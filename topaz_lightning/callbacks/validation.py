@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 KEY = "callbacks.held_out_picking"
-#: old argument -> its name now (accepted with a DeprecationWarning, in ``_renamed`` only)
+#: old argument -> its name now (accepted with a FutureWarning, which Python shows to users by
+#: default, unlike DeprecationWarning from inside Hydra; in ``_renamed`` only)
 RENAMED = {
     "radius": "nms_radius_px_model",
     "max_distance": "match_distance_px_model",
@@ -333,19 +334,22 @@ class HeldOutPicking(pl.Callback):
 
 def check_settings(node: Mapping[str, Any]) -> None:
     """The callback's own checks (ConfigError naming the key) on its config node, e.g. from
-    ``cli/validate.py`` before any data is read; keys starting with ``_`` are Hydra's."""
+    ``cli/validate.py`` before any data is read; keys starting with ``_`` are Hydra's. A node
+    whose ``_target_`` is another class is not this callback's and is left alone."""
+    if not str(node.get("_target_", "HeldOutPicking")).endswith("HeldOutPicking"):
+        return
     HeldOutPicking(**{str(k): v for k, v in node.items() if not str(k).startswith("_")})
 
 
 def _renamed(renamed: dict[str, Any], pick: dict[str, Any], *values: Any) -> tuple[Any, ...]:
     """Move arguments given under their old names (RENAMED) to their new place, with a
-    DeprecationWarning; ``values`` are (nms radius, match distance, region radius) as given."""
+    FutureWarning; ``values`` are (nms radius, match distance, region radius) as given."""
     own = dict(zip(("nms_radius_px_model", "match_distance_px_model", "region_radius_px_model"), values, strict=True))  # fmt: skip
     for old, value in renamed.items():
         if old not in RENAMED:
             raise ConfigError(f"{KEY}.{old}", "unknown setting of HeldOutPicking")
         new = RENAMED[old]
-        warnings.warn(f"{KEY}.{old} is deprecated: use {KEY}.{new}", DeprecationWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(f"{KEY}.{old} is deprecated: use {KEY}.{new}", FutureWarning, stacklevel=3)  # fmt: skip
         target, name = (pick, new[5:]) if new.startswith("pick.") else (own, new)
         if target.get(name) is not None:
             raise ConfigError(f"{KEY}.{old}", f"given together with its new name {KEY}.{new}")
