@@ -300,11 +300,14 @@ COLOURED_PIXELS = """() => {
 
 def _drawn(page) -> int:
     """Coloured pixels once the current setting is drawn."""
-    setting = page.evaluate("document.body.dataset.threshold + '/' + document.body.dataset.topk")
-    page.wait_for_function(f"document.body.dataset.drawn === {setting!r}")
+    page.wait_for_function(
+        "() => document.body.dataset.drawn === "
+        "document.body.dataset.threshold + '/' + document.body.dataset.topk"
+    )
     # every thumbnail of the page decoded (each draws itself when it is)
     page.wait_for_function(
-        "document.body.dataset.loaded === String(document.querySelectorAll('#grid canvas').length)"
+        "() => document.body.dataset.loaded === "
+        "String(document.querySelectorAll('#grid canvas').length)"
     )
     return page.evaluate(COLOURED_PIXELS)
 
