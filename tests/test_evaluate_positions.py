@@ -93,3 +93,19 @@ def test_without_sizes_picks_in_downsampled_pixels_are_warned(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="topaz_lightning"):
         _run(tmp_path, picks)
     assert "are the picks in downsampled pixels?" in caplog.text
+
+
+def test_picks_in_a_format_without_scores_say_which_formats_have_them(tmp_path):
+    import pytest
+
+    from topaz_lightning.cli.evaluate import run
+    from topaz_lightning.errors import InputError
+
+    (tmp_path / "mic_1.box").write_text("10\t20\t20\t20\n")
+    (tmp_path / "t.tsv").write_text(TRUTH)
+    cfg = compose_config(
+        "evaluate",
+        [f"picks={tmp_path / 'mic_1.box'}", f"truth={tmp_path / 't.tsv'}", f"output_dir={tmp_path / 'e'}", "max_distance=5"],
+    )  # fmt: skip
+    with pytest.raises(InputError, match=r"no score column \(box files store none; use tsv, star3.0, star3.1, csv\)"):  # fmt: skip
+        run(cfg)

@@ -40,8 +40,14 @@ def _read(path, fmt, what: str):
 
     df = read_coordinates(path, fmt=fmt)
     if what == "picks" and "score" not in df.columns:
+        from topaz_lightning.io.coordinates import detect_format
+        from topaz_lightning.io.formats import all_formats, get_format
+
+        record = get_format(fmt if fmt is not None else detect_format(path))
+        scored = ", ".join(f.name for f in all_formats() if f.has_score)
+        why = "" if record.has_score else f" ({record.name} files store none; use {scored})"
         raise InputError(
-            "picks have no score column; a precision-recall curve needs scores", path=path
+            f"picks have no score column{why}; a precision-recall curve needs scores", path=path
         )
     df.attrs["source"] = str(path)
     return df

@@ -33,8 +33,8 @@ class CoordinateFormat:
 
     ``sniff(lines)`` gets the first data lines of a file (blank lines and ``#`` comments removed,
     each stripped) and returns True when they say, beyond doubt, that the file is this format;
-    sniffs of different formats must not claim the same file (the registry checks the built-in
-    ones on examples in tests/test_io_coordinates.py). ``read(path)`` returns the table micrograph,
+    sniffs run in ``order`` and the first that claims wins (tests/test_io_coordinates.py checks
+    that each built-in sniff claims only its own header). ``read(path)`` returns the table micrograph,
     x, y[, score] (positions in pixels, checked at read with the file and line);
     ``write(df, path, box_size_px)`` writes one file.
     """
