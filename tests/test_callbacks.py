@@ -359,7 +359,10 @@ def test_micrographs_passed_directly(tmp_path):
         ({"every_n_steps": 0}, "every_n_steps"),
         ({"every_n_steps": 2.5}, "every_n_steps"),
         ({"nms_radius_px_model": -1.0}, "held_out_picking.nms_radius_px_model'"),
+        ({"nms_radius_px_model": 0}, "held_out_picking.nms_radius_px_model'"),
         ({"match_distance_px_model": 0.0}, "match_distance_px_model'"),
+        ({"match_distance_px_model": "far"}, "match_distance_px_model'"),
+        ({"pick": {"max_picks": -1}}, "held_out_picking.pick.max_picks'"),
         ({"max_micrographs": 0}, "max_micrographs'"),
         ({"region_radius_px_model": -2}, "region_radius_px_model'"),
         # the pick settings are PickSettings' own checks, named under the callback's key

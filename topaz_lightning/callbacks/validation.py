@@ -55,6 +55,8 @@ RENAMED = {
 #: compared there) and keep_score_map (asked for when region AUPR or pictures need the map)
 _OWN_FIELDS = ("nms_radius_px_model", "downsample", "keep_score_map")
 PICK_KEYS = tuple(f.name for f in fields(PickSettings) if f.name not in _OWN_FIELDS)
+#: PickSettings errors that name tzl-pick's key rather than the field
+_PICK_ERROR_KEYS = {"particles_per_micrograph": "max_picks"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,12 +122,8 @@ class HeldOutPicking(pl.Callback):
             raise ConfigError(
                 f"{KEY}.every_n_steps", f"must be an integer >= 1, got {every_n_steps}"
             )
-        for name, value in [
-            ("nms_radius_px_model", nms_radius_px_model),
-            ("match_distance_px_model", match_distance_px_model),
-        ]:
-            if value is not None and not (math.isfinite(float(value)) and value > 0):
-                raise ConfigError(f"{KEY}.{name}", f"must be a positive number of model px, got {value}")  # fmt: skip
+        if match_distance_px_model is not None and not _positive(match_distance_px_model):
+            raise ConfigError(f"{KEY}.match_distance_px_model", f"must be a number of model px > 0, got {match_distance_px_model!r}")  # fmt: skip
         if region_radius_px_model is not None and not region_radius_px_model >= 0:
             raise ConfigError(f"{KEY}.region_radius_px_model", f"must be >= 0, got {region_radius_px_model}")  # fmt: skip
         if max_micrographs is not None and max_micrographs < 1:
@@ -137,9 +135,9 @@ class HeldOutPicking(pl.Callback):
                 where = f" (set {KEY}.{name} instead)" if name == "nms_radius_px_model" else ""
                 raise ConfigError(f"{KEY}.pick.{name}", f"not a pick setting{where}; known: {', '.join(PICK_KEYS)}")  # fmt: skip
         self.pick = pick
-        # the ranges are PickSettings' own checks: run them now, before any data is read (the
-        # NMS radius may still be unknown; 1.0 stands in for it)
-        self._pick_settings(nms_radius_px_model or 1.0)
+        # the ranges (NMS radius included) are PickSettings' own checks: run them now, before
+        # any data is read (the NMS radius may still be unknown; 1.0 stands in for it)
+        self._pick_settings(1.0 if nms_radius_px_model is None else nms_radius_px_model)
         self.every_n_steps = int(every_n_steps)
         self.nms_radius_setting = nms_radius_px_model
         self.match_distance_setting = match_distance_px_model
@@ -172,9 +170,13 @@ class HeldOutPicking(pl.Callback):
     def _pick_settings(self, nms_radius_px_model: float) -> PickSettings:
         try:
             return PickSettings(nms_radius_px_model=nms_radius_px_model, **self.pick)
-        except ConfigError as err:
-            name = "" if err.key == "nms_radius_px_model" else "pick."
-            raise ConfigError(f"{KEY}.{name}{err.key}", str(err).split(": ", 1)[-1]) from None
+        except ConfigError as err:  # named as this callback's key
+            name = _PICK_ERROR_KEYS.get(err.key, err.key)
+            if name in PICK_KEYS:
+                name = f"pick.{name}"
+            elif name != "nms_radius_px_model":
+                name = "pick"
+            raise ConfigError(f"{KEY}.{name}", str(err).split(": ", 1)[-1]) from None
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -355,6 +357,15 @@ def _renamed(renamed: dict[str, Any], pick: dict[str, Any], *values: Any) -> tup
             raise ConfigError(f"{KEY}.{old}", f"given together with its new name {KEY}.{new}")
         target[name] = value
     return tuple(own.values())
+
+
+def _positive(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_final_epoch(trainer: pl.Trainer) -> bool:
