@@ -1,4 +1,4 @@
-"""Regenerate the paper's result tables (Tables 2, 4, 5, Supplementary Table 1) on simulated or real data.
+"""Regenerate the paper's tables (Tables 1-5, Supplementary Table 1) on simulated or real data, beside the paper's values.
 
 Data: a simulator preset (``--preset``; ``empiar10096_like`` and ``shapiro_like`` only imitate the
 paper's datasets' size, particle density and difficulty, ``demo``/``tiny`` are smaller still), or
@@ -8,12 +8,27 @@ a real dataset described by an experiment config (``--experiment NAME`` =
 dev micrographs, 3 train / 1 test). Numbers on simulated data are not comparable with the paper's;
 they show the same experiments, run the same way.
 
-One command per table, e.g.::
+One command per table, named as in the paper (``table1`` datasets, ``table2`` EMPIAR-10096 vs
+EMAN2, ``table3`` the same on the Shapiro-lab data, ``table4`` autoencoder, ``table5``
+objectives, ``supp1`` region AUPR), e.g.::
 
+    python scripts/paper_tables.py table1 --preset empiar10096_like --out tables/
     python scripts/paper_tables.py table5 --preset empiar10096_like --steps 2000 --replicates 3 \
         --out tables/
+    python scripts/paper_tables.py table3 --preset shapiro_like --steps 2000 --out tables/
     python scripts/paper_tables.py table5 --experiment empiar10017_table5 --steps 1000 \
         --replicates 3 --eval val --out tables/
+    python scripts/paper_tables.py table5 --experiment paper_empiar10096 \
+        --train-arg data.micrographs=/data/10096/micrographs \
+        --train-arg data.coordinates=/data/10096/particles.star \
+        --train-arg data.val_list=/data/10096/test.txt --steps 50000 --replicates 50,10
+
+Every table shows the paper's published value beside ours (``PAPER_VALUES``, typed from the
+paper's Tables 1-5 and Supplementary Table 1): the paper's AUPR and our difference in the table,
+then every metric in a comparison table, and whether the paper's ordering of the methods holds in
+ours (per label count, by mean AUPR; region AUPR for ``supp1``). The paper dataset compared with
+is ``--paper-dataset`` (default: Shapiro-lab for ``table3`` and for a preset or experiment whose
+name has ``shapiro``, EMPIAR-10096 otherwise).
 
 Every cell is mean ± std (n) over replicates; replicate r of every cell uses ``seed=r`` and, for
 subsampled labels, the same labeled subset (``data.labeled_seed=r``), so cells of one label count
@@ -54,18 +69,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TABLES = ("table2", "table4", "table5", "supp1")
+# one mean ± std, one paired t-test and one p-value format for every report (topaz_lightning.report)
+from topaz_lightning.report import mean_std_of, p_text, paired_ttest  # noqa: E402
+
+TABLES = ("table1", "table2", "table3", "table4", "table5", "supp1")
 OBJECTIVES = ("pn", "nnpu", "ge_kl", "ge_binomial")
 OBJECTIVE_NAMES = {"pn": "PN", "nnpu": "NNPU", "ge_kl": "GE-KL", "ge_binomial": "GE-binomial"}
 RECALL_LEVELS = (0.25, 0.5, 0.75, 0.9)
 PICK_METRICS = ("aupr", *(f"precision@{r:g}" for r in RECALL_LEVELS))
 # defaults per table: label counts, objectives
 DEFAULT_LABELS = {
+    "table1": "10",
     "table2": "10,100,1000",
+    "table3": "10,100,all",
     "table4": "10,100,1000",
     "table5": "10,100",
     "supp1": "10,100,1000",
 }
+#: the paper's datasets, as named in its tables
+PAPER_DATASETS = {"empiar10096": "EMPIAR-10096", "shapiro": "Shapiro-lab"}
 # the paper's experiment config per simulated preset (whose settings stand in for it)
 PAPER_EXPERIMENT = {"empiar10096_like": "paper_empiar10096", "shapiro_like": "paper_shapiro"}
 
@@ -88,6 +110,12 @@ class Cell:
         return f"{self.objective}{'+ae' if self.decoder else ''}_n{n}"
 
     @property
+    def method(self) -> str:
+        """The method without the label count (``ge_binomial+ae``, ``template``): the key of
+        ``PAPER_VALUES``."""
+        return self.name.rsplit("_n", 1)[0]
+
+    @property
     def model_name(self) -> str:
         """Row label like the paper's: ``GE-binomial`` or ``GE-binomial + autoencoder``."""
         if self.baseline:
@@ -101,6 +129,191 @@ class Cell:
 #: with the rotationally averaged mean of the labeled particles as the reference
 BASELINE_NAME = "EMAN2-byRef-like [template matching]"
 TOPAZ_NAME = "Topaz [classifier+autoencoder, GE-binomial]"
+TOPAZ_CLASSIFIER_NAME = "Topaz [classifier, GE-binomial]"
+
+
+# ------------------------------------------------------------------------------------------------
+# The paper's published values (Bepler et al., "Positive-unlabeled convolutional neural networks
+# for particle picking in cryo-electron micrographs", text in ../shared/paper/), typed from its
+# tables. Keys: (table, dataset) -> (labeled particles, method) -> metric -> (mean, std or None);
+# labeled particles None = the whole training set (Shapiro-lab: 1167); None for a metric = not
+# reported ("-"). Metric order: AUPR, precision at recall 0.25, 0.5, 0.75, 0.9.
+
+
+def _values(*cells: float | tuple[float, float] | None) -> dict[str, tuple[float, float | None]]:
+    out = {}
+    for metric, cell in zip(PICK_METRICS, cells, strict=True):
+        if cell is None:
+            continue
+        out[metric] = cell if isinstance(cell, tuple) else (float(cell), None)
+    return out
+
+
+_T4_EMPIAR = {
+    (10, "ge_binomial"): _values(0.335, 0.476, 0.372, 0.200, 0.091),
+    (10, "ge_binomial+ae"): _values(0.452, 0.529, 0.489, 0.420, 0.337),
+    (100, "ge_binomial"): _values(0.488, 0.609, 0.520, 0.395, 0.248),
+    (100, "ge_binomial+ae"): _values(0.545, 0.633, 0.577, 0.497, 0.405),
+    (1000, "ge_binomial"): _values(0.616, 0.701, 0.642, 0.556, 0.465),
+    (1000, "ge_binomial+ae"): _values(0.598, 0.685, 0.626, 0.542, 0.454),
+}
+_T4_SHAPIRO = {
+    (10, "ge_binomial"): _values(0.105, 0.131, 0.075, 0.048, 0.038),
+    (10, "ge_binomial+ae"): _values(0.142, 0.203, 0.119, 0.066, 0.044),
+    (100, "ge_binomial"): _values(0.249, 0.357, 0.162, 0.080, 0.051),
+    (100, "ge_binomial+ae"): _values(0.293, 0.464, 0.227, 0.105, 0.062),
+    (None, "ge_binomial"): _values(0.415, 0.660, 0.368, 0.159, 0.082),
+    (None, "ge_binomial+ae"): _values(0.378, 0.599, 0.307, 0.140, 0.079),
+}
+
+PAPER_VALUES: dict[tuple[str, str], dict[tuple[int | None, str], dict]] = {
+    # Table 2: EMPIAR-10096 test set; EMAN2 byRef with the same 1000 particles as references
+    ("table2", "empiar10096"): {
+        (10, "ge_binomial+ae"): _values(0.453, 0.529, 0.489, 0.421, 0.338),
+        (100, "ge_binomial+ae"): _values(0.545, 0.633, 0.577, 0.497, 0.405),
+        (1000, "ge_binomial"): _values(0.616, 0.701, 0.642, 0.556, 0.465),
+        (1000, "template"): _values(0.397, None, None, None, 0.329),
+    },
+    # Table 3: Shapiro-lab test set. EMAN2's precision at 0.25 recall (0.076) is its precision at
+    # the highest recall it reached, 0.18 (the paper's dagger), so it is left out here
+    ("table3", "shapiro"): {
+        (10, "ge_binomial+ae"): _values(0.142, 0.203, 0.119, 0.066, 0.044),
+        (100, "ge_binomial+ae"): _values(0.293, 0.464, 0.227, 0.105, 0.062),
+        (None, "ge_binomial"): _values(0.415, 0.660, 0.368, 0.159, 0.082),
+        (None, "template"): _values(0.011, None, None, None, None),
+    },
+    # Table 4: GE-binomial with and without the autoencoder (OCR'd "-0.476"/"-0.701" are 0.476
+    # and 0.701, as in Tables 2 and 5)
+    ("table4", "empiar10096"): _T4_EMPIAR,
+    ("table4", "shapiro"): _T4_SHAPIRO,
+    # Table 5: four objectives, mean ± std over 50 (10 labels) / 10 (100 labels) replicates
+    ("table5", "empiar10096"): {
+        (10, "pn"): _values(
+            (0.178, 0.062), (0.260, 0.093), (0.157, 0.071), (0.092, 0.038), (0.070, 0.015)
+        ),
+        (10, "nnpu"): _values(
+            (0.228, 0.065), (0.348, 0.096), (0.220, 0.087), (0.108, 0.043), (0.070, 0.014)
+        ),
+        (10, "ge_kl"): _values(
+            (0.222, 0.084), (0.378, 0.160), (0.179, 0.130), (0.083, 0.041), (0.065, 0.005)
+        ),
+        (10, "ge_binomial"): _values(
+            (0.335, 0.072), (0.476, 0.092), (0.372, 0.098), (0.200, 0.082), (0.091, 0.034)
+        ),
+        (100, "pn"): _values(
+            (0.353, 0.057), (0.457, 0.061), (0.368, 0.070), (0.263, 0.065), (0.167, 0.045)
+        ),
+        (100, "nnpu"): _values(
+            (0.401, 0.060), (0.500, 0.069), (0.432, 0.067), (0.329, 0.060), (0.215, 0.042)
+        ),
+        (100, "ge_kl"): _values(
+            (0.464, 0.062), (0.590, 0.064), (0.495, 0.071), (0.362, 0.077), (0.221, 0.060)
+        ),
+        (100, "ge_binomial"): _values(
+            (0.488, 0.057), (0.609, 0.060), (0.520, 0.063), (0.395, 0.067), (0.248, 0.061)
+        ),
+    },
+    ("table5", "shapiro"): {
+        (10, "pn"): _values(
+            (0.069, 0.024), (0.079, 0.024), (0.059, 0.015), (0.044, 0.008), (0.036, 0.004)
+        ),
+        (10, "nnpu"): _values(
+            (0.075, 0.031), (0.089, 0.037), (0.061, 0.018), (0.044, 0.009), (0.037, 0.004)
+        ),
+        (10, "ge_kl"): _values(
+            (0.086, 0.036), (0.105, 0.044), (0.049, 0.012), (0.038, 0.004), (0.034, 0.002)
+        ),
+        (10, "ge_binomial"): _values(
+            (0.105, 0.036), (0.131, 0.049), (0.075, 0.020), (0.048, 0.009), (0.038, 0.004)
+        ),
+        (100, "pn"): _values(
+            (0.153, 0.042), (0.197, 0.061), (0.121, 0.027), (0.070, 0.009), (0.049, 0.004)
+        ),
+        (100, "nnpu"): _values(
+            (0.162, 0.053), (0.223, 0.089), (0.121, 0.031), (0.073, 0.011), (0.050, 0.005)
+        ),
+        (100, "ge_kl"): _values(
+            (0.250, 0.050), (0.369, 0.105), (0.161, 0.034), (0.080, 0.013), (0.052, 0.006)
+        ),
+        (100, "ge_binomial"): _values(
+            (0.249, 0.033), (0.357, 0.074), (0.162, 0.030), (0.080, 0.007), (0.051, 0.004)
+        ),
+    },
+    # Supplementary Table 1: region AUPR on the test sets
+    ("supp1", "empiar10096"): {
+        (10, "pn"): {"region_aupr": (0.072, 0.029)},
+        (100, "pn"): {"region_aupr": (0.187, 0.038)},
+        (10, "nnpu"): {"region_aupr": (0.101, 0.035)},
+        (100, "nnpu"): {"region_aupr": (0.226, 0.033)},
+        (10, "ge_kl"): {"region_aupr": (0.072, 0.035)},
+        (100, "ge_kl"): {"region_aupr": (0.240, 0.043)},
+        (10, "ge_binomial"): {"region_aupr": (0.155, 0.044)},
+        (100, "ge_binomial"): {"region_aupr": (0.258, 0.040)},
+        (1000, "ge_binomial"): {"region_aupr": (0.392, 0.006)},
+        (10, "ge_binomial+ae"): {"region_aupr": (0.260, 0.016)},
+        (100, "ge_binomial+ae"): {"region_aupr": (0.324, 0.017)},
+        (1000, "ge_binomial+ae"): {"region_aupr": (0.368, 0.013)},
+    },
+    ("supp1", "shapiro"): {
+        (10, "pn"): {"region_aupr": (0.012, 0.005)},
+        (100, "pn"): {"region_aupr": (0.036, 0.012)},
+        (10, "nnpu"): {"region_aupr": (0.014, 0.008)},
+        (100, "nnpu"): {"region_aupr": (0.039, 0.013)},
+        (10, "ge_kl"): {"region_aupr": (0.010, 0.005)},
+        (100, "ge_kl"): {"region_aupr": (0.062, 0.017)},
+        (10, "ge_binomial"): {"region_aupr": (0.020, 0.008)},
+        (100, "ge_binomial"): {"region_aupr": (0.061, 0.010)},
+        (None, "ge_binomial"): {"region_aupr": (0.150, 0.008)},
+        (10, "ge_binomial+ae"): {"region_aupr": (0.029, 0.011)},
+        (100, "ge_binomial+ae"): {"region_aupr": (0.078, 0.018)},
+        (None, "ge_binomial+ae"): {"region_aupr": (0.120, 0.006)},
+    },
+}
+
+#: Table 1: micrographs and particles of the train and test splits
+PAPER_TABLE1 = {
+    "empiar10096": {
+        "train_micrographs": 347,
+        "train_particles": 100465,
+        "test_micrographs": 100,
+        "test_particles": 29535,
+    },
+    "shapiro": {
+        "train_micrographs": 67,
+        "train_particles": 1167,
+        "test_micrographs": 20,
+        "test_particles": 373,
+    },
+}
+
+
+def paper_dataset_for(table: str, source_name: str, explicit: str | None = None) -> str:
+    """The paper dataset a table is compared with (``empiar10096`` or ``shapiro``)."""
+    if explicit is not None:
+        if explicit not in PAPER_DATASETS:
+            raise SystemExit(
+                f"error: --paper-dataset must be one of {', '.join(PAPER_DATASETS)}, "
+                f"got {explicit!r}"
+            )
+        return explicit
+    if table == "table3" or "shapiro" in source_name.lower():
+        return "shapiro"
+    return "empiar10096"
+
+
+def paper_table_key(table: str, dataset: str) -> tuple[str, str]:
+    """The ``PAPER_VALUES`` key: Table 2 is EMPIAR-10096's, Table 3 Shapiro-lab's."""
+    if table in ("table2", "table3"):
+        return ("table3", "shapiro") if dataset == "shapiro" else ("table2", "empiar10096")
+    return (table, dataset)
+
+
+def paper_value(table: str, dataset: str | None, cell: Cell, metric: str):
+    """The paper's ``(mean, std or None)`` of a cell's metric, or None if it has none."""
+    if dataset is None:
+        return None
+    rows = PAPER_VALUES.get(paper_table_key(table, dataset), {})
+    return rows.get((cell.labels, cell.method), {}).get(metric)
 
 
 @dataclass
@@ -124,6 +337,8 @@ class DataSpec:
     coordinates: str | None = None
     test_names: list[str] = field(default_factory=list)
     description: str = ""
+    # Table 1: micrographs and particles of the train and test splits (None: unknown)
+    split_counts: dict[str, int] | None = None
 
 
 def parse_int_list(text: str) -> list[int | None]:
@@ -151,11 +366,16 @@ def table_cells(table: str, labels: Sequence[int | None], objectives: Sequence[s
         return [Cell(o, False, n) for n in labels for o in objectives]
     if table == "table4":
         return [Cell("ge_binomial", d, n) for n in labels for d in (False, True)]
-    if table == "table2":
+    if table in ("table2", "table3"):
+        # the paper's Topaz row: classifier + autoencoder at 10 and 100 labels, the classifier
+        # alone at 1000 / every label (where the autoencoder no longer helps, its Table 4)
         return [
             c
             for n in labels
-            for c in (Cell("template", False, n, baseline=True), Cell("ge_binomial", True, n))
+            for c in (
+                Cell("template", False, n, baseline=True),
+                Cell("ge_binomial", n is not None and n < 1000, n),
+            )
         ]
     if table == "supp1":
         return [Cell(o, False, n) for o in objectives for n in labels] + [
@@ -319,63 +539,16 @@ def _finite(values: Sequence[float]) -> list[float]:
 
 
 def mean_std_cell(values: Sequence[float], n_row: int | None = None) -> str:
-    """``0.335 ± 0.072`` over the finite values (sample std, ddof 1); ``-`` if none.
+    """``0.335 ± 0.072`` over the finite values (report.mean_std_of); ``-`` if none.
 
     When fewer values are finite than the row's replicates (``n_row``), the count is added:
     ``0.335 ± 0.072 (n=2)``.
     """
-    from topaz_lightning.report import mean_std
-
     finite = _finite(values)
-    if not finite:
-        return "-"
-    mean = sum(finite) / len(finite)
-    std = (
-        math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
-        if len(finite) > 1
-        else math.nan
-    )
-    text = mean_std(mean, std, len(finite))
-    if n_row is None or len(finite) != n_row:
+    text = mean_std_of(finite)
+    if finite and (n_row is None or len(finite) != n_row):
         text += f" (n={len(finite)})"
     return text
-
-
-def paired_ttest(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, float, int]:
-    """Paired t-test of two cells over their matched replicates (same replicate key).
-
-    ``a`` and ``b`` map a replicate (seed) to a metric value; only replicates finite in both
-    count. Returns ``(mean difference a - b, t, two-sided p, n pairs)``; t and p are NaN with
-    fewer than 2 pairs or when every difference is the same (the test is undefined).
-    """
-    from scipy.stats import ttest_rel
-
-    keys = [
-        k
-        for k in sorted(set(a) & set(b))
-        if a[k] is not None
-        and b[k] is not None
-        and math.isfinite(float(a[k]))
-        and math.isfinite(float(b[k]))
-    ]
-    n = len(keys)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    x = [float(a[k]) for k in keys]
-    y = [float(b[k]) for k in keys]
-    diff = [u - v for u, v in zip(x, y, strict=True)]
-    mean_diff = sum(diff) / n
-    if n < 2 or max(diff) - min(diff) <= 1e-12 * max(1.0, abs(mean_diff)):
-        return mean_diff, math.nan, math.nan, n
-    result = ttest_rel(x, y)
-    return mean_diff, float(result.statistic), float(result.pvalue), n
-
-
-def p_text(p: float) -> str:
-    """A p-value for a table: ``0.031``, ``2.1e-05``, ``-`` when undefined."""
-    if p is None or not math.isfinite(p):
-        return "-"
-    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
 def label_text(n: int | None, num_train: int | None = None) -> str:
@@ -450,6 +623,7 @@ P_HEADER = {
     "table5": "p vs best (AUPR)",
     "table4": "p vs classifier (AUPR)",
     "table2": "p vs Topaz (AUPR)",
+    "table3": "p vs Topaz (AUPR)",
 }
 
 
@@ -459,11 +633,20 @@ def format_table(
     results: dict[Cell, list[dict[str, float]]],
     labels: Sequence[int | None],
     num_train: int | None = None,
+    paper_dataset: str | None = None,
 ) -> str:
     """The markdown table shaped like the paper's: mean ± std over each cell's replicates, n,
     and the paired t-test p-value of each row against its reference row (see
-    :func:`_reference_cells`), then every pairwise test of the label count."""
+    :func:`_reference_cells`), then every pairwise test of the label count. With
+    ``paper_dataset`` the paper's value and our difference follow (AUPR in the table, every
+    metric in :func:`paper_comparison`), with the check of the paper's ordering."""
     from topaz_lightning.report import markdown_table
+
+    compare = (
+        "\n\n" + paper_comparison(table, cells, results, paper_dataset, num_train)
+        if paper_dataset
+        else ""
+    )
 
     def n_of(cell):
         return len(results.get(cell, []))
@@ -487,17 +670,26 @@ def format_table(
             markdown_table(header, rows)
             + "\n\n"
             + ttest_markdown(ttest_rows(cells, results, "region_aupr"), num_train)
+            + compare
         )
-    first = {"table5": "Method", "table4": "Model", "table2": "Method"}[table]
+    first = {"table5": "Method", "table4": "Model", "table2": "Method", "table3": "Method"}[table]
     header = ["Labeled particles", first, *metric_header, P_HEADER[table]]
+    if paper_dataset:
+        header += [f"paper AUPR ({PAPER_DATASETS[paper_dataset]})", "Δ AUPR (ours - paper)"]
     reference = _reference_cells(table, cells, results)
     rows = []
     previous = object()
     for cell in cells:
         if table == "table4":
             method = "classifier + autoencoder" if cell.decoder else "classifier"
-        elif table == "table2":
-            method = BASELINE_NAME if cell.baseline else TOPAZ_NAME
+        elif table in ("table2", "table3"):
+            method = (
+                BASELINE_NAME
+                if cell.baseline
+                else TOPAZ_NAME
+                if cell.decoder
+                else TOPAZ_CLASSIFIER_NAME
+            )
         else:
             method = cell.model_name
         labeled = label_text(cell.labels, num_train) if cell.labels != previous else ""
@@ -513,20 +705,136 @@ def format_table(
                 )[2]
             )
         n_row = n_of(cell)
-        rows.append(
-            [
-                labeled,
-                method,
-                *(col(cell, m, n_row) for m in PICK_METRICS),
-                str(n_row),
-                p_cell,
-            ]
-        )
+        row = [labeled, method, *(col(cell, m, n_row) for m in PICK_METRICS), str(n_row), p_cell]
+        if paper_dataset:
+            row += _paper_cells(table, paper_dataset, cell, results, "aupr")
+        rows.append(row)
     return (
         markdown_table(header, rows)
         + "\n\n"
         + ttest_markdown(ttest_rows(cells, results, "aupr"), num_train)
+        + compare
     )
+
+
+def _paper_value_text(value) -> str:
+    if value is None:
+        return "-"
+    mean, std = value
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _our_mean(results, cell: Cell, metric: str) -> float:
+    values = _finite([r.get(metric, math.nan) for r in results.get(cell, [])])
+    return sum(values) / len(values) if values else math.nan
+
+
+def _paper_cells(table: str, dataset: str, cell: Cell, results, metric: str) -> list[str]:
+    """The paper's value of a cell and our mean minus it (``-`` where the paper has none)."""
+    value = paper_value(table, dataset, cell, metric)
+    ours = _our_mean(results, cell, metric)
+    diff = ours - value[0] if value is not None and math.isfinite(ours) else math.nan
+    return [_paper_value_text(value), f"{diff:+.3f}" if math.isfinite(diff) else "-"]
+
+
+def paper_comparison(
+    table: str,
+    cells: Sequence[Cell],
+    results: dict[Cell, list[dict[str, float]]],
+    dataset: str,
+    num_train: int | None = None,
+) -> str:
+    """Every metric beside the paper's value (with our difference), then whether the paper's
+    ordering of the methods holds in ours, per label count."""
+    from topaz_lightning.report import markdown_table
+
+    metrics = ("region_aupr",) if table == "supp1" else PICK_METRICS
+    name = PAPER_DATASETS[dataset]
+    paper_table = {"supp1": "Supplementary Table 1"}.get(table, table.replace("table", "Table "))
+    if table in ("table2", "table3"):
+        paper_table = "Table 3" if dataset == "shapiro" else "Table 2"
+    header = ["Labeled particles", "Method", "Metric", "ours (mean ± std)", "paper", "ours - paper"]
+    rows = []
+    for cell in cells:
+        for metric in metrics:
+            value = paper_value(table, dataset, cell, metric)
+            if value is None:
+                continue
+            ours = [r.get(metric, math.nan) for r in results.get(cell, [])]
+            rows.append(
+                [
+                    label_text(cell.labels, num_train),
+                    cell.model_name,
+                    metric,
+                    mean_std_cell(ours, len(ours)),
+                    _paper_value_text(value),
+                    *_paper_cells(table, dataset, cell, results, metric)[1:],
+                ]
+            )
+    if not rows:
+        return (
+            f"The paper's {paper_table} ({name}) has no value for these label counts and methods."
+        )
+    text = (
+        f"Beside the paper's {paper_table} ({name}; the paper's numbers are on its real data, "
+        "ours on the data named above):\n\n" + markdown_table(header, rows)
+    )
+    orderings = paper_orderings(table, cells, results, dataset, num_train)
+    if orderings:
+        text += "\n\nThe paper's ordering of methods (by mean " + metrics[0] + "):\n\n"
+        text += "\n".join(f"- {line}" for line in orderings)
+    return text
+
+
+def paper_orderings(
+    table: str,
+    cells: Sequence[Cell],
+    results: dict[Cell, list[dict[str, float]]],
+    dataset: str,
+    num_train: int | None = None,
+) -> list[str]:
+    """Per label count: the paper's order of the methods and whether ours keeps it.
+
+    The methods with a paper value and a mean of ours are ranked by the first metric (AUPR,
+    region AUPR for ``supp1``); each pair the paper orders is checked (ties in the paper's
+    rounded values are skipped). "holds" means every pair keeps the paper's order.
+    """
+    metric = "region_aupr" if table == "supp1" else "aupr"
+    groups: dict[int | None, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.labels, []).append(cell)
+    lines = []
+    for labels, group in groups.items():
+        scored = []
+        for cell in group:
+            value = paper_value(table, dataset, cell, metric)
+            ours = _our_mean(results, cell, metric)
+            if value is not None and math.isfinite(ours):
+                scored.append((cell, value[0], ours))
+        if len(scored) < 2:
+            continue
+        paper_order = sorted(scored, key=lambda x: -x[1])
+        ours_order = sorted(scored, key=lambda x: -x[2])
+        pairs = kept = 0
+        broken = []
+        for i, (a, pa, oa) in enumerate(paper_order):
+            for b, pb, ob in paper_order[i + 1 :]:
+                if pa == pb:
+                    continue
+                pairs += 1
+                if oa > ob:
+                    kept += 1
+                else:
+                    broken.append(f"{a.model_name} > {b.model_name}")
+        verdict = "holds" if kept == pairs else f"does not hold (reversed: {'; '.join(broken)})"
+        lines.append(
+            f"{label_text(labels, num_train)} labels: paper "
+            + " > ".join(f"{c.model_name} ({p:.3f})" for c, p, _ in paper_order)
+            + "; ours "
+            + " > ".join(f"{c.model_name} ({o:.3f})" for c, _, o in ours_order)
+            + f": {kept} of {pairs} pairs in the paper's order, {verdict}"
+        )
+    return lines
 
 
 def ttest_markdown(tests: Sequence[dict], num_train: int | None = None) -> str:
@@ -555,11 +863,10 @@ def ttest_markdown(tests: Sequence[dict], num_train: int | None = None) -> str:
     )
 
 
-def count_train_particles(dataset: Path) -> int:
-    """Particles on the training micrographs (``train.txt``) of a simulated dataset."""
-    names = {
-        line.strip() for line in (dataset / "train.txt").read_text().splitlines() if line.strip()
-    }
+def count_train_particles(dataset: Path, split: str = "train") -> int:
+    """Particles on the training micrographs (``train.txt``; ``split="test"``: ``test.txt``) of a
+    simulated dataset."""
+    names = _split_names(dataset, split)
     count = 0
     with open(dataset / "particles.tsv") as fh:
         next(fh)
@@ -567,6 +874,72 @@ def count_train_particles(dataset: Path) -> int:
             if line.split("\t", 1)[0] in names:
                 count += 1
     return count
+
+
+def _split_names(dataset: Path, split: str) -> set[str]:
+    path = dataset / f"{split}.txt"
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def simulated_split_counts(dataset: Path) -> dict[str, int] | None:
+    """Table 1's counts of a simulated dataset (None without train.txt/test.txt/particles.tsv)."""
+    if not all((dataset / n).is_file() for n in ("train.txt", "test.txt", "particles.tsv")):
+        return None
+    return {
+        "train_micrographs": len(_split_names(dataset, "train")),
+        "train_particles": count_train_particles(dataset, "train"),
+        "test_micrographs": len(_split_names(dataset, "test")),
+        "test_particles": count_train_particles(dataset, "test"),
+    }
+
+
+TABLE_TITLES = {
+    "table1": "Table 1 (datasets)",
+    "table2": "Table 2 (EMPIAR-10096: Topaz vs EMAN2 byRef)",
+    "table3": "Table 3 (Shapiro-lab: Topaz vs EMAN2 byRef)",
+    "table4": "Table 4 (GE-binomial with and without the autoencoder)",
+    "table5": "Table 5 (four PU objectives)",
+    "supp1": "Supplementary Table 1 (region AUPR)",
+}
+
+
+def table1_markdown(spec: DataSpec, paper_dataset: str) -> str:
+    """Table 1: micrographs and particles of our train/test split beside the paper's dataset."""
+    from topaz_lightning.report import markdown_table
+
+    ours = spec.split_counts
+    if ours is None:
+        raise SystemExit(f"error: {spec.name}: the train/test split counts are unknown")
+    paper = PAPER_TABLE1[paper_dataset]
+    keys = ("train_micrographs", "train_particles", "test_micrographs", "test_particles")
+    header = ["Dataset", "Train images", "Train particles", "Test images", "Test particles"]
+    rows = [
+        [f"ours: {spec.name}", *(str(ours[k]) for k in keys)],
+        [f"paper: {PAPER_DATASETS[paper_dataset]}", *(str(paper[k]) for k in keys)],
+        ["ours / paper", *(f"{ours[k] / paper[k]:.3g}" for k in keys)],
+    ]
+    return markdown_table(header, rows)
+
+
+def write_table1(spec: DataSpec, paper_dataset: str, args, argv, out: Path) -> int:
+    """``table1``: no training; the dataset's split counts beside the paper's Table 1."""
+    from topaz_lightning.utils.atomic import atomic_output
+
+    if args.dry_run:
+        return 0
+    text = (
+        f"# table1: {TABLE_TITLES['table1']} on `{spec.name}`\n\n{spec.description}.\n"
+        f"Command: `python scripts/paper_tables.py "
+        f"{shlex.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+        + table1_markdown(spec, paper_dataset)
+        + "\n"
+    )
+    path = out / f"table1_{spec.name}.md"
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(text)
+    print(text)
+    print(f"wrote {path}")
+    return 0
 
 
 def _run(cmd: Sequence[str], env: dict, dry_run: bool, log_path: Path | None = None) -> None:
@@ -648,7 +1021,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="OMP/torch threads per training run")
     p.add_argument("--out", type=Path, default=Path("tables"))
     p.add_argument(
-        "--train-arg", action="append", default=[], help="extra tzl-train override (repeatable)"
+        "--train-arg",
+        action="append",
+        default=[],
+        help="extra tzl-train override (repeatable); with --experiment it also completes the "
+        "experiment (e.g. data.micrographs=..., data.val_list=...) before the table reads it",
+    )
+    p.add_argument(
+        "--paper-dataset",
+        choices=tuple(PAPER_DATASETS),
+        default=None,
+        help="the paper's dataset to compare with (default: shapiro for table3 and for a "
+        "preset/experiment named *shapiro*, else empiar10096)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     return p
@@ -693,6 +1077,7 @@ def simulated_spec(dataset: Path, preset: str, overrides: Sequence[str]) -> Data
         particle_radius_px_model=None if radius is None else float(radius),
         num_train=count_train_particles(dataset) if (dataset / "particles.tsv").is_file() else None,
         dataset=dataset,
+        split_counts=simulated_split_counts(dataset),
         description=f"SIMULATED preset `{preset}` ({dataset.name}); NOT the paper's "
         "EMPIAR-10096 / Shapiro-lab data, not comparable with the paper's numbers",
     )
@@ -783,6 +1168,7 @@ def experiment_spec(name: str, extra: Sequence[str] = ()) -> DataSpec:
     coordinates = str(get("data.coordinates"))
     truth = read_coordinates(coordinates, fmt=get("data.coordinates_format"))
     num_train = int(truth["micrograph"].astype(str).isin(set(train_names)).sum())
+    num_test = int(truth["micrograph"].astype(str).isin(set(test_names)).sum())
     return DataSpec(
         name=name,
         simulated=False,
@@ -795,6 +1181,12 @@ def experiment_spec(name: str, extra: Sequence[str] = ()) -> DataSpec:
         micrographs=micrographs,
         coordinates=coordinates,
         test_names=list(test_names),
+        split_counts={
+            "train_micrographs": len(train_names),
+            "train_particles": num_train,
+            "test_micrographs": len(test_names),
+            "test_particles": num_test,
+        },
         description=f"REAL micrographs from configs/experiment/{name}.yaml: "
         f"{len(train_names)} training micrograph(s) ({num_train} particles), test: "
         f"{', '.join(test_names)}",
@@ -902,7 +1294,12 @@ def _load_cell(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run (or print, with --dry-run) the experiments of one table and write it as markdown + CSV."""
     args = build_parser().parse_args(argv)
-    labels = parse_int_list(args.labels or DEFAULT_LABELS[args.table])
+    source_name = args.experiment or args.preset
+    paper_dataset = paper_dataset_for(args.table, source_name, args.paper_dataset)
+    default_labels = DEFAULT_LABELS[args.table]
+    if paper_dataset == "shapiro" and args.table in ("table2", "table4", "supp1"):
+        default_labels = "10,100,all"  # the paper's Shapiro-lab rows: 10, 100, all 1167
+    labels = parse_int_list(args.labels or default_labels)
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
@@ -918,7 +1315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model_overrides = [f"model={args.model}"]
     if args.experiment is not None:
-        spec = experiment_spec(args.experiment, model_overrides)
+        # the --train-arg overrides complete the experiment (e.g. data.micrographs), so the
+        # table's own reading of it (test micrographs, radii) sees them too
+        spec = experiment_spec(args.experiment, [*model_overrides, *args.train_arg])
         paper: list[str] = []
     else:
         dataset = (args.dataset or out / "data" / f"{args.preset}_seed{args.data_seed}").resolve()
@@ -939,12 +1338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         paper = paper_overrides(args.preset) if args.paper_settings else []
         if (dataset / "dataset.yaml").is_file():
-            spec = simulated_spec(dataset, args.preset, [*model_overrides, *paper])
+            spec = simulated_spec(dataset, args.preset, [*model_overrides, *paper, *args.train_arg])
         else:  # dry run before the dataset exists
             spec = DataSpec(
                 args.preset,
                 True,
-                [f"data.simulated_dir={dataset}", *model_overrides, *paper],
+                [f"data.simulated_dir={dataset}", *model_overrides, *paper, *args.train_arg],
                 math.nan,
                 math.nan,
                 None,
@@ -952,6 +1351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     if args.particle_radius_px_model is not None:
         spec.particle_radius_px_model = float(args.particle_radius_px_model)
+    if args.table == "table1":
+        return write_table1(spec, paper_dataset, args, argv, out)
     num_train = spec.num_train
     if num_train is not None:
         # a label count at or above the training particles means all of them
@@ -963,6 +1364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data_name = spec.dataset.name if spec.simulated else spec.name
     runs = out / "runs" / data_name / f"{args.model}_steps{args.steps}"
+    if args.train_arg:
+        # other training settings, other runs: never reuse a cell trained without them
+        import hashlib
+
+        digest = hashlib.sha1("\n".join(args.train_arg).encode()).hexdigest()[:8]
+        runs = runs.with_name(f"{runs.name}_args{digest}")
     if paper:
         runs = runs.with_name(runs.name + "_paper")
     results: dict[Cell, list[dict[str, float]]] = {}
@@ -977,13 +1384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = [s for s in seeds if not (sweep_dir / f"r{s}" / "metrics.json").is_file()]
         if missing:
             cmd = train_command(
-                cell,
-                missing,
-                sweep_dir,
-                args.steps,
-                spec.overrides,
-                args.train_arg,
-                _tool("tzl-train"),
+                cell, missing, sweep_dir, args.steps, spec.overrides, (), _tool("tzl-train")
             )
             _run(cmd, env, args.dry_run, out / "logs" / f"{cell.name}.log")
         if args.dry_run:
@@ -992,13 +1393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return 0
 
-    text = format_table(args.table, cells, results, labels, num_train)
+    text = format_table(args.table, cells, results, labels, num_train, paper_dataset)
     rep_text = ", ".join(f"{label_text(n, num_train)}: {r}" for n, r in reps.items())
     test_text = "the test micrographs" + (
         " (test.txt)" if spec.simulated else f" ({', '.join(spec.test_names)})"
     )
     header = (
-        f"# {args.table} on {'simulated' if spec.simulated else 'real'} data "
+        f"# {args.table}: {TABLE_TITLES[args.table]} on "
+        f"{'simulated' if spec.simulated else 'real'} data "
         + (
             f"(preset `{args.preset}`, seed {args.data_seed})"
             if spec.simulated
