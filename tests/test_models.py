@@ -350,3 +350,104 @@ def test_batchnorm_folding_only_in_eval_dense_scoring():
         net.fold_batchnorm = True
         torch.testing.assert_close(net.score_map(images), unfolded, atol=1e-5, rtol=1e-5)
     assert not torch.equal(folded, unfolded)  # train vs eval BatchNorm really differ
+
+
+# ---------------------------------------------------------------- the model card
+def _card(**changes):
+    import numpy as np
+
+    from topaz_lightning.geometry import RunGeometry
+    from topaz_lightning.models import ModelCard
+    from topaz_lightning.preprocess.gmm import GMMFit
+
+    fit = GMMFit(
+        pi=0.3,
+        mu=np.array([-1.0, 0.5]),
+        sigma=np.array([0.8, 1.2]),
+        alpha=np.array([0.9, 1.1]),
+        names=["a", "b"],
+    )
+    values = dict(
+        geometry=RunGeometry(downsample=2.0, pi=0.04, pi_unlabeled=0.03, normalize="gmm"),
+        preprocessing={"downsample": 2.0, "normalize": "gmm", "gmm": fit.to_record()},
+        objective={"configured": "x.GEBinomial", "optimized": "PN", "prior": "pi"},
+        training={"receptive_field": 31, "patch_size_px_model": 31, "data_fingerprint": "ab"},
+    )
+    values.update(changes)
+    return ModelCard(**values)
+
+
+def test_model_card_round_trips_and_extra_is_its_view(tmp_path):
+    from topaz_lightning.models import CARD_VERSION, read_model_card
+
+    card = _card()
+    path = save_model(tmp_path / "model.pt", Conv31(widths=(4, 4, 8)), card=card)
+    stored = torch.load(path, map_location="cpu", weights_only=True)["extra"]
+    assert set(stored) == {"card"} and stored["card"]["card_version"] == CARD_VERSION == 2
+    _, extra = load_model(path)
+    again = read_model_card(extra, path)
+    assert again == card and again.downsample == 2.0 and again.normalize == "gmm"
+    # the keys that readers of older files use, taken from the card
+    assert extra["geometry"] == card.geometry.to_dict()
+    assert extra["normalize_fit"] == card.preprocessing["gmm"]
+    assert extra["objective_optimized"] == "PN" and extra["receptive_field"] == 31
+    assert "preprocess" not in extra
+
+
+def test_model_file_from_before_the_card_still_loads(tmp_path):
+    """The 0.1 format: geometry, preprocess and normalize_fit as loose extra keys."""
+    import numpy as np
+
+    from topaz_lightning.geometry import RunGeometry
+    from topaz_lightning.models import read_model_card
+    from topaz_lightning.preprocess.gmm import GMMFit
+
+    fit = GMMFit(
+        pi=0.3, mu=np.array([-1.0, 0.5]), sigma=np.array([0.8, 1.2]), alpha=np.ones(1), names=["m"]
+    )
+    old = {
+        "geometry": RunGeometry(downsample=4.0, pi=0.02, normalize="gmm").to_dict(),
+        "preprocess": {"downsample": 4.0, "normalize": "gmm"},
+        "normalize_fit": fit.as_dict(),
+        "receptive_field": 31,
+        "patch_size": 31,
+        "objective": "topaz_lightning.objectives.GEBinomial",
+        "objective_optimized": "GEBinomial",
+    }
+    path = save_model(tmp_path / "old.pt", Conv31(widths=(4, 4, 8)), extra=old)
+    _, extra = load_model(path)
+    # read as stored (as_dict() wrote a NaN log-likelihood, which compares unequal to itself)
+    assert {k: v for k, v in extra.items() if k != "normalize_fit"} == {
+        k: v for k, v in old.items() if k != "normalize_fit"
+    }
+    assert extra["normalize_fit"]["alpha"] == {"m": 1.0}
+    card = read_model_card(extra, path)
+    assert card.card_version == 1 and card.downsample == 4.0 and card.geometry.pi == 0.02
+    assert card.objective["optimized"] == "GEBinomial"
+    assert card.training == {"receptive_field": 31, "patch_size_px_model": 31}
+    assert GMMFit.from_record(card.preprocessing["gmm"]).names == ["m"]
+    # a very old file with preprocess only
+    bare = save_model(tmp_path / "bare.pt", Conv31(widths=(4, 4, 8)), extra=old["preprocess"])
+    assert read_model_card({"preprocess": load_model(bare)[1]}).downsample == 4.0
+
+
+@pytest.mark.parametrize(
+    "change, where",
+    [
+        ({"card_version": 99}, "card_version"),
+        ({"card_version": "2"}, "card_version"),
+        ({"geometry": {"pi": "0.5"}}, "geometry"),
+        ({"preprocessing": {"gmm": {"pi": float("nan"), "mu": [0, 1], "sigma": [1, 1]}}}, "fit"),
+        ({"preprocessing": {"downsample": 0.5}}, "downsample"),
+        ({"objective": {"optimized": ["os.system"]}}, "objective.optimized"),
+        ({"training": {"global_step": -3}}, "training.global_step"),
+        ({"training": "evil"}, "training"),
+    ],
+)
+def test_malformed_model_card_is_an_input_error(tmp_path, change, where):
+    record = _card().to_record() | change
+    path = tmp_path / "model.pt"
+    save_model(path, Conv31(widths=(4, 4, 8)), extra={"card": record})
+    with pytest.raises(InputError, match=where) as err:
+        load_model(path)
+    assert "model.pt" in str(err.value)

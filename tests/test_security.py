@@ -211,6 +211,134 @@ def test_malicious_model_through_tzl_pick(tmp_path):
     assert "PWNED" not in result.stdout
 
 
+@pytest.mark.parametrize(
+    "config, problem",
+    [
+        ({"_target_": "topaz_lightning.models.Conv31", "widths": [10**6] * 3}, "out of range"),
+        ({"_target_": "topaz_lightning.models.Conv31", "widths": [4096] * 3}, "weights"),
+        ({"_target_": "topaz_lightning.models.ResNet8", "units": 10**6}, "out of range"),
+        ({"_target_": "topaz_lightning.models.ResNet16", "units": 4000}, "weights"),
+        ({"_target_": "topaz_lightning.models.PReLUResNet8", "width": 2000}, "weights"),
+        ({"_target_": "topaz_lightning.models.ResNet", "blocks": [[8, 1]] * 10**6}, "too long"),
+        (
+            {"_target_": "topaz_lightning.models.ResNet", "blocks": [[8, 1]], "stem_kernel": 10**7},
+            "range",
+        ),
+    ],
+)
+def test_absurd_architecture_arguments_are_refused_before_any_allocation(tmp_path, config, problem):
+    """Issue 18: widths of 10**6 would ask for ~100 TB; every kwarg is bounded in one place."""
+    path = tmp_path / "model.pt"
+    torch.save(_payload(config), path)
+    with pytest.raises(InputError, match=problem) as err:
+        load_model(path)
+    assert "model.pt" in str(err.value) and "model_config" in str(err.value)
+
+
+def test_default_architectures_are_within_the_bounds():
+    from topaz_lightning.models import MODELS
+    from topaz_lightning.models.io import _MAX_PARAMETERS, build_model
+
+    for cls in MODELS.values():
+        net = build_model({"_target_": f"{cls.__module__}.{cls.__qualname__}"})
+        assert sum(p.numel() for p in net.parameters()) < _MAX_PARAMETERS / 10
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def _checkpoint(**changes) -> dict:
+    return {
+        "epoch": 0,
+        "global_step": 2,
+        "state_dict": {"net.w": torch.zeros(2)},
+        "hyper_parameters": {},
+        "callbacks": {},
+    } | changes
+
+
+def test_pickled_checkpoint_is_refused_without_running_code(tmp_path):
+    from topaz_lightning.train import check_checkpoint
+
+    marker = tmp_path / "PWNED"
+    _RunsCode.marker = str(marker)
+    path = tmp_path / "evil.ckpt"
+    torch.save(_checkpoint(evil=_RunsCode()), path)
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        check_checkpoint(path, tmp_path / "checkpoints")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("best_model_path", "/etc/passwd"),
+        ("best_model_path", "../elsewhere/x.ckpt"),
+        ("kth_best_model_path", "/tmp/victim.ckpt"),
+        ("last_model_path", "victim.txt"),
+        ("best_k_models", {"/home/user/thesis.ckpt": 1.0}),
+    ],
+)
+def test_checkpoint_paths_outside_the_run_are_refused(tmp_path, key, value):
+    """Lightning restores ModelCheckpoint's paths when the state's dirpath is the run's, and later
+    deletes old top-k/last files by them."""
+    from topaz_lightning.train import check_checkpoint
+
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    path = run / "last.ckpt"
+    if isinstance(value, str) and not value.startswith("/"):
+        value = str(run / value)
+    state = {"best_model_path": str(run / "best.ckpt"), "dirpath": str(run), key: value}
+    name = "ModelCheckpoint{'monitor': 'val/aupr'}"
+    torch.save(_checkpoint(callbacks={name: state}), path)
+    with pytest.raises(InputError, match=key):
+        check_checkpoint(path, run)
+    # the same state written for another directory is not restored by Lightning: accepted
+    state["dirpath"] = str(tmp_path / "other")
+    torch.save(_checkpoint(callbacks={name: state}), path)
+    assert check_checkpoint(path, run) == path.resolve()
+
+
+def test_checkpoint_with_hostile_hyperparameters_passes_the_check_but_builds_nothing(tmp_path):
+    """Hyperparameters and the stored run config are never instantiated: the run is built from
+    the command's config (a full resume with them: tests/test_train.py)."""
+    from topaz_lightning.train import check_checkpoint
+
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    hostile = {"run_config": {"model": {"_target_": "os.system", "command": "touch PWNED"}}}
+    path = run / "last.ckpt"
+    torch.save(_checkpoint(hyper_parameters=hostile), path)
+    assert check_checkpoint(path, run) == path.resolve()
+    torch.save(_checkpoint(state_dict={"net.w": "rm -rf"}), path)
+    with pytest.raises(InputError, match="state_dict"):
+        check_checkpoint(path, run)
+    torch.save(_checkpoint(global_step=-1), path)
+    with pytest.raises(InputError, match="global_step"):
+        check_checkpoint(path, run)
+
+
+@pytest.mark.slow  # a tzl-train subprocess
+def test_evil_checkpoint_through_tzl_train_is_one_line_and_exit_2(tmp_path):
+    marker = tmp_path / "PWNED"
+    _RunsCode.marker = str(marker)
+    evil = tmp_path / "evil.ckpt"
+    torch.save(_checkpoint(evil=_RunsCode()), evil)
+    result = _tzl(
+        "tzl-train",
+        f"ckpt_path={evil}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=none",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "evil.ckpt" in line]
+    assert len(errors) == 1 and "not a readable checkpoint" in errors[0]
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------------ permissions
 
 

@@ -243,6 +243,49 @@ def test_resume_from_checkpoint_gives_identical_weights(dataset, tmp_path):
     assert any(not torch.equal(a[k], half[k]) for k in a if a[k].is_floating_point())
 
 
+def test_resume_ignores_hostile_hyperparameters_and_refuses_foreign_paths(
+    dataset, tmp_path, monkeypatch
+):
+    """Issue 18: a checkpoint that passes weights_only chooses no class and no path."""
+    from topaz_lightning.errors import InputError
+    from topaz_lightning.train import train
+
+    monkeypatch.chdir(tmp_path)
+    mics, coords = dataset
+    extra = [
+        "logger=none",
+        "callbacks.best_checkpoint=null",
+        "callbacks.held_out_picking=null",
+        "data.steps_per_epoch=100",
+    ]
+    first = tmp_path / "first"
+    train(compose_train(small_overrides(mics, coords, 2, extra), first))
+    last = first / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    evil = {"_target_": "os.system", "command": "touch PWNED"}
+    state["hyper_parameters"]["run_config"] = {"model": evil, "data": evil}
+    state["hyper_parameters"]["pi_unlabeled"] = 0.9
+    state["topaz_lightning"] = {"run_config": {"model": evil}, "geometry": {"pi": 0.9}}
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save(state, hostile)
+    overrides = small_overrides(mics, coords, 4, [*extra, f"ckpt_path={hostile}"])
+    metrics = train(compose_train(overrides, tmp_path / "second"))
+    assert metrics["global_step"] == 4 and not (tmp_path / "PWNED").exists()
+    from topaz_lightning.models import load_model
+
+    _, card = load_model(tmp_path / "second" / "model.pt")
+    assert card["geometry"]["pi"] == pytest.approx(0.05)  # from the command's config
+    # a ModelCheckpoint state for this run's directory naming a file elsewhere (Lightning would
+    # restore it and later delete by it)
+    for name in state["callbacks"]:
+        if name.startswith("ModelCheckpoint"):
+            state["callbacks"][name]["dirpath"] = str(tmp_path / "third" / "checkpoints")
+            state["callbacks"][name]["best_model_path"] = str(tmp_path / "thesis.ckpt")
+    torch.save(state, hostile)
+    with pytest.raises(InputError, match="best_model_path"):
+        train(compose_train(overrides, tmp_path / "third"))
+
+
 def test_missing_checkpoint_is_a_config_error(dataset, tmp_path):
     from topaz_lightning.errors import ConfigError
     from topaz_lightning.train import train

@@ -215,9 +215,9 @@ def _checkpoint_dir(cfg: DictConfig, output_dir: Path) -> Path:
     )
 
 
-#: ModelCheckpoint state entries that hold paths (Lightning reloads best_model_path always, the
-#: others when the directory matches, and deletes old top-k / last files by them)
-_CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path", "dirpath")
+#: ModelCheckpoint state entries that hold paths: Lightning restores them when the state's dirpath
+#: is the run's checkpoint directory, and later deletes old top-k / last files by them
+_CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
 def check_checkpoint(path: Path, checkpoint_dir: Path) -> Path:
@@ -226,10 +226,12 @@ def check_checkpoint(path: Path, checkpoint_dir: Path) -> Path:
     Read with ``weights_only`` (:func:`topaz_lightning.models.read_torch_file`: a pickled payload
     is an InputError, no code runs); it must hold this package's training state (``state_dict``
     of tensors, ``global_step``). Nothing from it chooses a class or a path: hyperparameters and
-    the stored run config are never instantiated (the run is built from the command's config),
-    and every path in a callback's state (ModelCheckpoint's best/last/top-k files, which Lightning
-    would reload and later delete) must be a ``.ckpt`` file in the run's checkpoint directory or
-    beside the checkpoint itself; otherwise InputError naming the key. Returns the resolved path.
+    the stored run config are never instantiated (the run is built from the command's config);
+    a ModelCheckpoint state that Lightning would restore in full (its ``dirpath`` is this run's
+    checkpoint directory) may name only ``.ckpt`` files in that directory, since Lightning later
+    deletes old top-k and last files by those names (InputError naming the key otherwise); the
+    best-model path that Lightning always restores is used only inside the callback's own
+    directory (:func:`_best_checkpoint`). Returns the resolved path.
     """
     from topaz_lightning.errors import InputError
     from topaz_lightning.models import read_torch_file
@@ -246,33 +248,33 @@ def check_checkpoint(path: Path, checkpoint_dir: Path) -> Path:
         raise InputError(
             f"global_step must be a count >= 0, got {step!r}", path=path, where="global_step"
         )
-    roots = {path.resolve().parent, checkpoint_dir.resolve()}
-    for where, value in _callback_paths(state.get("callbacks")):
+    run_dir = checkpoint_dir.resolve()
+    for where, value in _restored_paths(state.get("callbacks"), run_dir):
         if value in (None, ""):
             continue
-        target = Path(str(value)).resolve()
-        is_dir = where.endswith(".dirpath")
-        inside = (target in roots) if is_dir else (target.parent in roots)
-        if not isinstance(value, str) or not inside or (not is_dir and target.suffix != ".ckpt"):
+        target = Path(str(value)).resolve() if isinstance(value, str) else None
+        if target is None or target.parent != run_dir or target.suffix != ".ckpt":
             raise InputError(
-                f"refers to {str(value)[:200]!r}, outside the run's checkpoint directory "
-                f"{checkpoint_dir}; refusing to resume from it",
+                f"refers to {str(value)[:200]!r}, not a .ckpt file in the run's checkpoint "
+                f"directory {checkpoint_dir}; refusing to resume from it",
                 path=path,
                 where=where,
             )
     return path.resolve()
 
 
-def _callback_paths(callbacks: Any) -> list[tuple[str, Any]]:
-    """(key, value) of every path a checkpoint's callback states name."""
-    if callbacks is None:
-        return []
+def _restored_paths(callbacks: Any, run_dir: Path) -> list[tuple[str, Any]]:
+    """(key, value) of every path Lightning would restore from a checkpoint's callback states
+    into this run (the states whose dirpath is ``run_dir``)."""
     if not isinstance(callbacks, dict):
-        return [("callbacks", callbacks)]
+        return [] if callbacks is None else [("callbacks", callbacks)]
     found: list[tuple[str, Any]] = []
     for name, cb_state in callbacks.items():
-        if not isinstance(cb_state, dict):
+        if not isinstance(cb_state, dict) or "dirpath" not in cb_state:
             continue
+        dirpath = cb_state["dirpath"]
+        if not isinstance(dirpath, str) or Path(dirpath).resolve() != run_dir:
+            continue  # Lightning restores only best_model_path then (see _best_checkpoint)
         for key in _CHECKPOINT_PATH_KEYS:
             if key in cb_state:
                 found.append((f"callbacks.{name}.{key}", cb_state[key]))
@@ -416,13 +418,16 @@ def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
-    """Path of the monitored best checkpoint, if a ModelCheckpoint with a monitor saved one (a
-    path restored from a resumed checkpoint was checked by :func:`check_checkpoint`)."""
+    """Path of the monitored best checkpoint, if a ModelCheckpoint with a monitor saved one in its
+    own directory (a path restored from a resumed checkpoint that lies elsewhere is not read)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     for cb in trainer.callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
-            best = Path(cb.best_model_path)
-            if best.is_file() and best.suffix == ".ckpt":
-                return str(best)
+        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path and cb.dirpath:
+            best = Path(cb.best_model_path).resolve()
+            if best.parent == Path(cb.dirpath).resolve() and best.suffix == ".ckpt":
+                if best.is_file():
+                    return str(best)
+            else:
+                log.warning("ignoring best checkpoint %s outside %s", best, cb.dirpath)
     return None

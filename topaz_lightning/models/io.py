@@ -497,6 +497,9 @@ def _card_value(value: Any, kind: str, source: str | None, where: str) -> Any:
     if kind == "gmm":
         from topaz_lightning.preprocess.gmm import GMMFit
 
+        if isinstance(value, Mapping) and isinstance(value.get("log_likelihood"), float):
+            if not np.isfinite(value["log_likelihood"]):  # GMMFit.as_dict() wrote NaN: unknown
+                value = {**value, "log_likelihood": None}
         return GMMFit.from_record(value, source=source).to_record()
     if kind == "str":
         if not isinstance(value, str) or len(value) > _MAX_CARD_STR:
