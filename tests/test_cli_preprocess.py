@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.conftest import compose_config
 from topaz_lightning.cli.preprocess import run
-from topaz_lightning.errors import ConfigError, InputError, PartialFailureError
+from topaz_lightning.errors import InputError, PartialFailureError
 from topaz_lightning.io.micrographs import read_micrograph, read_pixel_size
 from topaz_lightning.preprocess import preprocess_images
 from topaz_lightning.preprocess.files import preprocess_files
@@ -86,7 +86,7 @@ def test_preprocess_command_writes_mrcs_and_scaled_coordinates(inputs, tmp_path)
     assert (out / "mic_a.mrc").read_bytes() == before
     assert (out / "preprocess.yaml").read_text() == summary_text
     # other settings into the same directory are refused, naming what changed
-    with pytest.raises(ConfigError, match="normalize='gmm' \\(now 'none'\\)"):
+    with pytest.raises(InputError, match='changed: normalize "gmm" -> "none"'):
         run(_cfg(overrides + ["normalize=none"]))
     assert (out / "mic_a.mrc").read_bytes() == before
     run(_cfg(overrides + ["normalize=none", "overwrite=true"]))
@@ -157,4 +157,17 @@ def test_tzl_preprocess_subprocess_saves_config_and_continues(inputs, tmp_path):
         [*cmd, "downsample=2"], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
     assert third.returncode == 2
-    assert "downsample=1.0 (now 2.0)" in third.stderr and "overwrite=true" in third.stderr
+    assert "changed: downsample 1.0 -> 2.0" in third.stderr and "overwrite=true" in third.stderr
+
+
+def test_a_corrupt_micrograph_does_not_change_the_others_gmm_outputs(inputs, tmp_path):
+    folder, _ = inputs
+    (folder / "mic_c.mrc").write_bytes((folder / "mic_a.mrc").read_bytes()[:700])  # truncated
+    with pytest.raises(PartialFailureError, match="mic_c"):
+        run(_cfg([f"input={folder}", f"output_dir={tmp_path / 'with_bad'}", "num_workers=1"]))
+    (folder / "mic_c.mrc").unlink()
+    run(_cfg([f"input={folder}", f"output_dir={tmp_path / 'clean'}", "num_workers=1"]))
+    for name in ("mic_a.mrc", "mic_b.mrc"):  # the pixels (the header holds the time)
+        bad, clean = (read_micrograph(tmp_path / d / name) for d in ("with_bad", "clean"))
+        np.testing.assert_array_equal(bad, clean)
+    assert not (tmp_path / "with_bad" / "mic_c.mrc").exists()

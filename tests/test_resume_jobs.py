@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import compose_config
 from topaz_lightning.cli.preprocess import run
-from topaz_lightning.errors import ConfigError, OutputExistsError, PartialFailureError
+from topaz_lightning.errors import ConfigError, InputError, OutputExistsError, PartialFailureError
 from topaz_lightning.io.micrographs import write_micrograph
 
 STAMPS = {"config.yaml", "run_info.yaml", ".hydra", "preprocess.log"}
@@ -114,7 +114,7 @@ def test_changed_settings_are_refused_and_overwrite_removes_the_earlier_jobs_out
     folder = _micrographs(tmp_path / "in", 4)
     out = tmp_path / "out"
     run(_cfg(_overrides(folder, out, "num_workers=1")))
-    with pytest.raises(ConfigError, match=r"downsample=1.5 \(now 2.0\)"):
+    with pytest.raises(InputError, match=r"changed: downsample 1.5 -> 2.0"):
         run(_cfg(_overrides(folder, out, "num_workers=1", "downsample=2")))
     # continuing may rewrite the job's own files, never one it did not write
     coords = tmp_path / "coords.tsv"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,14 +23,15 @@ from topaz_lightning.preprocess.gmm import (
     samples_per_image,
 )
 from topaz_lightning.preprocess.pipeline import check_preprocess_settings
-from topaz_lightning.utils.atomic import atomic_output, safe_output_name
+from topaz_lightning.utils import jobs as job_service
+from topaz_lightning.utils.atomic import safe_output_name
 from topaz_lightning.utils.jobs import FAILURES_FILE, FailureLog
 
 log = logging.getLogger("topaz_lightning")
 
 #: the record of a preprocessing job in its output directory: settings, inputs and the GMM fit
 JOB_FILE = "preprocess_job.json"
-_JOB_VERSION = 1
+_COMMAND = "tzl-preprocess"
 
 
 def default_num_workers() -> int:
@@ -84,7 +84,8 @@ class PreprocessJob:
 
     ``continuing`` is True when an earlier run with the same settings (and, for gmm, the same
     micrographs) left outputs there: they are kept and the rest is done. ``fit`` is the GMM fit
-    that run stored, so a continued job normalizes with exactly the same parameters.
+    that run stored, so a continued job normalizes with exactly the same parameters. The record
+    is kept by the job service (:mod:`topaz_lightning.utils.jobs`, strict JSON).
     """
 
     output_dir: Path
@@ -100,83 +101,30 @@ class PreprocessJob:
 
     def save(self) -> None:
         """Write the record atomically (before any output it covers is written)."""
-        record = {
-            "version": _JOB_VERSION,
-            "command": "tzl-preprocess",
-            "settings": self.settings,
+        data = {
             "inputs": self.inputs,
             "extra_outputs": self.extra_outputs,
-            "gmm": None if self.fit is None else _fit_to_record(self.fit),
+            "gmm": None if self.fit is None else self.fit.to_record(),
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_output(self.path, overwrite=True) as tmp:
-            # json writes floats with repr(): they read back bit for bit
-            tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        job_service.Job(self.path, _COMMAND, self.settings, data).save()
 
     def save_fit(self, fit: GMMFit) -> None:
         self.fit = fit
         self.save()
 
 
-def _fit_to_record(fit: GMMFit) -> dict:
-    return {
-        "pi": float(fit.pi),
-        "mu": [float(v) for v in fit.mu],
-        "sigma": [float(v) for v in fit.sigma],
-        "names": list(fit.names),
-        "alpha": [float(v) for v in fit.alpha],
-        "log_likelihood": float(fit.log_likelihood),
-        "n_iter": int(fit.n_iter),
-        "converged": bool(fit.converged),
-    }
-
-
-def _fit_from_record(data: dict, path: Path) -> GMMFit:
-    try:
-        fit = GMMFit(
-            pi=float(data["pi"]),
-            mu=np.array(data["mu"], dtype=np.float64),
-            sigma=np.array(data["sigma"], dtype=np.float64),
-            alpha=np.array(data["alpha"], dtype=np.float64),
-            names=[str(n) for n in data["names"]],
-            log_likelihood=float(data["log_likelihood"]),
-            n_iter=int(data["n_iter"]),
-            converged=bool(data["converged"]),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"stored GMM fit is incomplete ({err})", path=path, where="gmm") from err
-    ok = (
-        fit.mu.shape == fit.sigma.shape == (2,)
-        and fit.alpha.shape == (len(fit.names),)
-        and np.isfinite(fit.mu).all()
-        and (fit.sigma > 0).all()
-        and (fit.alpha > 0).all()
-        and 0 < fit.pi < 1
-    )
-    if not ok:
-        raise InputError("stored GMM fit has impossible values", path=path, where="gmm")
-    return fit
-
-
 def _read_record(path: Path) -> dict | None:
-    if not path.exists():
+    record = job_service.read_record(path, _COMMAND)
+    if record is None:
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict) or record.get("version") != _JOB_VERSION:
-            raise ValueError("not a version-1 record")
-        settings, inputs = record["settings"], record["inputs"]
-        extras = record.get("extra_outputs", [])
-        if not isinstance(settings, dict) or not isinstance(inputs, list):
-            raise ValueError("settings/inputs have the wrong type")
-        if not isinstance(extras, list):
-            raise ValueError("extra_outputs has the wrong type")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError) as err:
+    inputs, extras = record.get("inputs"), record.get("extra_outputs", [])
+    if not isinstance(inputs, list) or not isinstance(extras, list):
         raise InputError(
-            f"not a tzl-preprocess job record ({err}); start over with overwrite=true "
-            "or choose another output_dir",
+            "not a tzl-preprocess job record (inputs/extra_outputs have the wrong type); start "
+            "over with overwrite=true or choose another output_dir",
             path=path,
-        ) from err
+        )
     return record
 
 
@@ -187,7 +135,7 @@ def _recorded_outputs(output_dir: Path, record: dict | None) -> list[Path]:
         names = _summary_names(output_dir / "preprocess.yaml")
         return [output_dir / f"{n}.mrc" for n in names]
     out = []
-    for name in record["inputs"]:
+    for name in record.get("inputs", []):
         try:
             out.append(output_dir / f"{safe_output_name(str(name))}.mrc")
         except InputError:
@@ -219,21 +167,6 @@ def _summary_names(summary: Path) -> list[str]:
     return safe
 
 
-def _remove_temporaries(output_dir: Path, filenames: Iterable[str]) -> None:
-    """Remove half-written temporaries (``.<file>.<random>.tmp<suffix>``) a killed run left."""
-    if not output_dir.is_dir():
-        return
-    wanted = set(filenames)
-    for entry in os.listdir(output_dir):
-        if not entry.startswith(".") or ".tmp" not in entry:
-            continue
-        stem = entry[1 : entry.rindex(".tmp")]  # "<file>.<random>"
-        if "." in stem and stem.rsplit(".", 1)[0] in wanted:
-            path = output_dir / entry
-            if path.is_file():
-                path.unlink()
-
-
 def open_job(
     output_dir: str | os.PathLike,
     sources: Mapping[str, str | os.PathLike],
@@ -246,7 +179,8 @@ def open_job(
     - ``overwrite``: start over; the outputs the earlier job recorded (its micrographs, summary
       and coordinates inside ``output_dir``, failures.tsv) and this run's targets are removed.
     - a job record with the same settings (for gmm also the same micrographs): continue.
-    - different settings, or outputs without a record: refused (ConfigError/OutputExistsError).
+    - different settings (the error names every changed key), or outputs without a record:
+      refused (InputError/ConfigError/OutputExistsError).
 
     ``sources`` maps micrograph names to their input files (an output that would replace one is
     refused, and nothing that is an input is ever removed). ``extra_outputs`` are further files
@@ -255,7 +189,8 @@ def open_job(
     """
     output_dir = Path(output_dir)
     names = list(sources)
-    inputs = {Path(p).resolve() for p in sources.values()}
+    inputs = [Path(p) for p in sources.values()]
+    resolved_inputs = {p.resolve() for p in inputs}
     settings = dict(settings)
     extras = [os.fspath(p) for p in extra_outputs]
     # a recorded extra inside output_dir is kept by its plain name (portable between mounts)
@@ -265,57 +200,43 @@ def open_job(
     record_path = output_dir / JOB_FILE
     targets = output_paths(names, output_dir)
     for target in [*targets.values(), *map(Path, extra_outputs)]:
-        if target.resolve() in inputs:
+        if target.resolve() in resolved_inputs:
             raise ConfigError("output_dir", f"output {target} would replace an input micrograph")
+
+    def owned(old: dict | None) -> list[Path]:
+        return [*_recorded_outputs(output_dir, old), output_dir / FAILURES_FILE]
+
     if overwrite:
-        try:
-            record = _read_record(record_path)
-        except InputError:
-            record = None  # a broken record is replaced too
-        stale = _recorded_outputs(output_dir, record) + list(targets.values())
-        stale.append(output_dir / FAILURES_FILE)
-        removed = 0
-        for path in dict.fromkeys(stale):
-            if path.resolve() in inputs:
-                continue  # an earlier job's output that is now an input: never removed
-            if path.is_file() or path.is_symlink():
-                path.unlink()
-                removed += 1
-        if removed:
-            log.info(
-                "overwrite=true: removed %d output(s) of the earlier job in %s", removed, output_dir
-            )
-        _remove_temporaries(output_dir, [t.name for t in targets.values()])
-        if record_path.exists():
-            record_path.unlink()  # last: until here a rerun still knows what to remove
-        job = PreprocessJob(output_dir, settings, names, extras)
-        job.save()
-        return job
+        job = job_service.open_job(
+            record_path,
+            _COMMAND,
+            settings,
+            overwrite=True,
+            owned=owned,
+            targets=list(targets.values()),
+            protected=inputs,
+            save=False,
+        )
+        job_service.remove_temporaries(output_dir, [t.name for t in targets.values()])
+        out = PreprocessJob(output_dir, job.settings, names, extras)
+        out.save()
+        return out
 
-    record = _read_record(record_path)
-    if record is None:
-        for target in [*targets.values(), *map(Path, extra_outputs)]:
-            if target.exists():
-                raise OutputExistsError(target)
-        job = PreprocessJob(output_dir, settings, names, extras)
-        job.save()
-        return job
-
-    old_settings = record["settings"]
-    if old_settings != settings:
-        changed = sorted(
-            k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k)
-        )
-        # normalize=gmm vs standardize: seed/sample_size (gmm only) need not be listed
-        changed = [k for k in changed if k in old_settings and k in settings] or changed
-        detail = ", ".join(
-            f"{k}={old_settings.get(k)!r} (now {settings.get(k)!r})" for k in changed
-        )
-        raise ConfigError(
-            "output_dir",
-            f"{output_dir} holds outputs of a tzl-preprocess job with {detail}; rerun with "
-            "the same settings to continue it, overwrite=true to start over, or another output_dir",
-        )
+    # validates the record (and names every changed setting) before the micrographs are compared
+    _read_record(record_path)
+    job = job_service.open_job(
+        record_path,
+        _COMMAND,
+        settings,
+        overwrite=False,
+        targets=[*targets.values(), *map(Path, extra_outputs)],
+        save=False,
+    )
+    if not job.continuing:
+        out = PreprocessJob(output_dir, job.settings, names, extras)
+        out.save()
+        return out
+    record = job.previous or {}
     old_inputs = [str(n) for n in record["inputs"]]
     fit = None
     if settings["normalize"] == "gmm":
@@ -332,22 +253,29 @@ def open_job(
         if record.get("gmm") is not None:
             fit = _fit_from_record(record["gmm"], record_path)
     # per-image normalizations may take new micrographs; earlier ones stay recorded
-    inputs = list(dict.fromkeys(old_inputs + names))
+    all_inputs = list(dict.fromkeys(old_inputs + names))
     old_extras = [str(p) for p in record.get("extra_outputs", [])]
     for extra, path in zip(extras, extra_outputs, strict=True):
         # a file this job did not write before is not its to replace
         if extra not in old_extras and Path(path).exists():
             raise OutputExistsError(path)
-    job = PreprocessJob(
+    out = PreprocessJob(
         output_dir,
-        settings,
-        inputs,
+        job.settings,
+        all_inputs,
         list(dict.fromkeys(old_extras + extras)),
         continuing=True,
         fit=fit,
     )
-    job.save()
-    return job
+    out.save()
+    return out
+
+
+def _fit_from_record(data: dict, path: Path) -> GMMFit:
+    fit = GMMFit.from_record(data, source=str(path))
+    if len(fit.names) != len(fit.alpha) or not fit.names:
+        raise InputError("stored GMM fit has no per-micrograph scales", path=path, where="gmm")
+    return fit
 
 
 def _is_complete(target: Path) -> bool:
@@ -495,7 +423,7 @@ def preprocess_files(
         job = open_job(output_dir, sources, settings, overwrite)
     if failures is None:
         failures = FailureLog(strict=True)
-    _remove_temporaries(
+    job_service.remove_temporaries(
         output_dir,
         [t.name for t in targets.values()]
         + [JOB_FILE, FAILURES_FILE]
@@ -521,6 +449,15 @@ def preprocess_files(
             sampled = _run_each(_sample_job, jobs, pool, failures, "sampling pixels", progress)
             failed_now = set(names) - set(sampled)
             good = [name for name in names if name in sampled]
+            if failed_now and good:
+                # each micrograph's sample size and random stream depend on the number and order
+                # of micrographs: draw again over the readable ones, so a skipped file leaves the
+                # fit (and every other output) exactly as without it
+                n = samples_per_image(len(good), sample_size)
+                jobs = [(name, (sources[name], k, factor, n, seed)) for k, name in enumerate(good)]
+                sampled = _run_each(_sample_job, jobs, pool, failures, "sampling pixels", progress)
+                failed_now = set(names) - set(sampled)
+                good = [name for name in good if name in sampled]
             if good:
                 fit = fit_gmm_samples([sampled[name] for name in good], names=good)
                 job.save_fit(fit)
