@@ -13,7 +13,9 @@ Example usage:
     tzl-train -m hparams_search=pi_kfold
 
 Outputs in the run directory: config.yaml (resolved, stamped), checkpoints/last.ckpt,
-model.pt (the classifier plus the preprocessing/radius/pi that tzl-pick needs), logs.
+model.pt (the classifier plus its model card: geometry, preprocessing with the GMM fit, objective
+optimized, data fingerprint, which tzl-pick reads), logs. A checkpoint given as ckpt_path is read
+as untrusted input (weights only; docs/training.md, "Resume").
 """
 
 from __future__ import annotations
