@@ -218,3 +218,18 @@ def test_existing_output_is_refused_before_reading_micrographs(ucsf_dir, tmp_pat
     (boxes / "old.box").write_text("1 2 3 4\n")
     with pytest.raises(OutputExistsError, match="boxes"):
         convert(ucsf_dir / UCSF_STAR, boxes, output_format="box", box_size=64, micrographs=ucsf_dir)
+
+
+def test_per_micrograph_output_skips_names_that_cannot_be_file_names(tmp_path):
+    from topaz_lightning.errors import PartialFailureError
+
+    long_name = "m" * 300
+    table = tmp_path / "in.tsv"
+    table.write_text(f"image_name\tx_coord\ty_coord\nok\t1\t2\n{long_name}\t3\t4\nok\t5\t6\n")
+    with pytest.raises(PartialFailureError, match="too long"):
+        convert(table, tmp_path / "out", output_format="tsv", per_micrograph=True, strict=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok.tsv"]
+    report = (tmp_path / "out.failures.tsv").read_text().splitlines()
+    assert len(report) == 2 and report[1].startswith(long_name)
+    with pytest.raises(InputError, match="too long"):
+        convert(table, tmp_path / "strict", output_format="tsv", per_micrograph=True)

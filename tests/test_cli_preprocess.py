@@ -171,3 +171,18 @@ def test_a_corrupt_micrograph_does_not_change_the_others_gmm_outputs(inputs, tmp
         bad, clean = (read_micrograph(tmp_path / d / name) for d in ("with_bad", "clean"))
         np.testing.assert_array_equal(bad, clean)
     assert not (tmp_path / "with_bad" / "mic_c.mrc").exists()
+
+
+def test_names_that_cannot_be_file_names_are_skipped_and_reported(inputs, tmp_path):
+    folder, _ = inputs
+    long_name = "n" * 250
+    (folder / f"{long_name}.mrc").write_bytes((folder / "mic_a.mrc").read_bytes())
+    (folder / "new\nline.mrc").write_bytes((folder / "mic_a.mrc").read_bytes())
+    out = tmp_path / "out"
+    overrides = [f"input={folder}", f"output_dir={out}", "num_workers=1", "normalize=standardize"]
+    with pytest.raises(PartialFailureError, match="2 input"):
+        run(_cfg(overrides))
+    assert sorted(p.name for p in out.glob("*.mrc")) == ["mic_a.mrc", "mic_b.mrc"]
+    report = (out / "failures.tsv").read_text()
+    assert "too long" in report and "control characters" in report
+    assert len(report.splitlines()) == 3  # the newline is escaped, not splitting a row

@@ -51,6 +51,7 @@ from topaz_lightning.io.coordinates import (
     validate_coordinates,
     write_coordinates,
 )
+from topaz_lightning.utils import jobs
 from topaz_lightning.utils.jobs import FailureLog, write_failures
 
 log = logging.getLogger("topaz_lightning")
@@ -183,6 +184,8 @@ def convert(
             heights = {name: shape[0] for name, shape in shapes.items()}
         else:
             raise ConfigError("flip_y", "needs image_height or micrographs to know image heights")
+    if per_micrograph:
+        df = _drop_unsafe_names(df, fmt, failures)
     report = failures_path(output)
     if not len(df):
         write_failures(report, failures.failures)
@@ -205,6 +208,25 @@ def convert(
     return written
 
 
+def _drop_unsafe_names(df: pd.DataFrame, fmt: str, failures: FailureLog) -> pd.DataFrame:
+    """Particles of micrographs whose name cannot be a file name (path parts, control characters,
+    too long) are skipped and reported (strict: the first stops the run)."""
+    from topaz_lightning.io import coordinates as coords
+
+    suffix = coords.EXTENSIONS[canonical_format(fmt)]
+    names = df["micrograph"].astype(str)
+    bad = []
+    for name in names.unique():
+        try:
+            jobs.safe_file_name(name, suffix, where="micrograph name")
+        except InputError as err:
+            if failures.strict:
+                raise
+            failures.add(name, err.problem)
+            bad.append(name)
+    return df[~names.isin(bad)].reset_index(drop=True) if bad else df
+
+
 def _remove_stale_files(directory: Path, names: pd.Series, fmt: str) -> None:
     """Before overwriting a per-micrograph directory: remove the earlier files of this format
     whose micrograph is not in the new table (they would be read back as part of the set)."""
@@ -212,8 +234,7 @@ def _remove_stale_files(directory: Path, names: pd.Series, fmt: str) -> None:
     keep = {p.name for p in targets.values()}
     suffix = next(iter(targets.values())).suffix
     stale = [p for p in _coordinate_files(directory) if p.suffix == suffix and p.name not in keep]
-    for path in stale:
-        path.unlink()
+    jobs.remove_outputs(stale)
     if stale:
         log.info("overwrite=true: removed %d earlier file(s) from %s", len(stale), directory)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from topaz_lightning.cli._hydra import entry_point, require, resolve_output
+from topaz_lightning.cli._hydra import entry_point, require
 
 log = logging.getLogger("topaz_lightning")
 
@@ -41,10 +41,12 @@ def run(cfg: DictConfig) -> dict:
     Raises ``PartialFailureError`` (exit status 3) after doing every good micrograph when some
     could not be read, unless ``cfg.strict`` (then the first bad one raises).
     """
+    from topaz_lightning.errors import InputError
     from topaz_lightning.geometry import coordinates_to_model_frame
     from topaz_lightning.io.micrographs import list_micrographs
     from topaz_lightning.preprocess.files import job_settings, open_job, preprocess_files
     from topaz_lightning.preprocess.pipeline import check_preprocess_settings
+    from topaz_lightning.utils import jobs
     from topaz_lightning.utils.atomic import atomic_output
     from topaz_lightning.utils.jobs import FailureLog
 
@@ -56,6 +58,17 @@ def run(cfg: DictConfig) -> dict:
     summary_path = output_dir / "preprocess.yaml"
 
     sources = list_micrographs(cfg.input)
+    failures = FailureLog(strict=bool(cfg.strict))
+    # a name that cannot become a file name is skipped and reported, never the whole job
+    unsafe = {}
+    for name in sources:
+        try:
+            jobs.safe_file_name(name, ".mrc", where="micrograph name")
+        except InputError as err:
+            if failures.strict:
+                raise
+            unsafe[name] = err.problem
+    sources = {n: p for n, p in sources.items() if n not in unsafe}
     coords = None
     coords_target = None
     if cfg.coordinates:
@@ -63,7 +76,8 @@ def run(cfg: DictConfig) -> dict:
 
         # read (and so validate) the coordinates before the long part of the work
         coords = read_coordinates(cfg.coordinates)
-        coords_target = resolve_output(cfg, "coordinates_output")
+        coords_target = jobs.output_path(output_dir, cfg.coordinates_output, "coordinates_output")
+        jobs.refuse_symlinked_dirs(output_dir, coords_target, "coordinates_output")
         unknown = sorted(set(coords["micrograph"].astype(str)) - set(sources))
         if unknown:
             log.warning(
@@ -77,7 +91,8 @@ def run(cfg: DictConfig) -> dict:
     settings = job_settings(factor, cfg.normalize, int(cfg.seed), int(cfg.sample_size))
     # start, continue or refuse: decided (and stale outputs removed) before any work
     job = open_job(output_dir, sources, settings, overwrite, extra_outputs=extras)
-    failures = FailureLog(strict=bool(cfg.strict))
+    for name, problem in unsafe.items():
+        failures.add(name, problem)
     result = preprocess_files(
         sources,
         output_dir,
