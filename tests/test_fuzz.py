@@ -433,3 +433,21 @@ def test_absurd_scores_are_refused_with_the_line(tmp_path, score):
     with pytest.raises(InputError, match="score") as err:
         read_coordinates(path)
     assert "line 3" in str(err.value)
+
+
+def test_carriage_return_inside_a_csv_line_is_refused_with_the_line(tmp_path):
+    """Found by the long fuzz run: the csv module raised its own error for a stray \\r."""
+    path = tmp_path / "p.csv"
+    path.write_bytes(b"micrograph,x,y\nm,1,2\nm\r1,1,2\n")
+    with pytest.raises(InputError, match=r"line 3: not a CSV line: a carriage return"):
+        read_coordinates(path)
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "box"])
+def test_files_with_old_mac_line_endings_are_read(tmp_path, fmt):
+    text = _render(fmt, [("mic_1", 10.0, 20.0, 1.0), ("mic_1", 30.0, 40.0, 2.0)])
+    path = tmp_path / f"mic_1{SUFFIX[fmt]}"
+    path.write_bytes(text.replace("\n", "\r").encode())
+    shift = 10 if fmt == "box" else 0  # box rows are corners of 20 px boxes
+    expected = [[10 + shift, 20 + shift], [30 + shift, 40 + shift]]
+    assert read_coordinates(path)[["x", "y"]].to_numpy().tolist() == expected

@@ -146,12 +146,14 @@ def read_text(path: Path) -> str:
 def text_lines(text: str) -> list[tuple[int, str]]:
     """``(line number, line)`` of the lines that hold data: not blank, not a ``#`` comment.
 
-    Lines end at ``\\n`` only (a trailing ``\\r`` is dropped): ``str.splitlines`` would also break
-    at form feeds, ``\\x1c``-``\\x1e`` and U+2028, silently cutting a name in two; here such a
+    Lines end at ``\\n`` only (a trailing ``\\r`` is dropped; a file without any ``\\n`` ends
+    its lines at ``\\r``, as old Mac files do): ``str.splitlines`` would also break at form
+    feeds, ``\\x1c``-``\\x1e`` and U+2028, silently cutting a name in two; here such a
     character stays in its line and is refused with that line's number.
     """
     lines = []
-    for number, line in enumerate(text.split("\n"), start=1):
+    ending = "\r" if "\r" in text and "\n" not in text else "\n"  # old Mac files end at \r
+    for number, line in enumerate(text.split(ending), start=1):
         line = line.removesuffix("\r")
         if line.strip() and not line.lstrip().startswith("#"):
             lines.append((number, line))
@@ -180,7 +182,16 @@ def read_header_table(
     if delimiter == ",":
 
         def split(s: str) -> list[str]:
-            return next(csv.reader([s]))
+            try:
+                return next(csv.reader([s]))
+            except csv.Error as err:  # a carriage return inside an unquoted field, ...
+                number = next(n for n, line in lines if line is s)
+                problem = (
+                    "a carriage return inside an unquoted field (quote the field or remove it)"
+                    if "new-line character" in str(err)
+                    else str(err)
+                )
+                raise InputError(f"not a CSV line: {problem}", path, f"line {number}") from None
     else:
         tab = "\t" in lines[0][1]
 
