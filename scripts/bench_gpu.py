@@ -93,7 +93,7 @@ def bench_train(name: str, variant: str, args: argparse.Namespace) -> dict[str, 
     sampler = PUPatchSampler.from_coordinates(
         images,
         coords,
-        radius_px=3,
+        radius_px_model=3,
         patch_size=net.receptive_field,
         n_positive=16,
         n_unlabeled=240,

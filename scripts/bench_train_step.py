@@ -194,7 +194,7 @@ def _sampler(images, coords, net: torch.nn.Module, device):
     return PUPatchSampler.from_coordinates(
         images,
         coords,
-        radius_px=3,
+        radius_px_model=3,
         patch_size=net.receptive_field,
         n_positive=16,
         n_unlabeled=240,

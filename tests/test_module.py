@@ -65,7 +65,7 @@ class TinyPUData(pl.LightningDataModule):
         self.sampler = PUPatchSampler.from_coordinates(
             images,
             coords,
-            radius_px=3,
+            radius_px_model=3,
             patch_size=patch_size,
             n_positive=n_positive,
             n_unlabeled=n_unlabeled,

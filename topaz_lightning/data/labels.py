@@ -20,13 +20,13 @@ def particle_pixels(xy: np.ndarray) -> np.ndarray:
     return np.rint(xy[:, ::-1]).astype(np.int64)
 
 
-def positive_mask(shape: tuple[int, int], xy: np.ndarray, radius_px: float) -> np.ndarray:
+def positive_mask(shape: tuple[int, int], xy: np.ndarray, radius_px_model: float) -> np.ndarray:
     """Boolean ``(H, W)`` mask of the positive regions (patch centres) of the given particles.
 
     A region is identified with the pixel at its patch centre. Each particle coordinate ``(x, y)``
-    is snapped to its pixel (``particle_pixels``), and every pixel within ``radius_px``
+    is snapped to its pixel (``particle_pixels``), and every pixel within ``radius_px_model``
     (Euclidean distance ``<=``) of it is positive, so one particle away from the border marks
-    exactly ``geometry.disk_area(radius_px)`` pixels (29 at r=3, 49 at r=4). Disks are clipped at the image
+    exactly ``geometry.disk_area(radius_px_model)`` pixels (29 at r=3, 49 at r=4). Disks are clipped at the image
     border; overlapping disks are merged (the mask is their union).
     """
     height, width = int(shape[0]), int(shape[1])
@@ -34,7 +34,7 @@ def positive_mask(shape: tuple[int, int], xy: np.ndarray, radius_px: float) -> n
     centres = particle_pixels(xy)
     if len(centres) == 0:
         return mask
-    offsets = disk_offsets(radius_px)
+    offsets = disk_offsets(radius_px_model)
     # (n, 1, 2) + (1, k, 2): every disk pixel of every particle, no per-pixel loop
     pixels = (centres[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
     inside = (
@@ -46,7 +46,7 @@ def positive_mask(shape: tuple[int, int], xy: np.ndarray, radius_px: float) -> n
 
 
 def positive_masks(
-    shapes: Mapping[str, tuple[int, int]], coordinates: pd.DataFrame, radius_px: float
+    shapes: Mapping[str, tuple[int, int]], coordinates: pd.DataFrame, radius_px_model: float
 ) -> dict[str, np.ndarray]:
     """:func:`positive_mask` per micrograph: ``{name: mask}`` for every name in ``shapes``.
 
@@ -59,5 +59,5 @@ def positive_masks(
     for name, shape in shapes.items():
         g = groups.get(name)
         xy = np.zeros((0, 2)) if g is None else g[["x", "y"]].to_numpy(dtype=np.float64)
-        out[name] = positive_mask(tuple(shape), xy, radius_px)
+        out[name] = positive_mask(tuple(shape), xy, radius_px_model)
     return out

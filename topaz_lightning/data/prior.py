@@ -58,10 +58,10 @@ def check_prior_settings(
 def pi_from_particles_per_micrograph(
     particles_per_micrograph: float,
     shape: tuple[float, float],
-    radius_px: float,
+    label_radius_px_model: float,
     key: str = "data.particles_per_micrograph",
 ) -> float:
-    """Dataset prior ``pi = particles_per_micrograph * disk_area(radius_px) / (H * W)``.
+    """Dataset prior ``pi = particles_per_micrograph * disk_area(label_radius_px_model) / (H * W)``.
 
     ``shape`` is the (H, W) of a micrograph as the classifier sees it (model frame); for
     micrographs of different sizes pass the mean area as ``(1, mean_H_times_W)``. Overlap between
@@ -75,11 +75,11 @@ def pi_from_particles_per_micrograph(
     n_regions = float(shape[0]) * float(shape[1])
     if n_regions <= 0:
         raise ValueError(f"micrograph shape must be positive, got {tuple(shape)}")
-    pi = particles_per_micrograph * disk_area(radius_px) / n_regions
+    pi = particles_per_micrograph * disk_area(label_radius_px_model) / n_regions
     if pi >= 1:
         raise ConfigError(
             key,
-            f"{particles_per_micrograph} particles with label radius {radius_px} px cover "
+            f"{particles_per_micrograph} particles with label radius {label_radius_px_model} model px cover "
             f"{pi:.3g} of a micrograph of {n_regions:.0f} model pixels (pi must be < 1)",
         )
     return float(pi)

@@ -3,7 +3,7 @@
 How a minibatch is made (``PUPatchSampler.batch(step)``):
 
 1. All training micrographs live in one zero-padded tensor stack on ``device`` (the GPU when
-   training on one). Labeled positive regions (pixels within ``radius_px`` of a labeled particle,
+   training on one). Labeled positive regions (pixels within ``radius_px_model`` of a labeled particle,
    see :func:`topaz_lightning.data.labels.positive_mask`) are kept as a flat index table.
 2. ``n_positive`` centres are drawn uniformly (with replacement) from all labeled positive regions;
    ``n_unlabeled`` centres uniformly from every region EXCEPT the labeled positive ones (uniform
@@ -149,13 +149,14 @@ class PUPatchSampler:
         cls,
         micrographs: Sequence[np.ndarray | torch.Tensor],
         coordinates: Sequence[np.ndarray],
-        radius_px: float,
+        radius_px_model: float,
         patch_size: int,
         **kwargs,
     ) -> PUPatchSampler:
-        """Build from per-micrograph labeled particle coordinates ``(n_i, 2)`` as ``(x, y)``."""
+        """Build from per-micrograph labeled particle coordinates ``(n_i, 2)`` as ``(x, y)`` and
+        the label radius, all in model pixels."""
         masks = [
-            positive_mask(tuple(image.shape), xy, radius_px)
+            positive_mask(tuple(image.shape), xy, radius_px_model)
             for image, xy in zip(micrographs, coordinates, strict=True)
         ]
         return cls(micrographs, masks, patch_size, **kwargs)
