@@ -695,6 +695,8 @@ def test_choice_rules_and_the_tie(tmp_path, capsys):
     text = "\n".join(one_se.lines("val/aupr"))
     assert "Chosen: data.pi=0.02" in text and "one-standard-error rule" in text and "n=4" in text
     assert "1 of 2 other setting(s) significantly worse" in text
+    assert "The choice against the best mean (data.pi=0.05): val/aupr -0.01" in text
+    assert "pairs: not significantly different." in text
     with pytest.raises(ConfigError, match="rule"):
         choose(table, jobs, ["data.pi"], "val/aupr", rule="highest")
 

@@ -612,6 +612,21 @@ class Choice:
             f"n={int(self.row[f'{metric} n'])}) by {self.rule_text}."
         ]
         tested = [t for t in self.tests if math.isfinite(t.p)]
+        chosen = next(
+            (t for t in self.tests if all(_same(t.setting[k], v) for k, v in self.setting.items())),
+            None,
+        )
+        if chosen is not None:
+            # the rule's choice is not the best mean: say how far below it is, on the same test
+            verdict = (
+                "significantly worse on the paired test, though within the rule's margin"
+                if math.isfinite(chosen.p) and chosen.p < self.alpha
+                else "not significantly different"
+            )
+            out.append(
+                f"The choice against the best mean ({setting_text(self.best)}): {metric} "
+                f"{-chosen.mean_diff:+.3f}, p={p_text(chosen.p)} over {chosen.n} pairs: {verdict}."
+            )
         if not self.tests:
             out.append("No paired test: the jobs share no fold or seed to match on.")
         elif self.tie:
