@@ -57,6 +57,8 @@ def _scene(names, seed=0, picks_per=40, shape=(60, 80), truth=True):
         return picks, images, None
     near = picks.sample(frac=0.4, random_state=seed)[["micrograph", "x", "y"]].copy()
     near[["x", "y"]] += rng.normal(scale=2.0, size=(len(near), 2))
+    near["x"] = near["x"].clip(0, shape[1] - 1)
+    near["y"] = near["y"].clip(0, shape[0] - 1)
     far = pd.DataFrame(
         {
             "micrograph": rng.choice(names, size=len(names) * 5),
@@ -375,6 +377,54 @@ def test_cli_writes_the_page_from_files(empiar10017_dir, tmp_path, monkeypatch, 
         main()
     assert exc.value.code == 2
     assert "particle_diameter_px" in capsys.readouterr().err
+
+
+def test_cli_takes_diameter_match_distance_and_expected_count_from_the_model(tmp_path, monkeypatch):
+    import json
+
+    from topaz_lightning.cli.browse import main
+    from topaz_lightning.geometry import RunGeometry
+    from topaz_lightning.io.coordinates import write_coordinates
+    from topaz_lightning.io.micrographs import write_micrograph
+    from topaz_lightning.models import Conv31, save_model
+
+    picks, images, truth = _scene(["m1", "m2"], shape=(96, 128))
+    for name, image in images.items():
+        write_micrograph(tmp_path / "mics" / f"{name}.mrc", image)
+    write_coordinates(picks, tmp_path / "picks.tsv")
+    write_coordinates(truth, tmp_path / "truth.tsv")
+    geometry = RunGeometry(
+        downsample=2.0,
+        particle_radius_px=7.0,
+        label_radius_px_model=1.0,
+        match_distance_px_model=2.5,
+        pi=0.05,
+    )
+    save_model(
+        tmp_path / "model.pt", Conv31(widths=[2, 2, 2]), extra={"geometry": geometry.to_dict()}
+    )
+    out = tmp_path / "p.html"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "tzl-browse",
+            f"picks={tmp_path / 'picks.tsv'}",
+            f"micrographs={tmp_path / 'mics'}",
+            f"truth={tmp_path / 'truth.tsv'}",
+            f"model_path={tmp_path / 'model.pt'}",
+            f"output={out}",
+        ],
+    )
+    main()
+    text = out.read_text()
+    data = json.loads(re.search(r'id="tzl-data">(.*?)</script>', text, re.S).group(1))
+    assert data["particle_diameter_px"] == 14.0
+    assert data["match_distance_px"] == 5.0  # 2.5 model px at downsample 2
+    # pi * (96 / 2) * (128 / 2) / disk_area(1) = 0.05 * 3072 / 5
+    assert [m["expected"] for m in data["micrographs"]] == pytest.approx([30.72, 30.72])
+    assert data["expected_source"] == "the model's pi"
 
 
 def test_cli_help_names_existing_keys(monkeypatch, capsys):
