@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +58,9 @@ def resolve_max_distance(cfg: DictConfig) -> float:
     simulated dataset's (``dataset``: ``match_distance_px`` of its dataset.yaml)."""
     value = cfg.get("max_distance")
     if value is not None:
-        try:
-            distance = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError("max_distance", f"must be a number >= 0, got {value!r}") from None
-        if not (distance >= 0 and math.isfinite(distance)):
-            raise ConfigError("max_distance", f"must be a finite number >= 0, got {value}")
-        return distance
+        from topaz_lightning.cli.validate import check_max_distance
+
+        return check_max_distance(value)
     if cfg.get("model_path"):
         from topaz_lightning.geometry import RunGeometry
         from topaz_lightning.models import load_model

@@ -332,11 +332,27 @@ def validate_pick(cfg: DictConfig) -> None:
         _writable_parent("output", target)
 
 
+def check_max_distance(value, key: str = "max_distance") -> float:
+    """The match distance setting as a float: a finite number >= 0 (ConfigError naming ``key``);
+    the one check, used before any work and by ``cli.evaluate.resolve_max_distance``."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a number >= 0, got {value!r}")
+    try:
+        distance = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a number >= 0, got {value!r}") from None
+    if not (distance >= 0 and math.isfinite(distance)):
+        raise ConfigError(key, f"must be a finite number >= 0, got {value}")
+    return distance
+
+
 def validate_evaluate(cfg: DictConfig) -> None:
     """tzl-evaluate: match distance, matching rule, formats, overlay settings."""
     from topaz_lightning.metrics.matching import MATCH_BOUNDARIES, MATCHING_METHODS
 
-    number(cfg, "max_distance", minimum=0, allow_none=True)
+    max_distance = _get(cfg, "max_distance")
+    if max_distance not in (_MISSING, None):
+        check_max_distance(max_distance)
     choice(cfg, "matching", MATCHING_METHODS)
     choice(cfg, "match_boundary", MATCH_BOUNDARIES)
     _coordinate_format(cfg, "picks_format")
