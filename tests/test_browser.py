@@ -287,6 +287,28 @@ def test_slider_and_top_k_counts_match_python(chromium, tmp_path):
     shown_names = page.locator(".card .name").all_inner_texts()
     assert shown_names == names[PAGE_SIZE:]
     assert page.locator("#grid img").count() == 0  # names never became elements
+    # ordered by count (at the current setting) and filtered by name
+    page.select_option("#sort", "picks-desc")
+    listed = [
+        int(c)
+        for c in page.locator(".card .count").evaluate_all(
+            "(els) => els.map((e) => e.dataset.count)"
+        )
+    ]
+    assert listed == sorted(counts.to_numpy(), reverse=True)[:PAGE_SIZE]
+    page.select_option("#sort", "missed-desc")
+    first = int(page.locator(".card").first.get_attribute("data-index"))
+    missed = {
+        n: _reference(picks, truth[truth["micrograph"] == n], 0.25, None, distance)[2]
+        for n in names
+    }
+    assert missed[names[first]] == max(missed.values())
+    page.fill("#filter", "mic1")
+    in_order = [n for n in names if "mic1" in n]
+    assert sorted(page.locator(".card .name").all_inner_texts()) == in_order
+    page.select_option("#sort", "given")
+    assert page.locator(".card .name").all_inner_texts() == in_order
+    assert "of 10 listed, 33 in all" in page.inner_text("#page-label")
     assert problems == []
 
 

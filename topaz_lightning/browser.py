@@ -451,7 +451,12 @@ _TEMPLATE = """<!DOCTYPE html>
    <figcaption id="pr-caption"></figcaption></figure>
   <div id="legend"></div>
 </section>
-<nav id="pager"><button id="prev" type="button">&larr; previous</button>
+<nav id="pager"><label>order <select id="sort">
+  <option value="given">as given</option><option value="picks-desc">most picks</option>
+  <option value="picks-asc">fewest picks</option><option value="false-desc">most false picks</option>
+  <option value="missed-desc">most missed particles</option></select></label>
+ <label>name contains <input type="search" id="filter"></label>
+ <button id="prev" type="button">&larr; previous</button>
  <span id="page-label"></span><button id="next" type="button">next &rarr;</button></nav>
 <main id="grid"></main>
 <script type="application/json" id="tzl-data">__DATA__</script>
@@ -478,7 +483,7 @@ figure { margin: 0; } figcaption { font-size: .8em; color: #555; }
 #legend span { display: inline-block; margin-right: 1em; font-size: .9em; }
 #legend i { display: inline-block; width: .9em; height: .9em; border-radius: 50%;
   border: 2px solid; margin-right: .3em; vertical-align: middle; }
-#pager { margin: .5em 0; } #pager span { margin: 0 1em; }
+#pager { margin: .5em 0; } #pager span { margin: 0 1em; } #pager label { margin-right: 1em; }
 #grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: .8em; }
 .card { background: #fff; border: 1px solid #ddd; padding: .3em; cursor: zoom-in; }
 .card.wide { grid-column: 1 / -1; cursor: zoom-out; }
@@ -642,7 +647,27 @@ _SCRIPT = r"""
 
   // thumbnails: one page at a time; images are decoded only for the page shown
   const grid = $("grid");
-  const pages = Math.max(1, Math.ceil(M.length / D.page_size));
+  // the micrographs listed, in order: filtered by name, sorted at the setting when chosen
+  let view = M.map((m, i) => i), pages = 1;
+  function makeView() {
+    const needle = $("filter").value.toLowerCase();
+    view = [];
+    for (let i = 0; i < M.length; i++) if (M[i].name.toLowerCase().includes(needle)) view.push(i);
+    const how = $("sort").value;
+    if (how !== "given") {
+      const key = (i) => {
+        const n = shown(M[i]), c = counts(M[i], n);
+        if (how === "picks-desc") return -n;
+        if (how === "picks-asc") return n;
+        if (!c) return Infinity;  // unannotated micrographs last
+        return how === "false-desc" ? -c.false : -c.missed;
+      };
+      const keys = new Map(view.map((i) => [i, key(i)]));
+      view.sort((a, b) => keys.get(a) - keys.get(b) || a - b);
+    }
+    pages = Math.max(1, Math.ceil(view.length / D.page_size));
+    state.page = 0;
+  }
   let cards = [];
   function draw(card) {
     const m = card.m, ctx = card.canvas.getContext("2d");
@@ -681,8 +706,8 @@ _SCRIPT = r"""
     cards = [];
     document.body.dataset.loaded = 0;
     const start = state.page * D.page_size;
-    for (let i = start; i < Math.min(M.length, start + D.page_size); i++) {
-      const m = M[i], el = make("div", "card");
+    for (let k = start; k < Math.min(view.length, start + D.page_size); k++) {
+      const i = view[k], m = M[i], el = make("div", "card");
       el.dataset.index = i;
       el.title = "click to enlarge / shrink";
       el.addEventListener("click", () => el.classList.toggle("wide"));
@@ -702,12 +727,16 @@ _SCRIPT = r"""
       img.src = m.thumb;
       cards.push(card);
     }
-    text($("page-label"), "page " + (state.page + 1) + " / " + pages + " (micrographs " +
-      (M.length ? start + 1 : 0) + "-" + Math.min(M.length, start + D.page_size) + " of " + M.length + ")");
+    text($("page-label"), "page " + (state.page + 1) + " / " + pages + " (" +
+      (view.length ? start + 1 : 0) + "-" + Math.min(view.length, start + D.page_size) + " of " +
+      view.length + (view.length < M.length ? " listed, " + M.length + " in all)" : ")"));
     $("prev").disabled = state.page === 0;
     $("next").disabled = state.page >= pages - 1;
     for (const card of cards) caption(card);
   }
+  $("sort").addEventListener("change", () => { makeView(); renderPage(); });
+  $("filter").addEventListener("input", () => { makeView(); renderPage(); });
+  if (!hasTruth) for (const v of ["false-desc", "missed-desc"]) $("sort").querySelector("option[value=" + v + "]").remove();
   $("prev").addEventListener("click", () => { if (state.page > 0) { state.page--; renderPage(); } });
   $("next").addEventListener("click", () => { if (state.page < pages - 1) { state.page++; renderPage(); } });
 
@@ -757,6 +786,7 @@ _SCRIPT = r"""
     }
   }
 
+  makeView();
   renderPage();
   setThreshold(state.threshold, null);
   document.body.dataset.ready = "1";
