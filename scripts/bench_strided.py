@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -39,7 +38,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 VARIANTS: dict[str, dict] = {
     "dense": {"scoring": "dense"},
     "strided": {"scoring": "strided", "refine": "window"},
-    "strided_shrunk": {"scoring": "strided", "refine": "window", "shrink": True},
     "strided_centroid": {"scoring": "strided", "refine": "centroid"},
     "strided_none": {"scoring": "strided", "refine": "none"},
 }
@@ -56,31 +54,13 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
-def pick_once(
-    net, image: np.ndarray, settings, name: str, shrink: bool
-) -> tuple[pd.DataFrame, float]:
+def pick_once(net, image: np.ndarray, settings, name: str) -> tuple[pd.DataFrame, float]:
     """Picks (micrograph frame) of one micrograph and the seconds it took."""
-    from topaz_lightning.picking import predict, strided
+    from topaz_lightning.picking.predict import pick_micrograph
 
-    if not shrink:
-        start = time.perf_counter()
-        picks = predict.pick_micrograph(net, image, settings, name).picks
-        return picks, time.perf_counter() - start
-    # the coarse NMS radius shrunk by sqrt(2) * stride (strided_picks' coarse_shrink_px_model)
-    original = strided.strided_picks
-    stride = strided.native_stride(net)
-
-    def shrunk(*args, **kw):
-        return original(*args, coarse_shrink_px_model=math.sqrt(2) * stride, **kw)
-
-    predict.strided_picks = shrunk
-    try:
-        start = time.perf_counter()
-        picks = predict.pick_micrograph(net, image, settings, name).picks
-        elapsed = time.perf_counter() - start
-    finally:
-        predict.strided_picks = original
-    return picks, elapsed
+    start = time.perf_counter()
+    picks = pick_micrograph(net, image, settings, name).picks
+    return picks, time.perf_counter() - start
 
 
 def evaluate(picks: pd.DataFrame, held) -> dict:
@@ -123,14 +103,12 @@ def run_fold(out: Path, data, labels: str, fold: int, variants: list[str], repea
     (name,) = held.test_names
     image = held.normalized["pick"][name]
     torch.set_num_threads(1)
-    pick_once(net, image[:64, :64], base, name, False)  # oneDNN set-up outside the timing
+    pick_once(net, image[:64, :64], base, name)  # oneDNN set-up outside the timing
     for variant in todo:
-        spec = dict(VARIANTS[variant])
-        shrink = bool(spec.pop("shrink", False))
-        settings = base.replace(**spec)
+        settings = base.replace(**VARIANTS[variant])
         times = []
         for _ in range(1 if variant == "dense" else repeats):
-            picks, seconds = pick_once(net, image, settings, name, shrink)
+            picks, seconds = pick_once(net, image, settings, name)
             times.append(seconds)
         result = {
             "labels": labels,
