@@ -488,7 +488,7 @@ def _pick_commands(
             f"model_path={job_dir / 'model.pt'}",
             f"micrographs={micrographs}",
             f"subset={subset}",
-            f"radius={radius:g}",
+            f"nms_radius_px_model={radius:g}",
             f"output_dir={job_dir / 'test_picks'}",
             "progress=false",
             "overwrite=true",

@@ -305,7 +305,7 @@ def test_cells_and_train_commands(paper_tables, tmp_path):
     pick, evaluate = paper_tables.pick_commands(tmp_path / "r0", tmp_path / "ds", 10, 7)
     assert (
         pick[0] == "tzl-pick"
-        and "radius=10" in pick
+        and "nms_radius_px_model=10" in pick
         and f"subset={tmp_path / 'ds' / 'test.txt'}" in pick
     )
     assert evaluate[0] == "tzl-evaluate" and "max_distance=7" in evaluate
@@ -428,7 +428,9 @@ def test_experiment_spec_reads_the_real_dataset(paper_tables):
     assert spec.nms_radius_px_model == nms and spec.match_distance_px_model == 13.5
     assert spec.particle_radius_px_model == 13.5
     pick, evaluate = paper_tables.pick_commands_for(Path("/r0"), spec)
-    assert "subset=[Falcon_2012_06_12-15_27_22_0]" in pick and f"radius={nms:g}" in pick
+    assert (
+        "subset=[Falcon_2012_06_12-15_27_22_0]" in pick and f"nms_radius_px_model={nms:g}" in pick
+    )
     # tzl-evaluate compares micrograph-frame coordinates: 13.5 model px x 4
     assert "max_distance=54" in evaluate
     with pytest.raises(SystemExit, match="no such experiment"):

@@ -259,3 +259,22 @@ def test_pi_kfold_states_its_choice_rule():
     assert list(callback.test_list) == ["x"]
     with pytest.raises(ConfigError, match="rule"):
         SweepReport(rule="highest")
+
+
+def test_lomo_is_a_multirun_config(tmp_path, capsys):
+    cfg = _compose_train(["hparams_search=lomo", "experiment=lomo_empiar10017"])
+    assert cfg.hydra.sweeper.params["data.fold"] == "range(0,4)"
+    assert cfg.data.num_folds == 4 and cfg.data.val_list is None
+    callback = instantiate(cfg.hydra.callbacks.lomo_report)
+    assert callback.group_by is None and callback.rule == "best" and not callback.refit
+    # only the folds swept: one row over the micrographs, no choice to make
+    sweep = tmp_path / "sweep"
+    for fold, aupr in enumerate([0.80, 0.85, 0.78, 0.83]):
+        job = sweep / str(fold)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"data.fold={fold}"]))
+        (job / "metrics.json").write_text(json.dumps({"val/aupr": aupr, "val/precision@0.9": 0.7}))
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    out = capsys.readouterr().out
+    assert "| 0.815 ± 0.031 | 0.700 ± 0.000 | 4 |" in out  # sample std 0.0311
+    assert "No chosen setting" not in out and "Chosen" not in out

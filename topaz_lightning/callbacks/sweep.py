@@ -258,7 +258,9 @@ class SweepReport(Callback):
         summary = report_run(cfg)
         choice = summary.get("choice")
         if choice is None:
-            print("No chosen setting: every group lacks the metric.")
+            if summary.get("group_by"):
+                print("No chosen setting: every group lacks the metric.")
+            # nothing compared (e.g. only folds swept): the table's one row is the result
             return summary
         metric = self.metrics[0]
         setting = {k: _plain(v) for k, v in choice.setting.items()}
