@@ -181,6 +181,17 @@ def test_refuses_overwrite_and_bad_input(tmp_path):
     with pytest.raises(InputError, match="row 4"):
         write_pick_browser(bad, images, tmp_path / "q.html", 10.0)
     assert not (tmp_path / "q.html").exists()
+    # unreadable micrographs: left out and reported; all unreadable: the error
+    (tmp_path / "bad.mrc").write_bytes(b"\x00" * 100)
+    skipped = []
+    write_pick_browser(
+        picks, {**images, "bad": tmp_path / "bad.mrc"}, tmp_path / "r.html", 10.0, skipped=skipped
+    )
+    assert [name for name, _ in skipped] == ["bad"] and "bad.mrc" in skipped[0][1]
+    with pytest.raises(InputError, match="bad.mrc"):
+        write_pick_browser(
+            picks.assign(micrograph="bad"), {"bad": tmp_path / "bad.mrc"}, tmp_path / "s.html", 10.0
+        )
 
 
 # --------------------------------------------------------------------------- in Chromium
@@ -399,6 +410,17 @@ def test_cli_writes_the_page_from_files(empiar10017_dir, tmp_path, monkeypatch, 
         main()
     assert exc.value.code == 2
     assert "particle_diameter_px" in capsys.readouterr().err
+    # an unreadable micrograph is left out and named; the page is written, exit 3
+    (images / "broken.jpg").write_bytes(b"not a picture")
+    out.unlink()
+    monkeypatch.setattr(sys, "argv", [*args, "overwrite=true"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 3
+    assert "broken" in capsys.readouterr().err
+    text = out.read_text()
+    assert '"unreadable":["broken"]' in text
+    assert text.count("data:image/jpeg;base64,") == 2
 
 
 def test_cli_takes_diameter_match_distance_and_expected_count_from_the_model(tmp_path, monkeypatch):

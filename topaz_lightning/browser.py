@@ -240,6 +240,7 @@ def write_pick_browser(
     expected_source: str = "the model's pi",
     title: str = "topaz-lightning picks",
     description: str | None = None,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Path:
     """Write the pick browser for ``picks`` on ``micrographs`` to ``out_path`` (one HTML file).
 
@@ -254,6 +255,10 @@ def write_pick_browser(
     that keeps the expected number of picks in all, else every pick). ``expected_source`` says
     where the expected count comes from, beside it on the page. Written atomically; an
     existing file is refused unless ``overwrite``. Returns the written path.
+
+    A micrograph that cannot be read is left out with a warning and named on the page; when a
+    list is given as ``skipped`` it receives ``(name, reason)`` for each. When none can be read
+    the first error is raised.
     """
     from topaz_lightning.metrics import match_picks, precision_recall_curve
     from topaz_lightning.plots import MATCHED_COLOR, TRUTH_COLOR, UNMATCHED_COLOR
@@ -317,8 +322,16 @@ def write_pick_browser(
     pick_groups = {n: g for n, g in table.groupby("micrograph", sort=False)}
     records = []
     all_scores, all_matched, n_true = [], [], 0
+    unreadable: list[tuple[str, str]] = []
+    first_error: InputError | None = None
     for name in names:
-        image = _load_image(name, micrographs[name])
+        try:
+            image = _load_image(name, micrographs[name])
+        except InputError as err:  # one bad file among many: show the others
+            log.warning("skipping micrograph %r: %s", name, err)
+            unreadable.append((name, str(err)))
+            first_error = first_error or err
+            continue
         picture, factor = thumbnail(image, downsample_for_thumbnail)
         group = pick_groups.get(name)
         group = _ordered(group) if group is not None else table.iloc[:0]
@@ -357,6 +370,10 @@ def write_pick_browser(
             all_matched.append(match >= 0)
             n_true += len(true_xy)
         records.append(record)
+    if skipped is not None:
+        skipped.extend(unreadable)
+    if not records and first_error is not None:
+        raise first_error
 
     shown_scores = np.concatenate(
         [np.asarray(r["score"], dtype=np.float64) for r in records] or [np.zeros(0)]
@@ -404,6 +421,7 @@ def write_pick_browser(
         "histogram": _histogram(shown_scores, histogram_matched),
         "curve": curve,
         "micrographs": records,
+        "unreadable": [name for name, _ in unreadable],
     }
     page = (
         _TEMPLATE.replace("__TITLE__", html.escape(str(title)))
@@ -433,7 +451,8 @@ _TEMPLATE = """<!DOCTYPE html>
 <style>__STYLE__</style>
 </head>
 <body>
-<header><h1 id="title"></h1><p id="description"></p><p id="settings"></p></header>
+<header><h1 id="title"></h1><p id="description"></p><p id="settings"></p>
+<p id="unreadable"></p></header>
 <section id="controls">
   <label>threshold (logit) <input type="range" id="threshold"></label>
   <input type="number" id="threshold-value" aria-label="threshold value">
@@ -469,6 +488,7 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1em; background: #fafafa; color: #222; }
 h1 { font-size: 1.3em; margin: 0 0 .2em 0; }
 header p { margin: .1em 0; color: #555; }
+#unreadable { color: #b00; }
 #controls { position: sticky; top: 0; background: #fafafa; padding: .5em 0; z-index: 2;
   border-bottom: 1px solid #ddd; }
 #controls label { margin-right: 1em; }
@@ -550,6 +570,11 @@ _SCRIPT = r"""
   text($("settings"), "particle diameter " + fmt(D.particle_diameter_px) + " px" +
     (D.match_distance_px !== null ? "; match distance " + fmt(D.match_distance_px) + " px" : "") +
     "; " + M.length + " micrographs, " + allScores.length + " picks");
+
+  if (D.unreadable.length) {
+    text($("unreadable"), D.unreadable.length + " micrograph(s) could not be read and are not shown: " +
+      D.unreadable.slice(0, 5).join(", ") + (D.unreadable.length > 5 ? ", ..." : ""));
+  }
 
   // legend
   const legend = $("legend");

@@ -10,7 +10,8 @@ missed particles are drawn, and the precision-recall curve shows the current set
 The particle diameter, the expected count and the match distance come from ``model_path=``
 (the trained model's geometry and pi) unless given; without a model ``particle_diameter_px`` is
 required. tzl-browse keeps no run stamps: it writes only its output (refused if it exists,
-unless ``overwrite=true``).
+unless ``overwrite=true``). A micrograph that cannot be read is left out and named on the page;
+the page is written and the command exits with status 3.
 
 Example usage::
 
@@ -32,7 +33,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from topaz_lightning.cli._hydra import entry_point, require
-from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.errors import ConfigError, InputError, PartialFailureError
 
 log = logging.getLogger("topaz_lightning")
 
@@ -127,7 +128,8 @@ def run(cfg: DictConfig) -> Path:
         raise InputError(
             "picks have no score column; the browser thresholds scores", str(cfg.picks)
         )
-    return write_pick_browser(
+    skipped: list[tuple[str, str]] = []
+    path = write_pick_browser(
         picks,
         files,
         output,
@@ -143,7 +145,11 @@ def run(cfg: DictConfig) -> Path:
         description=f"picks {cfg.picks}; micrographs {cfg.micrographs}"
         + (f"; truth {cfg.truth}" if cfg.get("truth") else "")
         + (f"; model {cfg.model_path}" if cfg.get("model_path") else ""),
+        skipped=skipped,
     )
+    if skipped:  # the page shows the others; exit 3 says some were left out
+        raise PartialFailureError(skipped)
+    return path
 
 
 @entry_point("browse")
