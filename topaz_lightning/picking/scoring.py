@@ -85,8 +85,8 @@ def score_micrographs(
     gradients; its train/eval state is restored after.
     ``scoring="strided"`` (:mod:`topaz_lightning.picking.strided`, needs ``radius_px_model``,
     the NMS radius): ``-inf`` except at the strided picks (NMS radius ``radius_px_model``,
-    ``nms_boundary``, ``refine``, ``threshold``), which hold their scores, so NMS with that
-    radius on the map returns exactly the strided picks. For picking, call
+    ``nms_boundary``, ``refine``, ``threshold``), which hold their scores (centroid
+    positions rounded to the pixel), so NMS with radius 0 on the map returns exactly them. For picking, call
     :func:`topaz_lightning.picking.predict.pick_micrograph` instead (no full-size map).
     """
     if batch_size < 1:
