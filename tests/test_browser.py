@@ -157,6 +157,12 @@ def test_page_is_self_contained_and_escapes_names(tmp_path):
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text)
     assert "default-src 'none'" in text
     assert text.count("data:image/jpeg;base64,") == len(images)
+    # a title is text too, and never taken for a marker of the page's template
+    title = "</title><script>alert(3)</script> __DATA__ __SCRIPT__"
+    out = write_pick_browser(picks, images, tmp_path / "t.html", 10.0, title=title)
+    text = out.read_text()
+    assert "&lt;/title&gt;&lt;script&gt;alert(3)&lt;/script&gt; __DATA__ __SCRIPT__" in text
+    assert text.count("<script") == 2
 
 
 def test_refuses_overwrite_and_bad_input(tmp_path):
@@ -176,6 +182,8 @@ def test_refuses_overwrite_and_bad_input(tmp_path):
         write_pick_browser(picks.drop(columns="score"), images, tmp_path / "q.html", 10.0)
     with pytest.raises(InputError, match="particle_diameter_px"):
         write_pick_browser(picks, images, tmp_path / "q.html", 0.0)
+    with pytest.raises(InputError, match="expected_per_micrograph.*'m2'"):
+        write_pick_browser(picks, images, tmp_path / "q.html", 10.0, {"m1": 5, "m2": float("nan")})
     bad = picks.copy()
     bad.loc[4, "x"] = np.nan
     with pytest.raises(InputError, match="row 4"):

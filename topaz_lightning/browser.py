@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -208,9 +209,13 @@ def _thin_curve(recall: np.ndarray, precision: np.ndarray, thresholds: np.ndarra
     }
 
 
-def _histogram(scores: np.ndarray, matched: np.ndarray | None) -> dict:
+def _histogram(
+    scores: np.ndarray, annotated: np.ndarray | None, matched: np.ndarray | None
+) -> dict:
+    """Counts per score bin of all picks and, with truth, of the picks on annotated micrographs
+    and of the matched ones (each a subset of the one before)."""
     if scores.size == 0:
-        return {"edges": [], "all": [], "matched": None}
+        return {"edges": [], "all": [], "annotated": None, "matched": None}
     lo, hi = float(scores.min()), float(scores.max())
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
@@ -219,9 +224,11 @@ def _histogram(scores: np.ndarray, matched: np.ndarray | None) -> dict:
     out = {
         "edges": [round(float(e), SCORE_DECIMALS + 1) for e in edges],
         "all": counts.tolist(),
+        "annotated": None,
         "matched": None,
     }
-    if matched is not None:
+    if annotated is not None and matched is not None:
+        out["annotated"] = np.histogram(scores[annotated], bins=edges)[0].tolist()
         out["matched"] = np.histogram(scores[matched], bins=edges)[0].tolist()
     return out
 
@@ -341,6 +348,16 @@ def write_pick_browser(
             expected = expected_per_micrograph.get(name)
         else:
             expected = expected_per_micrograph
+        if expected is not None:
+            try:
+                value = float(expected)
+            except (TypeError, ValueError):
+                value = math.nan
+            if not (value >= 0 and math.isfinite(value)):
+                raise InputError(
+                    f"must be a finite number >= 0, got {expected!r} for {name!r}",
+                    where="expected_per_micrograph",
+                )
         record = {
             "name": name,
             "width": int(image.shape[1]),
@@ -379,7 +396,7 @@ def write_pick_browser(
         [np.asarray(r["score"], dtype=np.float64) for r in records] or [np.zeros(0)]
     )
     curve = None
-    histogram_matched = None
+    histogram_annotated = histogram_matched = None
     if truth_groups:
         scores_a = np.concatenate(all_scores) if all_scores else np.zeros(0)
         matched_a = np.concatenate(all_matched) if all_matched else np.zeros(0, bool)
@@ -391,6 +408,9 @@ def write_pick_browser(
             "best_f1_threshold": ev.best_f1_threshold,
             "n_true": n_true,
         }
+        histogram_annotated = np.concatenate(
+            [np.full(len(r["score"]), r["annotated"]) for r in records] or [np.zeros(0, bool)]
+        )
         histogram_matched = np.concatenate(
             [np.asarray(r.get("matched", [0] * len(r["score"])), dtype=bool) for r in records]
             or [np.zeros(0, bool)]
@@ -418,17 +438,19 @@ def write_pick_browser(
             "false": UNMATCHED_COLOR,
             "missed": TRUTH_COLOR,
         },
-        "histogram": _histogram(shown_scores, histogram_matched),
+        "histogram": _histogram(shown_scores, histogram_annotated, histogram_matched),
         "curve": curve,
         "micrographs": records,
         "unreadable": [name for name, _ in unreadable],
     }
-    page = (
-        _TEMPLATE.replace("__TITLE__", html.escape(str(title)))
-        .replace("__STYLE__", _STYLE)
-        .replace("__SCRIPT__", _SCRIPT)
-        .replace("__DATA__", _json_for_script(data))
-    )
+    parts = {
+        "TITLE": html.escape(str(title)),
+        "STYLE": _STYLE,
+        "SCRIPT": _SCRIPT,
+        "DATA": _json_for_script(data),
+    }
+    # one pass over the template: what is put in is never searched for markers again
+    page = re.sub(r"__(TITLE|STYLE|SCRIPT|DATA)__", lambda m: parts[m.group(1)], _TEMPLATE)
     with atomic_output(out_path, overwrite=overwrite) as tmp:
         tmp.write_text(page, encoding="utf-8")
     log.info(
@@ -624,12 +646,16 @@ _SCRIPT = r"""
   if (H.edges.length) {
     const peak = Math.max(1, ...H.all);
     const hy = (c) => HH - HB - c / peak * (HH - HB - HT);
+    // nested bars from the bottom: all picks (grey), on annotated micrographs (false colour),
+    // matched (matched colour)
+    const layers = [[H.all, "#888"]];
+    if (H.annotated) layers.push([H.annotated, D.colors.false], [H.matched, D.colors.matched]);
     for (let i = 0; i < H.all.length; i++) {
       const x0 = hx(H.edges[i]), x1 = hx(H.edges[i + 1]);
-      hist.appendChild(svg("rect", { x: x0, y: hy(H.all[i]), width: Math.max(x1 - x0 - 0.5, 0.5),
-        height: HH - HB - hy(H.all[i]), fill: hasTruth ? D.colors.false : "#888" }));
-      if (H.matched) hist.appendChild(svg("rect", { x: x0, y: hy(H.matched[i]),
-        width: Math.max(x1 - x0 - 0.5, 0.5), height: HH - HB - hy(H.matched[i]), fill: D.colors.matched }));
+      for (const [values, fill] of layers) {
+        hist.appendChild(svg("rect", { x: x0, y: hy(values[i]), width: Math.max(x1 - x0 - 0.5, 0.5),
+          height: HH - HB - hy(values[i]), fill: fill }));
+      }
     }
     hist.appendChild(svg("line", { x1: HL, x2: HW - HR, y1: HH - HB, y2: HH - HB, stroke: "#444" }));
     const ends = [H.edges[0], (H.edges[0] + H.edges[H.edges.length - 1]) / 2, H.edges[H.edges.length - 1]];
