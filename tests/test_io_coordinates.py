@@ -20,7 +20,7 @@ from topaz_lightning.io import (
     validate_coordinates,
     write_coordinates,
 )
-from topaz_lightning.io.coordinates import EXTENSIONS
+from topaz_lightning.io.coordinates import EXTENSIONS, format_extension
 
 UCSF_STAR = "Ucsf_stack_1142_DW_autopick.star"
 UCSF_NAME = "Ucsf_stack_1142_DW"
@@ -108,7 +108,7 @@ def test_round_trip_real_data(fmt, dataset, tmp_path, request):
     else:
         # single-micrograph formats take the micrograph name from the file name
         stem = original["micrograph"].iloc[0] if fmt in ("box", "cryoppp") else "picks"
-        out = tmp_path / f"{stem}{EXTENSIONS[fmt]}"
+        out = tmp_path / f"{stem}{format_extension(fmt)}"
     write_coordinates(original, out, fmt=fmt, per_micrograph=per_micrograph, box_size=108)
     assert detect_format(out) == fmt
     back = read_coordinates(out)  # auto-detected
@@ -153,7 +153,7 @@ def test_round_trip_random_values(xy, fmt, tmp_path_factory):
             "score": arr[:, 2],
         }
     )
-    out = tmp_path_factory.mktemp("rt") / f"p{EXTENSIONS[fmt]}"
+    out = tmp_path_factory.mktemp("rt") / f"p{format_extension(fmt)}"
     write_coordinates(df, out, fmt=fmt)
     back = read_coordinates(out)
     assert list(back["micrograph"]) == list(df["micrograph"])
@@ -195,7 +195,7 @@ def test_star31_with_optics_and_paths(tmp_path):
 @pytest.mark.parametrize("fmt", ["star3.0", "star3.1", "tsv", "csv"])
 def test_numeric_looking_names_stay_strings(tmp_path, fmt):
     df = pd.DataFrame({"micrograph": ["001", "1e3"], "x": [1.0, 2.0], "y": [3.0, 4.0]})
-    out = write_coordinates(df, tmp_path / f"p{EXTENSIONS[fmt]}", fmt=fmt)
+    out = write_coordinates(df, tmp_path / f"p{format_extension(fmt)}", fmt=fmt)
     assert read_coordinates(out)["micrograph"].tolist() == ["001", "1e3"]
 
 
