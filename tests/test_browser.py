@@ -493,3 +493,14 @@ def test_cli_help_names_existing_keys(monkeypatch, capsys):
         assert _exists(cfg, key), key
     for line in text.split("Main keys:", 1)[1].splitlines():
         assert len(line) <= 100, line
+
+
+def test_page_with_no_picks_shows_every_particle_missed(chromium, tmp_path):
+    picks, images, truth = _scene(["a", "b"])
+    none = picks.iloc[:0]
+    out = write_pick_browser(none, images, tmp_path / "p.html", 10.0, 5, truth=truth)
+    page, problems = _open(chromium, out)
+    assert int(page.get_attribute("#total-picks", "data-count")) == 0
+    assert int(page.get_attribute("#total-truth", "data-missed")) == len(truth)
+    assert page.locator("#btn-best-f1").is_disabled()
+    assert problems == []
