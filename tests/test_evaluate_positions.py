@@ -109,3 +109,11 @@ def test_picks_in_a_format_without_scores_say_which_formats_have_them(tmp_path):
     )  # fmt: skip
     with pytest.raises(InputError, match=r"no score column \(box files store none; use tsv, star3.0, star3.1, csv\)"):  # fmt: skip
         run(cfg)
+
+
+def test_sizes_also_come_from_a_simulated_dataset(tmp_path, caplog):
+    mics = _micrographs(tmp_path)
+    mics.rename(tmp_path / "micrographs")  # the simulator's layout: <dataset>/micrographs
+    with caplog.at_level(logging.WARNING, logger="topaz_lightning"):
+        result = _run(tmp_path, [*GOOD, ("mic_1", 300, 10, 1.0)], f"dataset={tmp_path}")
+    assert result["n_picks_outside_image"] == 1 and "1 of 3 picks" in caplog.text

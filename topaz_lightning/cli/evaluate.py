@@ -135,12 +135,15 @@ def check_names(picks, truth, names: list[str] | None, source: str) -> None:
 def micrograph_shapes(cfg: DictConfig, names: set[str]) -> dict[str, tuple[int, int]]:
     """``{name: (H, W)}`` of the evaluated micrographs whose files are known: ``micrographs`` when
     it names micrograph files (a directory, glob or list of paths; a list of bare names gives
-    none) and ``overlay_micrographs``. Sizes come from the file headers (no pixels read)."""
+    none), ``overlay_micrographs`` and a simulated ``dataset``'s micrographs/. Sizes come from
+    the file headers (no pixels read)."""
     from topaz_lightning.io.micrographs import list_micrographs, read_micrograph_shape
 
     shapes: dict[str, tuple[int, int]] = {}
-    for key in ("micrographs", "overlay_micrographs"):
-        source = cfg.get(key)
+    sources = [cfg.get("micrographs"), cfg.get("overlay_micrographs")]
+    if cfg.get("dataset"):  # a simulated dataset keeps its micrographs in micrographs/
+        sources.append(str(Path(str(cfg.dataset)) / "micrographs"))
+    for source in sources:
         if source is None:
             continue
         try:
