@@ -154,7 +154,7 @@ def main() -> None:
                 cmd = [
                     sys.executable, "-m", "topaz_lightning.cli.pick", f"model_path={model}",
                     f"micrographs={mics}", f"subset={args.work / f'subset_{count}.txt'}",
-                    f"output_dir={out}", "radius=7", "device=cpu", "progress=false",
+                    f"output_dir={out}", "nms_radius_px_model=7", "device=cpu", "progress=false",
                     "overwrite=true", *extra,
                 ]  # fmt: skip
                 wall, cpu, peak, status = run_measured(cmd, env, args.work)

@@ -100,21 +100,28 @@ def test_picks_equal_the_in_memory_reference_with_radius_from_model(data):
 def test_picks_do_not_depend_on_batch_workers_or_chunks(data):
     base = _pick(data, "b1")
     _same(base, _reference(data))
-    other = _pick(data, "b2", "batch_size=3", "num_workers=2", "chunk_size=1", "tile_size=16")
+    other = _pick(data, "b2", "batch_size=3", "num_workers=2", "tile_size=16")
     _same(base, other)
 
 
 def test_radius_keys_and_model_without_geometry(data):
     base = _pick(data, "r_model", "particles_per_micrograph=5")
-    # the same radius in micrograph pixels (x2), or under its old name, gives the same picks
+    # the same radius in micrograph pixels (x2), or given for a model without geometry
     _same(base, _pick(data, "r_px", "particles_per_micrograph=5", "nms_radius_px=8"))
     _same(
-        base, _pick(data, "r_old", "particles_per_micrograph=5", "radius=4", model="old_model.pt")
+        base,
+        _pick(
+            data,
+            "r_old",
+            "particles_per_micrograph=5",
+            "nms_radius_px_model=4",
+            model="old_model.pt",
+        ),
     )
     with pytest.raises(ConfigError, match="nms_radius_px_model"):
         _pick(data, "r_none", model="old_model.pt")
     with pytest.raises(ConfigError, match="once"):
-        _pick(data, "r_two", "radius=4", "nms_radius_px=8")
+        _pick(data, "r_two", "nms_radius_px_model=4", "nms_radius_px=8")
     wider = _pick(data, "r_wide", "nms_radius_px_model=9")
     assert len(wider) < len(_pick(data, "r_all"))
 

@@ -202,7 +202,7 @@ def test_malicious_model_through_tzl_pick(tmp_path):
         "tzl-pick",
         f"model_path={path}",
         f"micrographs={mics}",
-        "radius=3",
+        "nms_radius_px_model=3",
         f"output_dir={tmp_path / 'picks'}",
         cwd=tmp_path,
     )
