@@ -102,8 +102,19 @@ def screenshot(out: Path, image: Path) -> dict:
         page.screenshot(path=str(image), type="jpeg", quality=75, full_page=True)
         totals = page.inner_text("#totals")
         browser.close()
+    # the page's matching (greedy by score) against tzl-evaluate's default (distance), same picks
+    from topaz_lightning.browser import SCORE_DECIMALS
+    from topaz_lightning.metrics import evaluate_picks
+
+    rounded = picks.assign(score=picks["score"].round(SCORE_DECIMALS))
+    by = {
+        m: evaluate_picks(rounded, truth, DIAMETER_PX / 2, matching=m)
+        for m in ("score", "distance")
+    }
     result = {
         "picks": len(picks),
+        "aupr_by_matching": {m: round(ev.aupr, 4) for m, ev in by.items()},
+        "best_f1_by_matching": {m: round(ev.best_f1, 4) for m, ev in by.items()},
         "dog_picks_s": round(pick_s, 1),
         "build_s": round(build_s, 1),
         "page_mb": round(page_path.stat().st_size / 1e6, 2),
