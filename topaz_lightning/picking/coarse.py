@@ -1,9 +1,9 @@
 """Coarse-to-fine scoring: the classifier at its native stride, exact dense scores only where picks can be.
 
-A classifier whose strides multiply to ``s`` (conv31: 4, resnet8: 8), run on a whole micrograph
-as written (patch mode, no dilation), gives the dense score at every ``s``-th pixel: output
-``[i, j]`` is the patch centred on pixel ``(x, y) = (s * j, s * i)``. That *coarse* map costs
-about ``1 / s**2`` of dense scoring. The other ``s * s - 1`` polyphase components are computed
+A classifier whose strides multiply to ``s`` (conv31, resnet8: 4; resnet8_prelu: 8), run on a
+whole micrograph as written (patch mode, no dilation), gives the dense score at every ``s``-th
+pixel: output ``[i, j]`` is the patch centred on pixel ``(x, y) = (s * j, s * i)``. That *coarse*
+map costs about ``1 / s**2`` of dense scoring. The other ``s * s - 1`` polyphase components are computed
 only in square tiles (``fine_tile`` pixels a side, batched, with their receptive-field context)
 chosen by a flood fill at a score ``level``:
 
