@@ -233,3 +233,31 @@ def test_per_micrograph_output_skips_names_that_cannot_be_file_names(tmp_path):
     assert len(report) == 2 and report[1].startswith(long_name)
     with pytest.raises(InputError, match="too long"):
         convert(table, tmp_path / "strict", output_format="tsv", per_micrograph=True)
+
+
+def test_threshold_and_top_k_filter_a_scored_picks_file(tmp_path):
+    table = tmp_path / "picks.tsv"
+    rows = [
+        ("a", 1, 1, 0.5),
+        ("a", 2, 2, 3.0),
+        ("a", 3, 3, -1.0),
+        ("a", 4, 4, 2.0),
+        ("b", 5, 5, 1.0),
+    ]
+    table.write_text(
+        "image_name\tx_coord\ty_coord\tscore\n"
+        + "".join(f"{n}\t{x}\t{y}\t{s}\n" for n, x, y, s in rows)
+    )
+    out = read_coordinates(convert(table, tmp_path / "t.tsv", threshold=0.5, top_k=2))
+    assert list(zip(out["micrograph"], out["score"], strict=True)) == [
+        ("a", 3.0),
+        ("a", 2.0),
+        ("b", 1.0),
+    ]
+    assert len(read_coordinates(convert(table, tmp_path / "k.tsv", top_k=1))) == 2
+    unscored = tmp_path / "u.tsv"
+    unscored.write_text("image_name\tx_coord\ty_coord\na\t1\t2\n")
+    with pytest.raises(InputError, match="score column"):
+        convert(unscored, tmp_path / "u_out.tsv", threshold=0)
+    with pytest.raises(ConfigError, match="top_k"):
+        convert(table, tmp_path / "bad.tsv", top_k=0)

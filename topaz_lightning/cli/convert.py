@@ -12,6 +12,9 @@ per-micrograph coordinate file in an input directory, or a micrograph of ``micro
 cannot be read, is skipped (its particles are not written) and listed in
 ``<output>.failures.tsv`` beside the output, exit status 3; ``strict=true`` stops at the first.
 
+``threshold=`` and ``top_k=`` filter any scored picks file (e.g. tzl-pick's, which with no
+threshold holds every maximum) by score, per micrograph for ``top_k``.
+
 Example usage::
 
     # CryoPPP directory -> one RELION 3.1 STAR file at 4x downsampled size
@@ -21,6 +24,9 @@ Example usage::
     tzl-convert input=data/samples/ucsf_mrc_sample/Ucsf_stack_1142_DW_autopick.star \
         output=boxes/ output_format=box box_size=64 \
         micrographs=data/samples/ucsf_mrc_sample
+
+    # keep the best 650 picks per micrograph scoring at least 0 (logit) of a tzl-pick output
+    tzl-convert input=picks/picks.tsv output=picks_top650.star threshold=0 top_k=650
 
     # JPEG frame (y down) -> original MRC frame of EMPIAR-10017 (vertical flip)
     tzl-convert input=data/samples/empiar10017_dev/coords output=mrc_frame.tsv \
@@ -139,16 +145,22 @@ def convert(
     per_micrograph: bool | None = None,
     overwrite: bool = False,
     strict: bool = True,
+    threshold: float | None = None,
+    top_k: int | None = None,
 ) -> Path:
     """Read ``input``, optionally validate, flip and scale, and write ``output``; return its path.
+
+    ``threshold`` keeps the particles scoring at least that much and ``top_k`` the best k of each
+    micrograph (both need a score column): re-thresholding any scored picks file.
 
     With ``strict=False`` a bad file in an input directory, or a micrograph that cannot be
     read, is skipped: the rest is written, the failures are listed in
     :func:`failures_path` and ``PartialFailureError`` is raised at the end.
     """
     factor = _resolve_scale(scale, downsample)
+    threshold, top_k = _check_filter(threshold, top_k)
     failures = FailureLog(strict=strict)
-    df = _read_input(input, input_format, failures)
+    df = filter_scores(_read_input(input, input_format, failures), threshold, top_k, input)
     output_text = os.fspath(output)
     output = Path(output)
     fmt = canonical_format(output_format) if output_format is not None else None
@@ -208,6 +220,43 @@ def convert(
     return written
 
 
+def _check_filter(threshold, top_k) -> tuple[float | None, int | None]:
+    import math
+
+    if threshold is not None:
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise ConfigError("threshold", f"must be a number, got {threshold!r}") from None
+        if math.isnan(threshold):
+            raise ConfigError("threshold", "must be a number, got NaN")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError("top_k", f"must be an integer >= 1, got {top_k!r}")
+    return threshold, top_k
+
+
+def filter_scores(
+    df: pd.DataFrame, threshold: float | None, top_k: int | None, source=None
+) -> pd.DataFrame:
+    """Particles scoring >= ``threshold`` and the best ``top_k`` per micrograph (ties: the first
+    in the file), in their original order."""
+    if threshold is None and top_k is None:
+        return df
+    if "score" not in df.columns:
+        raise InputError("threshold/top_k need a score column; this input has none", source)
+    out = df
+    if threshold is not None:
+        out = out[out["score"].to_numpy(dtype="float64") >= threshold]
+    if top_k is not None:
+        best = out.sort_values("score", ascending=False, kind="stable")
+        out = best.groupby("micrograph", sort=False).head(top_k).sort_index()
+    log.info(
+        "kept %d of %d particles (threshold %s, top_k %s)", len(out), len(df), threshold, top_k
+    )
+    return out.reset_index(drop=True)
+
+
 def _drop_unsafe_names(df: pd.DataFrame, fmt: str, failures: FailureLog) -> pd.DataFrame:
     """Particles of micrographs whose name cannot be a file name (path parts, control characters,
     too long) are skipped and reported (strict: the first stops the run)."""
@@ -257,6 +306,8 @@ def main(cfg: DictConfig) -> None:
         per_micrograph=cfg.per_micrograph,
         overwrite=bool(cfg.overwrite),
         strict=bool(cfg.strict),
+        threshold=cfg.get("threshold"),
+        top_k=cfg.get("top_k"),
     )
 
 
