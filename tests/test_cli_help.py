@@ -74,6 +74,7 @@ def test_help_names_main_keys(command, monkeypatch, capsys):
     # and every key the help names exists (help cannot drift from the config)
     for key in listed:
         assert _exists(cfg, key), f"tzl-{command} --help names {key}, not in configs/{command}.yaml"
-    # one line each
-    for line in text.split("Main keys:", 1)[1].splitlines():
+    # one line each (Hydra's generated list of config groups grows with every option: not checked)
+    main_keys = text.split("Main keys:", 1)[1].split("Config groups (group=option):", 1)[0]
+    for line in main_keys.splitlines():
         assert len(line) <= 100, line
