@@ -234,7 +234,7 @@ class SweepReport(Callback):
     def report(self, config: DictConfig) -> dict[str, Any]:
         """Build the ranking with tzl-report's machinery (its table, paired tests and choice
         rule); print it and write ``best.yaml``."""
-        from topaz_lightning.cli.report import run as report_run
+        from topaz_lightning.report.build import build_report as report_run
         from topaz_lightning.utils.atomic import atomic_output
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
