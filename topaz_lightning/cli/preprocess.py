@@ -44,7 +44,8 @@ def run(cfg: DictConfig) -> dict:
     from topaz_lightning.errors import InputError
     from topaz_lightning.geometry import coordinates_to_model_frame
     from topaz_lightning.io.micrographs import list_micrographs
-    from topaz_lightning.preprocess.files import job_settings, open_job, preprocess_files
+    from topaz_lightning.preprocess.files import preprocess_files
+    from topaz_lightning.preprocess.job import job_settings, open_job
     from topaz_lightning.preprocess.pipeline import check_preprocess_settings
     from topaz_lightning.utils import jobs
     from topaz_lightning.utils.atomic import atomic_output
