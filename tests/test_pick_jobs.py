@@ -271,3 +271,13 @@ def test_extract_equals_scoring_with_the_threshold():
         expected = picks_from_score_map("m", score_map, 4.0, threshold=threshold)
         pd.testing.assert_frame_equal(extract(every, threshold, None), expected)
         pd.testing.assert_frame_equal(extract(every, threshold, 2), expected.head(2))
+
+
+def test_which_scoring_modes_keep_every_maximum_in_the_parts():
+    from topaz_lightning.picking.settings import threshold_free
+
+    assert threshold_free("dense")
+    assert not threshold_free("coarse_to_fine")
+    # strided refines only coarse samples above threshold - margin: not exact with a threshold
+    assert not threshold_free("strided", "window")
+    assert threshold_free("strided", "none") and threshold_free("strided", "centroid")

@@ -129,8 +129,20 @@ class PickSettings:
 # ------------------------------------------------------------------------------------------------
 # tzl-pick: the settings of one run, resolved once from its config and the model card
 
-#: scoring methods whose score map depends on the threshold (they cannot re-threshold parts)
+#: scoring methods whose picks depend on the threshold (their parts cannot be re-thresholded):
+#: coarse_to_fine scores only around regions above it; strided with refine=window refines only
+#: coarse samples above threshold - refine_margin (a heuristic margin, so not exact)
 SCORING_USES_THRESHOLD = ("coarse_to_fine",)
+
+
+def threshold_free(scoring: str, refine: str = "window") -> bool:
+    """True when scoring with threshold -inf and thresholding the picks afterwards gives exactly
+    the picks of scoring with the threshold (so parts may keep every maximum)."""
+    if scoring in SCORING_USES_THRESHOLD:
+        return False
+    return not (scoring == "strided" and refine == "window")
+
+
 #: config keys that do not decide a micrograph's stored picks: resolved into the record instead
 #: (threshold, radius, preprocessing), applied when the combined output is assembled from the
 #: parts (threshold, top k, score, format, layout), or only about speed, logging and paths
@@ -323,7 +335,8 @@ def resolve_pick_settings(cfg, net, extra: dict, model_path: str | None = None) 
     k = cfg.get("particles_per_micrograph")
     max_picks = None if k is None else _number("particles_per_micrograph", k, 0, integer=True)
     scoring = check_scoring(str(cfg.get("scoring", "dense")))
-    all_maxima = scoring not in SCORING_USES_THRESHOLD
+    refine = str(cfg.get("refine", "window"))
+    all_maxima = threshold_free(scoring, refine)
     settings = PickSettings(
         nms_radius_px_model=radius,
         nms_boundary=str(cfg.get("nms_boundary", "keep")),
@@ -334,6 +347,7 @@ def resolve_pick_settings(cfg, net, extra: dict, model_path: str | None = None) 
         scoring=scoring,
         scoring_level=cfg.get("scoring_level"),
         tta=cfg.get("tta", 1),
+        refine=refine,
         border_bands=bool(cfg.get("border_bands", True)),
         border_padding_px_model=cfg.get("border_padding_px_model"),
         border_margin_px_model=cfg.get("border_margin_px_model") or 0.0,
