@@ -196,3 +196,15 @@ def test_kept_score_map_is_a_picture(conv31):
     dense = _dense(conv31, image)
     # coarse samples carry their dense scores
     np.testing.assert_allclose(result.score_map[::4, ::4], dense[::4, ::4], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_resnet8_window_refinement_scores_real_pixels():
+    net = _smooth_kernels(_net(ResNet8, 3), 3).eval()
+    image = _micrograph(10, shape=(72, 80), n_blobs=5)
+    dense = _dense(net, image)
+    result = _strided(net, image, 12.0)
+    assert result.stride == 4 and len(result.scores)
+    xs, ys = result.xy.astype(np.int64).T
+    np.testing.assert_allclose(result.scores, dense[ys, xs], rtol=0, atol=1e-5)
+    assert np.abs(result.xy - result.sample_xy).max() <= 2
