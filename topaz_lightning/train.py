@@ -379,14 +379,17 @@ def _refuse_existing_outputs(output_dir: Path, cfg: DictConfig) -> str | None:
 
 def _changed_settings(checkpoint: Path, cfg: DictConfig) -> list[str]:
     """Dotted keys whose value differs between ``cfg`` and the run that wrote ``checkpoint``."""
+    from topaz_lightning.models import read_torch_file
+
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = read_torch_file(checkpoint, "checkpoint")  # weights_only, like model files
         saved = state["hyper_parameters"]["run_config"]
     except Exception as err:  # noqa: BLE001 - unreadable or foreign checkpoint
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
         raise ConfigError(
             "ckpt_path",
             f"{checkpoint} (left by an earlier run) cannot be read as this package's checkpoint "
-            f"({err}); start over with overwrite=true or use another run directory",
+            f"({reason}); start over with overwrite=true or use another run directory",
         ) from err
 
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
