@@ -16,7 +16,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.test_report import _kfold_sweep
-from topaz_lightning.callbacks.sweep import SweepReport, refit_overrides, sweep_keys
+from topaz_lightning.callbacks.sweep import (
+    SweepReport,
+    check_test_list,
+    refit_overrides,
+    sweep_keys,
+)
 from topaz_lightning.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,11 +246,18 @@ def test_refit_validates_once_on_the_test_list(tmp_path, monkeypatch):
     assert not any(o.startswith("test_list") for o in overrides)
 
 
-def test_test_list_must_be_outside_the_folds(tmp_path):
+def test_test_list_must_be_outside_the_folds(tmp_path, capsys):
+    # Hydra turns a callback's exception into a warning, so the check ends the command itself
     config = _config(tmp_path, train_list=["a", "b", "c"])
-    with pytest.raises(ConfigError, match="also in data.train_list.*'b'"):
+    with pytest.raises(SystemExit) as stop:
         SweepReport(test_list=["b", "d"]).on_multirun_start(config)
+    assert stop.value.code == 2
+    assert "also in data.train_list" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="also in data.train_list.*'b'"):
+        check_test_list(["b", "d"], ["a", "b", "c"])
     with pytest.raises(ConfigError, match="needs data.train_list"):
+        check_test_list(["d"], None)
+    with pytest.raises(SystemExit):
         SweepReport(test_list=["d"]).on_multirun_start(_config(tmp_path))
     lists = tmp_path / "test.txt"
     lists.write_text("d\n# comment\ne.mrc\n")

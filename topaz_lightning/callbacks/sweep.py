@@ -141,7 +141,7 @@ def hydra_value(value: Any) -> str:
     return quoted(value)
 
 
-def test_micrographs(test_list: Any, train_list: Any) -> list[str]:
+def check_test_list(test_list: Any, train_list: Any) -> list[str]:
     """Check a test list held out of a k-fold sweep: it needs a training list without it.
 
     The folds split ``data.train_list``; the test list must be outside it, or the folds (and the
@@ -212,9 +212,21 @@ class SweepReport(Callback):
         self.summary: dict[str, Any] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Before any job: a test list must be outside the training list the folds split."""
-        if self.test_list is not None:
-            test_micrographs(self.test_list, OmegaConf.select(config, "data.train_list"))
+        """Before any job: a test list must be outside the training list the folds split.
+
+        Hydra turns an exception raised in a callback into a warning and runs the sweep anyway,
+        so a bad test list ends the command here (``SystemExit``, tzl's user-error status 2,
+        the error on stderr) instead of training the folds on the test micrographs.
+        """
+        from topaz_lightning.errors import EXIT_USER_ERROR, InputError
+
+        if self.test_list is None:
+            return
+        try:
+            check_test_list(self.test_list, OmegaConf.select(config, "data.train_list"))
+        except (ConfigError, InputError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from err
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Report the finished sweep (errors are logged, never raised: the jobs are done)."""
