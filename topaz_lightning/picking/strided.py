@@ -133,10 +133,9 @@ def window_scores(
         crops = context[rows, cols][:, None]  # (n, 1, side_in, side_in)
         total = None
         for k in range(tta):
-            # polyphase: 2.7x faster than dilated on batches of 256 small crops (conv31,
-            # 1 thread, docs/picking_evaluation.md); same scores up to float rounding
-            crop = dihedral(crops, k)
-            logits = dihedral_inverse(net.valid_score_map(crop, "polyphase"), k)
+            # the dilated method: as fast as polyphase at 64 crops a batch and faster at 256+
+            # (scripts/bench_strided.py --window-timing; conv31, 1 thread)
+            logits = dihedral_inverse(net.valid_score_map(dihedral(crops, k)), k)
             total = logits if total is None else total + logits
         out[start : start + len(x0)] = (total / tta).float().cpu().numpy()
     d = np.arange(-half, half + 1)
