@@ -78,3 +78,22 @@ def test_real_process_exit_status_and_single_line(tmp_path):
         "error: config key 'thresold': not a setting of tzl-pick (did you mean threshold=?); "
         "tzl-pick --help lists the main keys"
     ]
+
+
+def test_nothing_done_is_exit_2_some_done_is_exit_3(tmp_path, monkeypatch, capsys):
+    from topaz_lightning.errors import PartialFailureError
+
+    assert PartialFailureError([("a", "bad")], num_done=0).exit_status == 2
+    assert PartialFailureError([("a", "bad")], num_done=1).exit_status == 3
+    # a directory of 0-byte micrographs: every one fails, so the command did nothing
+    mics = tmp_path / "mics"
+    mics.mkdir()
+    for name in ("a.mrc", "b.mrc"):
+        (mics / name).write_bytes(b"")
+    out = tmp_path / "out"
+    code, err = _run(
+        preprocess.main, [f"input={mics}", f"output_dir={out}", "downsample=1"], monkeypatch, capsys
+    )
+    assert code == 2
+    assert err.splitlines()[-1].startswith("error: nothing was done: 2 input(s) failed")
+    assert (out / "failures.tsv").is_file()

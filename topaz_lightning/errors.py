@@ -46,13 +46,26 @@ class PartialFailureError(RuntimeError):
     ``failures`` is a list of ``(name, reason)``; ``report`` the failures.tsv written, if any.
     """
 
-    def __init__(self, failures: list[tuple[str, str]], report: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        failures: list[tuple[str, str]],
+        report: str | os.PathLike | None = None,
+        num_done: int | None = None,
+    ):
         self.failures = list(failures)
         self.report = None if report is None else os.fspath(report)
+        #: how many inputs were done (None: not counted); 0 means the job did nothing at all
+        self.num_done = num_done
         where = f" (listed in {self.report})" if self.report else ""
         first = "; ".join(f"{name}: {reason}" for name, reason in self.failures[:3])
         more = f"; ... {len(self.failures) - 3} more" if len(self.failures) > 3 else ""
-        super().__init__(f"{len(self.failures)} input(s) failed{where}: {first}{more}")
+        nothing = "nothing was done: " if num_done == 0 else ""
+        super().__init__(f"{nothing}{len(self.failures)} input(s) failed{where}: {first}{more}")
+
+    @property
+    def exit_status(self) -> int:
+        """3 when the other inputs were done; 2 (like any bad input) when nothing was done."""
+        return EXIT_USER_ERROR if self.num_done == 0 else EXIT_PARTIAL_FAILURE
 
 
 #: exit status of a command when some inputs failed and the others were done

@@ -300,5 +300,5 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "pick/picks": len(picks),
     }
     objects = {"picks": picks, "settings": resolved, "output": outputs.output}
-    failures.finish(run_dir)
+    failures.finish(run_dir, num_done=len(good))
     return metrics, objects

@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 
 from topaz_lightning.cli.overrides import CONFIG_DIR
 from topaz_lightning.errors import (
-    EXIT_PARTIAL_FAILURE,
     EXIT_USER_ERROR,
     ConfigError,
     InputError,
@@ -106,7 +105,7 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
                 # the other inputs were done; the failures are listed in failures.tsv
                 log.error("%s", err)
                 print(f"error: {err}", file=sys.stderr)
-                sys.exit(EXIT_PARTIAL_FAILURE)
+                sys.exit(err.exit_status)
             except Exception as err:
                 user_error = _user_error(err)
                 if user_error is None:

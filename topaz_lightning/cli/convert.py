@@ -201,7 +201,7 @@ def convert(
     report = failures_path(output)
     if not len(df):
         write_failures(report, failures.failures)
-        raise PartialFailureError(failures.failures, report)
+        raise PartialFailureError(failures.failures, report, num_done=0)
     out = transform_coordinates(df, scale=factor, flip_y=flip_y, heights=heights)
 
     if per_micrograph and overwrite and output.is_dir():

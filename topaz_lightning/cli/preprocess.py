@@ -137,7 +137,7 @@ def run(cfg: DictConfig) -> dict:
     earlier = f" ({len(result.continued)} done by an earlier run)" if result.continued else ""
     print(f"preprocessed {len(result.outputs)} micrograph(s) into {output_dir}{earlier}")
     # failures.tsv (or removal of a stale one); PartialFailureError -> exit status 3
-    failures.finish(output_dir)
+    failures.finish(output_dir, num_done=len(result.outputs))
     return summary
 
 

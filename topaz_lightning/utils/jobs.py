@@ -398,8 +398,12 @@ class FailureLog:
         log.error("%s: %s", shown, reason)
         self.failures.append((str(name), " ".join(str(reason).split())))
 
-    def finish(self, output_dir: str | os.PathLike | None) -> None:
-        """Write ``failures.tsv`` into ``output_dir`` (or remove a stale one); raise if any failed."""
+    def finish(self, output_dir: str | os.PathLike | None, num_done: int | None = None) -> None:
+        """Write ``failures.tsv`` into ``output_dir`` (or remove a stale one); raise if any failed.
+
+        ``num_done``: the inputs that were done (this run or an earlier one it continues); with
+        0 the error says nothing was done and the command exits 2 instead of 3.
+        """
         report = None
         if output_dir is not None:
             report = Path(output_dir) / FAILURES_FILE
@@ -409,7 +413,7 @@ class FailureLog:
                 report.unlink(missing_ok=True)
                 report = None
         if self.failures:
-            raise PartialFailureError(self.failures, report)
+            raise PartialFailureError(self.failures, report, num_done=num_done)
 
 
 class _Guard:
