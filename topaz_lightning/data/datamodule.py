@@ -15,21 +15,27 @@ import torch
 from torch.utils.data import DataLoader
 
 from topaz_lightning.data.labels import positive_masks
-from topaz_lightning.data.prior import check_prior_settings, resolve_pi, unlabeled_prior
-from topaz_lightning.data.sampler import PUBatchDataset, PUPatchSampler
-from topaz_lightning.data.splits import kfold_split, random_split
+from topaz_lightning.data.preprocessing import preprocess_for_training
+from topaz_lightning.data.prior import resolve_pi, unlabeled_prior
+from topaz_lightning.data.sampler import PUBatchDataset, PUPatchSampler, StepDataLoader
+from topaz_lightning.data.settings import (
+    NORMALIZATIONS,
+    check_data_settings,
+    check_settings_against_data,
+    choose_split,
+    sample_labeled,
+)
 from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.geometry import (
     RunGeometry,
     check_coordinate_scale,
     check_downsample,
-    check_geometry_settings,
     coordinates_to_model_frame,
     resolve_geometry,
 )
 
 if TYPE_CHECKING:
-    from topaz_lightning.data.sources import DataSource, LoadedData
+    from topaz_lightning.data.sources import DataSource
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +43,10 @@ log = logging.getLogger(__name__)
 # PU stream always runs in the main process (num_workers=0), where the length is exact.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
-NORMALIZATIONS = ("gmm", "standardize", "none")
+__all__ = ["NORMALIZATIONS", "PUDataModule", "StepDataLoader"]
+
 #: added to the seed of the validation sampler so its draws differ from training's
 _VAL_SEED_OFFSET = 1_000_003
-
-
-class StepDataLoader(DataLoader):
-    """DataLoader over a :class:`PUBatchDataset` whose batches depend only on (seed, rank, step).
-
-    It has nothing to save: on resume the dataset restarts at the trainer's restored step. The
-    empty ``state_dict``/``load_state_dict`` tell Lightning that mid-epoch resume is exact.
-    """
-
-    def state_dict(self) -> dict[str, Any]:
-        """Nothing to save (the stream position is the trainer's global step)."""
-        return {"stateless_step_stream": True}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Nothing to restore (see :meth:`state_dict`)."""
 
 
 class PUDataModule(pl.LightningDataModule):
@@ -77,8 +69,8 @@ class PUDataModule(pl.LightningDataModule):
 
     Split by micrograph (first that applies): ``num_folds`` + ``fold`` (k-fold over the training
     pool, for cross-validating pi); ``val_list``; ``num_val_micrographs`` or ``val_fraction``
-    (random, ``split_seed``); the source's default validation list; otherwise none. The training
-    pool is ``train_list`` (or the source's default) when given, else every micrograph not held out.
+    (random, ``split_seed``); the source's default validation list; otherwise none
+    (:func:`topaz_lightning.data.settings.choose_split`, where the settings' checks live too).
 
     Labels: ``num_labeled`` particles (None = all) are sampled with ``labeled_seed`` from the
     training micrographs' coordinates; pixels within the label radius of them are the labeled
@@ -161,7 +153,22 @@ class PUDataModule(pl.LightningDataModule):
         self.seed = seed
         self.device = device
         self.val_batches = val_batches
-        self._check_settings()
+        check_data_settings(
+            pi=pi,
+            particles_per_micrograph=particles_per_micrograph,
+            val_list=val_list,
+            num_val_micrographs=num_val_micrographs,
+            val_fraction=val_fraction,
+            num_folds=num_folds,
+            num_labeled=num_labeled,
+            batch_positive=batch_positive,
+            batch_unlabeled=batch_unlabeled,
+            steps_per_epoch=steps_per_epoch,
+            patch_size=patch_size,
+            normalize=normalize,
+            geometry_settings=self.geometry_settings,
+            downsample=self.downsample,
+        )
 
         # filled by setup()
         self.geometry: RunGeometry | None = None
@@ -191,50 +198,6 @@ class PUDataModule(pl.LightningDataModule):
         return None if self.geometry is None else self.geometry.num_labeled_particles
 
     # ------------------------------------------------------------------------------------------
-    # settings
-
-    def _check_settings(self) -> None:
-        check_prior_settings(self.pi_setting, self.particles_per_micrograph)
-        if self.num_val_micrographs is not None and self.val_fraction is not None:
-            raise ConfigError(
-                "data.num_val_micrographs",
-                "give at most one of num_val_micrographs and val_fraction",
-            )
-        if self.val_fraction is not None and not 0 <= float(self.val_fraction) < 1:
-            raise ConfigError("data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-        if self.num_folds is not None and (
-            self.val_list is not None
-            or self.num_val_micrographs is not None
-            or self.val_fraction is not None
-        ):
-            raise ConfigError(
-                "data.num_folds",
-                "k-fold picks the validation micrographs itself; do not also set val_list, "
-                "num_val_micrographs or val_fraction",
-            )
-        if self.num_labeled is not None and int(self.num_labeled) < 1:
-            raise ConfigError(
-                "data.num_labeled", f"must be >= 1 or null (all), got {self.num_labeled}"
-            )
-        if self.batch_positive < 0 or self.batch_unlabeled < 0:
-            raise ConfigError("data.batch_positive", "batch sizes must be >= 0")
-        if self.batch_positive + self.batch_unlabeled == 0:
-            raise ConfigError("data.batch_positive", "a minibatch needs at least one patch")
-        if self.steps_per_epoch < 1:
-            raise ConfigError("data.steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch}")
-        if self.patch_size is not None and (
-            int(self.patch_size) < 1 or int(self.patch_size) % 2 == 0
-        ):
-            raise ConfigError(
-                "data.patch_size", f"must be a positive odd number, got {self.patch_size}"
-            )
-        if self.normalize not in NORMALIZATIONS:
-            raise ConfigError(
-                "data.normalize", f"must be one of gmm, standardize, none; got {self.normalize!r}"
-            )
-        check_geometry_settings(self.geometry_settings, self.downsample)
-
-    # ------------------------------------------------------------------------------------------
     # Lightning hooks
 
     def prepare_data(self) -> None:
@@ -248,10 +211,32 @@ class PUDataModule(pl.LightningDataModule):
         loaded = self.source.load()
         shapes_px = {name: image.shape for name, image in loaded.micrographs.items()}
         check_coordinate_scale(loaded.coordinates, shapes_px, self.downsample, loaded.source)
-        train_names, val_names = self._split(sorted(loaded.micrographs), loaded)
-        self._check_against_data(loaded, shapes_px, train_names, val_names)
+        train_names, val_names = choose_split(
+            sorted(loaded.micrographs),
+            train_list=self.train_list,
+            val_list=self.val_list,
+            source_train_list=loaded.train_list,
+            source_val_list=loaded.val_list,
+            num_folds=self.num_folds,
+            fold=self.fold,
+            num_val_micrographs=self.num_val_micrographs,
+            val_fraction=self.val_fraction,
+            split_seed=self.split_seed,
+        )
+        # settings the data can contradict fail before the (slow) preprocessing of every micrograph
+        check_settings_against_data(
+            coordinates=loaded.coordinates,
+            shapes_px=shapes_px,
+            train_names=train_names,
+            val_names=val_names,
+            num_labeled=self.num_labeled,
+            patch_size=self.patch_size,
+            downsample=self.downsample,
+        )
         used = {name: loaded.micrographs[name] for name in train_names + val_names}
-        used = self._preprocess(used)
+        used, fit = preprocess_for_training(used, self.downsample, self.normalize, self.seed)
+        if fit is not None:  # kept for the model card, so tzl-pick can reuse the training fit
+            self.normalize_fit = fit
         geometry = resolve_geometry(
             downsample=self.downsample,
             normalize=self.normalize,
@@ -266,7 +251,7 @@ class PUDataModule(pl.LightningDataModule):
             raise InputError(
                 f"no particles on the {len(train_names)} training micrographs", loaded.source
             )
-        self.train_coordinates = self._subsample(train_truth)
+        self.train_coordinates = sample_labeled(train_truth, self.num_labeled, self.labeled_seed)
         self.train_micrographs = {n: used[n] for n in train_names}
         self.val_micrographs = {n: used[n] for n in val_names}
 
@@ -449,107 +434,6 @@ class PUDataModule(pl.LightningDataModule):
     def _label_radius(self) -> float:
         self._require_setup()
         return self.geometry.label_radius_px_model
-
-    def _split(self, names: list[str], loaded: LoadedData) -> tuple[list[str], list[str]]:
-        train_list, val_list = self.train_list, self.val_list
-        if train_list is None and val_list is None and loaded.train_list is not None:
-            # the source's split: its training pool; its validation list unless another split
-            # is asked for
-            train_list = loaded.train_list
-            if (
-                self.num_folds is None
-                and self.num_val_micrographs is None
-                and self.val_fraction is None
-            ):
-                val_list = loaded.val_list
-        val_named: list[str] = []
-        if val_list is not None:
-            val_named = _name_list(val_list, names, "data.val_list")
-        if train_list is not None:
-            pool = _name_list(train_list, names, "data.train_list")
-            overlap = sorted(set(pool) & set(val_named))
-            if overlap:
-                raise ConfigError(
-                    "data.val_list",
-                    f"{len(overlap)} micrograph(s) are in both train_list and val_list, "
-                    f"e.g. '{overlap[0]}'",
-                )
-        else:
-            pool = [n for n in names if n not in set(val_named)]
-        pool = sorted(pool)
-        if self.num_folds is not None:
-            return kfold_split(pool, int(self.num_folds), int(self.fold), self.split_seed)
-        if val_list is not None:
-            train, val = pool, sorted(val_named)
-        elif self.num_val_micrographs is not None or self.val_fraction is not None:
-            num_val = (
-                int(self.num_val_micrographs)
-                if self.num_val_micrographs is not None
-                else int(round(float(self.val_fraction) * len(pool)))
-            )
-            train, val = random_split(pool, num_val, self.split_seed)
-        else:
-            train, val = pool, []
-        if not train:
-            raise ConfigError("data.train_list", "no training micrographs left after the split")
-        return train, val
-
-    def _preprocess(self, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.downsample == 1.0 and self.normalize == "none":
-            return images
-        from topaz_lightning.preprocess import downsample as fourier_downsample
-        from topaz_lightning.preprocess.gmm import fit_gmm, normalize_gmm
-        from topaz_lightning.preprocess.pipeline import standardize
-
-        small = {name: fourier_downsample(image, self.downsample) for name, image in images.items()}
-        if self.normalize == "none":
-            return small
-        if self.normalize == "standardize":
-            return {name: standardize(image, name) for name, image in small.items()}
-        # kept for the model card, so tzl-pick can reuse the training fit (normalize_fit=training)
-        fit = fit_gmm(small, seed=self.seed)
-        self.normalize_fit = fit
-        return {name: normalize_gmm(image, fit, k) for k, (name, image) in enumerate(small.items())}
-
-    def _check_against_data(self, loaded, shapes_px, train_names, val_names) -> None:
-        # settings the data can contradict fail before the (slow) preprocessing of every micrograph
-        if self.num_labeled is not None:
-            available = int(loaded.coordinates["micrograph"].isin(train_names).sum())
-            if int(self.num_labeled) > available:
-                raise ConfigError(
-                    "data.num_labeled",
-                    f"asks for {int(self.num_labeled)} labeled particles but the training "
-                    f"micrographs hold only {available}",
-                )
-        if self.patch_size is not None and shapes_px:
-            smallest = min(min(shapes_px[n]) for n in train_names + val_names)
-            side = int(smallest / float(self.downsample))
-            if int(self.patch_size) > side:
-                raise ConfigError(
-                    "data.patch_size",
-                    f"{int(self.patch_size)} px is larger than the smallest micrograph side "
-                    f"({side} px after downsampling by {float(self.downsample):g})",
-                )
-
-    def _subsample(self, train_truth: pd.DataFrame) -> pd.DataFrame:
-        if self.num_labeled is None:
-            return train_truth
-        n = int(self.num_labeled)
-        if n > len(train_truth):
-            raise ConfigError(
-                "data.num_labeled",
-                f"asks for {n} labeled particles but the training micrographs hold only "
-                f"{len(train_truth)}",
-            )
-        rng = np.random.default_rng(self.labeled_seed)
-        keep = np.sort(rng.choice(len(train_truth), size=n, replace=False))
-        return train_truth.iloc[keep].reset_index(drop=True)
-
-
-def _name_list(source: Any, known: list[str], key: str) -> list[str]:
-    from topaz_lightning.io.micrographs import read_micrograph_names
-
-    return list(dict.fromkeys(read_micrograph_names(source, known=known, key=key)))
 
 
 def _fmt(value: float | None) -> str:

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from topaz_lightning.data.labels import positive_mask
 
@@ -301,3 +302,18 @@ class PUBatchDataset(IterableDataset):
         self._next_step = start + self.steps_per_epoch
         for step in range(start, start + self.steps_per_epoch):
             yield self.sampler.batch(step)
+
+
+class StepDataLoader(DataLoader):
+    """DataLoader over a :class:`PUBatchDataset` whose batches depend only on (seed, rank, step).
+
+    It has nothing to save: on resume the dataset restarts at the trainer's restored step. The
+    empty ``state_dict``/``load_state_dict`` tell Lightning that mid-epoch resume is exact.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to save (the stream position is the trainer's global step)."""
+        return {"stateless_step_stream": True}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state_dict`)."""
