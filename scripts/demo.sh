@@ -27,8 +27,10 @@ echo "== 3/4 pick the held-out micrographs"
 "$BIN/tzl-pick" model_path="$RUN/train/model.pt" micrographs="$DATA/micrographs" \
   subset="$DATA/test.txt" output_dir="$RUN/pick" save_score_maps=true progress=false
 
+# picks.tsv keeps the number of particles the model expects per micrograph (tzl-pick's default);
+# evaluating the pick run's directory uses every local maximum it stored (the full PR curve)
 echo "== 4/4 evaluate against the complete simulated truth"
-"$BIN/tzl-evaluate" picks="$RUN/pick/picks.tsv" truth="$DATA/particles.tsv" micrographs="$DATA/test.txt" \
+"$BIN/tzl-evaluate" picks="$RUN/pick" truth="$DATA/particles.tsv" micrographs="$DATA/test.txt" \
   model_path="$RUN/train/model.pt" output_dir="$RUN/evaluate" \
   overlay_micrographs="$DATA/micrographs" score_maps="$RUN/pick/score_maps"
 

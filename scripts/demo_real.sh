@@ -42,8 +42,10 @@ echo "== 2/3 pick the held-out micrograph (coordinates written at full size)"
 "$BIN/tzl-pick" model_path="$RUN/train/model.pt" micrographs="$SRC/images" subset="$RUN/test.txt" \
   output_dir="$RUN/pick" save_score_maps=true progress=false
 
+# picks.tsv keeps the number of particles the model expects (tzl-pick's default); evaluating the
+# pick run's directory uses every local maximum it stored (the full PR curve)
 echo "== 3/3 evaluate against the annotation (incomplete: precision is a lower bound)"
-"$BIN/tzl-evaluate" picks="$RUN/pick/picks.tsv" truth="$SRC/coords" micrographs="$RUN/test.txt" \
+"$BIN/tzl-evaluate" picks="$RUN/pick" truth="$SRC/coords" micrographs="$RUN/test.txt" \
   model_path="$RUN/train/model.pt" output_dir="$RUN/evaluate" \
   overlay_micrographs="$SRC/images" score_maps="$RUN/pick/score_maps"
 

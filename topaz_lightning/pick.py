@@ -198,6 +198,58 @@ def _score(cfg, net, extra, sources, todo, resolved, outputs, job, failures) -> 
 # assembling the output
 
 
+def _expected_counts(resolved, sources: dict[str, Path]) -> dict[str, float]:
+    """Particles the model's prior expects on each micrograph (from its size; headers only)."""
+    from topaz_lightning.io.micrographs import read_micrograph_shape
+
+    if resolved.expected_per_px_model is None:
+        return {}
+    counts = {}
+    for name, path in sources.items():
+        try:
+            counts[name] = resolved.expected_count(read_micrograph_shape(path))
+        except (InputError, OSError) as err:  # it was picked, so this is unexpected: say so
+            log.warning("%s: no expected particle count (%s)", name, err)
+    return counts
+
+
+def _report_counts(picks, expected: dict[str, float], resolved) -> None:
+    """Picks per micrograph against the count the model expects; warn beyond a factor of 2."""
+    if not expected:
+        return
+    counts = picks["micrograph"].value_counts()
+    ratios = {n: (int(counts.get(n, 0)) + 1) / (e + 1) for n, e in expected.items()}
+    mean_picks = sum(int(counts.get(n, 0)) for n in expected) / len(expected)
+    mean_expected = sum(expected.values()) / len(expected)
+    how = (
+        "the expected number per micrograph"
+        if resolved.max_picks == "expected"
+        else f"threshold {resolved.threshold:g} ({resolved.threshold_source})"
+        if resolved.threshold_source != "none"
+        else f"top {resolved.max_picks}"
+        if resolved.max_picks is not None
+        else "every local maximum"
+    )
+    log.info(
+        "kept %s: %.1f picks per micrograph on average; the model's pi expects %.1f",
+        how,
+        mean_picks,
+        mean_expected,
+    )
+    off = sorted(n for n, r in ratios.items() if r > 2 or r < 0.5)
+    if off:
+        log.warning(
+            "%d of %d micrograph(s) have more than twice or less than half the %.0f particles "
+            "the model's pi expects (e.g. %s: %d picks); choose particles_per_micrograph= or a "
+            "threshold (docs/picking_evaluation.md), or look at them with tzl-browse",
+            len(off),
+            len(expected),
+            mean_expected,
+            off[0],
+            int(counts.get(off[0], 0)),
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 # the task
 
@@ -284,7 +336,12 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 else "not picked (the run was interrupted?)"
             )
             failures.add(name, reason)
-    picks = extract(read_parts(outputs.picks_dir, good), resolved.threshold, resolved.max_picks)
+    expected = _expected_counts(resolved, {n: sources[n] for n in good})
+    max_picks = resolved.max_picks
+    if max_picks == "expected":
+        max_picks = {name: int(round(count)) for name, count in expected.items()}
+    picks = extract(read_parts(outputs.picks_dir, good), resolved.threshold, max_picks)
+    _report_counts(picks, expected, resolved)
     if cfg.score == "probability":
         picks["score"] = sigmoid(picks["score"].to_numpy())
     if picks.empty:

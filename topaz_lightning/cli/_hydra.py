@@ -89,17 +89,18 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
             quiet_third_party()
             # DDP re-launches this script once per extra rank: only rank 0 stamps the run;
             # a command whose config sets hydra.output_subdir: null (tzl-convert) keeps no stamps
-            if (
-                HydraConfig.get().output_subdir is not None
-                and int(os.environ.get("LOCAL_RANK", "0")) == 0
-                and int(os.environ.get("NODE_RANK", "0")) == 0
-            ):
-                save_run_config(cfg, output_dir())
             try:
                 from topaz_lightning.cli.validate import validate
 
-                # every setting is checked here, before the command reads any data
+                # every setting is checked here, before the command reads any data (and before
+                # the run is stamped: a refused command leaves no config.<time>.yaml behind)
                 validate(config_name, cfg)
+                if (
+                    HydraConfig.get().output_subdir is not None
+                    and int(os.environ.get("LOCAL_RANK", "0")) == 0
+                    and int(os.environ.get("NODE_RANK", "0")) == 0
+                ):
+                    save_run_config(cfg, output_dir())
                 return fn(cfg)
             except PartialFailureError as err:
                 # the other inputs were done; the failures are listed in failures.tsv

@@ -263,6 +263,8 @@ def _check_pick_settings(cfg: DictConfig) -> None:
     values = {}
     for field, key in _PICK_SETTINGS_KEYS.items():
         value = _get(cfg, key)
+        if field == "max_picks" and isinstance(value, str):
+            continue  # resolved against model.pt (picking.settings._top_k)
         if value is not _MISSING and value is not None:
             values[field] = value
     radii = [(k, _get(cfg, k)) for k in _NMS_RADIUS_KEYS if _get(cfg, k) not in (_MISSING, None)]

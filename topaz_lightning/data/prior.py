@@ -85,6 +85,20 @@ def pi_from_particles_per_micrograph(
     return float(pi)
 
 
+def expected_particles_per_micrograph(
+    pi: float, shape_px_model: tuple[float, float], label_radius_px_model: float
+) -> float:
+    """Particles a micrograph of ``shape_px_model`` (H, W, model frame) holds at prior ``pi``:
+    ``pi * H * W / disk_area(label_radius_px_model)``, the inverse of
+    :func:`pi_from_particles_per_micrograph` (what ``tzl-pick`` keeps by default)."""
+    area = disk_area(label_radius_px_model)
+    if not (0 <= pi < 1) or area <= 0:
+        raise ValueError(
+            f"need 0 <= pi < 1 and a label radius > 0, got {pi}, {label_radius_px_model}"
+        )
+    return float(pi) * float(shape_px_model[0]) * float(shape_px_model[1]) / area
+
+
 def labeled_fraction(n_labeled_positive_regions: int, n_regions: int) -> float:
     """Observed fraction of regions that are labeled positive: ``N_lab / N_regions``."""
     if n_regions <= 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -248,14 +249,21 @@ def _plain_name(name: str) -> bool:
 # assembling the output
 
 
-def extract(parts: pd.DataFrame, threshold: float, max_picks: int | None) -> pd.DataFrame:
+def extract(
+    parts: pd.DataFrame, threshold: float, max_picks: int | Mapping[str, int] | None
+) -> pd.DataFrame:
     """Picks of stored parts (every maximum, best first per micrograph) at ``threshold`` (logit,
-    kept if ``>=``) and the best ``max_picks`` per micrograph: the very picks that scoring with
-    that threshold and top k gives (NMS never lets a lower maximum suppress a higher one)."""
+    kept if ``>=``) and the best ``max_picks`` per micrograph (one number, or one per micrograph
+    name): the very picks that scoring with that threshold and top k gives (NMS never lets a
+    lower maximum suppress a higher one)."""
     picks = parts
     if threshold > -math.inf:
         picks = picks[picks["score"].to_numpy(np.float64) >= threshold]
-    if max_picks is not None:
+    if isinstance(max_picks, Mapping):
+        rank = picks.groupby("micrograph", sort=False).cumcount().to_numpy()
+        limit = picks["micrograph"].map(max_picks).fillna(np.inf).to_numpy(np.float64)
+        picks = picks[rank < limit]
+    elif max_picks is not None:
         picks = picks.groupby("micrograph", sort=False, group_keys=False).head(int(max_picks))
     return picks.reset_index(drop=True)
 

@@ -8,6 +8,7 @@ to :func:`topaz_lightning.picking.predict.pick_micrograph`, so ``val/aupr`` meas
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 
@@ -176,12 +177,24 @@ class ResolvedPick:
     settings: PickSettings
     threshold: float
     threshold_source: str
-    max_picks: int | None
+    #: the best k per micrograph: a number, None (every maximum above the threshold), or
+    #: "expected" (the count the model's prior implies for each micrograph's size)
+    max_picks: int | str | None
     downsample: float
     normalize: str
     model_sha256: str
     record: dict
     stores_all_maxima: bool
+    #: particles the model expects per model-frame pixel (pi / label disk area); None without
+    #: a prior in model.pt
+    expected_per_px_model: float | None = None
+
+    def expected_count(self, shape_px: tuple[int, int]) -> float | None:
+        """Particles expected on a micrograph of ``shape_px`` (H, W, micrograph frame)."""
+        if self.expected_per_px_model is None:
+            return None
+        h_model, w_model = (float(n) / self.downsample for n in shape_px)
+        return self.expected_per_px_model * h_model * w_model
 
 
 def choose_threshold(cfg) -> tuple[float, str]:
@@ -332,8 +345,8 @@ def resolve_pick_settings(cfg, net, extra: dict, model_path: str | None = None) 
     downsample, normalize = _preprocessing(cfg, extra, geometry)
     radius = nms_radius_px_model(cfg, geometry, downsample)
     threshold, threshold_source = choose_threshold(cfg)
-    k = cfg.get("particles_per_micrograph")
-    max_picks = None if k is None else _number("particles_per_micrograph", k, 0, integer=True)
+    expected = _expected_per_px_model(geometry)
+    max_picks = _top_k(cfg.get("particles_per_micrograph"), threshold_source, expected)
     scoring = check_scoring(str(cfg.get("scoring", "dense")))
     refine = str(cfg.get("refine", "window"))
     all_maxima = threshold_free(scoring, refine)
@@ -375,7 +388,44 @@ def resolve_pick_settings(cfg, net, extra: dict, model_path: str | None = None) 
         model_sha256=fingerprint,
         record=record,
         stores_all_maxima=all_maxima,
+        expected_per_px_model=expected,
     )
+
+
+def _expected_per_px_model(geometry) -> float | None:
+    """pi / label disk area of the run geometry (None without a prior or label radius)."""
+    from topaz_lightning.data.prior import expected_particles_per_micrograph
+
+    if geometry is None or geometry.pi is None or not geometry.label_radius_px_model:
+        return None
+    return expected_particles_per_micrograph(
+        geometry.pi, (1.0, 1.0), geometry.label_radius_px_model
+    )
+
+
+def _top_k(value, threshold_source: str, expected: float | None) -> int | str | None:
+    """``particles_per_micrograph``: null = the expected count (from the model's pi) when no
+    threshold is given, else every pick above the threshold; ``expected``; ``all``; or k."""
+    key = "particles_per_micrograph"
+    if value is None:
+        if threshold_source != "none":
+            return None
+        if expected is None:
+            logging.getLogger("topaz_lightning").warning(
+                "model.pt carries no prior (pi): writing every local maximum; give "
+                "particles_per_micrograph=<k> or a threshold to keep fewer"
+            )
+            return None
+        return "expected"
+    if value == "all":
+        return None
+    if value == "expected":
+        if expected is None:
+            raise ConfigError(key, "expected needs a model.pt with a prior (pi); give a number")
+        return "expected"
+    if isinstance(value, str):
+        raise ConfigError(key, f"must be a number, expected, all or null, got {value!r}")
+    return _number(key, value, 0, integer=True)
 
 
 def micrographs_record(names: list[str]) -> dict:

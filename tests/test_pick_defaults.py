@@ -1,0 +1,104 @@
+"""tzl-pick's default keeps the number of particles the model's pi expects; every maximum is one
+setting away and is what tzl-evaluate reads from a pick run's directory."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import compose_config
+from topaz_lightning.errors import ConfigError
+
+
+def _dataset(root: Path, pi: float | None, size: int = 96) -> Path:
+    from topaz_lightning.geometry import RunGeometry
+    from topaz_lightning.io.micrographs import write_micrograph
+    from topaz_lightning.models import Conv31, save_model
+
+    rng = np.random.default_rng(1)
+    ys, xs = np.mgrid[:size, :size]
+    for k, shape in enumerate([(size, size), (size, size // 2)]):
+        image = rng.gamma(4.0, 1.0, size=(size, size))
+        for x, y in rng.uniform(8, size - 8, size=(10, 2)):
+            image += 6 * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 8.0)
+        write_micrograph(
+            root / "mics" / f"m{k}.mrc", image[: shape[0], : shape[1]].astype(np.float32)
+        )
+    torch.manual_seed(0)
+    geometry = RunGeometry(
+        downsample=1.0, nms_radius_px_model=3.0, label_radius_px_model=2.0, normalize="none", pi=pi
+    )
+    save_model(root / "model.pt", Conv31(widths=(2, 3, 4)), extra={"geometry": geometry.to_dict()})
+    return root
+
+
+def _pick(root: Path, out: Path, *extra: str):
+    from topaz_lightning.pick import pick
+
+    args = [
+        f"model_path={root / 'model.pt'}",
+        f"micrographs={root / 'mics'}",
+        f"output_dir={out}",
+        "progress=false",
+        "device=cpu",
+        "num_workers=0",
+        "border_bands=false",
+        *extra,
+    ]
+    return pick(compose_config("pick", args))
+
+
+def test_default_keeps_the_expected_count_per_micrograph(tmp_path, caplog):
+    from topaz_lightning.data.prior import expected_particles_per_micrograph
+
+    root = _dataset(tmp_path, pi=0.02)
+    with caplog.at_level(logging.INFO, logger="topaz_lightning"):
+        _, objects = _pick(root, tmp_path / "out")
+    counts = objects["picks"]["micrograph"].value_counts().to_dict()
+    # pi x model pixels / disk area (13 px at r = 2): 0.02 * 96 * 96 / 13 = 14.2, half for m1
+    expected = {
+        "m0": expected_particles_per_micrograph(0.02, (96, 96), 2.0),
+        "m1": expected_particles_per_micrograph(0.02, (96, 48), 2.0),
+    }
+    assert counts == {n: round(e) for n, e in expected.items()}
+    assert counts["m0"] == 14 and counts["m1"] == 7
+    assert "the model's pi expects" in caplog.text
+    # every maximum is one setting away, and it re-extracts from the stored maxima
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="topaz_lightning"):
+        _, everything = _pick(root, tmp_path / "out", "particles_per_micrograph=all")
+    assert "no scoring" in caplog.text
+    assert len(everything["picks"]) > 3 * len(objects["picks"])
+    assert "more than twice" in caplog.text  # far more picks than expected: warned
+    # the default picks are the best of every maximum
+    best = everything["picks"].groupby("micrograph").head(14)
+    assert set(objects["picks"]["score"]) <= set(best["score"])
+
+
+def test_a_threshold_keeps_everything_above_it_and_expected_needs_a_prior(tmp_path):
+    root = _dataset(tmp_path, pi=None)
+    _, objects = _pick(root, tmp_path / "out")  # no prior: every maximum, with a warning
+    scores = objects["picks"]["score"].to_numpy()
+    threshold = float(np.median(scores))
+    _, above = _pick(root, tmp_path / "out", f"threshold={threshold}")
+    assert len(above["picks"]) == int((scores >= threshold).sum())
+    with pytest.raises(ConfigError, match="particles_per_micrograph"):
+        _pick(root, tmp_path / "out", "particles_per_micrograph=expected")
+
+
+def test_evaluate_reads_every_maximum_of_a_pick_run(tmp_path):
+    from topaz_lightning.cli.evaluate import _read, pick_run_parts
+
+    root = _dataset(tmp_path, pi=0.02)
+    _, objects = _pick(root, tmp_path / "out")
+    parts = pick_run_parts(tmp_path / "out")
+    assert parts == tmp_path / "out" / "picks_by_micrograph"
+    table = _read(tmp_path / "out", None, "picks")
+    assert len(table) > len(objects["picks"])
+    assert math.isclose(table["score"].max(), objects["picks"]["score"].max())
+    assert pick_run_parts(root / "mics") is None  # a plain directory is read as coordinates
