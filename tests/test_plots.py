@@ -50,7 +50,7 @@ def test_pr_curves_png_size_and_refuses_overwrite(tmp_path):
 
 
 def test_pr_curves_legend_has_aupr():
-    fig = plots._pr_figure({"mine": _evaluation(0.1234)}, None, (600, 500), 0.9)
+    fig = plots.curves._pr_figure({"mine": _evaluation(0.1234)}, None, (600, 500), 0.9)
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts == ["mine (AUPR 0.123)"]
 
