@@ -31,7 +31,12 @@ def _dataset(root: Path, pi: float | None, size: int = 96) -> Path:
         )
     torch.manual_seed(0)
     geometry = RunGeometry(
-        downsample=1.0, nms_radius_px_model=3.0, label_radius_px_model=2.0, normalize="none", pi=pi
+        downsample=1.0,
+        nms_radius_px_model=3.0,
+        label_radius_px_model=2.0,
+        normalize="none",
+        pi=pi,
+        particle_radius_px=5.0,
     )
     save_model(root / "model.pt", Conv31(widths=(2, 3, 4)), extra={"geometry": geometry.to_dict()})
     return root
@@ -102,3 +107,33 @@ def test_evaluate_reads_every_maximum_of_a_pick_run(tmp_path):
     assert len(table) > len(objects["picks"])
     assert math.isclose(table["score"].max(), objects["picks"]["score"].max())
     assert pick_run_parts(root / "mics") is None  # a plain directory is read as coordinates
+
+
+def test_box_size_from_the_model_and_relion_suffix(tmp_path):
+    from topaz_lightning.io.coordinates import read_coordinates
+
+    root = _dataset(tmp_path, pi=0.02)
+    _pick(root, tmp_path / "out", "output=boxes/", "per_micrograph=true", "format=box")
+    lines = (tmp_path / "out" / "boxes" / "m0.box").read_text().split("\n")
+    assert lines[0].split()[2:4] == ["10", "10"]  # box = the particle diameter, 2 x 5 px
+    _pick(
+        root,
+        tmp_path / "out",
+        "output=star/",
+        "per_micrograph=true",
+        "format=star",
+        "suffix=autopick",
+    )
+    files = sorted(p.name for p in (tmp_path / "out" / "star").iterdir())
+    assert files == ["m0_autopick.star", "m1_autopick.star"]
+    table = read_coordinates(tmp_path / "out" / "star" / "m0_autopick.star")
+    assert len(table) == 14
+    with pytest.raises(ConfigError, match="suffix"):
+        _pick(
+            root,
+            tmp_path / "out",
+            "output=s2/",
+            "per_micrograph=true",
+            "format=star",
+            "suffix=../x",
+        )

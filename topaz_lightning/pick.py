@@ -280,7 +280,11 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     output = jobs.output_path(run_dir, cfg.output, "output")
     fmt_given = None if cfg.get("format") is None else str(cfg.format)
     per_micrograph = bool(cfg.per_micrograph)
-    fmt = output_format(output, fmt_given, per_micrograph, cfg.get("box_size"), len(names))
+    # EMAN/CryoPPP box: the particle diameter model.pt knows, unless given
+    box_size = cfg.get("box_size")
+    if box_size is None:
+        box_size = resolved.particle_diameter_px
+    fmt = output_format(output, fmt_given, per_micrograph, box_size, len(names))
     outputs = PickOutputs(
         run_dir,
         str(cfg.output),
@@ -291,6 +295,7 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         score_map_dir=str(cfg.score_map_dir),
         save_score_maps=bool(cfg.save_score_maps),
         plot_score_maps=bool(cfg.get("plot_score_maps")),
+        suffix=cfg.get("suffix"),
     )
 
     # a name that cannot become a file name is skipped and reported, never the whole run
@@ -346,7 +351,7 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         picks["score"] = sigmoid(picks["score"].to_numpy())
     if picks.empty:
         log.warning("no picks above the threshold; writing an empty table")
-    write_output(picks, outputs, fmt, good, box_size=cfg.get("box_size"))
+    write_output(picks, outputs, fmt, good, box_size=box_size)
     if job is not None:
         outputs.remember_output(job)
     print(f"wrote {len(picks)} picks from {len(good)} micrograph(s) to {outputs.output}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -337,10 +338,25 @@ def check_coordinate_output(
     return check_output_dir(path, overwrite)
 
 
+#: a per-micrograph file-name suffix (RELION's ``<micrograph>_<suffix>.star``): letters, digits, _ -
+_SUFFIX_CHARS = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_suffix(suffix: str | None, key: str = "suffix") -> str:
+    """``_<suffix>`` for a per-micrograph file name (``""`` for None); ConfigError if unsafe."""
+    if suffix is None or suffix == "":
+        return ""
+    if not isinstance(suffix, str) or not _SUFFIX_CHARS.fullmatch(suffix):
+        from topaz_lightning.errors import ConfigError
+
+        raise ConfigError(key, f"must be 1-64 letters, digits, _ or -, got {suffix!r}")
+    return f"_{suffix}"
+
+
 def per_micrograph_paths(
-    names: list[str] | pd.Series, directory: str | os.PathLike, fmt: str
+    names: list[str] | pd.Series, directory: str | os.PathLike, fmt: str, suffix: str | None = None
 ) -> dict[str, Path]:
-    """``{name: directory/<name><ext>}`` for one-file-per-micrograph output.
+    """``{name: directory/<name>[_<suffix>]<ext>}`` for one-file-per-micrograph output.
 
     Refuses (InputError naming the first bad row) any name that is not a plain printable file
     name (a directory part, a control character) or is longer than MAX_NAME_BYTES (200) bytes
@@ -348,7 +364,7 @@ def per_micrograph_paths(
     (255 bytes, with the temporary name's prefix and suffix) cannot hold.
     """
     directory = Path(directory)
-    ext = format_extension(fmt)
+    ext = check_suffix(suffix) + format_extension(fmt)
     out: dict[str, Path] = {}
     for row, name in enumerate(pd.Series(names).astype(str), start=1):
         if name not in out:
@@ -384,13 +400,15 @@ def write_coordinates(
     overwrite: bool = False,
     per_micrograph: bool = False,
     box_size: float | None = None,
+    suffix: str | None = None,
 ) -> Path:
     """Write a coordinate table (micrograph, x, y[, score]) to ``path``; return the path written.
 
     ``fmt`` is a format name or alias (``star`` = RELION 3.1 with an optics block); ``None``
     takes it from the extension (:func:`format_for_output`: ``.csv`` means plain CSV; pass
     ``fmt="cryoppp"`` for CryoPPP). ``per_micrograph=True`` writes ``path/<micrograph><ext>``
-    for each micrograph (required for box and CryoPPP when the table holds several micrographs).
+    for each micrograph (required for box and CryoPPP when the table holds several micrographs),
+    ``path/<micrograph>_<suffix><ext>`` with ``suffix`` (RELION's coordinate-file convention).
     ``box_size`` (micrograph px) is required for .box (corner = centre - box_size/2) and fills
     CryoPPP's Diameter column. Outputs are written atomically and an existing output is refused
     unless ``overwrite``.
@@ -420,7 +438,7 @@ def write_coordinates(
 
     groups = {name: group for name, group in df.groupby(df["micrograph"].astype(str), sort=False)}
     try:
-        targets = per_micrograph_paths(df["micrograph"], path, record.name)
+        targets = per_micrograph_paths(df["micrograph"], path, record.name, suffix)
     except InputError as err:
         raise InputError(err.problem, path, f"table {err.where}") from None
     check_coordinate_output(path, overwrite, per_micrograph=True)

@@ -86,14 +86,17 @@ class PickOutputs:
         score_map_dir: str = "score_maps",
         save_score_maps: bool = False,
         plot_score_maps: bool = False,
+        suffix: str | None = None,
     ):
-        from topaz_lightning.io.coordinates import EXTENSIONS
+        from topaz_lightning.io.coordinates import check_suffix, format_extension
 
         self.run_dir = Path(run_dir)
         self.output = jobs.output_path(self.run_dir, output, "output")
         self.picks_dir = jobs.output_path(self.run_dir, picks_dir, "picks_dir")
         self.per_micrograph = bool(per_micrograph)
-        self.extension = EXTENSIONS[fmt]
+        #: what follows a micrograph name in a per-micrograph file name: [_<suffix>]<ext>
+        self.suffix = check_suffix(suffix)[1:] or None
+        self.extension = check_suffix(suffix) + format_extension(fmt)
         self.score_exts = [
             ext for ext, on in ((".mrc", save_score_maps), (".png", plot_score_maps)) if on
         ]
@@ -287,4 +290,5 @@ def write_output(
         overwrite=True,  # decided by the job: a fresh output, or this job's own
         per_micrograph=outputs.per_micrograph,
         box_size=box_size,
+        suffix=outputs.suffix,
     )

@@ -149,7 +149,7 @@ def threshold_free(scoring: str, refine: str = "window") -> bool:
 #: parts (threshold, top k, score, format, layout), or only about speed, logging and paths
 NOT_IN_RECORD = frozenset(
     {
-        "model_path", "micrographs", "subset", "output_dir", "output", "format",
+        "model_path", "micrographs", "subset", "output_dir", "output", "format", "suffix",
         "per_micrograph", "box_size", "score", "threshold", "threshold_probability",
         "target_recall", "recall_metrics", "particles_per_micrograph", "radius",
         "nms_radius_px", "nms_radius_px_model", "downsample", "normalize", "chunk_size",
@@ -188,6 +188,8 @@ class ResolvedPick:
     #: particles the model expects per model-frame pixel (pi / label disk area); None without
     #: a prior in model.pt
     expected_per_px_model: float | None = None
+    #: the particle diameter of the run geometry (micrograph frame): the default box size
+    particle_diameter_px: float | None = None
 
     def expected_count(self, shape_px: tuple[int, int]) -> float | None:
         """Particles expected on a micrograph of ``shape_px`` (H, W, micrograph frame)."""
@@ -389,6 +391,11 @@ def resolve_pick_settings(cfg, net, extra: dict, model_path: str | None = None) 
         record=record,
         stores_all_maxima=all_maxima,
         expected_per_px_model=expected,
+        particle_diameter_px=(
+            None
+            if geometry is None or geometry.particle_radius_px is None
+            else 2.0 * float(geometry.particle_radius_px)
+        ),
     )
 
 
