@@ -86,8 +86,9 @@ def score_micrographs(
     ``scoring="strided"`` (:mod:`topaz_lightning.picking.strided`, needs ``radius_px_model``,
     the NMS radius): ``-inf`` except at the strided picks (NMS radius ``radius_px_model``,
     ``nms_boundary``, ``refine``, ``threshold``), which hold their scores (centroid
-    positions rounded to the pixel), so NMS with radius 0 on the map returns exactly them. For picking, call
-    :func:`topaz_lightning.picking.predict.pick_micrograph` instead (no full-size map).
+    positions rounded to the pixel), so NMS with radius 0 on the map returns exactly them.
+    For picking, call :func:`topaz_lightning.picking.predict.pick_micrograph` instead (no
+    full-size map).
     """
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
