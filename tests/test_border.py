@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
+from tests.helpers import PixelLogitNet
 from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.picking.border import (
     BorderBands,
@@ -77,25 +77,16 @@ def test_bad_settings_and_images():
         detect_bands(np.zeros((5, 5, 2)))
 
 
-class _Brightness(torch.nn.Module):
-    """Stand-in classifier: the logit of a pixel is its value."""
-
-    receptive_field = 1
-
-    def score_map(self, images):
-        return images[:, 0]
-
-
 def test_pick_micrograph_drops_picks_on_bands():
     image = _striped(shape=(200, 200), top=15, right=0, seed=3).astype(np.float32) * 0.1
     image[:15, 60] = 5.0  # a bright column inside the top band: the best local maximum
     image[100, 100] = 4.0  # a bright spot inside the image
     plain = pick_micrograph(
-        _Brightness(), image, PickSettings(nms_radius_px_model=6.0, border_bands=False)
+        PixelLogitNet(), image, PickSettings(nms_radius_px_model=6.0, border_bands=False)
     ).picks
     assert (plain["y"] < 15).any()
     masked = pick_micrograph(
-        _Brightness(),
+        PixelLogitNet(),
         image,
         PickSettings(nms_radius_px_model=6.0, border_bands=True, border_padding_px_model=3.0),
     ).picks
@@ -104,7 +95,7 @@ def test_pick_micrograph_drops_picks_on_bands():
     assert len(masked) < len(plain)
     # the mask is found on the model-frame image; coordinates leave in the micrograph frame
     scaled = pick_micrograph(
-        _Brightness(),
+        PixelLogitNet(),
         image,
         PickSettings(nms_radius_px_model=6.0, border_bands=True, downsample=4.0),
     ).picks

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.helpers import PixelLogitNet, quiet_trainer
 from topaz_lightning.callbacks import HeldOutPicking
 from topaz_lightning.callbacks.validation import (
     ShardResult,
@@ -44,27 +45,10 @@ NMS_RADIUS = 5.0
 # a tiny fake world: the "classifier" returns its input, so the micrograph *is* the score map
 
 
-class PeakNet(nn.Module):
-    """score_map(images) = images: lets a test place score peaks exactly where it wants."""
-
-    receptive_field = 1
-    num_features = 1
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))  # so the module has a device and a parameter
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return patches[:, 0, 0, 0]
-
-    def score_map(self, images: torch.Tensor) -> torch.Tensor:
-        return images[:, 0]
-
-
 class StubModule(pl.LightningModule):
     def __init__(self, net: nn.Module | None = None):
         super().__init__()
-        self.net = PeakNet() if net is None else net
+        self.net = PixelLogitNet() if net is None else net
         self.weight = nn.Parameter(torch.ones(1))
         self.modes_seen: list[bool] = []
 
@@ -138,22 +122,6 @@ def _settings(radius: float = NMS_RADIUS, **pick) -> PickSettings:
     return PickSettings(nms_radius_px_model=radius, **{"border_bands": False, **pick})
 
 
-def _trainer(tmp_path: Path, callbacks, max_steps=4, logger=None, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        max_epochs=-1,
-        callbacks=callbacks,
-        logger=logger if logger is not None else False,
-        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # through a real Trainer
 
@@ -173,7 +141,7 @@ def test_peaks_at_particles_give_aupr_one_and_checkpoint_sees_it(tmp_path):
     )
     logger = pl.loggers.CSVLogger(tmp_path, name="csv")
     module = StubModule()
-    trainer = _trainer(tmp_path, [best, callback], max_steps=4, logger=logger)
+    trainer = quiet_trainer(tmp_path, [best, callback], max_steps=4, logger=logger)
     trainer.fit(module, datamodule=StubData(micrographs, coords))
 
     assert [h["step"] for h in callback.history] == [2.0, 4.0]  # on global_step, no duplicate
@@ -206,7 +174,7 @@ def test_peaks_beyond_matching_distance_give_aupr_zero(tmp_path):
         match_distance_px_model=MAX_DISTANCE,
         threshold=0.0,
     )
-    trainer = _trainer(tmp_path, [callback], max_steps=3)
+    trainer = quiet_trainer(tmp_path, [callback], max_steps=3)
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
     (h,) = callback.history
     assert h["val/aupr"] == 0.0
@@ -220,23 +188,14 @@ def test_final_evaluation_when_max_steps_is_not_a_multiple(tmp_path):
     callback = _held_out(
         every_n_steps=2, nms_radius_px_model=NMS_RADIUS, match_distance_px_model=MAX_DISTANCE
     )
-    trainer = _trainer(tmp_path, [callback], max_steps=5)
+    trainer = quiet_trainer(tmp_path, [callback], max_steps=5)
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
     assert [h["step"] for h in callback.history] == [2.0, 4.0, 5.0]
     # and with max_epochs: 3 batches per epoch, 2 epochs -> steps 2, 4 and the final 6
     callback = _held_out(
         every_n_steps=4, nms_radius_px_model=NMS_RADIUS, match_distance_px_model=MAX_DISTANCE
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, [callback], max_epochs=2)
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords, num_batches=3))
     assert [h["step"] for h in callback.history] == [4.0, 6.0]
     assert float(trainer.callback_metrics["val/aupr"]) == 1.0
@@ -250,7 +209,7 @@ def test_max_micrographs_and_region_radius(tmp_path):
         every_n_steps=1, nms_radius_px_model=NMS_RADIUS, match_distance_px_model=MAX_DISTANCE, max_micrographs=1,
         region_radius_px_model=None,
     )  # fmt: skip
-    trainer = _trainer(tmp_path, [callback], max_steps=1)
+    trainer = quiet_trainer(tmp_path, [callback], max_steps=1)
     # mic1 (bad) is excluded, and the datamodule has no radius: no region AUPR
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords, radius_px=None))
     (h,) = callback.history
@@ -275,7 +234,7 @@ def test_pictures_saved_and_logged_to_tensorboard(tmp_path, monkeypatch):
             (tag, img.shape, global_step)
         ),
     )
-    trainer = _trainer(tmp_path, [callback], max_steps=4, logger=logger)
+    trainer = quiet_trainer(tmp_path, [callback], max_steps=4, logger=logger)
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
     for step in (2, 4):
         folder = Path(logger.log_dir) / "val_images" / f"step_{step:06d}"
@@ -295,7 +254,7 @@ def test_images_go_to_default_root_dir_without_logger(tmp_path):
         match_distance_px_model=MAX_DISTANCE,
         log_images=True,
     )
-    _trainer(tmp_path, [callback], max_steps=1).fit(
+    quiet_trainer(tmp_path, [callback], max_steps=1).fit(
         StubModule(), datamodule=StubData(micrographs, coords)
     )
     assert (tmp_path / "val_images" / "step_000001" / "overlay_mic0.png").is_file()
@@ -307,14 +266,14 @@ def test_distances_from_the_run_geometry(tmp_path):
         micrographs, coords, downsample=2.0, nms_radius_px_model=5.0, match_distance_px_model=3.0
     )
     callback = _held_out(every_n_steps=1)
-    _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=data)
+    quiet_trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=data)
     # model-frame values are used as they are: no second division by the downsample factor
     assert callback.settings.nms_radius_px_model == 5.0 and callback.match_distance_px_model == 3.0
     assert callback.history[0]["val/aupr"] == 1.0
     # a geometry without NMS radius (no particle size) and no setting: a clear error
     match = "held_out_picking.nms_radius_px_model.*particle_diameter_px"
     with pytest.raises(ConfigError, match=match):
-        _trainer(tmp_path, [_held_out(every_n_steps=1)], max_steps=1).fit(
+        quiet_trainer(tmp_path, [_held_out(every_n_steps=1)], max_steps=1).fit(
             StubModule(), datamodule=StubData(micrographs, coords)
         )
 
@@ -324,7 +283,7 @@ def test_no_held_out_micrographs_asks_for_no_radius(tmp_path):
     callback = HeldOutPicking(every_n_steps=1)
     data = StubData({}, pd.DataFrame(columns=["micrograph", "x", "y"]))
     with pytest.warns(UserWarning, match="no held-out micrographs"):
-        _trainer(tmp_path, [callback], max_steps=2).fit(StubModule(), datamodule=data)
+        quiet_trainer(tmp_path, [callback], max_steps=2).fit(StubModule(), datamodule=data)
     assert callback.history == [] and callback.settings is None
 
 
@@ -335,7 +294,7 @@ def test_missing_held_out_data_is_a_clear_error(tmp_path):
 
     callback = _held_out(every_n_steps=1, nms_radius_px_model=5, match_distance_px_model=3)
     with pytest.raises(ConfigError, match="val_micrographs"):
-        _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=NoVal())
+        quiet_trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), datamodule=NoVal())
 
 
 def test_micrographs_passed_directly(tmp_path):
@@ -349,7 +308,7 @@ def test_micrographs_passed_directly(tmp_path):
     )
     module = StubModule()
     loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
-    _trainer(tmp_path, [callback], max_steps=1).fit(module, train_dataloaders=loader)
+    quiet_trainer(tmp_path, [callback], max_steps=1).fit(module, train_dataloaders=loader)
     assert callback.history[0]["val/aupr"] == 1.0
 
 
@@ -440,7 +399,7 @@ def test_border_bands_drop_the_pick_in_the_band(tmp_path, bands):
         pick={"threshold": 1.0, **({} if bands else {"border_bands": False})},
     )  # fmt: skip
     loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
-    _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), train_dataloaders=loader)
+    quiet_trainer(tmp_path, [callback], max_steps=1).fit(StubModule(), train_dataloaders=loader)
     picks = callback.last_evaluation.picks
     in_band = picks["y"] < BAND_ROWS
     (h,) = callback.history
@@ -454,7 +413,7 @@ def test_border_bands_drop_the_pick_in_the_band(tmp_path, bands):
         assert h["val/aupr"] < 1.0
     # region AUPR is a pixel metric: the mask leaves it alone
     shards = [
-        pick_shard(PeakNet().eval(), micrographs, coords, ["mic0"], _settings(border_bands=b),
+        pick_shard(PixelLogitNet().eval(), micrographs, coords, ["mic0"], _settings(border_bands=b),
                    region_radius_px_model=2.0)[0]
         for b in (True, False)
     ]  # fmt: skip
@@ -505,7 +464,7 @@ def _callback_picks(tmp_path: Path, net: nn.Module, image: np.ndarray) -> pd.Dat
     geometry = RunGeometry(nms_radius_px_model=TZL_NMS_RADIUS, match_distance_px_model=4.0)
     callback.set_run_geometry(geometry)  # what train.py hands over (no datamodule here)
     loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
-    _trainer(tmp_path, [callback], max_steps=1).fit(StubModule(net), train_dataloaders=loader)
+    quiet_trainer(tmp_path, [callback], max_steps=1).fit(StubModule(net), train_dataloaders=loader)
     assert callback.settings == PickSettings(nms_radius_px_model=TZL_NMS_RADIUS)
     return callback.last_picks
 
@@ -585,7 +544,7 @@ def test_sharded_scoring_equals_single_process(world_size):
     # one micrograph partly wrong so the metrics are not trivially 1
     micrographs["mic2"] = _peak_image(_particles(2) + np.array([[4.0, 0.0]] * 3 + [[0.0, 0.0]] * 3))
     names = sorted(micrographs)
-    net = PeakNet().eval()
+    net = PixelLogitNet().eval()
     kw = dict(settings=_settings(), region_radius_px_model=2.0)
     single, _ = pick_shard(net, micrographs, coords, names, **kw)
     expected, ev1 = compute_metrics(merge_shards([single]), coords, MAX_DISTANCE)
@@ -645,7 +604,7 @@ def _gloo_worker(rank: int, world_size: int, port: int, queue) -> None:
         micrographs, coords = _fake_world(n_micrographs=3)
         names = sorted(micrographs)
         shard, _ = pick_shard(
-            PeakNet().eval(), micrographs, coords, shard_names(names, rank, world_size),
+            PixelLogitNet().eval(), micrographs, coords, shard_names(names, rank, world_size),
             _settings(), region_radius_px_model=2.0,
         )  # fmt: skip
         merged = merge_shards(all_gather_objects(shard))
@@ -689,7 +648,7 @@ def _half_wrong_world():
 def test_lightning_ddp_spawn_two_ranks(tmp_path):
     micrographs, coords = _half_wrong_world()
     names = sorted(micrographs)
-    single, _ = pick_shard(PeakNet().eval(), micrographs, coords, names, _settings())
+    single, _ = pick_shard(PixelLogitNet().eval(), micrographs, coords, names, _settings())
     expected, _ = compute_metrics(merge_shards([single]), coords, MAX_DISTANCE)
     assert 0.0 < expected["val/aupr"] < 1.0
 
@@ -703,16 +662,13 @@ def test_lightning_ddp_spawn_two_ranks(tmp_path):
         dirpath=tmp_path / "ckpt", monitor="val/aupr", mode="max", every_n_train_steps=2,
         filename="best", save_last=True,
     )  # fmt: skip
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        tmp_path,
+        [best, callback],
         devices=2,
         strategy="ddp_spawn",
         max_steps=4,
-        callbacks=[best, callback],
         logger=pl.loggers.CSVLogger(tmp_path, name="csv"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
     )
     trainer.fit(StubModule(), datamodule=StubData(micrographs, coords))
     # every rank logged the broadcast value; the main process gets rank 0's callback metrics
@@ -779,7 +735,7 @@ def test_images_sent_to_wandb_like_logger(tmp_path):
     callback = _held_out(
         every_n_steps=1, nms_radius_px_model=5, match_distance_px_model=3, log_images=True
     )
-    _trainer(tmp_path, [callback], max_steps=1, logger=logger).fit(
+    quiet_trainer(tmp_path, [callback], max_steps=1, logger=logger).fit(
         StubModule(), datamodule=StubData(micrographs, coords)
     )
     assert sorted(logger.images) == [

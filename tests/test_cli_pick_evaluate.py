@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from tests.conftest import REPO, compose_config
+from tests.helpers import PixelLogitNet, admit_pixel_logit_net, blob_micrograph, pick_config
 from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
 
 BLOBS = {
@@ -24,44 +24,10 @@ BLOBS = {
 }
 
 
-class BrightnessScorer(nn.Module):
-    """A stand-in classifier whose logit map is the (preprocessed) image itself, times a weight."""
-
-    receptive_field = 1
-    num_features = 1
-
-    def __init__(self):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(()))
-
-    @property
-    def config(self) -> dict:
-        return {"_target_": f"{__name__}.BrightnessScorer"}
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return patches[:, 0, 0, 0] * self.weight
-
-    def score_map(self, images: torch.Tensor, tile_size: int | None = None) -> torch.Tensor:
-        return images[:, 0] * self.weight
-
-
 @pytest.fixture(autouse=True)
 def _allow_test_scorer(monkeypatch):
     """load_model builds only the package's own classes; admit the stand-in scorer in-process."""
-    from topaz_lightning.models import io as model_io
-
-    classes = model_io.model_classes()
-    classes[f"{__name__}.BrightnessScorer"] = BrightnessScorer
-    monkeypatch.setattr(model_io, "model_classes", lambda: classes)
-
-
-def _blob_image(blobs, shape=(96, 96), seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[: shape[0], : shape[1]]
-    image = rng.normal(0, 0.01, shape)
-    for x, y, amp in blobs:
-        image += amp * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 3.0**2))
-    return image.astype(np.float32)
+    admit_pixel_logit_net(monkeypatch)
 
 
 @pytest.fixture
@@ -71,7 +37,7 @@ def dataset(tmp_path) -> Path:
     mics = tmp_path / "micrographs"
     rows = []
     for k, (name, blobs) in enumerate(BLOBS.items()):
-        write_micrograph(mics / f"{name}.mrc", _blob_image(blobs, seed=k))
+        write_micrograph(mics / f"{name}.mrc", blob_micrograph(blobs, seed=k))
         rows += [(name, x, y) for x, y, _ in blobs]
     truth = pd.DataFrame(rows, columns=["micrograph", "x", "y"])
     lines = ["image_name\tx_coord\ty_coord"] + [f"{n}\t{x}\t{y}" for n, x, y in rows]
@@ -85,36 +51,21 @@ def _save_model(path: Path, downsample: float = 1.0) -> Path:
     from topaz_lightning.models import save_model
 
     extra = {"preprocess": {"downsample": downsample, "normalize": "none"}, "radius_px": 3}
-    return save_model(path, BrightnessScorer(), extra=extra, overwrite=True)
-
-
-def _cfg(name: str, overrides: list[str]):
-    return compose_config(name, overrides)
+    return save_model(path, PixelLogitNet(), extra=extra, overwrite=True)
 
 
 def _pick(data: Path, *extra: str, model: Path | None = None, out: str = "picks"):
     from topaz_lightning.cli.pick import run
 
     model = model or _save_model(data / "model.pt")
-    cfg = _cfg(
-        "pick",
-        [
-            f"model_path={model}",
-            f"micrographs={data / 'micrographs'}",
-            "nms_radius_px_model=8",
-            f"output_dir={data / out}",
-            "progress=false",
-            "device=cpu",
-            *extra,
-        ],
-    )
+    cfg = pick_config(model, data / "micrographs", data / out, "nms_radius_px_model=8", *extra)
     return run(cfg)
 
 
 def _evaluate(data: Path, picks: Path, *extra: str, out: str = "eval"):
     from topaz_lightning.cli.evaluate import run
 
-    cfg = _cfg(
+    cfg = compose_config(
         "evaluate",
         [
             f"picks={picks}",
@@ -209,7 +160,7 @@ def test_score_maps_per_micrograph_outputs_and_overwrite(dataset):
     assert files == ["mic_a.star", "mic_b.star"]
     assert len(read_coordinates(dataset / "picks" / "picks_star")) == 5
     with mrcfile.open(dataset / "picks" / "score_maps" / "mic_a.mrc") as mrc:
-        np.testing.assert_allclose(mrc.data, _blob_image(BLOBS["mic_a"], seed=0), rtol=1e-6)
+        np.testing.assert_allclose(mrc.data, blob_micrograph(BLOBS["mic_a"], seed=0), rtol=1e-6)
 
     # a command with other pick-deciding settings is refused, naming the key that changed
     with pytest.raises(InputError, match="changed: save_score_maps"):
@@ -248,7 +199,7 @@ def test_bad_inputs_are_reported(dataset):
         from topaz_lightning.cli.pick import run
 
         run(
-            _cfg(
+            compose_config(
                 "pick",
                 [f"model_path={_save_model(dataset / 'm.pt')}", "micrographs=x", "output_dir=y"],
             )

@@ -36,10 +36,6 @@ def inputs(tmp_path):
     return folder, coords
 
 
-def _cfg(overrides):
-    return compose_config("preprocess", overrides)
-
-
 def test_preprocess_command_writes_mrcs_and_scaled_coordinates(inputs, tmp_path):
     folder, coords = inputs
     out = tmp_path / "out"
@@ -51,7 +47,7 @@ def test_preprocess_command_writes_mrcs_and_scaled_coordinates(inputs, tmp_path)
         "num_workers=1",
         "progress=false",
     ]
-    summary = run(_cfg(overrides))
+    summary = run(compose_config("preprocess", overrides))
     assert sorted(p.name for p in out.glob("*.mrc")) == ["mic_a.mrc", "mic_b.mrc"]
     small_a = read_micrograph(out / "mic_a.mrc")
     assert small_a.shape == (24, 32)
@@ -82,14 +78,14 @@ def test_preprocess_command_writes_mrcs_and_scaled_coordinates(inputs, tmp_path)
     # the same command again continues the (finished) job: nothing changes
     before = (out / "mic_a.mrc").read_bytes()
     summary_text = (out / "preprocess.yaml").read_text()
-    run(_cfg(overrides))
+    run(compose_config("preprocess", overrides))
     assert (out / "mic_a.mrc").read_bytes() == before
     assert (out / "preprocess.yaml").read_text() == summary_text
     # other settings into the same directory are refused, naming what changed
     with pytest.raises(InputError, match='changed: normalize "gmm" -> "none"'):
-        run(_cfg(overrides + ["normalize=none"]))
+        run(compose_config("preprocess", overrides + ["normalize=none"]))
     assert (out / "mic_a.mrc").read_bytes() == before
-    run(_cfg(overrides + ["normalize=none", "overwrite=true"]))
+    run(compose_config("preprocess", overrides + ["normalize=none", "overwrite=true"]))
     assert (out / "mic_a.mrc").read_bytes() != before
 
 
@@ -103,14 +99,19 @@ def test_preprocess_constant_micrograph_is_skipped_and_reported(tmp_path, normal
     out = tmp_path / "out"
     overrides = [f"input={folder}", f"output_dir={out}", "num_workers=1", "progress=false"]
     with pytest.raises(PartialFailureError, match=r"flat\.png.*constant"):
-        run(_cfg(overrides + [f"normalize={normalize}"]))
+        run(compose_config("preprocess", overrides + [f"normalize={normalize}"]))
     assert sorted(p.name for p in out.glob("*.mrc")) == ["a_ok.mrc", "z_ok.mrc"]
     lines = (out / "failures.tsv").read_text().splitlines()
     assert lines[0] == "name\treason" and len(lines) == 2
     assert lines[1].startswith("flat\t") and "constant" in lines[1]
     # strict: the first bad micrograph stops the job with its own error
     with pytest.raises(InputError, match=r"flat\.png.*constant"):
-        run(_cfg(overrides + [f"normalize={normalize}", "strict=true", "overwrite=true"]))
+        run(
+            compose_config(
+                "preprocess",
+                overrides + [f"normalize={normalize}", "strict=true", "overwrite=true"],
+            )
+        )
     assert not (out / "z_ok.mrc").exists()
 
 
@@ -164,9 +165,18 @@ def test_a_corrupt_micrograph_does_not_change_the_others_gmm_outputs(inputs, tmp
     folder, _ = inputs
     (folder / "mic_c.mrc").write_bytes((folder / "mic_a.mrc").read_bytes()[:700])  # truncated
     with pytest.raises(PartialFailureError, match="mic_c"):
-        run(_cfg([f"input={folder}", f"output_dir={tmp_path / 'with_bad'}", "num_workers=1"]))
+        run(
+            compose_config(
+                "preprocess",
+                [f"input={folder}", f"output_dir={tmp_path / 'with_bad'}", "num_workers=1"],
+            )
+        )
     (folder / "mic_c.mrc").unlink()
-    run(_cfg([f"input={folder}", f"output_dir={tmp_path / 'clean'}", "num_workers=1"]))
+    run(
+        compose_config(
+            "preprocess", [f"input={folder}", f"output_dir={tmp_path / 'clean'}", "num_workers=1"]
+        )
+    )
     for name in ("mic_a.mrc", "mic_b.mrc"):  # the pixels (the header holds the time)
         bad, clean = (read_micrograph(tmp_path / d / name) for d in ("with_bad", "clean"))
         np.testing.assert_array_equal(bad, clean)
@@ -181,7 +191,7 @@ def test_names_that_cannot_be_file_names_are_skipped_and_reported(inputs, tmp_pa
     out = tmp_path / "out"
     overrides = [f"input={folder}", f"output_dir={out}", "num_workers=1", "normalize=standardize"]
     with pytest.raises(PartialFailureError, match="2 input"):
-        run(_cfg(overrides))
+        run(compose_config("preprocess", overrides))
     assert sorted(p.name for p in out.glob("*.mrc")) == ["mic_a.mrc", "mic_b.mrc"]
     report = (out / "failures.tsv").read_text()
     assert "too long" in report and "control characters" in report

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
+from tests.helpers import quiet_trainer
 from topaz_lightning.data import FilesDataModule, SimulatedDataModule, kfold_split, positive_mask
 from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.geometry import NMS_RADIUS_PER_PARTICLE_RADIUS
@@ -302,18 +303,8 @@ class Recorder(pl.LightningModule):
 
 
 def trainer(tmp_path, max_steps):
-    return pl.Trainer(
-        max_steps=max_steps,
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
+    return quiet_trainer(
+        tmp_path, max_steps=max_steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0
     )
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tests.helpers import quiet_trainer
 from topaz_lightning.errors import ConfigError
 from topaz_lightning.module import PULitModule, reconstruction_error, resolve_recon_weight
 
@@ -81,21 +82,6 @@ class TinyPUData(pl.LightningDataModule):
 
     def train_dataloader(self):
         return DataLoader(self.dataset, batch_size=None)
-
-
-def _trainer(max_steps: int, tmp_path, **kw) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        log_every_n_steps=1,
-        **kw,
-    )
 
 
 def _conv31():
@@ -202,7 +188,7 @@ def test_short_fit_lowers_loss_and_takes_pi_from_the_run_geometry(tmp_path):
     # handed down by train(); the module never reads the trainer's datamodule
     module.set_run_geometry(RunGeometry(pi=0.08, pi_unlabeled=0.05, num_labeled_particles=36))
     recorder = LossRecorder()
-    trainer = _trainer(30, tmp_path, callbacks=[recorder])
+    trainer = quiet_trainer(tmp_path, [recorder], max_steps=30, log_every_n_steps=1)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 30
     assert module.pi_unlabeled == pytest.approx(0.05) and module.pi == pytest.approx(0.08)
@@ -218,7 +204,9 @@ def test_the_module_reads_nothing_from_the_datamodule(tmp_path):
     # a datamodule exposing a prior is not consulted: without one given, setup() refuses
     module = PULitModule(_conv31(), _objective())
     with pytest.raises(ConfigError, match="pi_unlabeled"):
-        _trainer(1, tmp_path).fit(module, datamodule=TinyPUData())
+        quiet_trainer(tmp_path, max_steps=1, log_every_n_steps=1).fit(
+            module, datamodule=TinyPUData()
+        )
 
 
 def test_compute_loss_needs_finalize_first():
@@ -247,16 +235,7 @@ def _logged_run(tmp_path, every: int, steps: int):
         plain_log_dict(values, **kw)
 
     module.log, module.log_dict = log, log_dict
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        log_every_n_steps=every,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=steps, log_every_n_steps=every)
     trainer.fit(module, datamodule=TinyPUData())
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return logged, final

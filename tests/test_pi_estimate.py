@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import add_gaussian_blobs
 from topaz_lightning.data.labels import positive_masks
 from topaz_lightning.pi_estimate import (
     bbe_mixture_proportion,
@@ -82,17 +83,13 @@ class _TinyNet(nn.Module):
 
 def _blob_micrographs(seed=0, n_mic=2, size=128, per_mic=40):
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
     images, rows = {}, []
     for m in range(n_mic):
-        image = rng.normal(0, 1, (size, size)).astype(np.float32)
-        for _ in range(per_mic):
-            x, y = rng.uniform(6, size - 6, 2)
-            image += 3.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5**2)).astype(
-                np.float32
-            )
-            rows.append((f"m{m}", float(x), float(y)))
-        images[f"m{m}"] = image
+        noise = rng.normal(0, 1, (size, size))
+        centres = [rng.uniform(6, size - 6, 2) for _ in range(per_mic)]
+        blobs = [(float(x), float(y), 3.0) for x, y in centres]
+        images[f"m{m}"] = add_gaussian_blobs(noise, blobs, sigma_px=1.5).astype(np.float32)
+        rows += [(f"m{m}", x, y) for x, y, _ in blobs]
     return images, pd.DataFrame(rows, columns=["micrograph", "x", "y"])
 
 

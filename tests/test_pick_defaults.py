@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import compose_config
+from tests.helpers import pick_config
 from topaz_lightning.errors import ConfigError
 
 
@@ -45,17 +45,8 @@ def _dataset(root: Path, pi: float | None, size: int = 96) -> Path:
 def _pick(root: Path, out: Path, *extra: str):
     from topaz_lightning.pick import pick
 
-    args = [
-        f"model_path={root / 'model.pt'}",
-        f"micrographs={root / 'mics'}",
-        f"output_dir={out}",
-        "progress=false",
-        "device=cpu",
-        "num_workers=0",
-        "border_bands=false",
-        *extra,
-    ]
-    return pick(compose_config("pick", args))
+    settings = ("num_workers=0", "border_bands=false", *extra)
+    return pick(pick_config(root / "model.pt", root / "mics", out, *settings))
 
 
 def test_default_keeps_the_expected_count_per_micrograph(tmp_path, caplog):

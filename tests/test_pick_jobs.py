@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, compose_config
+from tests.helpers import pick_overrides
 from topaz_lightning.errors import InputError, PartialFailureError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -48,15 +49,7 @@ def data(tmp_path) -> Path:
 
 
 def _args(root: Path, out: Path, *extra: str, mics: Path | None = None) -> list[str]:
-    return [
-        f"model_path={root / 'model.pt'}",
-        f"micrographs={mics or root / 'mics'}",
-        f"output_dir={out}",
-        "progress=false",
-        "device=cpu",
-        "num_workers=0",
-        *extra,
-    ]
+    return pick_overrides(root / "model.pt", mics or root / "mics", out, "num_workers=0", *extra)
 
 
 def _pick(root: Path, out: Path, *extra: str, mics: Path | None = None):

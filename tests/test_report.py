@@ -76,14 +76,10 @@ def _kfold_sweep(root: Path, skip_metrics: tuple[int, ...] = ()) -> Path:
     return sweep
 
 
-def _cfg(overrides: list[str]):
-    return compose_config("report", overrides)
-
-
 def _report(sweep: Path, *extra: str):
     from topaz_lightning.cli.report import run
 
-    return run(_cfg([f"sweep_dir={sweep}", *extra]))
+    return run(compose_config("report", [f"sweep_dir={sweep}", *extra]))
 
 
 def test_parse_override():
@@ -211,7 +207,7 @@ def test_errors(tmp_path):
     with pytest.raises(ConfigError, match="sweep_dir"):
         from topaz_lightning.cli.report import run
 
-        run(_cfg([]))
+        run(compose_config("report", []))
 
 
 def test_hydra_config_and_mean_std_text(tmp_path):

@@ -37,10 +37,6 @@ def _corrupt(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def _cfg(overrides: list[str]):
-    return compose_config("preprocess", overrides)
-
-
 def _overrides(folder: Path, out: Path, *extra: str) -> list[str]:
     return [
         f"input={folder}",
@@ -85,7 +81,11 @@ def test_interrupted_preprocess_continues_to_the_same_outputs(tmp_path, monkeypa
 
     folder = _micrographs(tmp_path / "in", 6)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(_cfg(_overrides(folder, straight, f"normalize={normalize}", "num_workers=1")))
+    run(
+        compose_config(
+            "preprocess", _overrides(folder, straight, f"normalize={normalize}", "num_workers=1")
+        )
+    )
 
     real_write = files._write_job
     calls = []
@@ -98,13 +98,21 @@ def test_interrupted_preprocess_continues_to_the_same_outputs(tmp_path, monkeypa
 
     monkeypatch.setattr(files, "_write_job", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
-        run(_cfg(_overrides(folder, resumed, f"normalize={normalize}", "num_workers=2")))
+        run(
+            compose_config(
+                "preprocess", _overrides(folder, resumed, f"normalize={normalize}", "num_workers=2")
+            )
+        )
     assert len(list(resumed.glob("*.mrc"))) == 3
     monkeypatch.setattr(files, "_write_job", real_write)
 
     written = []
     monkeypatch.setattr(files, "_write_job", lambda job: written.append(job[2]) or real_write(job))
-    summary = run(_cfg(_overrides(folder, resumed, f"normalize={normalize}", "num_workers=2")))
+    summary = run(
+        compose_config(
+            "preprocess", _overrides(folder, resumed, f"normalize={normalize}", "num_workers=2")
+        )
+    )
     assert sorted(written) == ["mic003", "mic004", "mic005"]  # only the rest was done
     assert len(summary["micrographs"]) == 6
     _assert_same_outputs(straight, resumed)
@@ -113,18 +121,19 @@ def test_interrupted_preprocess_continues_to_the_same_outputs(tmp_path, monkeypa
 def test_changed_settings_are_refused_and_overwrite_removes_the_earlier_jobs_outputs(tmp_path):
     folder = _micrographs(tmp_path / "in", 4)
     out = tmp_path / "out"
-    run(_cfg(_overrides(folder, out, "num_workers=1")))
+    run(compose_config("preprocess", _overrides(folder, out, "num_workers=1")))
     with pytest.raises(InputError, match=r"changed: downsample 1.5 -> 2.0"):
-        run(_cfg(_overrides(folder, out, "num_workers=1", "downsample=2")))
+        run(compose_config("preprocess", _overrides(folder, out, "num_workers=1", "downsample=2")))
     # continuing may rewrite the job's own files, never one it did not write
     coords = tmp_path / "coords.tsv"
     coords.write_text("image_name\tx_coord\ty_coord\nmic000\t3\t4\n")
     (tmp_path / "user.tsv").write_text("keep me")
     with pytest.raises(OutputExistsError, match="user.tsv"):
         run(
-            _cfg(
+            compose_config(
+                "preprocess",
                 _overrides(folder, out, "num_workers=1")
-                + [f"coordinates={coords}", f"coordinates_output={tmp_path / 'user.tsv'}"]
+                + [f"coordinates={coords}", f"coordinates_output={tmp_path / 'user.tsv'}"],
             )
         )
     assert (tmp_path / "user.tsv").read_text() == "keep me"
@@ -133,22 +142,26 @@ def test_changed_settings_are_refused_and_overwrite_removes_the_earlier_jobs_out
     fewer.mkdir()
     (fewer / "mic000.mrc").write_bytes((folder / "mic000.mrc").read_bytes())
     with pytest.raises(ConfigError, match="3 missing"):
-        run(_cfg(_overrides(fewer, out, "num_workers=1")))
+        run(compose_config("preprocess", _overrides(fewer, out, "num_workers=1")))
     # overwrite: the three micrographs that are no longer inputs do not survive to be read back
-    run(_cfg(_overrides(fewer, out, "num_workers=1", "overwrite=true")))
+    run(compose_config("preprocess", _overrides(fewer, out, "num_workers=1", "overwrite=true")))
     assert sorted(p.name for p in out.glob("*.mrc")) == ["mic000.mrc"]
     # an output directory that holds the inputs: refused before anything is removed
     inplace = _micrographs(tmp_path / "inplace", 2)
     before = sorted((p.name, p.read_bytes()) for p in inplace.iterdir())
     with pytest.raises(ConfigError, match="would replace an input"):
-        run(_cfg(_overrides(inplace, inplace, "num_workers=1", "overwrite=true")))
+        run(
+            compose_config(
+                "preprocess", _overrides(inplace, inplace, "num_workers=1", "overwrite=true")
+            )
+        )
     assert sorted((p.name, p.read_bytes()) for p in inplace.iterdir()) == before
     # outputs with no job record (not ours to judge) are refused, as before
     other = tmp_path / "other"
     other.mkdir()
     (other / "mic000.mrc").write_bytes(b"someone else's file")
     with pytest.raises(OutputExistsError, match="mic000.mrc"):
-        run(_cfg(_overrides(fewer, other, "num_workers=1")))
+        run(compose_config("preprocess", _overrides(fewer, other, "num_workers=1")))
 
 
 def test_gmm_continue_reports_a_micrograph_missing_from_the_stored_fit(tmp_path):
@@ -157,12 +170,12 @@ def test_gmm_continue_reports_a_micrograph_missing_from_the_stored_fit(tmp_path)
     _corrupt(folder / "mic001.mrc")
     out = tmp_path / "out"
     with pytest.raises(PartialFailureError, match="mic001"):
-        run(_cfg(_overrides(folder, out, "num_workers=1")))
+        run(compose_config("preprocess", _overrides(folder, out, "num_workers=1")))
     # the file is repaired, but the stored fit (used by the finished micrographs) lacks it
     (folder / "mic001.mrc").write_bytes(good)
     with pytest.raises(PartialFailureError, match="not part of the GMM fit"):
-        run(_cfg(_overrides(folder, out, "num_workers=1")))
-    run(_cfg(_overrides(folder, out, "num_workers=1", "overwrite=true")))
+        run(compose_config("preprocess", _overrides(folder, out, "num_workers=1")))
+    run(compose_config("preprocess", _overrides(folder, out, "num_workers=1", "overwrite=true")))
     assert not (out / "failures.tsv").exists()
     assert len(list(out.glob("*.mrc"))) == 3
 
