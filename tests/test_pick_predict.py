@@ -54,6 +54,7 @@ def _cfg(data: Path, out: str, *overrides: str, model: str = "model.pt"):
             "progress=false",
             "device=cpu",
             "num_workers=0",
+            "scoring=dense",  # these tests compare with the dense in-memory reference
             *overrides,
         ],
     )
@@ -268,3 +269,9 @@ def test_top_k_is_taken_after_the_band_mask(monkeypatch):
     assert masked["score"].tolist() == [5.0, 4.0, 3.0]
     assert (masked["y"] > 12).all()
     assert pick(False)["score"].tolist() == [9.0, 8.0, 5.0]
+
+
+def test_strided_picks_do_not_depend_on_batch_workers_or_tiles(data):
+    base = _pick(data, "s1", "scoring=strided")
+    other = _pick(data, "s2", "scoring=strided", "batch_size=3", "num_workers=2", "tile_size=16")
+    pd.testing.assert_frame_equal(base, other)

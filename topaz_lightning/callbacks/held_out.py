@@ -56,9 +56,13 @@ def pick_shard(
     Returns the shard result and the score maps (logits) of the micrographs in ``keep_maps``.
     """
     from topaz_lightning.metrics import region_labels
+    from topaz_lightning.picking.scoring import score_micrograph
 
     keep = set(keep_maps)
-    with_map = settings.replace(keep_score_map=True)
+    # region AUPR and pictures need the dense map: a dense pick keeps it; other scorings (the
+    # strided default) pick as tzl-pick does and the map is scored densely beside
+    dense = settings.scoring == "dense"
+    with_map = settings.replace(keep_score_map=True) if dense else settings
     result = ShardResult(names=list(names))
     tables, maps = [], {}
     for name in names:
@@ -67,13 +71,22 @@ def pick_shard(
             net, micrographs[name], with_map if needs_map else settings, name, device
         )
         tables.append(picked.picks)
+        score_map = picked.score_map
+        if needs_map and not dense:
+            score_map = score_micrograph(
+                net,
+                micrographs[name],
+                device=device,
+                tile_size=settings.tile_size,
+                tta=settings.tta,
+            )
         if region_radius_px_model is not None:
-            shape = {name: picked.score_map.shape}
+            shape = {name: score_map.shape}
             mask = region_labels(shape, coordinates, region_radius_px_model)[name]
-            result.region_logits.append(picked.score_map.reshape(-1))
+            result.region_logits.append(score_map.reshape(-1))
             result.region_labels.append(mask.reshape(-1))
         if name in keep:
-            maps[name] = picked.score_map
+            maps[name] = score_map
     nonempty = [t for t in tables if len(t)]
     if nonempty:
         result.picks = pd.concat(nonempty, ignore_index=True)

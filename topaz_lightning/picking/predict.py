@@ -74,15 +74,22 @@ def pick_micrograph(
     (:func:`topaz_lightning.geometry.coordinates_to_micrograph_frame`) and ``score`` the logit,
     best first.
     """
-    if settings.scoring == "strided":
+    scoring = settings.scoring
+    if scoring == "strided" and not has_native_stride(net):
+        scoring = "dense"  # a network that declares no stride is its own stride-1 (exact) case
+    if scoring == "strided":
         picks, score_map = _strided(net, image, settings, name, device)
+        if settings.keep_score_map:  # a score map asked for (to save, plot) is the dense map
+            score_map = score_micrograph(
+                net, image, device=device, tile_size=settings.tile_size, tta=settings.tta
+            )
     else:
         score_map = score_micrograph(
             net,
             image,
             device=device,
             tile_size=settings.tile_size,
-            scoring=settings.scoring,
+            scoring=scoring,
             tta=settings.tta,
             level=settings.scoring_level,
             threshold=settings.threshold,
@@ -108,6 +115,12 @@ def pick_micrograph(
     if settings.keep_score_map and settings.scoring == "coarse_to_fine":
         score_map = fill_unscored(score_map)  # no -inf in saved maps and pictures
     return PickResult(name, picks, score_map if settings.keep_score_map else None)
+
+
+def has_native_stride(net: nn.Module) -> bool:
+    """True for networks that can be run at their native stride (``PatchClassifier``: ``trunk``
+    and ``phase_strides``); ``scoring=strided`` scores any other network densely."""
+    return getattr(net, "phase_strides", None) is not None and hasattr(net, "trunk")
 
 
 def _strided(
