@@ -115,3 +115,11 @@ def pick_overrides(model: Path, micrographs: Path, output_dir: Path, *extra: str
 def pick_config(model: Path, micrographs: Path, output_dir: Path, *extra: str):
     """The composed ``configs/pick.yaml`` with :func:`pick_overrides`."""
     return compose_config("pick", pick_overrides(model, micrographs, output_dir, *extra))
+
+
+def evaluate_config(picks: Path, truth: Path, output_dir: Path, *extra: str):
+    """The composed ``configs/evaluate.yaml`` for ``picks`` against ``truth`` writing to
+    ``output_dir``; ``extra`` overrides are appended."""
+    return compose_config(
+        "evaluate", [f"picks={picks}", f"truth={truth}", f"output_dir={output_dir}", *extra]
+    )

@@ -15,7 +15,13 @@ import pytest
 import torch
 
 from tests.conftest import REPO, compose_config
-from tests.helpers import PixelLogitNet, admit_pixel_logit_net, blob_micrograph, pick_config
+from tests.helpers import (
+    PixelLogitNet,
+    admit_pixel_logit_net,
+    blob_micrograph,
+    evaluate_config,
+    pick_config,
+)
 from topaz_lightning.errors import ConfigError, InputError, OutputExistsError
 
 BLOBS = {
@@ -65,17 +71,7 @@ def _pick(data: Path, *extra: str, model: Path | None = None, out: str = "picks"
 def _evaluate(data: Path, picks: Path, *extra: str, out: str = "eval"):
     from topaz_lightning.cli.evaluate import run
 
-    cfg = compose_config(
-        "evaluate",
-        [
-            f"picks={picks}",
-            f"truth={data / 'truth.tsv'}",
-            "max_distance=3",
-            f"output_dir={data / out}",
-            *extra,
-        ],
-    )
-    return run(cfg)
+    return run(evaluate_config(picks, data / "truth.tsv", data / out, "max_distance=3", *extra))
 
 
 def test_pick_then_evaluate_round_trip(dataset, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import compose_config
+from tests.helpers import evaluate_config
 from topaz_lightning.io.micrographs import write_micrograph
 
 TRUTH = "image_name\tx_coord\ty_coord\n" + "".join(
@@ -23,17 +23,14 @@ def _run(tmp_path: Path, picks: list[tuple[str, float, float, float]], *extra: s
     rows = "".join(f"{m}\t{x}\t{y}\t{s}\n" for m, x, y, s in picks)
     (tmp_path / "p.tsv").write_text("image_name\tx_coord\ty_coord\tscore\n" + rows)
     (tmp_path / "t.tsv").write_text(TRUTH)
-    cfg = compose_config(
-        "evaluate",
-        [
-            f"picks={tmp_path / 'p.tsv'}",
-            f"truth={tmp_path / 't.tsv'}",
-            f"output_dir={tmp_path / 'e'}",
-            "plot=null",
-            "max_distance=5",
-            "overwrite=true",
-            *extra,
-        ],
+    cfg = evaluate_config(
+        tmp_path / "p.tsv",
+        tmp_path / "t.tsv",
+        tmp_path / "e",
+        "plot=null",
+        "max_distance=5",
+        "overwrite=true",
+        *extra,
     )
     return run(cfg)
 
@@ -103,10 +100,9 @@ def test_picks_in_a_format_without_scores_say_which_formats_have_them(tmp_path):
 
     (tmp_path / "mic_1.box").write_text("10\t20\t20\t20\n")
     (tmp_path / "t.tsv").write_text(TRUTH)
-    cfg = compose_config(
-        "evaluate",
-        [f"picks={tmp_path / 'mic_1.box'}", f"truth={tmp_path / 't.tsv'}", f"output_dir={tmp_path / 'e'}", "max_distance=5"],
-    )  # fmt: skip
+    cfg = evaluate_config(
+        tmp_path / "mic_1.box", tmp_path / "t.tsv", tmp_path / "e", "max_distance=5"
+    )
     with pytest.raises(InputError, match=r"no score column \(box files store none; use tsv, star3.0, star3.1, csv\)"):  # fmt: skip
         run(cfg)
 

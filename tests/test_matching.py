@@ -191,6 +191,7 @@ def test_tzl_evaluate_match_boundary_option(tmp_path):
     import pandas as pd
 
     from tests.conftest import compose_config
+    from tests.helpers import evaluate_config
     from topaz_lightning.cli.evaluate import run
     from topaz_lightning.io.coordinates import write_coordinates
 
@@ -200,15 +201,12 @@ def test_tzl_evaluate_match_boundary_option(tmp_path):
     write_coordinates(picks, tmp_path / "picks.tsv")
     recall = {}
     for boundary in ("inclusive", "exclusive"):
-        cfg = compose_config(
-            "evaluate",
-            [
-                f"picks={tmp_path / 'picks.tsv'}",
-                f"truth={tmp_path / 'truth.tsv'}",
-                "max_distance=5",
-                f"match_boundary={boundary}",
-                f"output_dir={tmp_path / boundary}",
-            ],
+        cfg = evaluate_config(
+            tmp_path / "picks.tsv",
+            tmp_path / "truth.tsv",
+            tmp_path / boundary,
+            "max_distance=5",
+            f"match_boundary={boundary}",
         )
         recall[boundary] = run(cfg)["n_matched"]
     assert compose_config("evaluate").match_boundary == "inclusive"

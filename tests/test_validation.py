@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
+from tests.helpers import evaluate_config
 from topaz_lightning.cli.validate import validate
 from topaz_lightning.errors import ConfigError, InputError
 
@@ -202,7 +203,7 @@ def test_num_labeled_above_available_fails_before_normalizing(small_files, monke
     def never(*args, **kwargs):
         raise AssertionError("micrographs were preprocessed before the check")
 
-    monkeypatch.setattr(type(dm), "_preprocess", never)
+    monkeypatch.setattr("topaz_lightning.data.datamodule.preprocess_for_training", never)
     with pytest.raises(ConfigError, match="data.num_labeled.*1000.*only 8"):
         dm.setup("fit")
 
@@ -221,17 +222,9 @@ def _evaluate(tmp_path: Path, picks: str, truth: str, *extra: str):
 
     (tmp_path / "p.tsv").write_text(picks)
     (tmp_path / "t.tsv").write_text(truth)
-    cfg = compose_config(
-        "evaluate",
-        [
-            f"picks={tmp_path / 'p.tsv'}",
-            f"truth={tmp_path / 't.tsv'}",
-            f"output_dir={tmp_path / 'e'}",
-            "plot=null",
-            *extra,
-        ],
+    return run(
+        evaluate_config(tmp_path / "p.tsv", tmp_path / "t.tsv", tmp_path / "e", "plot=null", *extra)
     )
-    return run(cfg)
 
 
 TRUTH = "image_name\tx_coord\ty_coord\nmic_1\t10\t10\nmic_2\t20\t20\n"
@@ -318,7 +311,10 @@ def test_pick_then_evaluate_with_a_micrograph_called_data_0001(tmp_path):
         {"micrograph": ["data_0001", "loop_2"], "x": [30.0, 20.0], "y": [30.0, 40.0]}
     )
     truth.to_csv(tmp_path / "truth.csv", index=False)
-    result = evaluate(compose_config("evaluate", [f"picks={picks}", f"truth={tmp_path / 'truth.csv'}", "max_distance=6", f"output_dir={tmp_path / 'e'}", "plot=null"]))  # fmt: skip
+    cfg = evaluate_config(
+        picks, tmp_path / "truth.csv", tmp_path / "e", "max_distance=6", "plot=null"
+    )
+    result = evaluate(cfg)
     assert result["n_true"] == 2
 
 
