@@ -87,7 +87,7 @@ def test_default_config_composes_with_paper_defaults():
     assert cfg.get("decoder") is None
     assert cfg.module.optimizer.lr == pytest.approx(2e-4)
     assert cfg.data.batch_positive == 16 and cfg.data.batch_unlabeled == 240
-    assert cfg.trainer.max_steps == 50000 and cfg.trainer.accelerator == "cpu"
+    assert cfg.trainer.max_steps == 50000 and cfg.trainer.accelerator == "auto"
     assert cfg.trainer.precision == "32-true"
     assert cfg.callbacks.model_checkpoint.save_last is True
     assert "csv" in cfg.logger
@@ -113,7 +113,7 @@ def test_paper_empiar10096_matches_the_appendix():
     assert cfg.objective._target_.endswith("GEBinomial")
 
 
-@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_cpu"])
+@pytest.mark.parametrize("trainer", ["auto", "cpu", "gpu", "ddp", "ddp_cpu"])
 def test_trainer_configs_compose(trainer):
     cfg = compose_train([f"trainer={trainer}"])
     assert cfg.trainer._target_ == "pytorch_lightning.Trainer"

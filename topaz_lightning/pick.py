@@ -189,6 +189,9 @@ def _score(cfg, net, extra, sources, todo, resolved, outputs, job, failures) -> 
     settings = resolved.settings.replace(keep_score_map=bool(outputs.score_exts))
     module = PickModule(net, settings, strict=failures.strict)
     trainer = instantiate(cfg.trainer, **_trainer_kwargs(cfg, writer, outputs.run_dir))
+    from topaz_lightning.utils.components import describe_hardware
+
+    log.info("scoring with %s on %s", net.__class__.__name__, describe_hardware(trainer))
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     return bool(trainer.is_global_zero)

@@ -112,6 +112,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False
     )
     # the resolved config reaches the loggers as the module's hyperparameters (run_config)
+    from topaz_lightning.utils.components import describe_hardware
+
+    log.info(
+        "training %s (%.0f K parameters, receptive field %s px) on %s",
+        type(net).__name__,
+        sum(p.numel() for p in net.parameters()) / 1e3,
+        getattr(net, "receptive_field", "?"),
+        describe_hardware(trainer),
+    )
 
     # the wiring, handed down once the data are read: patch size and run geometry
     if _is_launch_rank_zero():

@@ -52,3 +52,20 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
     from hydra.utils import instantiate
 
     return [instantiate(node) for _, node in config_nodes(cfg, "logger")]
+
+
+def describe_hardware(trainer: Any) -> str:
+    """One line naming where a Lightning trainer runs: accelerator, devices, CPU threads."""
+    import torch
+
+    accelerator = type(getattr(trainer, "accelerator", None)).__name__.replace("Accelerator", "")
+    devices = getattr(trainer, "device_ids", None) or []
+    where = accelerator.lower() or "cpu"
+    if where == "cuda":
+        names = sorted({torch.cuda.get_device_name(i) for i in devices})
+        where = f"GPU {', '.join(map(str, devices))} ({'; '.join(names)})"
+    elif where == "cpu":
+        where = "the CPU"
+    processes = int(getattr(trainer, "world_size", 1) or 1)
+    spread = f", {processes} processes" if processes > 1 else ""
+    return f"{where}{spread}, {torch.get_num_threads()} CPU thread(s) per process"
