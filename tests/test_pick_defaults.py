@@ -88,7 +88,8 @@ def test_a_threshold_keeps_everything_above_it_and_expected_needs_a_prior(tmp_pa
 
 
 def test_evaluate_reads_every_maximum_of_a_pick_run(tmp_path):
-    from topaz_lightning.cli.evaluate import _read, pick_run_parts
+    from topaz_lightning.cli.evaluate import _read
+    from topaz_lightning.picking.outputs import pick_run_parts
 
     root = _dataset(tmp_path, pi=0.02)
     _, objects = _pick(root, tmp_path / "out")
@@ -128,3 +129,12 @@ def test_box_size_from_the_model_and_relion_suffix(tmp_path):
             "format=star",
             "suffix=../x",
         )
+
+
+def test_pick_writes_the_browser_page_unless_asked_not_to(tmp_path):
+    root = _dataset(tmp_path, pi=0.02)
+    _pick(root, tmp_path / "out")
+    page = (tmp_path / "out" / "picks.html").read_text(encoding="utf-8")
+    assert "m0" in page and "m1" in page and "<script" in page
+    _pick(root, tmp_path / "quiet", "browser=false")
+    assert not (tmp_path / "quiet" / "picks.html").exists()

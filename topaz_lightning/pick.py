@@ -17,6 +17,7 @@ objects)``. The flow goes one way:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -201,6 +202,37 @@ def _score(cfg, net, extra, sources, todo, resolved, outputs, job, failures) -> 
 # assembling the output
 
 
+#: the pick browser written beside the picks (a self-contained page: docs/browser.md)
+BROWSER_FILE = "picks.html"
+
+
+def _write_browser(cfg, parts, sources: dict[str, Path], expected, resolved, outputs) -> None:
+    """``<output_dir>/picks.html``: every stored maximum on thumbnails, with a threshold slider
+    starting where this run's output stands (tzl-browse builds the same page for any picks)."""
+    from topaz_lightning.browser import write_pick_browser
+
+    limit = int(cfg.get("browser_max_micrographs") or len(sources))
+    shown = dict(list(sources.items())[:limit])
+    diameter = resolved.particle_diameter_px
+    if diameter is None:  # no particle size in model.pt: the NMS disk stands in for it
+        diameter = 2 * resolved.settings.nms_radius_px_model * resolved.downsample
+    note = None
+    if len(shown) < len(sources):
+        note = f"the first {len(shown)} of {len(sources)} micrographs (browser_max_micrographs)"
+    threshold = resolved.threshold if resolved.threshold > -math.inf else None
+    path = write_pick_browser(
+        parts[parts["micrograph"].isin(set(shown))],
+        shown,
+        outputs.run_dir / BROWSER_FILE,
+        particle_diameter_px=diameter,
+        expected_per_micrograph={n: e for n, e in expected.items() if n in shown} or None,
+        overwrite=True,  # this command's own page, rebuilt with its outputs
+        threshold=threshold,
+        description=note,
+    )
+    log.info("pick browser (open in any web browser, no server needed): %s", path)
+
+
 def _expected_counts(resolved, sources: dict[str, Path]) -> dict[str, float]:
     """Particles the model's prior expects on each micrograph (from its size; headers only)."""
     from topaz_lightning.io.micrographs import read_micrograph_shape
@@ -348,7 +380,8 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     max_picks = resolved.max_picks
     if max_picks == "expected":
         max_picks = {name: int(round(count)) for name, count in expected.items()}
-    picks = extract(read_parts(outputs.picks_dir, good), resolved.threshold, max_picks)
+    parts = read_parts(outputs.picks_dir, good)
+    picks = extract(parts, resolved.threshold, max_picks)
     _report_counts(picks, expected, resolved)
     if cfg.score == "probability":
         picks["score"] = sigmoid(picks["score"].to_numpy())
@@ -357,6 +390,8 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     write_output(picks, outputs, fmt, good, box_size=box_size)
     if job is not None:
         outputs.remember_output(job)
+    if cfg.get("browser", True) and good:
+        _write_browser(cfg, parts, {n: sources[n] for n in good}, expected, resolved, outputs)
     print(f"wrote {len(picks)} picks from {len(good)} micrograph(s) to {outputs.output}")
     metrics = {
         "pick/micrographs": len(good),

@@ -16,11 +16,12 @@ def expected_particles(
 ) -> float:
     """Particles expected on a micrograph of ``shape_px`` (H, W, micrograph frame) from the
     model's prior: ``pi * (H / downsample) * (W / downsample) / disk_area(label_radius_px_model)``,
-    the inverse of ``data.prior.pi_from_particles_per_micrograph``."""
-    from topaz_lightning.geometry import disk_area
+    the inverse of ``data.prior.pi_from_particles_per_micrograph`` (one formula, in data.prior)."""
+    from topaz_lightning.data.prior import expected_particles_per_micrograph
+    from topaz_lightning.geometry import to_model_px
 
-    h_model, w_model = shape_px[0] / downsample, shape_px[1] / downsample
-    return float(pi) * h_model * w_model / disk_area(label_radius_px_model)
+    shape_px_model = (to_model_px(shape_px[0], downsample), to_model_px(shape_px[1], downsample))
+    return expected_particles_per_micrograph(pi, shape_px_model, label_radius_px_model)
 
 
 def _check_picks(picks: pd.DataFrame, name: str, need_score: bool) -> pd.DataFrame:

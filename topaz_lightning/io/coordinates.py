@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from topaz_lightning.geometry import rescale_coordinates
 from topaz_lightning.io.formats import registry
 from topaz_lightning.io.formats.common import (
     MAX_NAME_BYTES,
+    check_suffix,
     checked_name,
     micrograph_name_from_reference,
 )
@@ -336,21 +336,6 @@ def check_coordinate_output(
     if not per_micrograph:
         return check_writable(path, overwrite)
     return check_output_dir(path, overwrite)
-
-
-#: a per-micrograph file-name suffix (RELION's ``<micrograph>_<suffix>.star``): letters, digits, _ -
-_SUFFIX_CHARS = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def check_suffix(suffix: str | None, key: str = "suffix") -> str:
-    """``_<suffix>`` for a per-micrograph file name (``""`` for None); ConfigError if unsafe."""
-    if suffix is None or suffix == "":
-        return ""
-    if not isinstance(suffix, str) or not _SUFFIX_CHARS.fullmatch(suffix):
-        from topaz_lightning.errors import ConfigError
-
-        raise ConfigError(key, f"must be 1-64 letters, digits, _ or -, got {suffix!r}")
-    return f"_{suffix}"
 
 
 def per_micrograph_paths(

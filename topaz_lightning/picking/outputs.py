@@ -292,3 +292,25 @@ def write_output(
         box_size=box_size,
         suffix=outputs.suffix,
     )
+
+
+def pick_run_parts(path) -> Path | None:
+    """A tzl-pick output directory -> its per-micrograph parts (every local maximum, full
+    precision, micrograph frame), so its PR curve is complete whatever the run kept in its
+    combined output (by default the expected number per micrograph); None for anything else."""
+    from omegaconf import OmegaConf
+
+    run = Path(path)
+    if not run.is_dir():
+        return None
+    picks_dir = "picks_by_micrograph"
+    stamp = run / "config.yaml"
+    if stamp.is_file():
+        try:
+            picks_dir = str(OmegaConf.load(stamp).get("picks_dir") or picks_dir)
+        except Exception:  # an unreadable stamp: the default place is still worth a look
+            pass
+    if Path(picks_dir).is_absolute() or ".." in Path(picks_dir).parts:
+        return None  # a stamp is untrusted: never follow it out of the run directory
+    parts = run / picks_dir
+    return parts if (parts / STATE_FILE).is_file() else None

@@ -155,6 +155,7 @@ def threshold_free(scoring: str, refine: str = "window") -> bool:
 NOT_IN_RECORD = frozenset(
     {
         "model_path", "micrographs", "subset", "output_dir", "output", "format", "suffix",
+        "browser", "browser_max_micrographs",
         "per_micrograph", "box_size", "score", "threshold", "threshold_probability",
         "target_recall", "recall_metrics", "particles_per_micrograph", "radius",
         "nms_radius_px", "nms_radius_px_model", "downsample", "normalize", "chunk_size",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -245,3 +246,18 @@ def format_number(value: float) -> str:
     if not np.isfinite(value):
         return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
     return np.format_float_positional(float(value), precision=6, trim="-")
+
+
+#: a per-micrograph file-name suffix (RELION's ``<micrograph>_<suffix>.star``): letters, digits, _ -
+_SUFFIX_CHARS = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_suffix(suffix: str | None, key: str = "suffix") -> str:
+    """``_<suffix>`` for a per-micrograph file name (``""`` for None); ConfigError if unsafe."""
+    if suffix is None or suffix == "":
+        return ""
+    if not isinstance(suffix, str) or not _SUFFIX_CHARS.fullmatch(suffix):
+        from topaz_lightning.errors import ConfigError
+
+        raise ConfigError(key, f"must be 1-64 letters, digits, _ or -, got {suffix!r}")
+    return f"_{suffix}"
