@@ -207,6 +207,10 @@ def test_short_training_lowers_loss_and_saves_a_reloadable_model(dataset, tmp_pa
     assert saved["global_step"] == 30 and saved["train/loss"] == pytest.approx(
         metrics["train/loss"]
     )
+    # the split, as name lists for tzl-evaluate micrographs= / tzl-pick subset=
+    held_out = (out / "val_micrographs.txt").read_text().split()
+    trained = (out / "train_micrographs.txt").read_text().split()
+    assert len(held_out) >= 1 and trained and not set(held_out) & set(trained)
 
 
 def test_resume_from_checkpoint_gives_identical_weights(dataset, tmp_path):

@@ -128,6 +128,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     datamodule.set_patch_size(patch_size)
     geometry = datamodule.geometry
+    from topaz_lightning.data.splits import record_split
+
+    record_split(output_dir, datamodule, geometry, write=_is_launch_rank_zero())
     module.set_run_geometry(geometry)
     for callback in callbacks:
         if callable(getattr(callback, "set_run_geometry", None)):

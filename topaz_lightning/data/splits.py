@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -47,3 +49,28 @@ def kfold_split(
     val = sorted(names[i] for i in folds[fold])
     train = sorted(set(names) - set(val))
     return train, val
+
+
+def record_split(output_dir: Path, datamodule, geometry, write: bool = True) -> None:
+    """Name the held-out micrographs and the particle size in the log, and write the split as
+    ``train_micrographs.txt`` / ``val_micrographs.txt`` (name lists for ``tzl-evaluate
+    micrographs=`` and ``tzl-pick subset=``: evaluate only what the model did not train on)."""
+    from topaz_lightning.utils.atomic import atomic_output
+
+    splits = {
+        "train": list(getattr(datamodule, "train_micrographs", {}) or {}),
+        "val": list(getattr(datamodule, "val_micrographs", {}) or {}),
+    }
+    shown = ", ".join(splits["val"][:10]) + (" ..." if len(splits["val"]) > 10 else "")
+    diameter = getattr(geometry, "particle_radius_px", None)
+    logging.getLogger("topaz_lightning").info(
+        "held out for validation: %d micrograph(s)%s; particle diameter %s micrograph px",
+        len(splits["val"]),
+        f" ({shown})" if shown else "",
+        "unknown" if diameter is None else f"{2 * diameter:g}",
+    )
+    if not write:  # the extra DDP ranks only log
+        return
+    for role, names in splits.items():
+        with atomic_output(output_dir / f"{role}_micrographs.txt", overwrite=True) as tmp:
+            tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
