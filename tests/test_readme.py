@@ -31,7 +31,8 @@ README_COMMANDS = [
     " hydra.run.dir=outputs/train/empiar10017",
     "tzl-pick model_path=outputs/train/empiar10017/model.pt"
     " micrographs=data/samples/empiar10017_dev/images output_dir=picks output=picks.star",
-    "tzl-evaluate picks=picks/picks.star truth=data/samples/empiar10017_dev/coords"
+    "tzl-evaluate picks=picks truth=data/samples/empiar10017_dev/coords"
+    " micrographs=outputs/train/empiar10017/val_micrographs.txt"
     " model_path=outputs/train/empiar10017/model.pt output_dir=eval",
     "tzl-train --multirun hparams_search=pi_kfold",
     "tzl-preprocess input=data/samples/empiar10017_dev/images output_dir=prep_bin4 downsample=4",
