@@ -97,3 +97,26 @@ def test_nothing_done_is_exit_2_some_done_is_exit_3(tmp_path, monkeypatch, capsy
     assert code == 2
     assert err.splitlines()[-1].startswith("error: nothing was done: 2 input(s) failed")
     assert (out / "failures.tsv").is_file()
+
+
+def test_a_dangling_symlink_among_the_inputs_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    from topaz_lightning.io.micrographs import write_micrograph
+
+    mics = tmp_path / "mics"
+    write_micrograph(mics / "good.mrc", __import__("numpy").ones((32, 32), dtype="float32"))
+    (mics / "gone.mrc").symlink_to(tmp_path / "nowhere.mrc")
+    code, err = _run(
+        preprocess.main, [f"input={mics}", f"output_dir={tmp_path / 'out'}"], monkeypatch, capsys
+    )
+    assert code == 2
+    assert err.splitlines()[-1] == f"error: {mics / 'gone.mrc'}: micrograph file not found"
+
+
+def test_absurd_minibatch_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    code, err = _run(
+        train.main,
+        ["data.batch_positive=100000", f"hydra.run.dir={tmp_path / 'run'}"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 2 and "config key 'data.batch_positive'" in err.splitlines()[-1]

@@ -28,6 +28,11 @@ __all__ = [
 ]
 
 
+#: patches of one kind per training step beyond which a step takes minutes on a CPU (100,000
+#: labeled patches per step ran over 8 minutes a step); the paper's minibatch is 16 + 240
+MAX_BATCH_PATCHES = 16384
+
+
 def check_data_settings(
     *,
     pi: float | None,
@@ -67,6 +72,16 @@ def check_data_settings(
         raise ConfigError("data.batch_positive", "batch sizes must be >= 0")
     if batch_positive + batch_unlabeled == 0:
         raise ConfigError("data.batch_positive", "a minibatch needs at least one patch")
+    for key, value in (
+        ("data.batch_positive", batch_positive),
+        ("data.batch_unlabeled", batch_unlabeled),
+    ):
+        if value > MAX_BATCH_PATCHES:
+            raise ConfigError(
+                key,
+                f"{value} patches per step is beyond {MAX_BATCH_PATCHES} (the paper draws 16 "
+                "labeled + 240 unlabeled); a step would take minutes",
+            )
     if steps_per_epoch < 1:
         raise ConfigError("data.steps_per_epoch", f"must be >= 1, got {steps_per_epoch}")
     if patch_size is not None and (int(patch_size) < 1 or int(patch_size) % 2 == 0):

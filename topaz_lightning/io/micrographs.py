@@ -292,8 +292,12 @@ def list_micrographs(source: str | os.PathLike | Iterable[str | os.PathLike]) ->
     text = os.fspath(source)
     path = Path(text)
     if path.is_dir():
+        # a dangling symbolic link is kept: reading it fails, so it is reported (failures.tsv)
+        # instead of silently missing from the run
         files = sorted(
-            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS
+            p
+            for p in path.iterdir()
+            if (p.is_file() or p.is_symlink()) and p.suffix.lower() in SUPPORTED_EXTENSIONS
         )
         if not files:
             raise InputError(
