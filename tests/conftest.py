@@ -95,3 +95,19 @@ def randomize_batchnorm(net, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_package_loggers():
+    """A command run in-process (``main()``) lets Hydra configure logging; its handlers and the
+    loggers it disables would hide later tests' records from ``caplog`` (which then saw ''). Each
+    test starts with the package's loggers propagating to the root again."""
+    import logging
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "topaz_lightning" or name.startswith("topaz_lightning."):
+            logger = logging.getLogger(name)
+            logger.disabled = False
+            logger.propagate = True
+            logger.setLevel(logging.NOTSET)
+    yield

@@ -277,6 +277,9 @@ def test_score_map_pictures_and_overlays(dataset):
     pictures = sorted(p.name for p in (dataset / "eval").glob("*.png"))
     # only the evaluated micrograph
     assert pictures == ["overlay_mic_a.png", "pr_curve.png", "score_map_mic_a.png"]
+    # the pick browser with the truth, for the evaluated micrograph only
+    page = (dataset / "eval" / "picks.html").read_text(encoding="utf-8")
+    assert "mic_a" in page and "mic_b" not in page
     # a model on 2x downsampled images: its score maps are half size; the picture still works
     model = _save_model(dataset / "model_bin2.pt", downsample=2.0)
     _pick(dataset, "save_score_maps=true", model=model, out="bin2")

@@ -18,6 +18,7 @@ Scores in the page are rounded to 4 decimals (logits); :func:`pick_counts` is th
 count the page shows at a setting.
 """
 
+from topaz_lightning.browser.evaluation import write_evaluation_browser
 from topaz_lightning.browser.page import PAGE_SIZE, write_pick_browser
 from topaz_lightning.browser.picks import SCORE_DECIMALS, expected_particles, pick_counts
 from topaz_lightning.browser.thumbnails import THUMBNAIL_MAX_SIDE_PX, thumbnail
@@ -29,5 +30,6 @@ __all__ = [
     "expected_particles",
     "pick_counts",
     "thumbnail",
+    "write_evaluation_browser",
     "write_pick_browser",
 ]

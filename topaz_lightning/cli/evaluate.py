@@ -282,12 +282,14 @@ def run(cfg: DictConfig) -> dict:
         # refuse existing pictures before any output is written
         for path in _overlay_paths(cfg, truth, names):
             check_writable(path, overwrite)
+        if cfg.get("browser", True):
+            check_writable(resolve_output(cfg, "browser_output"), overwrite)
 
     evaluated = set(names) if names is not None else set(truth["micrograph"].astype(str))
     shapes = micrograph_shapes(cfg, evaluated)
-    evaluations, outside = {}, {}
+    evaluations, outside, tables = {}, {}, {}
     for label, path in runs.items():
-        picks = _read(path, cfg.get("picks_format"), "picks")
+        picks = tables[label] = _read(path, cfg.get("picks_format"), "picks")
         check_names(picks, truth, names, path)
         on_evaluated = picks[picks["micrograph"].astype(str).isin(evaluated)]
         outside[label] = check_pick_positions(on_evaluated, truth, shapes, max_distance_px, path)
@@ -329,6 +331,16 @@ def run(cfg: DictConfig) -> dict:
             log.info("wrote %s", plot_path)
     if cfg.get("overlay_micrographs"):
         write_overlays(cfg, main_ev, truth, overwrite, names)
+        if cfg.get("browser", True):
+            from topaz_lightning.browser import write_evaluation_browser
+            from topaz_lightning.io.micrographs import list_micrographs
+
+            files = list_micrographs(cfg.overlay_micrographs)
+            page = write_evaluation_browser(
+                tables[str(cfg.label)], truth, files, evaluated, max_distance_px,
+                resolve_output(cfg, "browser_output"), overwrite=overwrite,
+            )  # fmt: skip
+            log.info("wrote %s", page)
     return result
 
 
