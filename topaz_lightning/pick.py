@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,11 @@ from topaz_lightning.picking.outputs import (
     write_output,
 )
 from topaz_lightning.utils import jobs
+from topaz_lightning.utils.distributed import is_launch_rank_zero
 
 __all__ = ["NORMALIZATION_FILE", "STATE_FILE", "extract", "pick", "select_micrographs"]
 
 log = logging.getLogger("topaz_lightning")
-
-
-def _launch_rank_zero() -> bool:
-    """False in the extra processes a DDP launcher (Lightning, torchrun, srun) starts."""
-    return all(
-        int(os.environ.get(k, "0") or 0) == 0
-        for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
-    )
 
 
 def _require(cfg: DictConfig, keys: tuple[str, ...]) -> None:
@@ -111,7 +103,7 @@ def _normalization(cfg, extra, sources, resolved, run_dir: Path, reuse: bool, fa
                 on_error=None if failures.strict else _log_first_pass_error,
             )
         norm = PickNormalization("gmm", fit=fit, source=source, seed=int(cfg.seed))
-    if _launch_rank_zero():
+    if is_launch_rank_zero():
         jobs.write_json(path, norm.record())
     return norm
 
@@ -303,7 +295,7 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from topaz_lightning.picking.settings import micrographs_record, resolve_pick_settings
 
     _require(cfg, ("model_path", "micrographs", "output_dir"))
-    rank_zero = _launch_rank_zero()
+    rank_zero = is_launch_rank_zero()
     failures = jobs.FailureLog(strict=bool(cfg.get("strict", False)))
     run_dir = Path(str(cfg.output_dir))
 

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from topaz_lightning.errors import ConfigError, OutputExistsError
+from topaz_lightning.utils.distributed import is_launch_rank_zero
 
 log = logging.getLogger("topaz_lightning")
 
@@ -47,13 +48,6 @@ def build_decoder(cfg: DictConfig, net: Any, patch_size: int) -> Any:
     if node.get("_partial_", False):
         return instantiate(node)(**kwargs)
     return instantiate(node, **kwargs)
-
-
-def _is_launch_rank_zero() -> bool:
-    """False in the extra processes a DDP launcher starts (they must not create data)."""
-    import os
-
-    return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("LOCAL_RANK", "NODE_RANK"))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -123,14 +117,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
 
     # the wiring, handed down once the data are read: patch size and run geometry
-    if _is_launch_rank_zero():
+    if is_launch_rank_zero():
         datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.set_patch_size(patch_size)
     geometry = datamodule.geometry
     from topaz_lightning.data.splits import record_split
 
-    record_split(output_dir, datamodule, geometry, write=_is_launch_rank_zero())
+    record_split(output_dir, datamodule, geometry, write=is_launch_rank_zero())
     module.set_run_geometry(geometry)
     for callback in callbacks:
         if callable(getattr(callback, "set_run_geometry", None)):

@@ -82,6 +82,7 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
         def run(cfg: DictConfig):
             from hydra.core.hydra_config import HydraConfig
 
+            from topaz_lightning.utils.distributed import is_launch_rank_zero
             from topaz_lightning.utils.quiet import quiet_third_party
             from topaz_lightning.utils.runinfo import save_run_config
 
@@ -95,11 +96,7 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
                 # every setting is checked here, before the command reads any data (and before
                 # the run is stamped: a refused command leaves no config.<time>.yaml behind)
                 validate(config_name, cfg)
-                if (
-                    HydraConfig.get().output_subdir is not None
-                    and int(os.environ.get("LOCAL_RANK", "0")) == 0
-                    and int(os.environ.get("NODE_RANK", "0")) == 0
-                ):
+                if HydraConfig.get().output_subdir is not None and is_launch_rank_zero():
                     save_run_config(cfg, output_dir())
                 return fn(cfg)
             except PartialFailureError as err:

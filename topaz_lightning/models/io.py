@@ -215,6 +215,11 @@ def build_model(config: Mapping, path: str | os.PathLike | None = None) -> nn.Mo
             f"arguments do not fit {cls.__name__}: {err}", path=path, where="model_config"
         ) from None
     _check_size(cls, kwargs, path)
+    return _construct(cls, kwargs, path)
+
+
+def _construct(cls: type[nn.Module], kwargs: dict, path: Path | None) -> nn.Module:
+    """``cls(**kwargs)``; arguments the class refuses are an InputError naming the file."""
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
@@ -228,15 +233,8 @@ def build_model(config: Mapping, path: str | os.PathLike | None = None) -> nn.Mo
 def _check_size(cls: type[nn.Module], kwargs: dict, path: Path | None) -> None:
     """Refuse an architecture with more than ``_MAX_PARAMETERS`` weights (built on the meta
     device: shapes only, no memory)."""
-    try:
-        with torch.device("meta"):
-            shell = cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise InputError(
-            f"cannot build {cls.__name__} from the stored arguments: {err}",
-            path=path,
-            where="model_config",
-        ) from err
+    with torch.device("meta"):
+        shell = _construct(cls, kwargs, path)
     count = sum(p.numel() for p in shell.parameters()) + sum(b.numel() for b in shell.buffers())
     if count > _MAX_PARAMETERS:
         raise InputError(

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "is_launch_rank_zero",
     "is_distributed",
     "rank_and_world_size",
     "shard_names",
@@ -15,6 +16,18 @@ __all__ = [
     "broadcast_object",
     "barrier",
 ]
+
+
+#: environment variables a DDP launcher (Lightning, torchrun, srun) sets to a process's rank
+LAUNCH_RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
+
+
+def is_launch_rank_zero() -> bool:
+    """False in the extra processes a DDP launcher starts (before any process group exists):
+    they must not create data, stamp a run or decide a job's outputs."""
+    import os
+
+    return all(int(os.environ.get(k, "0") or 0) == 0 for k in LAUNCH_RANK_VARIABLES)
 
 
 def is_distributed() -> bool:
