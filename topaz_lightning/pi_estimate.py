@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -59,6 +59,32 @@ class PiEstimate:
     other: dict[str, float] = field(default_factory=dict)
     steps: int = 0
     folds: int = 0
+    seconds: float | None = None
+
+    @property
+    def spread(self) -> float:
+        """Range of the cross-fits' estimates (max - min of ``fold_pi``; 0 with one fit)."""
+        return float(max(self.fold_pi) - min(self.fold_pi)) if self.fold_pi else 0.0
+
+    def text(self) -> str:
+        """The log line's summary: estimate, method, each fit's value and their spread."""
+        fits = ", ".join(f"{v:.4g}" for v in self.fold_pi)
+        relative = f" = {self.spread / self.pi:.0%} of the estimate" if self.pi > 0 else ""
+        return (
+            f"pi={self.pi:.5g} ({self.method}, mean of {self.folds} cross-fitted fits of "
+            f"{self.steps} steps: {fits}; spread {self.spread:.2g}{relative})"
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """metrics.json entries ``pi_auto/...``: estimate, each fit, spread, steps, seconds."""
+        out = {"pi_auto/pi": float(self.pi), "pi_auto/pi_unlabeled": float(self.pi_unlabeled)}
+        out |= {f"pi_auto/fit{k}_pi": float(v) for k, v in enumerate(self.fold_pi)}
+        out["pi_auto/spread"] = self.spread
+        out |= {f"pi_auto/{name}_pi": float(v) for name, v in self.other.items()}
+        out["pi_auto/steps"] = float(self.steps)
+        if self.seconds is not None:
+            out["pi_auto/seconds"] = float(self.seconds)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,23 +390,45 @@ def estimate_pi_for_datamodule(
     )
 
 
-#: cost of ``data.pi=auto``: cross-fitted PN fits and minibatches per fit
+#: cost of ``data.pi=auto``: cross-fitted PN fits, and minibatches per fit when the config has
+#: no ``data.pi_auto_steps`` (configs/data/_base.yaml sets the same 500)
 AUTO_FOLDS = 2
 AUTO_STEPS = 500
 #: placeholder prior while the estimation's DataModule is set up (it is not used)
 _PLACEHOLDER_PI = 0.5
 
 
-def estimate_auto_pi(cfg, steps: int = AUTO_STEPS, folds: int = AUTO_FOLDS) -> PiEstimate:
+def auto_steps(cfg) -> int:
+    """``data.pi_auto_steps`` (minibatches per fit; ``AUTO_STEPS`` when absent or null)."""
+    from omegaconf import OmegaConf
+
+    from topaz_lightning.errors import ConfigError
+
+    value = OmegaConf.select(cfg, "data.pi_auto_steps", default=None)
+    if value is None:
+        return AUTO_STEPS
+    whole = isinstance(value, int | float) and not isinstance(value, bool) and value == int(value)
+    if not whole or int(value) < 1:
+        raise ConfigError("data.pi_auto_steps", f"must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def estimate_auto_pi(cfg, steps: int | None = None, folds: int = AUTO_FOLDS) -> PiEstimate:
     """``data.pi=auto`` in a tzl-train config: estimate pi and return it; ``cfg`` is not changed.
 
     The training data are set up as configured (same labeled subset), ``folds`` classifiers of
-    ``cfg.model`` are fitted for ``steps`` minibatches each and :func:`estimate_pi` (particle-level
-    BBE when the run has an NMS radius) gives pi. ``train()`` builds the training DataModule with
-    ``pi=result.pi``.
+    ``cfg.model`` are fitted for ``steps`` minibatches each (None: ``data.pi_auto_steps``, see
+    :func:`auto_steps`) and :func:`estimate_pi` (particle-level BBE when the run has an NMS
+    radius) gives pi. The log line names the estimate, each fit's value and their spread;
+    ``train()`` builds the training DataModule with ``pi=result.pi`` and writes
+    ``result.metrics()`` into the run's metrics.json.
     """
+    import time
+
     from hydra.utils import instantiate
 
+    steps = auto_steps(cfg) if steps is None else int(steps)
+    start = time.perf_counter()
     datamodule = instantiate(cfg.data, pi=_PLACEHOLDER_PI, particles_per_micrograph=None)
     datamodule.prepare_data()
     result = estimate_pi_for_datamodule(
@@ -390,13 +438,11 @@ def estimate_auto_pi(cfg, steps: int = AUTO_STEPS, folds: int = AUTO_FOLDS) -> P
         folds=folds,
         seed=int(cfg.get("seed", 0)),
     )
+    result = replace(result, seconds=time.perf_counter() - start)
     log.info(
-        "data.pi=auto: estimated pi=%.5g (%s over %d cross-fitted fits of %d steps; Elkan-Noto "
-        "would give %.5g)",
-        result.pi,
-        result.method,
-        result.folds,
-        result.steps,
+        "data.pi=auto: estimated %s in %.0f s; Elkan-Noto would give %.5g",
+        result.text(),
+        result.seconds,
         next(iter(result.other.values())),
     )
     return result

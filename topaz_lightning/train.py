@@ -86,11 +86,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # seed gives the same weights and batches
     net = instantiate(cfg.model)
     data_overrides: dict[str, Any] = {}
+    pi_metrics: dict[str, float] = {}  # data.pi=auto's estimate and its fits, for metrics.json
     if OmegaConf.select(cfg, "data.pi", default=None) == "auto":
         from topaz_lightning.pi_estimate import estimate_auto_pi
 
         estimate = estimate_auto_pi(cfg)  # docs/reports.md
         data_overrides = {"pi": float(estimate.pi), "particles_per_micrograph": None}
+        pi_metrics = estimate.metrics()
     datamodule = instantiate(cfg.data, **data_overrides)
     objective = instantiate(cfg.objective)
     patch_size = int(datamodule.patch_size or net.receptive_field)
@@ -145,6 +147,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(value, float | int) and math.isfinite(value):
             metrics[key] = float(value)
     metrics["global_step"] = int(trainer.global_step)
+    metrics.update(pi_metrics)
 
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     if trainer.is_global_zero:

@@ -109,6 +109,7 @@ class PUDataModule(pl.LightningDataModule):
         match_distance_px_model: float | None = None,
         pi: float | None = None,
         particles_per_micrograph: float | None = None,
+        pi_auto_steps: int | None = None,
         batch_positive: int = 16,
         batch_unlabeled: int = 240,
         rotate: bool = True,
@@ -142,6 +143,8 @@ class PUDataModule(pl.LightningDataModule):
         )
         self.pi_setting = pi
         self.particles_per_micrograph = particles_per_micrograph
+        # data.pi=auto's minibatches per fit: read by pi_estimate.auto_steps, carried here only
+        self.pi_auto_steps = pi_auto_steps
         self.batch_positive = batch_positive
         self.batch_unlabeled = batch_unlabeled
         self.rotate = rotate
