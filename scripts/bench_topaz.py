@@ -4,7 +4,9 @@ Example usage:
 
     make bench-topaz                                   # creates .bench/topaz_venv, runs everything
     .venv/bin/python scripts/bench_topaz.py --repeats 3 --train-steps 100 --aupr-steps 1000
-    .venv/bin/python scripts/bench_topaz.py --topaz-venv /tmp/topaz_venv --only train_conv31
+    .venv/bin/python scripts/bench_topaz.py --only aupr_real --aupr-models conv31:1000
+    .venv/bin/python scripts/bench_topaz.py --snapshot --only pick_conv31 --pick-micrographs 16 \
+        --scorings strided:window,strided:centroid,dense --repeats 2 --dense-repeats 1
 
 Topaz is installed into its own virtual environment (``--topaz-venv``, default
 ``.bench/topaz_venv``; torch==2.13.0 first, then topaz-em==0.3.20, both with ``-c
@@ -18,12 +20,18 @@ Both tools get the SAME inputs: the micrographs are preprocessed once by ``tzl-p
 (real data: 4x Fourier-crop + GMM normalization; simulated preset: GMM normalization only) into
 float32 MRC files; both tools then read those files with no further downsampling or
 normalization (Topaz train/extract never normalize; our runs pass ``data.downsample=1
-data.normalize=none``). Labels are one shared coordinate file (integer pixels of the
-preprocessed frame); the test truth is another; both tools' picks are scored by ``tzl-evaluate``
-with the same match distance. Every measurement is a whole process (start-up, data loading,
-writing outputs), the two tools alternate (A B A B ...), and the table gives medians. Each
-process's wall time and CPU time (user + sys of the process and its reaped children, from
-``wait4``) are recorded; on a loaded machine the CPU time is the steadier measure of work.
+data.normalize=none``, and tzl-pick replays that from model.pt). Labels are one shared
+coordinate file (integer pixels of the preprocessed frame); the test truth is another; both
+tools' picks are scored by ``tzl-evaluate`` at the match distance r and at r/2. The picking
+timing reads ``--pick-micrographs`` files (the 4 real micrographs used repeatedly, copied under
+distinct names) with every scoring mode of ``--scorings`` (``SCORING[:REFINE]``) and both tools'
+models of the AUPR runs (``aupr_real``), so each speed row has the AUPR of the same model and
+mode beside it. Every measurement is a whole process (start-up, data loading, writing
+outputs), the two tools alternate (A B A B ...), and the table gives medians. Each process's
+wall time and CPU time (user + sys of the process and its reaped children, from ``wait4``) are
+recorded, with the load average at its start; on a loaded machine the CPU time is the steadier
+measure of work. ``--snapshot`` runs our tools from a ``git archive`` of the committed HEAD, so a
+shared checkout's uncommitted edits do not enter the measurement.
 """
 
 from __future__ import annotations
@@ -175,12 +183,37 @@ def find_aupr(metrics: object) -> float | None:
 
 @dataclass
 class Run:
-    """One whole process: its wall and CPU seconds, peak RSS and exit status."""
+    """One whole process: its wall and CPU seconds, peak RSS, exit status and the machine's
+    1-minute load average when it started (nan in results written before it was recorded)."""
 
     wall_s: float
     cpu_s: float
     maxrss_mib: float
     rc: int
+    load1: float = float("nan")
+
+
+def parse_scoring_spec(spec: str) -> tuple[str, str | None]:
+    """``"strided:centroid"`` -> ``("strided", "centroid")``; ``"dense"`` -> ``("dense", None)``.
+
+    The part after ``:`` is tzl-pick's ``refine`` (only meaningful for ``scoring=strided``);
+    without it tzl-pick's own default applies. Raises ValueError for an empty part.
+    """
+    scoring, sep, refine = spec.strip().partition(":")
+    if not scoring or (sep and not refine):
+        raise ValueError(f"scoring spec {spec!r}: expected SCORING or SCORING:REFINE")
+    return scoring, (refine or None)
+
+
+def scoring_label(spec: str, defaults: tuple[str, str] | None = None) -> str:
+    """Row text of a scoring spec: ``scoring=strided refine=centroid``; ``(default)`` appended
+    when it is tzl-pick's default (``defaults`` = pick.yaml's ``(scoring, refine)``)."""
+    scoring, refine = parse_scoring_spec(spec)
+    text = f"scoring={scoring}" + (f" refine={refine}" if refine else "")
+    if defaults is not None and scoring == defaults[0]:
+        if scoring != "strided" or (refine or defaults[1]) == defaults[1]:
+            text += " (default)"
+    return text
 
 
 @dataclass
@@ -203,26 +236,41 @@ class Row:
         return median([self.work / getattr(r, clock) for r in runs if r.rc == 0])
 
 
-def aupr_cell(row: Row, aupr: Mapping[str, Mapping[str, float | None]]) -> str:
-    """``ours / Topaz`` test AUPR of a picking row's scoring mode (``-`` for other rows)."""
+#: suffix of the AUPR keys scored at half the match distance (``ours_<spec>`` at r,
+#: ``ours_<spec>@half`` at r/2; ``topaz`` and ``topaz@half``)
+HALF = "@half"
+
+
+def aupr_cells(row: Row, aupr: Mapping[str, Mapping[str, float | None]]) -> tuple[str, str]:
+    """``ours / Topaz`` test AUPR of a picking row's model and scoring mode at the match
+    distance r and at r/2 (``-`` for rows that are not picking rows)."""
     res = aupr.get(row.aupr_key) if row.aupr_key else None
     if not res:
-        return "-"
-    ours = res.get(f"ours_{row.scoring or 'dense'}")
-    return f"{_f(ours)} / {_f(res.get('topaz'))}"
+        return "-", "-"
+    key = f"ours_{row.scoring or 'dense'}"
+    return tuple(  # type: ignore[return-value]
+        f"{_f(res.get(key + suffix))} / {_f(res.get('topaz' + suffix))}" for suffix in ("", HALF)
+    )
+
+
+def aupr_cell(row: Row, aupr: Mapping[str, Mapping[str, float | None]]) -> str:
+    """``ours / Topaz`` test AUPR at the match distance (``-`` for rows without one)."""
+    return aupr_cells(row, aupr)[0]
 
 
 def render_table(
     rows: Sequence[Row], aupr: Mapping[str, Mapping[str, float | None]] | None = None
 ) -> str:
     """Markdown table: medians of both tools (wall and CPU clock) and the ratios ours/Topaz;
-    picking rows carry the test AUPR of the same model and scoring mode (``aupr``)."""
+    picking rows carry the test AUPR of the same model and scoring mode at the match distance r
+    and at r/2 (``aupr``); the last column is the median 1-minute load average at the runs'
+    starts."""
     aupr = aupr or {}
     lines = [
         "| measurement | unit | runs (ours/Topaz) | ours, wall | Topaz, wall | ratio wall | "
         "ours, CPU | Topaz, CPU | ratio CPU | peak RSS MiB (ours/Topaz) | "
-        "test AUPR (ours/Topaz) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "test AUPR at r (ours/Topaz) | test AUPR at r/2 (ours/Topaz) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ow, tw = row.rate(row.ours, "wall_s"), row.rate(row.topaz, "wall_s")
@@ -231,30 +279,82 @@ def render_table(
         rss_t = median([r.maxrss_mib for r in row.topaz if r.rc == 0])
         ok_o = sum(r.rc == 0 for r in row.ours)
         ok_t = sum(r.rc == 0 for r in row.topaz)
+        load = median([r.load1 for r in row.ours + row.topaz])
+        at_r, at_half = aupr_cells(row, aupr)
         lines.append(
             f"| {row.name} | {row.unit} | {ok_o}/{ok_t} | {ow:.3g} | {tw:.3g} | "
             f"**{ratio(ow, tw):.2f}** | {oc:.3g} | {tc:.3g} | **{ratio(oc, tc):.2f}** | "
-            f"{rss_o:.0f} / {rss_t:.0f} | {aupr_cell(row, aupr)} |"
+            f"{rss_o:.0f} / {rss_t:.0f} | {at_r} | {at_half} | "
+            f"{'n/a' if math.isnan(load) else f'{load:.1f}'} |"
         )
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- processes
-def run_process(cmd: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> Run:
-    """Run ``cmd`` (niced by the caller), its output to ``log``; measure wall, CPU and peak RSS."""
+def run_process(
+    cmd: Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Run:
+    """Run ``cmd`` (niced by the caller) in ``cwd`` (default: the repository), its output to
+    ``log``; measure wall, CPU and peak RSS, and note the load average at its start."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         out.write("$ " + " ".join(str(c) for c in cmd) + "\n")
         out.flush()
+        load1 = os.getloadavg()[0]
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            [str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd or ROOT
         )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
-    return Run(wall, cpu, usage.ru_maxrss / 1024, proc.returncode)
+    return Run(wall, cpu, usage.ru_maxrss / 1024, proc.returncode, load1)
+
+
+def git_commit(root: Path) -> str:
+    """Short HEAD commit of ``root``, with ``+ uncommitted changes`` when the package or its
+    configs differ from it (what a run from the working tree measured)."""
+
+    def git(*args: str) -> str:
+        res = subprocess.run(["git", *args], capture_output=True, text=True, cwd=root)
+        return res.stdout.strip() if res.returncode == 0 else ""
+
+    rev = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--", "topaz_lightning", "configs")
+    return f"{rev} + uncommitted changes" if dirty else rev
+
+
+def make_snapshot(root: Path, base: Path) -> Path:
+    """The committed HEAD's package and configs (``git archive``) in ``base/<commit>``: our
+    commands run from it (PYTHONPATH, working directory) so that uncommitted edits in the
+    checkout do not enter the measurement. Reused when it exists."""
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        check=True,
+    ).stdout.strip()
+    dest = base / rev
+    if (dest / "COMMIT").exists():
+        return dest
+    tmp = base / f".{rev}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "HEAD", "topaz_lightning", "configs"],
+        capture_output=True,
+        cwd=root,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    (tmp / "COMMIT").write_text(rev + "\n")
+    tmp.rename(dest)
+    return dest
 
 
 class Bench:
@@ -270,6 +370,13 @@ class Bench:
         threads = str(args.threads)
         self.env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, WANDB_MODE="disabled")
         self.nice = ["nice", "-n", str(args.nice)] if args.nice else []
+        # our commands: the working tree's package, or a snapshot of the committed HEAD
+        self.ours_env, self.ours_cwd = dict(self.env), ROOT
+        self.commit = git_commit(ROOT)
+        if getattr(args, "snapshot", False):
+            self.ours_cwd = make_snapshot(ROOT, self.work / "snapshot")
+            self.ours_env["PYTHONPATH"] = str(self.ours_cwd)
+            self.commit = (self.ours_cwd / "COMMIT").read_text().strip()
         self.rows: list[Row] = []
         self.aupr: dict[str, dict[str, float | None]] = {}
         self.commands: dict[str, str] = {}
@@ -297,6 +404,13 @@ class Bench:
             [str(self.venv / "bin" / "python"), "-c", code], capture_output=True, text=True
         )
         return res.stdout.strip() if res.returncode == 0 else None
+
+    def spawn(self, cmd: Sequence[str], log: Path) -> Run:
+        """:func:`run_process` with our environment (and snapshot) for our tools' commands."""
+        ours = str(self.bin) in str(cmd[len(self.nice)])
+        if ours:
+            return run_process(cmd, log, self.ours_env, self.ours_cwd)
+        return run_process(cmd, log, self.env)
 
     def topaz(self, *args: object) -> list[str]:
         return [*self.nice, str(self.venv / "bin" / "python"), "-c", LAUNCHER, *map(str, args)]
@@ -406,7 +520,7 @@ class Bench:
         return info
 
     def run_checked(self, cmd: Sequence[str], log: Path) -> Run:
-        run = run_process(cmd, log, self.env)
+        run = self.spawn(cmd, log)
         if run.rc != 0:
             raise SystemExit(f"error: {' '.join(map(str, cmd))} failed (exit {run.rc}); see {log}")
         return run
@@ -492,10 +606,17 @@ class Bench:
         paths: Path,
         out: Path,
         threshold: float | None,
-        scoring: str | None,
+        spec: str,
     ) -> list[str]:
-        extra = [f"scoring={scoring}"] if scoring else []
-        thr = "threshold=null" if threshold is None else f"threshold={threshold}"
+        """tzl-pick with the settings both tools share; ``threshold=None`` keeps every local
+        maximum (the full PR curve, like Topaz's ``--threshold=-inf``). No picks.html
+        (``browser=false``): Topaz writes only the coordinates."""
+        scoring, refine = parse_scoring_spec(spec)
+        extra = [f"scoring={scoring}"] + ([f"refine={refine}"] if refine else [])
+        if threshold is None:
+            extra += ["threshold=null", "particles_per_micrograph=all"]
+        else:
+            extra += [f"threshold={threshold}"]
         return self.ours(
             "tzl-pick",
             f"model_path={model_path}",
@@ -503,10 +624,10 @@ class Bench:
             f"output_dir={out}",
             f"nms_radius_px_model={info['nms_radius']}",
             "nms_boundary=suppress",
-            thr,
             "progress=false",
             "overwrite=true",
             "device=cpu",
+            f"browser={'true' if self.args.browser else 'false'}",
             *extra,
         )
 
@@ -531,8 +652,13 @@ class Bench:
             *paths,
         )
 
-    def evaluate(self, ds: str, info: dict, picks: Path, out: Path) -> float | None:
+    def evaluate(
+        self, ds: str, info: dict, picks: Path, out: Path, max_distance: float | None = None
+    ) -> float | None:
+        """AUPR of ``picks`` against the test truth (``max_distance``: default the match
+        distance r)."""
         base = self.work / ds
+        distance = info["match_distance"] if max_distance is None else max_distance
         cmd = self.ours(
             "tzl-evaluate",
             f"picks={picks}",
@@ -540,7 +666,7 @@ class Bench:
             f"truth={base / 'truth_test.txt'}",
             "truth_format=tsv",
             f"micrographs={base / 'test.txt'}",
-            f"max_distance={info['match_distance']}",
+            f"max_distance={distance:g}",
             f"output_dir={out}",
             "plot=null",
             "overwrite=true",
@@ -549,29 +675,47 @@ class Bench:
         self.run_checked(cmd, out.with_suffix(".log"))
         return find_aupr(json.loads((out / "metrics.json").read_text()))
 
-    def scorings(self) -> tuple[str, ...]:
-        """Our scoring modes to time, each with its own row (``--scorings``, default all)."""
-        from topaz_lightning.picking.scoring import SCORING_METHODS
+    def evaluate_both(self, ds: str, info: dict, picks: Path, out: Path) -> dict[str, float | None]:
+        """AUPR at the match distance r (key ``""``) and at r/2 (key ``HALF``)."""
+        half = info["match_distance"] / 2
+        return {
+            "": self.evaluate(ds, info, picks, out),
+            HALF: self.evaluate(ds, info, picks, out.with_name(out.name + "_half"), half),
+        }
 
-        wanted = [s for s in self.args.scorings.split(",") if s]
-        unknown = set(wanted) - set(SCORING_METHODS)
-        if unknown:
-            raise SystemExit(
-                f"--scorings: unknown {sorted(unknown)}; tzl-pick has {SCORING_METHODS}"
-            )
+    def scorings(self) -> tuple[str, ...]:
+        """Our scoring modes (``--scorings``: ``SCORING[:REFINE]``, comma-separated), each with
+        an AUPR run and a picking-speed row; checked against tzl-pick's allowed values."""
+        from topaz_lightning.picking.scoring import SCORING_METHODS
+        from topaz_lightning.picking.strided import REFINE_METHODS
+
+        wanted = [s.strip() for s in self.args.scorings.split(",") if s.strip()]
+        for spec in wanted:
+            try:
+                scoring, refine = parse_scoring_spec(spec)
+            except ValueError as exc:
+                raise SystemExit(f"--scorings: {exc}") from None
+            if scoring not in SCORING_METHODS:
+                raise SystemExit(
+                    f"--scorings: unknown scoring {scoring!r}; tzl-pick has {SCORING_METHODS}"
+                )
+            if refine is not None and refine not in REFINE_METHODS:
+                raise SystemExit(
+                    f"--scorings: unknown refine {refine!r}; tzl-pick has {REFINE_METHODS}"
+                )
         return tuple(wanted)
 
-    def pick_supports_scoring(self) -> bool:
-        pick_yaml = ROOT / "topaz_lightning" / "configs" / "pick.yaml"
-        return any(line.startswith("scoring:") for line in pick_yaml.read_text().splitlines())
+    def pick_defaults(self) -> tuple[str, str]:
+        """tzl-pick's default ``(scoring, refine)`` (pick.yaml of the package measured)."""
+        cfg = _read_yaml(self.ours_cwd / "configs" / "pick.yaml")
+        return str(cfg.get("scoring", "dense")), str(cfg.get("refine", ""))
 
     # ------------------------------------------------------------------ measurements
     def our_pi_unlabeled(self, model_pt: Path) -> float:
-        import torch
+        from topaz_lightning.models.io import load_model
 
-        payload = torch.load(model_pt, map_location="cpu", weights_only=True)
-        geometry = payload.get("extra", {}).get("geometry", {})
-        return float(geometry["pi_unlabeled"])
+        _, extra = load_model(model_pt)  # the model card's view, old and new files alike
+        return float(extra["geometry"]["pi_unlabeled"])
 
     def train_timing(self, ds: str, info: dict, ours_model: str, topaz_model: str) -> None:
         steps = self.args.train_steps
@@ -584,7 +728,7 @@ class Bench:
             d = self.work / ds / f"train_{ours_model}" / f"rep{rep}"
             cmd = self.ours_train(ds, info, ours_model, steps, d / "ours")
             shutil.rmtree(d / "ours", ignore_errors=True)
-            row.ours.append(run_process(cmd, d / "ours.log", self.env))
+            row.ours.append(self.spawn(cmd, d / "ours.log"))
             self._print(row.name, "ours", rep, row.ours[-1])
             if pi is None:
                 pi = topaz_pi_for(
@@ -594,7 +738,7 @@ class Bench:
                     info["total_train_pixels"],
                 )
             tcmd = self.topaz_train(ds, info, topaz_model, steps, pi, d / "topaz")
-            row.topaz.append(run_process(tcmd, d / "topaz.log", self.env))
+            row.topaz.append(self.spawn(tcmd, d / "topaz.log"))
             self._print(row.name, "Topaz", rep, row.topaz[-1])
             self.save()
         self.commands[row.name + " (ours)"] = " ".join(cmd[len(self.nice) :])
@@ -603,9 +747,13 @@ class Bench:
         )
         self.save()
 
-    def aupr_and_pick(self, ds: str, info: dict, model: str) -> tuple[Path, Path]:
-        """Train both tools for --aupr-steps, pick the test micrographs, score with tzl-evaluate."""
-        steps = self.args.aupr_steps
+    def aupr_and_pick(
+        self, ds: str, info: dict, model: str, steps: int | None = None
+    ) -> tuple[Path, Path]:
+        """Train both tools for ``steps`` (default --aupr-steps) unless their models exist in the
+        work directory, pick the test micrographs with every scoring mode (and Topaz), score
+        every pick set with tzl-evaluate at r and r/2. Returns both trained models."""
+        steps = self.args.aupr_steps if steps is None else steps
         d = self.work / ds / f"aupr_{model}"
         ours_dir, topaz_dir = d / "ours_train", d / "topaz_train"
         if not (ours_dir / "model.pt").exists():
@@ -624,11 +772,10 @@ class Bench:
             self.run_checked(
                 self.topaz_train(ds, info, model, steps, pi, topaz_dir), d / "topaz_train.log"
             )
-        result: dict[str, float | None] = {"steps": steps, "topaz_pi": pi}
-        variants = [("dense", None)]
-        if self.pick_supports_scoring():
-            variants = [(s, s) for s in self.scorings()]
-        for label, scoring in variants:
+        trained = _trained_steps(ours_dir / "model.pt")
+        result: dict[str, float | None] = {"steps": trained or steps, "topaz_pi": pi}
+        for spec in self.scorings():
+            label = spec.replace(":", "_")
             out = d / f"ours_pick_{label}"
             self.run_checked(
                 self.ours_pick(
@@ -638,55 +785,83 @@ class Bench:
                     self.work / ds / "test_paths.txt",
                     out,
                     None,
-                    scoring,
+                    spec,
                 ),
                 d / f"ours_pick_{label}.log",
             )
-            result[f"ours_{label}"] = self.evaluate(
+            for suffix, value in self.evaluate_both(
                 ds, info, out / "picks.tsv", d / f"eval_ours_{label}"
-            )
+            ).items():
+                result[f"ours_{spec}{suffix}"] = value
         test_paths = (self.work / ds / "test_paths.txt").read_text().split()
         self.run_checked(
             self.topaz_pick(info, topaz_model, test_paths, d / "topaz_pick", None),
             d / "topaz_pick.log",
         )
-        result["topaz"] = self.evaluate(ds, info, d / "topaz_pick" / "picks.txt", d / "eval_topaz")
+        for suffix, value in self.evaluate_both(
+            ds, info, d / "topaz_pick" / "picks.txt", d / "eval_topaz"
+        ).items():
+            result[f"topaz{suffix}"] = value
         self.aupr[f"{ds} {model}"] = result
         print(f"AUPR {ds} {model}: {result}", flush=True)
         self.save()
         return ours_dir / "model.pt", topaz_model
 
+    def pick_set(self, ds: str, info: dict, count: int) -> list[Path]:
+        """``count`` micrographs for the picking timing: copies of the preprocessed micrographs
+        (train then test, used repeatedly) under distinct names ``m00_<name>.mrc``, so a run is
+        long enough to time and every tool reads ``count`` files."""
+        names = info["train"] + info["test"]
+        folder = self.work / ds / f"pick_set_{count}"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for k in range(count):
+            name = names[k % len(names)]
+            dest = folder / f"m{k:02d}_{name}.mrc"
+            if not dest.exists():
+                tmp = dest.with_name(dest.name + ".tmp")
+                shutil.copyfile(Path(info["pre"]) / f"{name}.mrc", tmp)
+                tmp.rename(dest)
+            paths.append(dest)
+        return paths
+
     def pick_timing(
         self, ds: str, info: dict, label: str, ours_model: Path, topaz_model: Path
     ) -> None:
-        names = (info["train"] + info["test"])[: self.args.pick_micrographs]
-        paths = [str(Path(info["pre"]) / f"{n}.mrc") for n in names]
-        listing = self.work / ds / "all_paths.txt"
+        """Time whole tzl-pick processes (one per scoring mode) against whole topaz extract
+        processes on the same micrographs, alternating: ours (each mode), Topaz, ours, ..."""
+        paths = [str(p) for p in self.pick_set(ds, info, self.args.pick_micrographs)]
+        listing = self.work / ds / f"pick_set_{len(paths)}.txt"
         listing.write_text("\n".join(paths) + "\n")
-        scorings = list(self.scorings()) if self.pick_supports_scoring() else [None]
+        defaults = self.pick_defaults()
+        scorings = list(self.scorings())
         rows = {
             s: Row(
-                f"pick {label} {s or 'dense'} ({ds}, {len(paths)} micrographs, "
+                f"pick {label} {scoring_label(s, defaults)} ({ds}, {len(paths)} micrographs, "
                 f"threshold {self.args.pick_threshold})",
                 "micrographs/s",
                 len(paths),
                 aupr_key=f"{ds} {label}",
-                scoring=s or "dense",
+                scoring=s,
             )
             for s in scorings
         }
         self.rows.extend(rows.values())
+        dense_only = {s for s in scorings if parse_scoring_spec(s)[0] == "dense"}
         for rep in range(self.args.repeats):
             d = self.work / ds / f"pick_{label}" / f"rep{rep}"
             for s in scorings:
+                if s in dense_only and rep >= self.args.dense_repeats:
+                    continue  # the dense row is the expensive reference: --dense-repeats
+                tag = s.replace(":", "_")
                 cmd = self.ours_pick(
-                    ds, info, ours_model, listing, d / f"ours_{s}", self.args.pick_threshold, s
+                    ds, info, ours_model, listing, d / f"ours_{tag}", self.args.pick_threshold, s
                 )
-                rows[s].ours.append(run_process(cmd, d / f"ours_{s}.log", self.env))
+                rows[s].ours.append(self.spawn(cmd, d / f"ours_{tag}.log"))
                 self._print(rows[s].name, "ours", rep, rows[s].ours[-1])
                 self.commands[rows[s].name + " (ours)"] = " ".join(cmd[len(self.nice) :])
             tcmd = self.topaz_pick(info, topaz_model, paths, d / "topaz", self.args.pick_threshold)
-            run = run_process(tcmd, d / "topaz.log", self.env)
+            run = self.spawn(tcmd, d / "topaz.log")
             for s in scorings:  # one Topaz run is the reference of every scoring mode
                 rows[s].topaz.append(run)
             self._print(label, "Topaz", rep, run)
@@ -728,19 +903,20 @@ class Bench:
         first = Path(info["pre"]) / f"{info['test'][0]}.mrc"
         listing = d / "one.txt"
         listing.write_text(f"{first}\n")
-        for scoring in self.scorings():
+        for spec in self.scorings():
+            tag = spec.replace(":", "_")
             pick = self.ours_pick(
                 ds,
                 info,
                 ours_dir / "model.pt",
                 listing,
-                d / f"ours_{scoring}",
+                d / f"ours_{tag}",
                 self.args.pick_threshold,
-                scoring,
+                spec,
             )
             self.run_checked(
-                [*prof, str(d / f"ours_pick_{scoring}.prof"), *pick[len(self.nice) :]],
-                d / f"ours_pick_{scoring}.log",
+                [*prof, str(d / f"ours_pick_{tag}.prof"), *pick[len(self.nice) :]],
+                d / f"ours_pick_{tag}.log",
             )
         tpick = self.topaz_pick(
             info,
@@ -764,7 +940,7 @@ class Bench:
         for name in (
             "ours_train",
             "topaz_train",
-            *(f"ours_pick_{s}" for s in self.scorings()),
+            *(f"ours_pick_{s.replace(':', '_')}" for s in self.scorings()),
             "topaz_pick",
         ):
             buf = io.StringIO()
@@ -832,13 +1008,9 @@ class Bench:
         import torch
 
         info["torch"] = torch.__version__
-        try:
-            rev = subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-            ).stdout.strip()
-        except OSError:
-            rev = "?"
-        info["topaz_lightning_commit"] = rev
+        info["topaz_lightning_commit"] = self.commit + (
+            " (a git archive snapshot)" if self.ours_cwd != ROOT else " (the working tree)"
+        )
         return info
 
     def report(self) -> str:
@@ -890,6 +1062,14 @@ class Bench:
 
 def _f(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
+
+
+def _trained_steps(model_pt: Path) -> int | None:
+    """The optimizer steps recorded in our model.pt's card (None when it does not say)."""
+    from topaz_lightning.models.io import load_model
+
+    steps = load_model(model_pt)[1].get("global_step")
+    return int(steps) if steps is not None else None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -944,6 +1124,19 @@ def find_models(work: Path, model: str) -> tuple[Path, Path]:
     raise SystemExit(f"error: no trained {model} of both tools under {work}")
 
 
+def parse_model_steps(text: str) -> list[tuple[str, int | None]]:
+    """``"conv31,resnet8:300"`` -> ``[("conv31", None), ("resnet8", 300)]``."""
+    out: list[tuple[str, int | None]] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        model, sep, steps = item.partition(":")
+        if not model or (sep and not steps.isdigit()):
+            raise SystemExit(f"--aupr-models: expected MODEL or MODEL:STEPS, got {item!r}")
+        out.append((model, int(steps) if sep else None))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topaz-venv", default=str(ROOT / ".bench" / "topaz_venv"))
@@ -952,9 +1145,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--aupr-steps", type=int, default=1000)
     parser.add_argument(
+        "--aupr-models",
+        default="conv31,resnet8:300",
+        help="models the aupr_real part trains (both tools), MODEL[:STEPS] comma-separated "
+        "(STEPS default --aupr-steps); their picks give the AUPR of the picking rows, and the "
+        "pick_<model> parts time these models",
+    )
+    parser.add_argument(
         "--scorings",
-        default="dense,coarse_to_fine,strided",
-        help="our scoring modes: each gets an AUPR run and a picking-speed row",
+        default="strided:window,strided:centroid,dense",
+        help="our scoring modes, SCORING[:REFINE] comma-separated: each gets an AUPR run and "
+        "a picking-speed row",
+    )
+    parser.add_argument(
+        "--dense-repeats",
+        type=int,
+        default=1,
+        help="timed runs of the scoring=dense rows (the expensive exact reference), <= --repeats",
+    )
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="let tzl-pick write picks.html (its default; off here: Topaz writes no such page)",
+    )
+    parser.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="run our tools from a git archive of the committed HEAD (work/snapshot/<commit>) "
+        "instead of the working tree, so uncommitted edits do not enter the measurement",
     )
     parser.add_argument(
         "--labels", type=int, default=100, help="labeled particles (both data sets)"
@@ -967,7 +1185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="logit threshold for the picking timing (Topaz's default -6)",
     )
     parser.add_argument(
-        "--pick-micrographs", type=int, default=4, help="micrographs per picking run (real: <= 4)"
+        "--pick-micrographs",
+        type=int,
+        default=16,
+        help="micrographs per picking run: the 4 real ones used repeatedly (copies, 16 names)",
     )
     parser.add_argument(
         "--models-from",
@@ -980,15 +1201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="*",
-        default=[
-            "aupr_real",
-            "aupr_sim",
-            "train_conv31",
-            "train_resnet8",
-            "pick_conv31",
-            "pick_resnet8",
-        ],
-        help="parts to run, in this order (setup: only the venv and the inputs)",
+        default=["aupr_real", "train_conv31", "pick_conv31", "pick_resnet8"],
+        help="parts to run, in this order: aupr_real, aupr_sim (the simulated preset, conv31), "
+        "train_conv31, train_resnet8, pick_<model>, profile; setup: only the venv and the inputs",
     )
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks" / "topaz.md"))
     parser.add_argument(
@@ -1007,7 +1222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if part == "setup":
             continue  # the venv and the preprocessed real data only
         if part == "aupr_real":
-            models["conv31"] = bench.aupr_and_pick("real", real, "conv31")
+            for model, steps in parse_model_steps(args.aupr_models):
+                models[model] = bench.aupr_and_pick("real", real, model, steps)
         elif part == "aupr_sim":
             bench.aupr_and_pick("sim", bench.prepare("sim"), "conv31")
         elif part == "profile":

@@ -65,21 +65,89 @@ def test_row_rates_use_successful_runs_only(bt):
     assert "**3.00**" in table and "**1.88**" in table
 
 
-def test_pick_rows_show_the_aupr_of_their_scoring_mode(bt):
-    aupr = {"real conv31": {"steps": 1000, "ours_dense": 0.81, "ours_strided": 0.805, "topaz": 0.8}}
+def test_pick_rows_show_the_aupr_of_their_scoring_mode_at_r_and_half_r(bt):
+    aupr = {
+        "real conv31": {
+            "steps": 1000,
+            "ours_dense": 0.81,
+            "ours_dense@half": 0.79,
+            "ours_strided:window": 0.805,
+            "ours_strided:window@half": 0.785,
+            "topaz": 0.8,
+            "topaz@half": 0.7,
+        }
+    }
     dense = bt.Row("pick dense", "micrographs/s", 4, aupr_key="real conv31", scoring="dense")
-    strided = bt.Row("pick strided", "micrographs/s", 4, aupr_key="real conv31", scoring="strided")
+    strided = bt.Row(
+        "pick strided", "micrographs/s", 4, aupr_key="real conv31", scoring="strided:window"
+    )
     train = bt.Row("train", "steps/s", 100)
     for row in (dense, strided, train):
-        row.ours = [bt.Run(1.0, 1.0, 100.0, 0)]
-        row.topaz = [bt.Run(2.0, 2.0, 100.0, 0)]
+        row.ours = [bt.Run(1.0, 1.0, 100.0, 0, 3.0)]
+        row.topaz = [bt.Run(2.0, 2.0, 100.0, 0, 5.0)]
     lines = bt.render_table([dense, strided, train], aupr).splitlines()
-    assert lines[2].endswith("| 0.810 / 0.800 |")
-    assert lines[3].endswith("| 0.805 / 0.800 |")
-    assert lines[4].endswith("| - |")
+    assert lines[2].endswith("| 0.810 / 0.800 | 0.790 / 0.700 | 4.0 |")
+    assert lines[3].endswith("| 0.805 / 0.800 | 0.785 / 0.700 | 4.0 |")
+    assert lines[4].endswith("| - | - | 4.0 |")
     # a mode without an AUPR run says so instead of borrowing another mode's number
-    other = bt.Row("pick c2f", "micrographs/s", 4, aupr_key="real conv31", scoring="coarse_to_fine")
-    assert bt.aupr_cell(other, aupr) == "n/a / 0.800"
+    other = bt.Row(
+        "pick centroid", "micrographs/s", 4, aupr_key="real conv31", scoring="strided:centroid"
+    )
+    assert bt.aupr_cells(other, aupr) == ("n/a / 0.800", "n/a / 0.700")
+    # results written before the load was recorded read back with nan, shown as n/a
+    old = bt.Row("old", "steps/s", 1, ours=[bt.Run(1.0, 1.0, 1.0, 0)], topaz=[bt.Run(1, 1, 1, 0)])
+    assert bt.render_table([old]).splitlines()[2].endswith("| - | - | n/a |")
+
+
+def test_scoring_specs_parse_and_label_the_default(bt):
+    assert bt.parse_scoring_spec("strided:centroid") == ("strided", "centroid")
+    assert bt.parse_scoring_spec(" dense ") == ("dense", None)
+    for bad in ("", ":window", "strided:"):
+        with pytest.raises(ValueError, match="SCORING:REFINE"):
+            bt.parse_scoring_spec(bad)
+    defaults = ("strided", "window")
+    assert bt.scoring_label("strided:window", defaults) == "scoring=strided refine=window (default)"
+    assert bt.scoring_label("strided", defaults) == "scoring=strided (default)"
+    assert bt.scoring_label("strided:centroid", defaults) == "scoring=strided refine=centroid"
+    assert bt.scoring_label("dense", defaults) == "scoring=dense"
+    assert bt.scoring_label("dense", ("dense", "window")) == "scoring=dense (default)"
+
+
+def test_parse_model_steps(bt):
+    assert bt.parse_model_steps("conv31, resnet8:300,") == [("conv31", None), ("resnet8", 300)]
+    for bad in ("resnet8:", "resnet8:x", ":100"):
+        with pytest.raises(SystemExit, match="MODEL:STEPS"):
+            bt.parse_model_steps(bad)
+
+
+def test_snapshot_holds_the_committed_package_and_reuses_itself(bt, tmp_path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "topaz_lightning").mkdir(parents=True)
+    (repo / "configs").mkdir()
+    (repo / "topaz_lightning" / "a.py").write_text("X = 1\n")
+    (repo / "configs" / "pick.yaml").write_text("scoring: strided\n")
+
+    def git(*args):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    assert "+ uncommitted" not in bt.git_commit(repo)
+    (repo / "topaz_lightning" / "a.py").write_text("X = 2\n")  # not committed
+    assert bt.git_commit(repo).endswith("+ uncommitted changes")
+    snap = bt.make_snapshot(repo, tmp_path / "snaps")
+    assert (snap / "topaz_lightning" / "a.py").read_text() == "X = 1\n"
+    assert (snap / "configs" / "pick.yaml").exists()
+    assert (snap / "COMMIT").read_text().strip() == snap.name
+    assert bt.make_snapshot(repo, tmp_path / "snaps") == snap
 
 
 def median_of(values):
