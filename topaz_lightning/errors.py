@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 
@@ -29,6 +30,44 @@ class ConfigError(ValueError):
     def __init__(self, key: str, problem: str):
         self.key = key
         super().__init__(f"config key '{key}': {problem}")
+
+
+def check_number(
+    key: str,
+    value: object,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    exclusive_minimum: bool = False,
+    allow_inf: bool = False,
+    integer: bool = False,
+) -> float | int:
+    """The one check of a numeric setting: ``value`` as a float (an int with ``integer``) within
+    the bounds, finite unless ``allow_inf``; otherwise ConfigError naming ``key``, e.g.
+    "config key 'threshold': must be a number >= 0, got 'x'". Used by the commands' validation,
+    the pick settings and the geometry conversions alike."""
+    low = (
+        "" if minimum is None else (f" > {minimum:g}" if exclusive_minimum else f" >= {minimum:g}")
+    )
+    high = "" if maximum is None else f" <= {maximum:g}"
+    kind = "an integer" if integer else "a number"
+    want = f"{kind}{low}{' and' if low and high else ''}{high}"
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be {want}, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be {want}, got {value!r}") from None
+    ok = not math.isnan(number) and (allow_inf or math.isfinite(number))
+    if minimum is not None:
+        ok = ok and (number > minimum if exclusive_minimum else number >= minimum)
+    if maximum is not None:
+        ok = ok and number <= maximum
+    if integer:
+        ok = ok and math.isfinite(number) and number == int(number)
+    if not ok:
+        raise ConfigError(key, f"must be {want}, got {value!r}")
+    return int(number) if integer else number
 
 
 class OutputExistsError(FileExistsError):

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.errors import ConfigError, InputError, check_number
 
 # Defaults in units of the particle radius r (model frame). The paper suppresses and matches
 # within about a particle radius (EMPIAR-10096: radius ~7 px, match 7 px, NMS 10 px) and labels
@@ -78,13 +78,7 @@ def disk_area(radius_px: float, include_boundary: bool = True) -> int:
 
 def check_downsample(value: Any, key: str = "data.downsample") -> float:
     """The one check of a downsampling factor: a finite number >= 1 (ConfigError naming ``key``)."""
-    try:
-        factor = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"must be a number >= 1, got {value!r}") from None
-    if not (factor >= 1 and math.isfinite(factor)):
-        raise ConfigError(key, f"must be a number >= 1, got {value!r}")
-    return factor
+    return float(check_number(key, value, 1))
 
 
 def to_model_px(value_px: float, downsample: float) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from topaz_lightning.errors import ConfigError
+from topaz_lightning.errors import ConfigError, check_number
 
 log = logging.getLogger("topaz_lightning")
 
@@ -76,24 +75,16 @@ def number(
     value = _checked_value(cfg, key, allow_none)
     if value is _MISSING:
         return None
-    low = (
-        "" if minimum is None else (f" > {minimum:g}" if exclusive_minimum else f" >= {minimum:g}")
+    return float(
+        check_number(
+            key,
+            value,
+            minimum,
+            maximum,
+            exclusive_minimum=exclusive_minimum,
+            allow_inf=allow_inf,
+        )
     )
-    high = "" if maximum is None else f" <= {maximum:g}"
-    want = f"a number{low}{' and' if low and high else ''}{high}"
-    if isinstance(value, bool):
-        raise ConfigError(key, f"must be {want}, got {value!r}")
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"must be {want}, got {value!r}") from None
-    if math.isnan(x) or (math.isinf(x) and not allow_inf):
-        raise ConfigError(key, f"must be {want}, got {value!r}")
-    if minimum is not None and (x < minimum or (exclusive_minimum and x == minimum)):
-        raise ConfigError(key, f"must be {want}, got {value!r}")
-    if maximum is not None and x > maximum:
-        raise ConfigError(key, f"must be {want}, got {value!r}")
-    return x
 
 
 def choice(cfg: DictConfig, key: str, options: tuple, allow_none: bool = False) -> Any:
@@ -337,15 +328,7 @@ def validate_pick(cfg: DictConfig) -> None:
 def check_max_distance(value, key: str = "max_distance") -> float:
     """The match distance setting as a float: a finite number >= 0 (ConfigError naming ``key``);
     the one check, used before any work and by ``cli.evaluate.resolve_max_distance``."""
-    if isinstance(value, bool):
-        raise ConfigError(key, f"must be a number >= 0, got {value!r}")
-    try:
-        distance = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"must be a number >= 0, got {value!r}") from None
-    if not (distance >= 0 and math.isfinite(distance)):
-        raise ConfigError(key, f"must be a finite number >= 0, got {value}")
-    return distance
+    return float(check_number(key, value, 0))
 
 
 def validate_evaluate(cfg: DictConfig) -> None:

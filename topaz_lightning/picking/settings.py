@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
-from topaz_lightning.errors import ConfigError
+from topaz_lightning.errors import ConfigError, check_number
 from topaz_lightning.picking.border import border_padding_px_model as _padding_rule
 from topaz_lightning.picking.coarse import check_tta
 from topaz_lightning.picking.scoring import check_scoring
@@ -23,19 +23,9 @@ NMS_BOUNDARIES = ("keep", "suppress")
 
 
 def _number(key: str, value, low: float, *, strict: bool = False, integer: bool = False):
-    if isinstance(value, bool):
-        raise ConfigError(key, f"must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"must be a number, got {value!r}") from None
-    ok = math.isfinite(number) and (number > low if strict else number >= low)
-    if integer:
-        ok = ok and number == int(number)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(key, f"must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
-    return int(number) if integer else number
+    # a finite number above ``low`` (-inf: any finite number)
+    minimum = None if low == -math.inf else low
+    return check_number(key, value, minimum, exclusive_minimum=strict, integer=integer)
 
 
 @dataclass(frozen=True)
