@@ -9,7 +9,11 @@ on real data the annotated particles, a lower bound when the annotation misses p
 Example usage::
 
     OMP_NUM_THREADS=1 python scripts/pi_study.py --preset demo --labels 10,100 --replicates 3
+    OMP_NUM_THREADS=1 python scripts/pi_study.py --preset demo --labels 100 --steps 100,500
     OMP_NUM_THREADS=1 python scripts/pi_study.py --experiment empiar10017_table5 --labels 10,100
+
+``--steps`` takes several training lengths (minibatches per cross-fitted fit, what
+``data.pi_auto_steps`` sets); each row names the estimate, the spread of its fits and the time.
 """
 
 from __future__ import annotations
@@ -59,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None, help="simulated dataset directory")
     p.add_argument("--labels", default="10,100")
     p.add_argument("--replicates", type=int, default=3)
-    p.add_argument("--steps", type=int, default=300, help="minibatches per cross-fitted fit")
+    p.add_argument(
+        "--steps", default="300", help="minibatches per cross-fitted fit (comma-separated: several)"
+    )
     p.add_argument("--folds", type=int, default=2)
     args = p.parse_args(argv)
 
@@ -75,35 +81,43 @@ def main(argv: list[str] | None = None) -> int:
         data = [f"data.simulated_preset={args.preset}", f"data.simulated_dir={directory.resolve()}"]
         name = f"preset {args.preset}"
     truth = true_pi(data)
-    print(f"# automatic pi on {name}: {args.folds} fits x {args.steps} steps per estimate")
+    lengths = [int(v) for v in str(args.steps).split(",")]
+    print(f"# automatic pi on {name}: {args.folds} cross-fitted fits per estimate")
     print(f"true pi (every annotated particle, training micrographs): {truth:.5f}")
-    print("| labels | replicate | BBE pi | BBE error | Elkan-Noto pi | EN error | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| labels | replicate | steps | true pi | BBE pi | BBE error | fits (spread) | "
+        "Elkan-Noto pi | EN error | seconds |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     errors: dict[str, list[float]] = {"bbe": [], "en": []}
-    for labels in [int(v) for v in args.labels.split(",")]:
-        for r in range(args.replicates):
-            cfg = _compose(
-                [*data, f"data.num_labeled={labels}", f"data.labeled_seed={r}", f"seed={r}"]
-            )
-            dm = instantiate(cfg.data)
-            dm.setup("fit")
-            start = time.perf_counter()
-            est = estimate_pi_for_datamodule(
-                dm,
-                lambda cfg=cfg: instantiate(cfg.model),
-                steps=args.steps,
-                folds=args.folds,
-                seed=r,
-            )
-            seconds = time.perf_counter() - start
-            en = est.other["elkan_noto"]
-            errors["bbe"].append((est.pi - truth) / truth)
-            errors["en"].append((en - truth) / truth)
-            print(
-                f"| {labels} | {r} | {est.pi:.5f} | {errors['bbe'][-1]:+.0%} | {en:.5f} | "
-                f"{errors['en'][-1]:+.0%} | {seconds:.0f} |",
-                flush=True,
-            )
+    for labels, r, steps in (
+        (labels, r, steps)
+        for labels in [int(v) for v in args.labels.split(",")]
+        for r in range(args.replicates)
+        for steps in lengths
+    ):
+        cfg = _compose([*data, f"data.num_labeled={labels}", f"data.labeled_seed={r}", f"seed={r}"])
+        dm = instantiate(cfg.data)
+        dm.setup("fit")
+        start = time.perf_counter()
+        est = estimate_pi_for_datamodule(
+            dm,
+            lambda cfg=cfg: instantiate(cfg.model),
+            steps=steps,
+            folds=args.folds,
+            seed=r,
+        )
+        seconds = time.perf_counter() - start
+        en = est.other["elkan_noto"]
+        errors["bbe"].append((est.pi - truth) / truth)
+        errors["en"].append((en - truth) / truth)
+        fits = ", ".join(f"{v:.4f}" for v in est.fold_pi)
+        print(
+            f"| {labels} | {r} | {steps} | {truth:.5f} | {est.pi:.5f} | "
+            f"{errors['bbe'][-1]:+.0%} | {fits} ({est.spread:.4f}) | {en:.5f} | "
+            f"{errors['en'][-1]:+.0%} | {seconds:.0f} |",
+            flush=True,
+        )
     for key, label in (("bbe", "BBE"), ("en", "Elkan-Noto")):
         values = np.abs(errors[key])
         print(
