@@ -75,7 +75,7 @@ def _normalization(cfg, extra, sources, resolved, run_dir: Path, reuse: bool, fa
     from topaz_lightning.picking.normalization import (
         PickNormalization,
         check_normalize_fit,
-        fit_over_micrographs,
+        run_fit,
         training_fit,
     )
 
@@ -92,17 +92,18 @@ def _normalization(cfg, extra, sources, resolved, run_dir: Path, reuse: bool, fa
         ):
             log.info("GMM normalization: reusing the fit in %s", path)
             return PickNormalization.from_record(saved, source=str(path))
+        prepared = {}  # the first pass's downsampled images: the predict loop reuses them
         if source == "training":
             fit = training_fit(extra, str(cfg.model_path))
         else:
-            fit = fit_over_micrographs(
+            fit, prepared = run_fit(
                 sources,
                 resolved.downsample,
                 seed=int(cfg.seed),
                 num_workers=int(cfg.num_workers),
                 on_error=None if failures.strict else _log_first_pass_error,
             )
-        norm = PickNormalization("gmm", fit=fit, source=source, seed=int(cfg.seed))
+        norm = PickNormalization("gmm", fit, source, int(cfg.seed), prepared=prepared)
     if is_launch_rank_zero():
         jobs.write_json(path, norm.record())
     return norm
@@ -171,7 +172,9 @@ def _score(cfg, net, extra, sources, todo, resolved, outputs, job, failures) -> 
     reuse = job is None or job.continuing
     norm = _normalization(cfg, extra, sources, resolved, outputs.run_dir, reuse, failures)
     _quiet_lightning()
-    dataset = MicrographDataset(todo, Preprocess(resolved.downsample, norm))
+    prepared = {n: image for n, image in norm.prepared.items() if n in todo}
+    norm.prepared = {}  # the dataset holds them now (each dropped once used)
+    dataset = MicrographDataset(todo, Preprocess(resolved.downsample, norm, prepared))
     loader = micrograph_loader(dataset, int(cfg.batch_size), int(cfg.num_workers))
     writer = PickWriter(
         outputs.picks_dir,

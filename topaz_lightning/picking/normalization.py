@@ -2,16 +2,20 @@
 
 ``normalize=gmm`` (the paper's scaled two-component mixture) needs a fit. Two sources:
 
-- ``normalize_fit=run`` (default): ONE fit over a pixel sample of every micrograph being picked,
-  taken in a cheap first pass (read + downsample, keep a few thousand pixels each), exactly the
-  sample that :func:`topaz_lightning.preprocess.fit_gmm` would draw from all of them in memory.
-  Memory: the samples only (at least 1,000 pixels per micrograph).
+- ``normalize_fit=run`` (default): ONE fit over a pixel sample of at most
+  :data:`FIT_MICROGRAPHS` micrographs of the run (all of them when there are no more; else that
+  many evenly spaced over the run's list), taken in a first pass over those only (read +
+  downsample, keep a few thousand pixels each): exactly the sample that
+  :func:`topaz_lightning.preprocess.fit_gmm` would draw from them in memory. Their downsampled
+  images are kept (:attr:`PickNormalization.prepared`, at most :data:`PREPARED_MAX_BYTES`) so
+  the predict loop does not read and Fourier-crop them again: every micrograph is read once.
 - ``normalize_fit=training``: the mixture (pi, mu, sigma) fitted on the training micrographs,
   stored in model.pt as ``extra["normalize_fit"]``.
 
-A micrograph that is not part of the fit (training fit, or a file that could not be read in the
-first pass) gets its own scale ``alpha`` by EM with the mixture held fixed
-(:func:`fit_scale`), so it never depends on the other micrographs of the run.
+A micrograph that is not part of the fit (training fit, a run of more than FIT_MICROGRAPHS
+micrographs, or a file that could not be read in the first pass) gets its own scale ``alpha`` by
+EM with the mixture held fixed (:func:`fit_scale`), so it never depends on the other micrographs
+of the run.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,12 @@ log = logging.getLogger("topaz_lightning")
 NORMALIZE_FITS = ("run", "training")
 #: pixels of one micrograph used to estimate its own scale against a fixed mixture
 SCALE_SAMPLE_SIZE = 100_000
+#: micrographs a run's GMM (normalize_fit=run) is fitted on: the first pass reads only these
+#: (evenly spaced over the run), so its cost does not grow with the run
+FIT_MICROGRAPHS = 16
+#: downsampled images of the fit's micrographs kept for scoring (bytes, in all): 16 images of
+#: 1024 x 1024 float32 take 64 MiB; beyond the cap the predict loop reads them again
+PREPARED_MAX_BYTES = 256 * 2**20
 
 
 def fit_scale(
@@ -100,6 +110,9 @@ class PickNormalization:
     fit: GMMFit | None = None
     source: str | None = None  # "run" or "training" for gmm
     seed: int = 0
+    #: downsampled (not yet normalized) images of the first pass, by name, for the predict loop
+    #: (not part of the record: a continued run reads the micrographs again)
+    prepared: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def __call__(self, name: str, image: np.ndarray) -> np.ndarray:
         """The normalized (downsampled) micrograph, float32; InputError for a constant one."""
@@ -145,14 +158,11 @@ def gmm_fit_from_dict(data: Any, source: str | None = None) -> GMMFit:
     return GMMFit.from_record(data, source=source)
 
 
-class PixelSample:
-    """First-pass transform: read, downsample and draw micrograph ``index``'s pixel sample."""
+class Downsampled:
+    """First-pass transform: read and Fourier-crop downsample one micrograph (picklable)."""
 
-    def __init__(self, downsample: float, per_image: int, seed: int, index: Mapping[str, int]):
+    def __init__(self, downsample: float):
         self.downsample = float(downsample)
-        self.per_image = int(per_image)
-        self.seed = int(seed)
-        self.index = dict(index)
 
     def __call__(self, name: str, path: Path) -> np.ndarray:
         from topaz_lightning.io.micrographs import read_micrograph
@@ -160,7 +170,20 @@ class PixelSample:
 
         image = downsample(read_micrograph(path), self.downsample)
         check_not_constant(image, str(path))
-        return sample_pixels(image, self.per_image, image_rng(self.seed, self.index[name]))
+        return image
+
+
+def fit_micrographs(names: Sequence[str], max_micrographs: int | None = FIT_MICROGRAPHS) -> list:
+    """The micrographs a run's GMM is fitted on: all of ``names`` when there are at most
+    ``max_micrographs`` (None: no limit), else that many evenly spaced over the list (the first
+    and the last included), in the list's order."""
+    names = list(names)
+    if max_micrographs is None or len(names) <= int(max_micrographs):
+        return names
+    if int(max_micrographs) < 1:
+        raise ConfigError("max_micrographs", f"must be at least 1, got {max_micrographs!r}")
+    positions = np.round(np.linspace(0, len(names) - 1, int(max_micrographs))).astype(np.int64)
+    return [names[i] for i in np.unique(positions)]
 
 
 def fit_over_micrographs(
@@ -170,17 +193,49 @@ def fit_over_micrographs(
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     num_workers: int = 0,
     on_error: Callable[[str, str], None] | None = None,
+    max_micrographs: int | None = FIT_MICROGRAPHS,
 ) -> GMMFit:
-    """One GMM fit over a pixel sample of all ``sources`` (first pass, no image kept in memory).
+    """One GMM fit over a pixel sample of ``sources`` (:func:`run_fit` without the images)."""
+    fit, _ = run_fit(
+        sources,
+        downsample,
+        seed=seed,
+        sample_size=sample_size,
+        num_workers=num_workers,
+        on_error=on_error,
+        max_micrographs=max_micrographs,
+        keep_bytes=0,
+    )
+    return fit
 
-    Micrograph ``k`` (its position in ``sources``) contributes ``samples_per_image(K,
-    sample_size)`` pixels drawn with ``image_rng(seed, k)``: with every file readable this is
-    the very fit of :func:`topaz_lightning.preprocess.preprocess_images` over all of them at once.
+
+def run_fit(
+    sources: Mapping[str, Path],
+    downsample: float,
+    *,
+    seed: int = 0,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    num_workers: int = 0,
+    on_error: Callable[[str, str], None] | None = None,
+    max_micrographs: int | None = FIT_MICROGRAPHS,
+    keep_bytes: int = PREPARED_MAX_BYTES,
+) -> tuple[GMMFit, dict[str, np.ndarray]]:
+    """A run's GMM fit and the downsampled images of its first pass, read once.
+
+    The fit uses :func:`fit_micrographs` of ``sources`` (at most ``max_micrographs``); the
+    ``k``-th of them contributes ``samples_per_image(K, sample_size)`` pixels drawn with
+    ``image_rng(seed, k)``: this is the very fit of
+    :func:`topaz_lightning.preprocess.preprocess_images` over those K micrographs at once. Their
+    downsampled images come back (in the fit's order) while their bytes stay within
+    ``keep_bytes``, for the predict loop to use instead of reading them again.
     A micrograph that cannot be read or is constant raises InputError, or, with ``on_error``, is
     reported there and left out of the fit, which is then exactly the fit without that file.
     """
-    names = list(sources)
-    errors, samples = _sample_pass(sources, downsample, seed, sample_size, num_workers)
+    names = fit_micrographs(list(sources), max_micrographs)
+    chosen = {n: sources[n] for n in names}
+    errors, samples, images = _sample_pass(
+        chosen, downsample, seed, sample_size, num_workers, keep_bytes
+    )
     failed = [n for n in names if n not in samples]
     for name in failed:
         if on_error is None:
@@ -190,37 +245,58 @@ def fit_over_micrographs(
         # the sample size per micrograph and each one's random stream depend on the number and
         # order of micrographs: draw again over the readable ones only, so a skipped file leaves
         # the fit (and every other micrograph's picks) exactly as without it
-        good = {n: sources[n] for n in names if n in samples}
-        errors, samples = _sample_pass(good, downsample, seed, sample_size, num_workers)
+        good = {n: chosen[n] for n in names if n in samples}
+        images.clear()  # at most one pass's images in memory
+        errors, samples, images = _sample_pass(
+            good, downsample, seed, sample_size, num_workers, keep_bytes
+        )
         for name in [n for n in good if n not in samples]:  # changed between the passes
             if on_error is None:
                 raise InputError(errors[name])
             on_error(name, errors[name])
     if not samples:
         raise InputError("no readable micrograph to fit the GMM normalization on")
-    log.info("GMM normalization: one fit over %d micrograph(s)", len(samples))
     order = [n for n in names if n in samples]
-    return fit_gmm_samples([samples[n] for n in order], names=order)
+    log.info(
+        "GMM normalization: one fit over %d of %d micrograph(s)%s",
+        len(order),
+        len(sources),
+        "" if len(names) == len(sources) else f" (evenly spaced, at most {max_micrographs})",
+    )
+    return fit_gmm_samples([samples[n] for n in order], names=order), images
 
 
 def _sample_pass(
-    sources: Mapping[str, Path], downsample: float, seed: int, sample_size: int, num_workers: int
-) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """One first pass: ({name: error} of the unreadable, {name: pixel sample} of the others)."""
+    sources: Mapping[str, Path],
+    downsample: float,
+    seed: int,
+    sample_size: int,
+    num_workers: int,
+    keep_bytes: int,
+) -> tuple[dict[str, str], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One first pass: ({name: error} of the unreadable, {name: pixel sample} of the others,
+    {name: downsampled image} of the first of them while their bytes stay within keep_bytes)."""
     from topaz_lightning.picking.predict import MicrographDataset, micrograph_loader
 
     names = list(sources)
     per_image = samples_per_image(len(names), sample_size)
-    sampler = PixelSample(downsample, per_image, seed, {n: k for k, n in enumerate(names)})
+    index = {n: k for k, n in enumerate(names)}
     errors: dict[str, str] = {}
     samples: dict[str, np.ndarray] = {}
-    for batch in micrograph_loader(MicrographDataset(sources, sampler), num_workers=num_workers):
+    images: dict[str, np.ndarray] = {}
+    kept = 0
+    dataset = MicrographDataset(sources, Downsampled(downsample))
+    for batch in micrograph_loader(dataset, num_workers=num_workers):
         for item in batch:
             if item.error is not None:
                 errors[item.name] = item.error
             else:
-                samples[item.name] = item.value
-    return errors, samples
+                if kept + item.value.nbytes <= keep_bytes:
+                    images[item.name] = item.value
+                    kept += item.value.nbytes
+                rng = image_rng(seed, index[item.name])
+                samples[item.name] = sample_pixels(item.value, per_image, rng)
+    return errors, samples, images
 
 
 def training_fit(extra: Mapping[str, Any], model_path: str | None = None) -> GMMFit:

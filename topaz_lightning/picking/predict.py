@@ -199,17 +199,31 @@ class MicrographDataset(Dataset):
 
 
 class Preprocess:
-    """Dataset transform for picking: read, Fourier-crop downsample, normalize (picklable)."""
+    """Dataset transform for picking: read, Fourier-crop downsample, normalize (picklable).
 
-    def __init__(self, downsample: float, normalization: Callable[[str, np.ndarray], np.ndarray]):
+    ``prepared``: micrographs already read and downsampled (the GMM fit's first pass,
+    :attr:`topaz_lightning.picking.normalization.PickNormalization.prepared`), by name; each is
+    used once instead of reading the file again, then dropped.
+    """
+
+    def __init__(
+        self,
+        downsample: float,
+        normalization: Callable[[str, np.ndarray], np.ndarray],
+        prepared: Mapping[str, np.ndarray] | None = None,
+    ):
         self.downsample = float(downsample)
         self.normalization = normalization
+        self.prepared = dict(prepared or {})
 
     def __call__(self, name: str, path: Path) -> np.ndarray:
-        from topaz_lightning.io.micrographs import read_micrograph
-        from topaz_lightning.preprocess import downsample
+        image = self.prepared.pop(name, None)
+        if image is None:
+            from topaz_lightning.io.micrographs import read_micrograph
+            from topaz_lightning.preprocess import downsample
 
-        return self.normalization(name, downsample(read_micrograph(path), self.downsample))
+            image = downsample(read_micrograph(path), self.downsample)
+        return self.normalization(name, image)
 
 
 def _as_list(items: list) -> list:
