@@ -292,6 +292,7 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ``settings`` (``ResolvedPick``) and the ``output`` path; empty on the extra DDP ranks.
     Raises PartialFailureError (exit 3) at the end when some micrographs failed.
     """
+    from topaz_lightning.io.formats.common import check_micrograph_dir, with_micrograph_files
     from topaz_lightning.models import load_model
     from topaz_lightning.picking import sigmoid
     from topaz_lightning.picking.predict import failed_path, read_parts
@@ -315,6 +316,8 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if box_size is None:
         box_size = resolved.particle_diameter_px
     fmt = output_format(output, fmt_given, per_micrograph, box_size, len(names))
+    # STAR's rlnMicrographName: <star_micrograph_dir>/<file name with extension>
+    star_dir = check_micrograph_dir(cfg.get("star_micrograph_dir"))
     outputs = PickOutputs(
         run_dir,
         str(cfg.output),
@@ -382,7 +385,8 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         picks["score"] = sigmoid(picks["score"].to_numpy())
     if picks.empty:
         log.warning("no picks above the threshold; writing an empty table")
-    write_output(picks, outputs, fmt, good, box_size=box_size)
+    picks_out = with_micrograph_files(picks, {n: sources[n] for n in good}, star_dir)
+    write_output(picks_out, outputs, fmt, good, box_size=box_size)
     if job is not None:
         outputs.remember_output(job)
     if cfg.get("browser", True) and good:

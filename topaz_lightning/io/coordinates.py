@@ -427,16 +427,17 @@ def write_coordinates(
     except InputError as err:
         raise InputError(err.problem, path, f"table {err.where}") from None
     check_coordinate_output(path, overwrite, per_micrograph=True)
+    write_one = record.write_per_micrograph or record.write
     if path.is_dir() and any(path.iterdir()):  # overwrite: replace file by file
         for name in names:
             with atomic_output(targets[name], overwrite=True) as tmp:
-                record.write(groups[name], tmp, box_size)
+                write_one(groups[name], tmp, box_size)
         return path
     # fresh directory: build it beside the target, then rename it into place in one step
     tmp_dir = make_temp_dir(path)
     try:
         for name in names:
-            record.write(groups[name], tmp_dir / targets[name].name, box_size)
+            write_one(groups[name], tmp_dir / targets[name].name, box_size)
         if path.is_dir():
             path.rmdir()  # empty (checked above)
         os.replace(tmp_dir, path)

@@ -145,6 +145,7 @@ def threshold_free(scoring: str, refine: str = "window") -> bool:
 NOT_IN_RECORD = frozenset(
     {
         "model_path", "micrographs", "subset", "output_dir", "output", "format", "suffix",
+        "star_micrograph_dir",
         "browser", "browser_max_micrographs",
         "per_micrograph", "box_size", "score", "threshold", "threshold_probability",
         "target_recall", "recall_metrics", "particles_per_micrograph", "radius",

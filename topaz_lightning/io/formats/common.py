@@ -6,6 +6,7 @@ import csv
 import os
 import re
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +262,57 @@ def check_suffix(suffix: str | None, key: str = "suffix") -> str:
 
         raise ConfigError(key, f"must be 1-64 letters, digits, _ or -, got {suffix!r}")
     return f"_{suffix}"
+
+
+#: optional column of a coordinate table: the micrograph's file as another program names it
+#: (RELION's rlnMicrographName, e.g. ``MotionCorr/job002/Movies/mic001.mrc``). Writers of
+#: formats that name micrographs by file (STAR) write it instead of the bare name; the others
+#: ignore it, and readers return the name (``micrograph``) only.
+MICROGRAPH_FILE_COLUMN = "micrograph_file"
+
+
+def check_micrograph_dir(directory: object, key: str = "star_micrograph_dir") -> str | None:
+    """``directory`` as a '/'-separated prefix without a trailing '/' (None for None or "");
+    ConfigError naming ``key`` for a value that cannot be part of a file reference."""
+    if directory is None or directory == "":
+        return None
+    from topaz_lightning.errors import ConfigError
+
+    if not isinstance(directory, str):
+        raise ConfigError(key, f"must be a directory path (text), got {directory!r}")
+    text = directory.replace("\\", "/").rstrip("/")
+    bad = control_characters(text)
+    if not text or bad or any(c.isspace() for c in text):
+        raise ConfigError(
+            key,
+            f"must be a directory path without spaces or control characters (RELION splits "
+            f"STAR values at white space), got {directory!r}",
+        )
+    return text
+
+
+def micrograph_references(
+    files: Mapping[str, str | os.PathLike], directory: str | None = None
+) -> dict[str, str]:
+    """``{name: reference}``: each micrograph file's name with its extension
+    (``mic001.mrc``), under ``directory`` when given (``MotionCorr/job002/Movies/mic001.mrc``:
+    the path RELION's micrographs STAR file holds)."""
+    directory = check_micrograph_dir(directory)
+    out = {}
+    for name, path in files.items():
+        file_name = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1]
+        out[str(name)] = file_name if directory is None else f"{directory}/{file_name}"
+    return out
+
+
+def with_micrograph_files(
+    df: pd.DataFrame, files: Mapping[str, str | os.PathLike], directory: str | None = None
+) -> pd.DataFrame:
+    """A copy of the table with :data:`MICROGRAPH_FILE_COLUMN` filled from ``files``
+    (``{name: path}``, see :func:`micrograph_references`); a micrograph without a file keeps its
+    bare name."""
+    references = micrograph_references(files, directory)
+    out = df.copy()
+    names = out["micrograph"].astype(str)
+    out[MICROGRAPH_FILE_COLUMN] = names.map(references).fillna(names).astype(str)
+    return out

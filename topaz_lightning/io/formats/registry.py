@@ -63,6 +63,9 @@ class CoordinateFormat:
     has_score: bool = True
     #: listing and sniffing order (lower first); the built-ins use 10, 20, ...
     order: int = 100
+    #: the writer of one micrograph's file in a per-micrograph directory, when it differs from
+    #: ``write`` (RELION 3.1: a coordinate file without the optics block); None = ``write``
+    write_per_micrograph: Callable[[pd.DataFrame, Path, float | None], None] | None = None
 
 
 _REGISTRY: dict[str, CoordinateFormat] = {}

@@ -1,4 +1,12 @@
-"""RELION STAR: 3.0 (one loop with _rlnCoordinateX/Y) and 3.1 (data_optics + data_particles)."""
+"""RELION STAR: 3.0 (one loop with _rlnCoordinateX/Y) and 3.1 (data_optics + data_particles).
+
+``_rlnMicrographName`` holds the micrograph's file (the table's ``micrograph_file`` column when
+present, e.g. ``MotionCorr/job002/Movies/mic001.mrc``, else the bare name); reading keeps only the
+name (directory and image extension removed), so files written either way read back alike.
+A per-micrograph file (``<micrograph>_<suffix>.star``) is a RELION coordinate file: one ``data_``
+block, no optics, as AutoPick writes them, because RELION's Extract reads the FIRST block of a
+coordinate file and would find an optics block's lines empty of coordinates.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import pandas as pd
 
 from topaz_lightning.errors import InputError
 from topaz_lightning.io.formats.common import (
+    MICROGRAPH_FILE_COLUMN,
     check_value,
     checked_name,
     make_table,
@@ -120,9 +129,10 @@ def _with_line(path: Path, value: str, place: str) -> str:
 
 
 def _particles(df: pd.DataFrame) -> pd.DataFrame:
+    names = df[MICROGRAPH_FILE_COLUMN] if MICROGRAPH_FILE_COLUMN in df.columns else df["micrograph"]
     out = pd.DataFrame(
         {
-            "rlnMicrographName": df["micrograph"].astype(str).to_numpy(),
+            "rlnMicrographName": names.astype(str).to_numpy(),
             "rlnCoordinateX": df["x"].to_numpy(dtype=np.float64),
             "rlnCoordinateY": df["y"].to_numpy(dtype=np.float64),
         }
@@ -170,6 +180,8 @@ FORMATS = (
         sniff=lambda lines: _is_star(lines) and _has_optics(lines),
         description=_DESCRIPTION,
         aliases=("star", "relion", "star31", "relion3.1"),
+        # one micrograph's file in a per-micrograph directory: a RELION coordinate file
+        write_per_micrograph=_write_30,
         # a new .star output is RELION 3.1 (with an optics block)
         output_extensions=(".star",),
         order=30,
