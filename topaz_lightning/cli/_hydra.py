@@ -20,6 +20,7 @@ from topaz_lightning.errors import (
     OutputExistsError,
     PartialFailureError,
 )
+from topaz_lightning.utils.config import require  # noqa: F401 - the entry points' name for it
 
 log = logging.getLogger("topaz_lightning")
 
@@ -29,18 +30,6 @@ def output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-def require(cfg: DictConfig, keys: tuple[str, ...], example: str) -> None:
-    """Raise ``ConfigError`` for the first of ``keys`` that is missing, null or empty.
-
-    ``example`` is a command-line example shown in the message (``is required (e.g. ...)``).
-    """
-    from omegaconf import OmegaConf
-
-    for key in keys:
-        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
-            raise ConfigError(key, f"is required (e.g. {example})")
 
 
 def resolve_output(cfg: DictConfig, key: str) -> Path:

@@ -23,12 +23,15 @@ from topaz_lightning.utils.atomic import atomic_output
 
 __all__ = [
     "CARD_VERSION",
+    "ENTRY_POINT_GROUP",
     "FORMAT",
     "VERSION",
     "ModelCard",
     "build_model",
     "load_model",
+    "known_model_classes",
     "model_classes",
+    "plugin_model_classes",
     "read_model_card",
     "read_torch_file",
     "save_model",
@@ -36,6 +39,9 @@ __all__ = [
 
 FORMAT = "topaz_lightning.model"
 VERSION = 1
+#: installed packages register their model classes here (``[project.entry-points."topaz_lightning.models"]``
+#: ``mynet = "myresearch.nets:MyNet"``): installed code is trusted, a model file is not
+ENTRY_POINT_GROUP = "topaz_lightning.models"
 
 
 def _plain(value: Any, key: str) -> Any:
@@ -114,7 +120,8 @@ def model_classes() -> dict[str, type[nn.Module]]:
     and, when the package exports it, by the short one (``topaz_lightning.models.Conv31``).
 
     Derived from the package itself, so a new model file in ``models/`` is loadable with no list
-    to update; nothing outside the package can ever be named.
+    to update. Classes outside the package are loadable only through an installed entry point
+    (:func:`plugin_model_classes`); :func:`known_model_classes` is the union.
     """
     import importlib
     import inspect
@@ -126,16 +133,69 @@ def model_classes() -> dict[str, type[nn.Module]]:
     for info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{info.name}")
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            # classifiers only (the contract's score_map): a model file never yields a decoder
-            # or a building block that the commands would then use as a classifier
-            is_classifier = issubclass(cls, nn.Module) and callable(getattr(cls, "score_map", None))
-            if is_classifier and cls.__module__ == module.__name__:
+            if _is_classifier(cls) and cls.__module__ == module.__name__:
                 found[f"{cls.__module__}.{cls.__qualname__}"] = cls
     for name in getattr(package, "__all__", ()):
         cls = getattr(package, name, None)
         if inspect.isclass(cls) and cls in found.values():
             found[f"{package.__name__}.{name}"] = cls
     return found
+
+
+def _is_classifier(cls: object) -> bool:
+    # classifiers only (the contract's score_map): a model file never yields a decoder or a
+    # building block that the commands would then use as a classifier
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, nn.Module)
+        and callable(getattr(cls, "score_map", None))
+    )
+
+
+def plugin_model_classes() -> dict[str, type[nn.Module]]:
+    """The model classes installed packages register through the entry-point group
+    :data:`ENTRY_POINT_GROUP`, keyed by the entry point's target (``myresearch.nets:MyNet`` ->
+    ``myresearch.nets.MyNet``) and by the class's own full name (what ``_target_`` usually says).
+
+    Only installed entry points are ever imported (the user installed that code); a name read
+    from a model file is looked up here, never imported. An entry point that fails to load or
+    is not a classifier (an ``nn.Module`` with ``score_map``) is left out with a warning.
+    """
+    import importlib.metadata
+    import logging
+
+    found: dict[str, type[nn.Module]] = {}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = entry.load()
+        except Exception as err:  # noqa: BLE001 - a broken plug-in must not break model loading
+            logging.getLogger("topaz_lightning").warning(
+                "model entry point %r (%s) not loaded: %s", entry.name, entry.value, err
+            )
+            continue
+        if not _is_classifier(cls):
+            logging.getLogger("topaz_lightning").warning(
+                "model entry point %r (%s) is not a classifier class (an nn.Module with "
+                "score_map); left out",
+                entry.name,
+                entry.value,
+            )
+            continue
+        found[str(entry.value).replace(":", ".").replace(" ", "")] = cls
+        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return found
+
+
+def known_model_classes() -> dict[str, type[nn.Module]]:
+    """Every architecture a model file may name: :func:`model_classes` (this package's) and
+    :func:`plugin_model_classes` (installed entry points); this package's win a name clash."""
+    return {**plugin_model_classes(), **model_classes()}
+
+
+def _names(classes: dict[str, type[nn.Module]], full: bool = False) -> str:
+    if full:
+        return ", ".join(sorted(classes))
+    return ", ".join(sorted({c.__name__ for c in classes.values()}))
 
 
 def _plain_argument(value: Any, key: str, path: Path, depth: int = 0) -> Any:
@@ -180,18 +240,20 @@ def _plain_argument(value: Any, key: str, path: Path, depth: int = 0) -> Any:
 
 def build_model(config: Mapping, path: str | os.PathLike | None = None) -> nn.Module:
     """Build the classifier described by a stored ``model_config`` (``_target_`` + kwargs), calling
-    only a class of :func:`model_classes` with plain keyword arguments; InputError otherwise."""
+    only a class of :func:`known_model_classes` (this package's, or an installed entry point's)
+    with plain keyword arguments; InputError otherwise."""
     import inspect
 
     path = Path(path) if path is not None else None
     if not isinstance(config, Mapping):
         raise InputError("model_config is not a mapping", path=path, where="model_config")
     target = config.get("_target_")
-    classes = model_classes()
+    classes = known_model_classes()
     if not isinstance(target, str) or target not in classes:
-        shown = ", ".join(sorted({c.__name__ for c in classes.values()}))
         raise InputError(
-            f"architecture {target!r} is not one of this package's model classes ({shown}); "
+            f"architecture {target!r} is not a known model class (this package's: "
+            f"{_names(model_classes())}; installed through the entry-point group "
+            f"{ENTRY_POINT_GROUP}: {_names(plugin_model_classes(), full=True) or 'none'}); "
             "refusing to build it",
             path=path,
             where="model_config._target_",
@@ -249,8 +311,9 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Rebuild the model saved at ``path``; returns ``(net, extra)`` with ``net`` in eval mode.
 
     A model file is untrusted input: it is read with ``torch.load(weights_only=True)`` (no
-    pickled code runs) and the net is built only from this package's own model classes with
-    plain keyword arguments (:func:`build_model`), never by instantiating an arbitrary target.
+    pickled code runs) and the net is built only from this package's own model classes or those
+    of installed entry points (:data:`ENTRY_POINT_GROUP`) with plain keyword arguments
+    (:func:`build_model`), never by importing or instantiating a target named in the file.
     Raises InputError naming the file for a missing, unreadable or foreign file, an
     architecture that is not allowed, too large or cannot be built, weights that do not fit it,
     or a malformed model card. ``extra`` is the card's view (:meth:`ModelCard.as_extra`) for old
