@@ -9,12 +9,12 @@ config group that has it ("data.micrographs needs data=files").
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.utils.atomic import unwritable_ancestor
 
 #: command-line keys that name a directory a command creates and writes into
 OUTPUT_DIR_KEYS = ("output_dir", "out_dir", "hydra.run.dir", "hydra.sweep.dir")
@@ -68,15 +68,9 @@ def check_output_directory(path: Path, key: str) -> None:
         raise InputError(f"{key} is a dangling symbolic link", path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{key} must be a directory, but a file of that name exists", path)
-    parent = path
-    while not parent.exists():
-        if parent.parent == parent:
-            break
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"{key} lies below a file, not a directory", parent)
-    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{key}: cannot create or write files in this directory", parent)
+    parent, problem = unwritable_ancestor(path)
+    if problem:
+        raise InputError(f"{key} cannot be created or written: this path {problem}", parent)
 
 
 # ------------------------------------------------------------------------------------------------

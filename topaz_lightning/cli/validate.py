@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from topaz_lightning.errors import ConfigError, check_number
+from topaz_lightning.utils.atomic import unwritable_ancestor
 
 log = logging.getLogger("topaz_lightning")
 
@@ -133,13 +133,9 @@ def _coordinate_format(cfg: DictConfig, key: str) -> str | None:
 
 def _writable_parent(key: str, path: Path) -> None:
     """The nearest existing ancestor of ``path`` must be a directory we may write into."""
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(key, f"{parent} is not a directory, so {path} cannot be written")
-    if not os.access(parent, os.W_OK | os.X_OK) or not parent.stat().st_mode & 0o200:
-        raise ConfigError(key, f"cannot write into {parent} (read-only)")
+    parent, problem = unwritable_ancestor(path.parent)
+    if problem:
+        raise ConfigError(key, f"{parent} {problem}, so {path} cannot be written")
 
 
 # ------------------------------------------------------------------------------------------------

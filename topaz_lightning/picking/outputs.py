@@ -19,6 +19,7 @@ import pandas as pd
 
 from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.utils import jobs
+from topaz_lightning.utils.atomic import unwritable_ancestor
 
 #: the job record of a pick run (in picks_dir)
 STATE_FILE = "settings.json"
@@ -60,11 +61,9 @@ def output_format(
     if not per_micrograph and output.is_dir():
         raise InputError("output is a directory; expected a file path", output)
     # the nearest existing folder above the output must let us create files
-    parent = output if per_micrograph else output.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError("cannot write into this directory", parent)
+    parent, problem = unwritable_ancestor(output if per_micrograph else output.parent)
+    if problem:
+        raise InputError(f"cannot write the output here: this path {problem}", parent)
     return fmt
 
 

@@ -79,6 +79,19 @@ def _read_only(path: Path) -> bool:
     return not os.stat(path).st_mode & 0o200
 
 
+def unwritable_ancestor(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """The nearest existing folder at or above ``path`` and why files cannot be created there
+    (None when they can): the one check behind every "can this output be written" question."""
+    parent = Path(path)
+    while not parent.exists() and not parent.is_symlink() and parent.parent != parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return parent, "is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK) or _read_only(parent):
+        return parent, "is read-only: cannot create files in it"
+    return parent, None
+
+
 def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse now an output directory a command would have to replace: a file in its place, a
     read-only directory (even with ``overwrite``) or a non-empty one without ``overwrite``."""
