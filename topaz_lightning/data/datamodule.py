@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from topaz_lightning.data.labels import positive_masks
 from topaz_lightning.data.preprocessing import preprocess_for_training
-from topaz_lightning.data.prior import resolve_pi, unlabeled_prior
+from topaz_lightning.data.prior import resolve_pi
 from topaz_lightning.data.sampler import PUBatchDataset, PUPatchSampler, StepDataLoader
 from topaz_lightning.data.settings import (
     NORMALIZATIONS,
@@ -24,6 +24,12 @@ from topaz_lightning.data.settings import (
     check_settings_against_data,
     choose_split,
     sample_labeled,
+)
+from topaz_lightning.data.summary import data_fingerprint, log_data_summary
+from topaz_lightning.data.unlabeled import (
+    check_unlabeled_setting,
+    load_unlabeled_micrographs,
+    mixture_unlabeled_prior,
 )
 from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.geometry import (
@@ -76,7 +82,9 @@ class PUDataModule(pl.LightningDataModule):
     training micrographs' coordinates; pixels within the label radius of them are the labeled
     positive regions. The dataset prior is ``pi`` or is derived from ``particles_per_micrograph``
     (at most one; neither = the dataset's suggestion), see :mod:`topaz_lightning.data.prior`;
-    ``geometry.pi_unlabeled`` is what the objective receives.
+    ``geometry.pi_unlabeled`` is what the objective receives. ``unlabeled_micrographs``
+    (:mod:`topaz_lightning.data.unlabeled`) adds micrographs that give only unlabeled patches;
+    their regions count in ``num_regions`` and ``pi_unlabeled`` is the mixture prior.
 
     Preprocessing (in memory): downsampling and ``normalize`` in gmm/standardize/none; with gmm
     the fit (over the training and validation micrographs) is kept as ``normalize_fit`` (a
@@ -121,6 +129,7 @@ class PUDataModule(pl.LightningDataModule):
         seed: int = 0,
         device: str = "cpu",
         val_batches: int = 4,
+        unlabeled_micrographs: Any = None,
     ):
         super().__init__()
         self.source = source
@@ -156,6 +165,8 @@ class PUDataModule(pl.LightningDataModule):
         self.seed = seed
         self.device = device
         self.val_batches = val_batches
+        check_unlabeled_setting(unlabeled_micrographs)
+        self.unlabeled_setting = unlabeled_micrographs
         check_data_settings(
             pi=pi,
             particles_per_micrograph=particles_per_micrograph,
@@ -177,6 +188,8 @@ class PUDataModule(pl.LightningDataModule):
         self.geometry: RunGeometry | None = None
         self.train_micrographs: dict[str, np.ndarray] = {}
         self.val_micrographs: dict[str, np.ndarray] = {}
+        #: label-free micrographs whose regions join the unlabeled draws (model frame)
+        self.unlabeled_micrographs: dict[str, np.ndarray] = {}
         self.train_coordinates: pd.DataFrame | None = None
         self.val_coordinates: pd.DataFrame | None = None
         #: the GMM fitted on the training and validation micrographs (a GMMFit; normalize=gmm)
@@ -236,7 +249,17 @@ class PUDataModule(pl.LightningDataModule):
             patch_size=self.patch_size,
             downsample=self.downsample,
         )
+        extra = load_unlabeled_micrographs(
+            self.unlabeled_setting,
+            loaded.micrographs,
+            train_names,
+            val_names,
+            self.geometry_settings["pixel_size_a"] or loaded.dataset.get("pixel_size_a"),
+            self.patch_size,
+            self.downsample,
+        )
         used = {name: loaded.micrographs[name] for name in train_names + val_names}
+        used.update({name: image for name, image in extra.items() if name not in used})
         used, fit = preprocess_for_training(used, self.downsample, self.normalize, self.seed)
         if fit is not None:  # kept for the model card, so tzl-pick can reuse the training fit
             self.normalize_fit = fit
@@ -257,46 +280,35 @@ class PUDataModule(pl.LightningDataModule):
         self.train_coordinates = sample_labeled(train_truth, self.num_labeled, self.labeled_seed)
         self.train_micrographs = {n: used[n] for n in train_names}
         self.val_micrographs = {n: used[n] for n in val_names}
+        self.unlabeled_micrographs = {n: used[n] for n in extra}
 
         shapes = {name: image.shape for name, image in self.train_micrographs.items()}
         masks = positive_masks(shapes, self.train_coordinates, geometry.label_radius_px_model)
         self._train_masks = masks
         num_regions = int(sum(img.size for img in self.train_micrographs.values()))
+        num_extra = int(sum(img.size for img in self.unlabeled_micrographs.values()))
         num_labeled_regions = int(sum(int(m.sum()) for m in masks.values()))
+        sampled = len(self.train_micrographs) + len(self.unlabeled_micrographs)
         pi, pi_source = resolve_pi(
             self.pi_setting,
             self.particles_per_micrograph,
             loaded.dataset,
             geometry.label_radius_px_model,
             geometry.downsample,
-            num_regions / len(self.train_micrographs),
+            (num_regions + num_extra) / sampled,
             loaded.dataset_source,
         )
+        priors = mixture_unlabeled_prior(pi, num_labeled_regions, num_regions, num_extra)
         self.geometry = geometry.replace(
             pi=pi,
-            pi_unlabeled=unlabeled_prior(pi, num_labeled_regions, num_regions),
+            pi_unlabeled=priors["mixture"],
             pi_source=pi_source,
             num_labeled_particles=len(self.train_coordinates),
-            num_regions=num_regions,
+            num_regions=num_regions + num_extra,
             num_labeled_positive_regions=num_labeled_regions,
         )
-        g = self.geometry
-        log.info(
-            "data: %d training / %d validation micrographs, %d labeled particles "
-            "(%d labeled positive regions of %d), pi=%.4g (%s), pi_unlabeled=%.4g; downsample %g, "
-            "label radius %g, NMS radius %s, match distance %s (model px)",
-            len(train_names),
-            len(val_names),
-            g.num_labeled_particles,
-            num_labeled_regions,
-            num_regions,
-            g.pi,
-            g.pi_source,
-            g.pi_unlabeled,
-            g.downsample,
-            g.label_radius_px_model,
-            _fmt(g.nms_radius_px_model),
-            _fmt(g.match_distance_px_model),
+        log_data_summary(
+            self.geometry, train_names, val_names, num_labeled_regions, num_regions, priors, extra
         )
         self._is_setup = True
 
@@ -368,19 +380,13 @@ class PUDataModule(pl.LightningDataModule):
         """sha256 of what the model trained on: the training and validation micrographs as it saw
         them (names, shapes, model-frame pixels after preprocessing) and the labeled particles
         (model frame). Same data and settings, same fingerprint (the model card records it)."""
-        import hashlib
-
         self._require_setup()
-        digest = hashlib.sha256()
-        for role, images in (("train", self.train_micrographs), ("val", self.val_micrographs)):
-            for name in sorted(images):
-                image = np.ascontiguousarray(images[name], dtype=np.float32)
-                digest.update(f"{role}\0{name}\0{image.shape}\0".encode())
-                digest.update(image.tobytes())
-        coords = self.train_coordinates
-        digest.update("\n".join(coords["micrograph"].astype(str)).encode())
-        digest.update(np.ascontiguousarray(coords[["x", "y"]].to_numpy(np.float64)).tobytes())
-        return digest.hexdigest()
+        return data_fingerprint(
+            self.train_micrographs,
+            self.val_micrographs,
+            self.unlabeled_micrographs,
+            self.train_coordinates,
+        )
 
     def train_sampler(self) -> PUPatchSampler:
         """The training patch sampler (built once, on the sampler device, for this process's rank)."""
@@ -388,10 +394,13 @@ class PUDataModule(pl.LightningDataModule):
         if self._train_sampler is None:
             trainer = self._trainer_or_none()
             rank = int(trainer.global_rank) if trainer is not None else 0
-            names = list(self.train_micrographs)
+            images = [*self.train_micrographs.values(), *self.unlabeled_micrographs.values()]
+            masks = [self._train_masks[n] for n in self.train_micrographs] + [
+                np.zeros(image.shape, dtype=bool) for image in self.unlabeled_micrographs.values()
+            ]
             self._train_sampler = PUPatchSampler(
-                [self.train_micrographs[n] for n in names],
-                [self._train_masks[n] for n in names],
+                images,
+                masks,
                 patch_size=self._patch_size(),
                 n_positive=self.batch_positive,
                 n_unlabeled=self.batch_unlabeled,
@@ -437,7 +446,3 @@ class PUDataModule(pl.LightningDataModule):
     def _label_radius(self) -> float:
         self._require_setup()
         return self.geometry.label_radius_px_model
-
-
-def _fmt(value: float | None) -> str:
-    return "unset" if value is None else f"{value:g}"

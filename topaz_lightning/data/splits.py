@@ -54,7 +54,8 @@ def kfold_split(
 def record_split(output_dir: Path, datamodule, geometry, write: bool = True) -> None:
     """Name the held-out micrographs and the particle size in the log, and write the split as
     ``train_micrographs.txt`` / ``val_micrographs.txt`` (name lists for ``tzl-evaluate
-    micrographs=`` and ``tzl-pick subset=``: evaluate only what the model did not train on)."""
+    micrographs=`` and ``tzl-pick subset=``: evaluate only what the model did not train on), and
+    ``unlabeled_micrographs.txt`` when ``data.unlabeled_micrographs`` gave some."""
     from topaz_lightning.utils.atomic import atomic_output
 
     splits = {
@@ -69,6 +70,9 @@ def record_split(output_dir: Path, datamodule, geometry, write: bool = True) -> 
         f" ({shown})" if shown else "",
         "unknown" if diameter is None else f"{2 * diameter:g}",
     )
+    unlabeled = list(getattr(datamodule, "unlabeled_micrographs", {}) or {})
+    if unlabeled:  # micrographs that gave only unlabeled patches (data.unlabeled_micrographs)
+        splits["unlabeled"] = unlabeled
     if not write:  # the extra DDP ranks only log
         return
     for role, names in splits.items():
