@@ -282,7 +282,7 @@ def test_resume_ignores_hostile_hyperparameters_and_refuses_foreign_paths(
     # a ModelCheckpoint state for this run's directory naming a file elsewhere (Lightning would
     # restore it and later delete by it)
     for name in state["callbacks"]:
-        if name.startswith("ModelCheckpoint"):
+        if "dirpath" in state["callbacks"][name]:  # ModelCheckpoint and RunCheckpoint states
             state["callbacks"][name]["dirpath"] = str(tmp_path / "third" / "checkpoints")
             state["callbacks"][name]["best_model_path"] = str(tmp_path / "thesis.ckpt")
     torch.save(state, hostile)

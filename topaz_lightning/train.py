@@ -8,16 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from topaz_lightning.callbacks.checkpoint import best_checkpoint, check_checkpoint, net_weights
 from topaz_lightning.errors import ConfigError, OutputExistsError
 from topaz_lightning.utils.distributed import is_launch_rank_zero
 
 log = logging.getLogger("topaz_lightning")
 
-__all__ = ["build_decoder", "instantiate_callbacks", "instantiate_loggers", "train"]
+__all__ = [
+    "build_decoder",
+    "check_checkpoint",
+    "instantiate_callbacks",
+    "instantiate_loggers",
+    "train",
+]
 
 
 def _plain(value: Any) -> Any:
@@ -62,12 +68,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``set_run_geometry`` method. Fit (resuming from ``cfg.ckpt_path``: ``"last"`` or a checkpoint
     path, read safely first, :func:`check_checkpoint`); then save the trained classifier to
     ``<paths.output_dir>/model.pt`` with its model card (:class:`~topaz_lightning.models.ModelCard`:
-    geometry, preprocessing with the GMM fit, objective optimized, data fingerprint). A fresh run
-    refuses (OutputExistsError, before any work) to replace an earlier run's outputs unless
-    ``cfg.overwrite``.
+    geometry, preprocessing with the GMM fit, objective optimized, data fingerprint), and the
+    training curves from the CSV log to ``training_curve.png``. A fresh run refuses
+    (OutputExistsError, before any work) to replace an earlier run's outputs unless
+    ``cfg.overwrite``. ``resume=<run dir>`` is the command line's (``tzl-train``); here it is
+    refused.
     """
     from topaz_lightning.models import save_model
 
+    if cfg.get("resume") not in (None, ""):
+        raise ConfigError(
+            "resume",
+            "is read by the tzl-train command line, which replays the run's own settings; from "
+            "Python compose the run's .hydra/overrides.yaml with paths.output_dir=<run dir>",
+        )
     output_dir = Path(cfg.paths.output_dir)
     # an interrupted run in this directory is continued, a finished one refused (see there)
     continue_from = _refuse_existing_outputs(output_dir, cfg)
@@ -155,16 +169,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model_path = output_dir / "model.pt"
         save_model(model_path, module.net, model_config, card=card, overwrite=True)
         metrics["model_path"] = str(model_path)
-        best = _best_checkpoint(trainer)
+        best = best_checkpoint(trainer)
         if best is not None:
             best_net = instantiate(cfg.model)
-            best_net.load_state_dict(_net_weights(best))
+            best_net.load_state_dict(net_weights(best))
             best_path = output_dir / "model_best.pt"
             save_model(best_path, best_net, model_config, card=card, overwrite=True)
             metrics["best_model_path"] = str(best_path)
             metrics["best_checkpoint"] = str(best)
         _write_metrics(output_dir / "metrics.json", metrics)
         log.info("saved the trained classifier to %s", model_path)
+        plot_training_log(trainer, output_dir / "training_curve.png")
     return metrics
 
 
@@ -224,89 +239,6 @@ def _checkpoint_dir(cfg: DictConfig, output_dir: Path) -> Path:
     )
 
 
-#: ModelCheckpoint state entries that hold paths: Lightning restores them when the state's dirpath
-#: is the run's checkpoint directory, and later deletes old top-k / last files by them
-_CHECKPOINT_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
-
-
-def check_checkpoint(path: Path, checkpoint_dir: Path) -> Path:
-    """Read a checkpoint to resume from as untrusted input before Lightning touches it.
-
-    Read with ``weights_only`` (:func:`topaz_lightning.models.read_torch_file`: a pickled payload
-    is an InputError, no code runs); it must hold this package's training state (``state_dict``
-    of tensors, ``global_step``). Nothing from it chooses a class or a path: hyperparameters and
-    the stored run config are never instantiated (the run is built from the command's config);
-    a ModelCheckpoint state that Lightning would restore in full (its ``dirpath`` is this run's
-    checkpoint directory) may name only ``.ckpt`` files in that directory, since Lightning later
-    deletes old top-k and last files by those names (InputError naming the key otherwise); the
-    best-model path that Lightning always restores is used only inside the callback's own
-    directory (:func:`_best_checkpoint`). Returns the resolved path.
-    """
-    from topaz_lightning.errors import InputError
-    from topaz_lightning.models import read_torch_file
-
-    state = read_torch_file(path, "checkpoint")
-    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
-        raise InputError("not a training checkpoint (no state_dict)", path=path)
-    if not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["state_dict"].items()
-    ):
-        raise InputError("state_dict must map names to tensors", path=path, where="state_dict")
-    step = state.get("global_step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise InputError(
-            f"global_step must be a count >= 0, got {step!r}", path=path, where="global_step"
-        )
-    run_dir = checkpoint_dir.resolve()
-    for where, value in _restored_paths(state.get("callbacks"), run_dir):
-        if value in (None, ""):
-            continue
-        target = Path(str(value)).resolve() if isinstance(value, str) else None
-        if target is None or target.parent != run_dir or target.suffix != ".ckpt":
-            raise InputError(
-                f"refers to {str(value)[:200]!r}, not a .ckpt file in the run's checkpoint "
-                f"directory {checkpoint_dir}; refusing to resume from it",
-                path=path,
-                where=where,
-            )
-    return path.resolve()
-
-
-def _restored_paths(callbacks: Any, run_dir: Path) -> list[tuple[str, Any]]:
-    """(key, value) of every path Lightning would restore from a checkpoint's callback states
-    into this run (the states whose dirpath is ``run_dir``)."""
-    if not isinstance(callbacks, dict):
-        return [] if callbacks is None else [("callbacks", callbacks)]
-    found: list[tuple[str, Any]] = []
-    for name, cb_state in callbacks.items():
-        if not isinstance(cb_state, dict) or "dirpath" not in cb_state:
-            continue
-        dirpath = cb_state["dirpath"]
-        if not isinstance(dirpath, str) or Path(dirpath).resolve() != run_dir:
-            continue  # Lightning restores only best_model_path then (see _best_checkpoint)
-        for key in _CHECKPOINT_PATH_KEYS:
-            if key in cb_state:
-                found.append((f"callbacks.{name}.{key}", cb_state[key]))
-        best_k = cb_state.get("best_k_models")
-        if isinstance(best_k, dict):
-            found += [(f"callbacks.{name}.best_k_models", k) for k in best_k]
-        elif best_k is not None:
-            found.append((f"callbacks.{name}.best_k_models", best_k))
-    return found
-
-
-def _net_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The classifier's weights (``net.*``) from a checkpoint, read with ``weights_only``."""
-    from topaz_lightning.errors import InputError
-    from topaz_lightning.models import read_torch_file
-
-    state = read_torch_file(checkpoint, "checkpoint")
-    weights = state.get("state_dict") if isinstance(state, dict) else None
-    if not isinstance(weights, dict):
-        raise InputError("not a training checkpoint (no state_dict)", path=checkpoint)
-    return {k[len("net.") :]: v for k, v in weights.items() if k.startswith("net.")}
-
-
 #: what a finished run leaves in its output directory
 RUN_OUTPUTS = ("model.pt", "model_best.pt", "metrics.json")
 
@@ -335,7 +267,17 @@ def few_labels_hint(num_labeled: Any, max_steps: Any) -> str | None:
     )
 
 
-_CONTINUE_MAY_CHANGE = ("ckpt_path", "overwrite", "paths", "trainer.max_steps")
+#: what ``tzl-train resume=<run dir>`` accepts on its command line: how far to train and how
+#: often to checkpoint or report; nothing that changes the batches or the weights of a step
+RESUME_MAY_CHANGE = (
+    "trainer.max_steps",
+    "callbacks.model_checkpoint",
+    "callbacks.progress_bar",
+    "callbacks.duration_estimate",
+)
+#: settings a continued run may change (besides RESUME_MAY_CHANGE): where things go, how it was
+#: started
+CONTINUE_MAY_CHANGE = ("ckpt_path", "overwrite", "paths", "resume", *RESUME_MAY_CHANGE)
 
 
 def _refuse_existing_outputs(output_dir: Path, cfg: DictConfig) -> str | None:
@@ -347,7 +289,8 @@ def _refuse_existing_outputs(output_dir: Path, cfg: DictConfig) -> str | None:
     - ``overwrite=true``: start over; the earlier run's checkpoints are removed first.
     - a finished run (model.pt, model_best.pt or metrics.json there): refused.
     - an interrupted run (``checkpoints/last.ckpt``, no model.pt): continued from it, if it was
-      written with the same settings (``trainer.max_steps`` may grow); else refused, naming them.
+      written with the same settings (:data:`CONTINUE_MAY_CHANGE` may differ: ``trainer.max_steps``,
+      checkpoint and report cadence, paths); else refused, naming them.
     - other checkpoints without a last.ckpt: refused.
 
     A resumed run (``ckpt_path`` set) rewrites the outputs by design.
@@ -415,7 +358,7 @@ def _changed_settings(checkpoint: Path, cfg: DictConfig) -> list[str]:
         key.rstrip(".")
         for key in set(now) | set(before)
         if now.get(key) != before.get(key)
-        and not any(key.startswith(f"{k}.") for k in _CONTINUE_MAY_CHANGE)
+        and not any(key.startswith(f"{k}.") for k in CONTINUE_MAY_CHANGE)
     )
 
 
@@ -429,17 +372,30 @@ def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
-def _best_checkpoint(trainer: pl.Trainer) -> str | None:
-    """Path of the monitored best checkpoint, if a ModelCheckpoint with a monitor saved one in its
-    own directory (a path restored from a resumed checkpoint that lies elsewhere is not read)."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
+def plot_training_log(trainer: pl.Trainer, path: Path) -> Path | None:
+    """Draw the run's CSV log (loss terms, held-out metrics over steps) to ``path``.
 
-    for cb in trainer.callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path and cb.dirpath:
-            best = Path(cb.best_model_path).resolve()
-            if best.parent == Path(cb.dirpath).resolve() and best.suffix == ".ckpt":
-                if best.is_file():
-                    return str(best)
-            else:
-                log.warning("ignoring best checkpoint %s outside %s", best, cb.dirpath)
-    return None
+    Every version of the CSV logger's directory is read, so a continued run's picture covers the
+    whole run (:func:`topaz_lightning.plots.training_curve.read_training_log`). Without a CSV
+    logger, or with an empty log, one info line and no picture; a failure to draw is a warning,
+    never the end of a finished training.
+    """
+    from pytorch_lightning.loggers import CSVLogger
+
+    from topaz_lightning.plots.training_curve import plot_training_curve, read_training_log
+
+    csv = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    if not csv:
+        log.info("no CSV log (logger=csv or many writes one): no %s", path.name)
+        return None
+    try:
+        table = read_training_log(Path(csv[0].root_dir))
+        if table.empty:
+            log.info("the CSV log holds no rows yet: no %s", path.name)
+            return None
+        plot_training_curve(table, path, overwrite=True)
+    except Exception as err:  # noqa: BLE001 - a picture must not fail a finished run
+        log.warning("could not draw %s: %s", path.name, err)
+        return None
+    log.info("training curves: %s", path)
+    return path
