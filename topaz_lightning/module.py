@@ -10,6 +10,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from topaz_lightning.data.prior import (
+    DEFAULT_MIN_UNLABELED_PER_LABELED,
+    check_min_unlabeled_per_labeled,
+    prior_with_room,
+)
 from topaz_lightning.errors import ConfigError
 
 log = logging.getLogger("topaz_lightning")
@@ -56,7 +61,8 @@ class PULitModule(pl.LightningModule):
             regularization is the optimizer's ``weight_decay``.
         pi_unlabeled: prior probability that an unlabeled draw is positive; taken from the run
             geometry (:meth:`set_run_geometry`, called by ``train()``) when None. 0 means every positive is
-            labeled: the module then optimizes PN (see :meth:`finalize`).
+            labeled: the module then optimizes PN (see :meth:`finalize`). Given here, it is used as
+            is (no floor).
         decoder: optional decoder ``decoder(features) -> (B, 1, w, w)``; when given, the loss gets
             ``recon_weight * E||x - x'||^2`` (sum over pixels, mean over the minibatch).
         recon_weight: c, a number or ``"auto"`` for 10/P (P = number of labeled particles).
@@ -65,6 +71,10 @@ class PULitModule(pl.LightningModule):
             checkpoint so a run can be reproduced from its checkpoint alone.
         pi: the class prior (fraction of all regions that are positive); taken from the run
             geometry at ``setup`` when None.
+        min_unlabeled_per_labeled: r, the unlabeled particles assumed at least per labeled one
+            when the geometry's pi leaves less (annotations are never complete): a PU objective
+            then gets ``pi_unlabeled = r * N_lab / (N - N_lab)`` instead of PN
+            (:func:`topaz_lightning.data.prior.prior_with_room`). 0 trusts pi as given.
 
     The objective gets the prior its ``prior`` attribute names (``"pi"``: PN, NNPU;
     ``"pi_unlabeled"``: GE-KL, GE-binomial; docs/models_objectives.md).
@@ -81,6 +91,7 @@ class PULitModule(pl.LightningModule):
         num_labeled_particles: int | None = None,
         run_config: dict[str, Any] | None = None,
         pi: float | None = None,
+        min_unlabeled_per_labeled: float = DEFAULT_MIN_UNLABELED_PER_LABELED,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "objective", "decoder", "optimizer"])
@@ -89,6 +100,11 @@ class PULitModule(pl.LightningModule):
         self.decoder = decoder
         self.optimizer_factory = optimizer
         self.pi_unlabeled = pi_unlabeled
+        # a pi_unlabeled given here is the user's word: the floor below applies to derived ones
+        self._pi_unlabeled_given = pi_unlabeled is not None
+        self.min_unlabeled_per_labeled = check_min_unlabeled_per_labeled(min_unlabeled_per_labeled)
+        #: True when finalize() raised the derived priors to keep room for unlabeled particles
+        self.prior_raised = False
         self.num_labeled_particles = num_labeled_particles
         self.recon_weight_setting = recon_weight
         self.recon_weight: float | None = None
@@ -144,6 +160,7 @@ class PULitModule(pl.LightningModule):
                 "objective_prior",
                 "objective_prior_value",
                 "objective_labeled_fraction",
+                "prior_raised",
                 "num_labeled_particles",
                 "recon_weight_value",
             )
@@ -185,6 +202,7 @@ class PULitModule(pl.LightningModule):
         self.hparams["objective_prior"] = self.prior_name
         self.hparams["objective_prior_value"] = self.prior_value
         self.hparams["objective_labeled_fraction"] = self.objective_kwargs.get("labeled_fraction")
+        self.hparams["prior_raised"] = self.prior_raised
         self.hparams["num_labeled_particles"] = self.num_labeled_particles
         self.hparams["recon_weight_value"] = self.recon_weight
 
@@ -193,6 +211,8 @@ class PULitModule(pl.LightningModule):
 
         name = type(self.objective).__name__
         labeled_fraction = None if self.geometry is None else self.geometry.labeled_fraction
+        if not isinstance(self.objective, PN):
+            self._keep_room_for_unlabeled(name)
         if self.pi_unlabeled <= 0.0:
             # every positive region is labeled: the unlabeled draws hold no positives
             prior = labeled_fraction if labeled_fraction else self.pi
@@ -242,6 +262,40 @@ class PULitModule(pl.LightningModule):
             self.prior_value,
             "".join(f", {k}={v:.6g}" for k, v in self.objective_kwargs.items()),
         )
+
+    def _keep_room_for_unlabeled(self, name: str) -> None:
+        """Raise a derived pi_unlabeled below the floor of ``min_unlabeled_per_labeled``."""
+        g = self.geometry
+        if (
+            self._pi_unlabeled_given
+            or self.min_unlabeled_per_labeled <= 0
+            or g is None
+            or not g.num_regions
+            or g.num_labeled_positive_regions is None
+        ):
+            return
+        room = prior_with_room(
+            self.pi_unlabeled,
+            int(g.num_labeled_positive_regions),
+            int(g.num_regions),
+            self.min_unlabeled_per_labeled,
+        )
+        if not room.raised:
+            return
+        log.warning(
+            "pi=%.4g (%s) leaves %.3g unlabeled particles per labeled one: annotations are rarely "
+            "complete, so %s trains with at least %g per labeled one, pi=%.4g, "
+            "pi_unlabeled=%.4g (module.min_unlabeled_per_labeled; set it to 0, or objective=pn, "
+            "to treat every unlabeled region as a negative)",
+            g.pi if g.pi is not None else float("nan"),
+            g.pi_source or "run geometry",
+            room.given_unlabeled_per_labeled,
+            name,
+            self.min_unlabeled_per_labeled,
+            room.pi,
+            room.pi_unlabeled,
+        )
+        self.pi_unlabeled, self.pi, self.prior_raised = room.pi_unlabeled, room.pi, True
 
     # ------------------------------------------------------------------ steps
     def forward(self, patches: torch.Tensor) -> torch.Tensor:

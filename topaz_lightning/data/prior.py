@@ -14,13 +14,21 @@ Definitions used everywhere in topaz-lightning:
   particles nobody labeled, so the prior of a positive among unlabeled draws is
   ``pi_unlabeled = max(0, (pi * N_regions - N_lab) / (N_regions - N_lab))``. This, not ``pi``, is
   what the PU objectives receive. It is 0 when every positive is labeled (pi at or below the
-  labeled fraction); the LightningModule then trains with the PN objective and says so.
+  labeled fraction).
+- Annotations are never complete, so a pi at (or just above) the labeled fraction is read as "the
+  user counted the labeled particles", not as "nothing is left to find": by default the
+  LightningModule keeps at least ``min_unlabeled_per_labeled`` unlabeled positive regions per
+  labeled one (:func:`prior_with_room`, ``pi_unlabeled >= r * N_lab / (N_regions - N_lab)``) and
+  says so; the PN objective (every unlabeled region a negative) only when asked for
+  (``objective=pn`` or ``module.min_unlabeled_per_labeled=0``). Evidence: docs/accuracy.md,
+  "pi with complete annotation".
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from topaz_lightning.errors import ConfigError
@@ -171,3 +179,84 @@ def resolve_pi(
         f"(expected particles per micrograph; pi = n * {disk_area(label_radius_px_model)} / (H*W) "
         "in model pixels)",
     )
+
+
+#: default of ``module.min_unlabeled_per_labeled``: the unlabeled particles assumed at least, per
+#: labeled one, when pi leaves less room (docs/accuracy.md, "pi with complete annotation")
+DEFAULT_MIN_UNLABELED_PER_LABELED = 0.0
+
+
+def check_min_unlabeled_per_labeled(
+    value: Any, key: str = "module.min_unlabeled_per_labeled"
+) -> float:
+    """The setting as a float >= 0 (0 = trust pi as given: PN when pi is at the labeled fraction)."""
+    try:
+        room = float(value)
+        ok = room >= 0 and math.isfinite(room) and not isinstance(value, bool)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            key,
+            "must be a number >= 0 (unlabeled particles assumed at least per labeled one; "
+            f"0 = trust pi as given), got {value!r}",
+        )
+    return room
+
+
+@dataclass(frozen=True)
+class PriorWithRoom:
+    """The priors an objective trains with after :func:`prior_with_room`."""
+
+    #: dataset prior consistent with ``pi_unlabeled``: ``(N_lab + pi_unlabeled (N - N_lab)) / N``
+    pi: float
+    #: prior of a positive among unlabeled draws
+    pi_unlabeled: float
+    #: True when the floor raised the priors given
+    raised: bool
+    #: unlabeled positive regions per labeled one that the given ``pi_unlabeled`` implied
+    given_unlabeled_per_labeled: float
+
+
+def prior_with_room(
+    pi_unlabeled: float,
+    n_labeled_positive_regions: int,
+    n_regions: int,
+    min_unlabeled_per_labeled: float,
+    key: str = "module.min_unlabeled_per_labeled",
+) -> PriorWithRoom:
+    """Raise ``pi_unlabeled`` so that at least ``r = min_unlabeled_per_labeled`` unlabeled positive
+    regions remain per labeled positive region: ``pi_unlabeled >= r * N_lab / (N - N_lab)``.
+
+    Equivalently pi >= (1 + r) * the labeled fraction. Priors already above the floor come back
+    unchanged (``raised=False``; ``pi`` then is the dataset prior they imply). ``r = 0`` never
+    raises. A floor that would reach 1 (labels covering more than ``1 / (1 + r)`` of the regions)
+    is a ConfigError naming ``key``.
+    """
+    room = check_min_unlabeled_per_labeled(min_unlabeled_per_labeled, key)
+    if n_regions <= 0:
+        raise ValueError(f"n_regions must be > 0, got {n_regions}")
+    if not 0 <= n_labeled_positive_regions < n_regions:
+        raise ValueError(
+            f"n_labeled_positive_regions must be in [0, n_regions={n_regions}), "
+            f"got {n_labeled_positive_regions}"
+        )
+    if not 0 <= pi_unlabeled < 1:
+        raise ValueError(f"pi_unlabeled must be in [0, 1), got {pi_unlabeled}")
+    n_unlabeled = n_regions - n_labeled_positive_regions
+    given = (
+        pi_unlabeled * n_unlabeled / n_labeled_positive_regions
+        if n_labeled_positive_regions
+        else math.inf
+    )
+    floor = room * n_labeled_positive_regions / n_unlabeled
+    if floor >= 1:
+        raise ConfigError(
+            key,
+            f"the labels cover {n_labeled_positive_regions} of {n_regions} regions: "
+            f"{room:g} unlabeled positives per labeled one do not fit; lower the setting",
+        )
+    raised = pi_unlabeled < floor
+    value = floor if raised else float(pi_unlabeled)
+    pi = (n_labeled_positive_regions + value * n_unlabeled) / n_regions
+    return PriorWithRoom(float(pi), float(value), raised, float(given))
