@@ -3,10 +3,13 @@
 ``sweeps``: read a sweep directory and aggregate it (:func:`load_sweep`, :func:`aggregate`,
 mean ± std and markdown formatting); ``stats``: one paired t-test, paired comparisons against a
 reference and the choice rules; ``build``: the whole report of ``tzl-report`` and of the sweep
-callback (:func:`build_report`). Everything public is re-exported here.
+callback (:func:`build_report`) through its view (the default sweep table); ``views``: the named
+views (``view=table5``: the paper's Table 5 beside its published values, ``view=levers``: every
+lever against its base); ``paper``: the paper's published values. Everything public is
+re-exported here.
 """
 
-from topaz_lightning.report.build import build_report
+from topaz_lightning.report.build import SweepTableView, build_report, make_view
 from topaz_lightning.report.stats import (
     CHOICE_RULES,
     PAIRED_TEST,
@@ -40,6 +43,7 @@ from topaz_lightning.report.sweeps import (
     rank,
     summary_markdown,
 )
+from topaz_lightning.report.views import LeversView, Table5View, ViewOutput, seed_spread
 
 __all__ = [
     "CHOICE_RULES",
@@ -48,8 +52,12 @@ __all__ = [
     "REFIT_DIR",
     "REPLICATE_KEYS",
     "Choice",
+    "LeversView",
     "PairedResult",
     "Sweep",
+    "SweepTableView",
+    "Table5View",
+    "ViewOutput",
     "aggregate",
     "best_row",
     "build_report",
@@ -60,6 +68,7 @@ __all__ = [
     "jobs_markdown",
     "key_text",
     "load_sweep",
+    "make_view",
     "markdown_table",
     "mean_std",
     "mean_std_of",
@@ -70,6 +79,7 @@ __all__ = [
     "parse_reference",
     "rank",
     "replicate_values",
+    "seed_spread",
     "setting_text",
     "summary_markdown",
 ]

@@ -1,12 +1,15 @@
-"""Build the report of a sweep directory: the table, paired tests, the choice and the refit line.
+"""Build the report of a sweep directory through its view; the default view is the sweep table.
 
 The task behind ``tzl-report`` (``cli/report.py`` is its entry point) and the sweep callback
-(``callbacks/sweep.py``): one function, :func:`build_report`, from a ``report`` config.
+(``callbacks/sweep.py``): one function, :func:`build_report`, from a ``report`` config. The
+default view (:class:`SweepTableView`): the table, paired tests, the choice and the refit line;
+the named views are in :mod:`topaz_lightning.report.views`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -32,6 +35,7 @@ from topaz_lightning.report.sweeps import (
     rank,
     summary_markdown,
 )
+from topaz_lightning.report.views import ViewOutput
 from topaz_lightning.utils.atomic import atomic_output, check_writable
 
 log = logging.getLogger("topaz_lightning")
@@ -49,115 +53,161 @@ def _names(value, key: str) -> list[str] | None:
     return names
 
 
+def make_view(cfg: DictConfig):
+    """The view of a ``report`` config: ``cfg.view`` (a node with ``_target_``, from
+    ``configs/view/<name>.yaml``) instantiated, or the default sweep table when there is none."""
+    node = cfg.get("view")
+    if node is None:
+        return SweepTableView()
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError("view", f"expected a view of configs/view/ (view=levers), got {node!r}")
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        view = instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        # the view's own check (a ConfigError naming its key) is the message, not Hydra's wrapper
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise ConfigError("view", str(err)) from err
+    if not callable(getattr(view, "render", None)) or not getattr(view, "name", None):
+        raise ConfigError("view", f"{node._target_} is not a report view (name, render)")
+    return view
+
+
 def build_report(cfg: DictConfig) -> dict:
     """Build the report described by a composed ``report`` config; return a summary dict.
 
-    The summary has ``table`` (the aggregated DataFrame, best first with ``sort``, with the
-    paired-test columns), ``jobs``, ``group_by``, ``metrics``, ``best`` (dict of the best-mean
-    group's keys and mean, or None), ``best_row`` (that group's row of ``table``), ``choice``
-    (:class:`topaz_lightning.report.Choice` of ``rule``, or None), ``reference``, ``tests``,
-    ``refit`` (the refit run, or None), ``without_metrics`` and ``paths``.
+    The view (``view=default|table5|levers``, :func:`make_view`) renders the sweep; this writes
+    its table as ``<name>.csv``, its text (and with ``list_jobs`` every job) as ``<name>.md`` and
+    the jobs as ``jobs.csv`` into ``output_dir``, atomically. The default view's summary has
+    ``table`` (the aggregated DataFrame, best first with ``sort``, with the paired-test columns),
+    ``jobs``, ``group_by``, ``metrics``, ``best`` (dict of the best-mean group's keys and mean, or
+    None), ``best_row``, ``choice`` (:class:`topaz_lightning.report.Choice` of ``rule``, or
+    None), ``reference``, ``tests``, ``refit`` (the refit run, or None), ``without_metrics``;
+    every view's adds ``view`` and ``paths``.
     """
     if OmegaConf.is_missing(cfg, "sweep_dir") or cfg.get("sweep_dir") in (None, ""):
         raise ConfigError("sweep_dir", "is required, e.g. sweep_dir=multirun/pi_kfold/<time>")
-    metrics = _names(cfg.get("metric", "val/aupr"), "metric")
-    if metrics is None:
+    view = make_view(cfg)
+    if _names(cfg.get("metric", "val/aupr"), "metric") is None:
         raise ConfigError("metric", "is required, e.g. metric=val/aupr")
     group_by = _names(cfg.get("group_by"), "group_by")
     out_dir = Path(str(cfg.output_dir))
     overwrite = bool(cfg.get("overwrite", False))
-    paths = {name: out_dir / name for name in ("report.csv", "jobs.csv", "report.md")}
+    paths = {name: out_dir / name for name in (f"{view.name}.csv", "jobs.csv", f"{view.name}.md")}
     for path in paths.values():
         check_writable(path, overwrite)
-
-    sweep = load_sweep(cfg.sweep_dir, extra_keys=group_by or (), exclude=[out_dir])
-    if group_by is None:
-        group_by = default_group_by(sweep)
-    metric = metrics[0]
-    table = aggregate(sweep.jobs, group_by, metrics, source=sweep.path)
-    mode = str(cfg.get("mode", "max"))
-    best = best_row(table, metric, mode) if group_by else None
-    choice = choose(
-        table,
-        sweep.jobs,
-        group_by,
-        metric,
-        mode,
-        rule=str(cfg.get("rule", "best")),
-        alpha=float(cfg.get("alpha", 0.05)),
-        prefer=str(cfg.get("prefer", "smallest")),
-    )
-    reference = None
-    if group_by and cfg.get("reference") is not None:
-        reference = parse_reference(cfg.reference, group_by, table)
-    elif best is not None:
-        reference = {k: best[k] for k in group_by}
-    tests = paired_tests(sweep.jobs, group_by, reference, metric) if reference else []
-    if reference is not None:
-        table = _with_tests(table, group_by, reference, tests, metric)
-    if cfg.get("sort", False):
-        table = rank(table, metric, mode)
-
-    lines = [f"# Sweep report: {sweep.path}", ""]
-    lines.append(
-        f"{len(sweep.jobs)} job(s) with metrics"
-        + (f"; swept: {', '.join(sweep.swept)}" if sweep.swept else "; nothing swept")
-        + (f"; grouped by {', '.join(group_by)}" if group_by else "")
-        + "."
-    )
-    if sweep.without_metrics:
-        lines.append(
-            f"Left out: {len(sweep.without_metrics)} job(s) without metrics.json "
-            f"(failed or unfinished): {', '.join(sweep.without_metrics)}."
-        )
-    if sweep.fixed:
-        fixed = ", ".join(f"{k}={key_text(v)}" for k, v in sweep.fixed.items())
-        lines.append(f"Fixed overrides: {fixed}.")
-    extra = ["Δ vs reference", "p", "pairs"] if reference is not None else []
-    lines += ["", summary_markdown(table, group_by, metrics, extra_columns=extra), ""]
-    lines.append(_table_note(reference, tests, metric, PAIRED_TEST, setting_text))
-    lines.append("")
-    best_info = None
-    if best is not None:
-        summary = mean_std(best[f"{metric} mean"], best[f"{metric} std"], int(best[f"{metric} n"]))
-        lines.append(
-            f"Best ({'highest' if mode == 'max' else 'lowest'} mean {metric}): "
-            f"{setting_text({k: best[k] for k in group_by})} "
-            f"({summary}, n={int(best[f'{metric} n'])})"
-        )
-        best_info = {k: best[k] for k in group_by} | {f"{metric} mean": best[f"{metric} mean"]}
-    if choice is not None:
-        lines += choice.lines(metric)
-    if sweep.refit is not None:
-        lines.append(_refit_line(sweep.refit, metrics, group_by))
-    lines.append("")
-    text = "\n".join(lines)
-    print(text)
+    extra = [*(group_by or ()), *getattr(view, "extra_keys", ())]
+    sweep = load_sweep(cfg.sweep_dir, extra_keys=dict.fromkeys(extra), exclude=[out_dir])
+    out = view.render(sweep, cfg)
+    print(out.text)
+    text = out.text
     if cfg.get("list_jobs", True):
-        text += "\n## Jobs\n\n" + jobs_markdown(sweep.jobs, sweep.swept, metrics) + "\n"
-
+        metrics = _names(cfg.get("metric", "val/aupr"), "metric")
+        shown = [m for m in metrics if m in sweep.jobs.columns]
+        text += "\n## Jobs\n\n" + jobs_markdown(sweep.jobs, sweep.swept, shown) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(paths["report.csv"], overwrite=overwrite) as tmp:
-        table.to_csv(tmp, index=False)
+    with atomic_output(paths[f"{view.name}.csv"], overwrite=overwrite) as tmp:
+        out.table.to_csv(tmp, index=False)
     with atomic_output(paths["jobs.csv"], overwrite=overwrite) as tmp:
         sweep.jobs.to_csv(tmp, index=False)
-    with atomic_output(paths["report.md"], overwrite=overwrite) as tmp:
+    with atomic_output(paths[f"{view.name}.md"], overwrite=overwrite) as tmp:
         tmp.write_text(text)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-    return {
-        "table": table,
-        "jobs": sweep.jobs,
-        "group_by": group_by,
-        "metrics": metrics,
-        "best": best_info,
-        "best_row": best,
-        "choice": choice,
-        "reference": reference,
-        "tests": tests,
-        "refit": sweep.refit,
-        "without_metrics": sweep.without_metrics,
-        "paths": paths,
-    }
+    return (
+        {"jobs": sweep.jobs, "without_metrics": sweep.without_metrics}
+        | out.summary
+        | {
+            "view": view.name,
+            "paths": paths,
+        }
+    )
+
+
+@dataclass
+class SweepTableView:
+    """The default view (``view=default``): mean ± std (n) per setting of ``group_by``, each
+    against ``reference`` (default: the best mean) by a paired t-test, the best group, the
+    choice of ``rule`` with its tie verdict, and the refit run as its own line."""
+
+    name: str = "report"
+
+    def render(self, sweep, cfg: DictConfig) -> ViewOutput:
+        metrics = _names(cfg.get("metric", "val/aupr"), "metric")
+        group_by = _names(cfg.get("group_by"), "group_by")
+        if group_by is None:
+            group_by = default_group_by(sweep)
+        metric = metrics[0]
+        table = aggregate(sweep.jobs, group_by, metrics, source=sweep.path)
+        mode = str(cfg.get("mode", "max"))
+        best = best_row(table, metric, mode) if group_by else None
+        choice = choose(
+            table,
+            sweep.jobs,
+            group_by,
+            metric,
+            mode,
+            rule=str(cfg.get("rule", "best")),
+            alpha=float(cfg.get("alpha", 0.05)),
+            prefer=str(cfg.get("prefer", "smallest")),
+        )
+        reference = None
+        if group_by and cfg.get("reference") is not None:
+            reference = parse_reference(cfg.reference, group_by, table)
+        elif best is not None:
+            reference = {k: best[k] for k in group_by}
+        tests = paired_tests(sweep.jobs, group_by, reference, metric) if reference else []
+        if reference is not None:
+            table = _with_tests(table, group_by, reference, tests, metric)
+        if cfg.get("sort", False):
+            table = rank(table, metric, mode)
+        lines = [f"# Sweep report: {sweep.path}", ""]
+        lines.append(
+            f"{len(sweep.jobs)} job(s) with metrics"
+            + (f"; swept: {', '.join(sweep.swept)}" if sweep.swept else "; nothing swept")
+            + (f"; grouped by {', '.join(group_by)}" if group_by else "")
+            + "."
+        )
+        if sweep.without_metrics:
+            lines.append(
+                f"Left out: {len(sweep.without_metrics)} job(s) without metrics.json "
+                f"(failed or unfinished): {', '.join(sweep.without_metrics)}."
+            )
+        if sweep.fixed:
+            fixed = ", ".join(f"{k}={key_text(v)}" for k, v in sweep.fixed.items())
+            lines.append(f"Fixed overrides: {fixed}.")
+        extra = ["Δ vs reference", "p", "pairs"] if reference is not None else []
+        lines += ["", summary_markdown(table, group_by, metrics, extra_columns=extra), ""]
+        lines.append(_table_note(reference, tests, metric, PAIRED_TEST, setting_text))
+        lines.append("")
+        best_info = None
+        if best is not None:
+            n = int(best[f"{metric} n"])
+            summary = mean_std(best[f"{metric} mean"], best[f"{metric} std"], n)
+            lines.append(
+                f"Best ({'highest' if mode == 'max' else 'lowest'} mean {metric}): "
+                f"{setting_text({k: best[k] for k in group_by})} ({summary}, n={n})"
+            )
+            best_info = {k: best[k] for k in group_by} | {f"{metric} mean": best[f"{metric} mean"]}
+        if choice is not None:
+            lines += choice.lines(metric)
+        if sweep.refit is not None:
+            lines.append(_refit_line(sweep.refit, metrics, group_by))
+        lines.append("")
+        summary = {
+            "table": table,
+            "group_by": group_by,
+            "metrics": metrics,
+            "best": best_info,
+            "best_row": best,
+            "choice": choice,
+            "reference": reference,
+            "tests": tests,
+            "refit": sweep.refit,
+        }
+        return ViewOutput("\n".join(lines), table, summary)
 
 
 def _with_tests(table, group_by, reference, tests, metric):
