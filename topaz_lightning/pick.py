@@ -22,9 +22,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.errors import InputError
 from topaz_lightning.picking.outputs import (
     NORMALIZATION_FILE,
     STATE_FILE,
@@ -34,19 +34,12 @@ from topaz_lightning.picking.outputs import (
     write_output,
 )
 from topaz_lightning.utils import jobs
+from topaz_lightning.utils.config import require
 from topaz_lightning.utils.distributed import is_launch_rank_zero
 
 __all__ = ["NORMALIZATION_FILE", "STATE_FILE", "extract", "pick", "select_micrographs"]
 
 log = logging.getLogger("topaz_lightning")
-
-
-def _require(cfg: DictConfig, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
-            raise ConfigError(
-                key, "is required (e.g. model_path=model.pt micrographs=dir/ output_dir=picks)"
-            )
 
 
 def select_micrographs(cfg: DictConfig) -> dict[str, Path]:
@@ -293,21 +286,24 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Raises PartialFailureError (exit 3) at the end when some micrographs failed.
     """
     from topaz_lightning.io.formats.common import check_micrograph_dir, with_micrograph_files
-    from topaz_lightning.models import load_model
     from topaz_lightning.picking import sigmoid
+    from topaz_lightning.picking.pickers import PICK_EXAMPLE, load_picker, pick_record
     from topaz_lightning.picking.predict import failed_path, read_parts
     from topaz_lightning.picking.settings import micrographs_record, resolve_pick_settings
 
-    _require(cfg, ("model_path", "micrographs", "output_dir"))
+    require(cfg, ("micrographs", "output_dir"), PICK_EXAMPLE)
     rank_zero = is_launch_rank_zero()
     failures = jobs.FailureLog(strict=bool(cfg.get("strict", False)))
     run_dir = Path(str(cfg.output_dir))
 
-    net, extra = load_model(cfg.model_path)
-    resolved = resolve_pick_settings(cfg, net, extra, str(cfg.model_path))
+    # the picker (configs/picker/: the model of model_path, or a classical baseline) gives the
+    # scorer and its card (preprocessing, geometry); everything after is the same for all
+    loaded = load_picker(cfg)
+    net, extra = loaded.net, loaded.card
+    resolved = resolve_pick_settings(cfg, net, extra, loaded.source)
     sources = select_micrographs(cfg)
     names = list(sources)
-    record = {**resolved.record, "micrographs": micrographs_record(names)}
+    record = {**pick_record(resolved.record, loaded), "micrographs": micrographs_record(names)}
     output = jobs.output_path(run_dir, cfg.output, "output")
     fmt_given = None if cfg.get("format") is None else str(cfg.format)
     per_micrograph = bool(cfg.per_micrograph)

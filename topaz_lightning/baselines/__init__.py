@@ -1,4 +1,4 @@
-"""Classical particle pickers (difference of Gaussians, template matching) for comparison."""
+"""Classical particle pickers (difference of Gaussians, template matching) for comparison, also as tzl-pick pickers."""
 
 from topaz_lightning.baselines.classical import (
     average_precision,
@@ -9,8 +9,11 @@ from topaz_lightning.baselines.classical import (
     template_picks,
     template_score_map,
 )
+from topaz_lightning.baselines.pickers import DoGPicker, TemplatePicker
 
 __all__ = [
+    "DoGPicker",
+    "TemplatePicker",
     "average_precision",
     "average_template",
     "dog_picks",

@@ -27,6 +27,13 @@ pick-deciding settings is refused, naming the changed keys; ``overwrite=true`` s
 ``failures.tsv`` (exit status 3); ``strict=true`` stops at the first. ``trainer=ddp`` (GPUs) or
 ``trainer=ddp_cpu`` shards the micrographs over processes.
 
+What scores the micrographs is the ``picker`` config group (configs/picker/): ``model`` (the
+default: the classifier in ``model_path``, this package's or an installed package's through the
+``topaz_lightning.models`` entry points) or a classical baseline, ``dog`` (difference of
+Gaussians) or ``template`` (template matching), which need ``picker.particle_diameter_px``
+(micrograph pixels) and ``picker.downsample``. Every picker gives a score map; NMS, thresholds,
+outputs, continuing and ``picks.html`` are the same, and ``tzl-evaluate`` reads any of them.
+
 Example usage::
 
     # the simulator's test micrographs, with a model from tzl-train (radius from model.pt)
@@ -39,6 +46,11 @@ Example usage::
 
     # all GPUs of the machine
     tzl-pick model_path=model.pt micrographs='/data/mics/*.mrc' trainer=ddp output_dir=picks_all
+
+    # the difference-of-Gaussians baseline (40 px particles, scored at 1/4 size), then its AUPR
+    tzl-pick picker=dog picker.particle_diameter_px=40 picker.downsample=4 \
+        micrographs=mics/ output_dir=picks_dog
+    tzl-evaluate picks=picks_dog truth=truth.star max_distance=20 output_dir=eval_dog
 """
 
 from __future__ import annotations
