@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any
@@ -19,6 +20,9 @@ class RunProgressBar(ProgressBar):
     bar counts optimizer steps of the whole run (a resumed run starts where it stopped), shows
     the latest loss and ``val/aupr``, and redraws at most every ``refresh_seconds`` seconds but at
     least after every step that took longer. Held-out evaluations show as a note in the bar.
+    While the bar is shown, log records for the console are written above it
+    (``tqdm.contrib.logging.logging_redirect_tqdm``) instead of into its line; the log file is
+    untouched.
     """
 
     def __init__(self, refresh_seconds: float = 2.0, leave: bool = True):
@@ -30,6 +34,7 @@ class RunProgressBar(ProgressBar):
         self._enabled = True
         self._bar: Any = None
         self._last_draw = 0.0
+        self._redirect: Any = None
 
     # Lightning's progress-bar protocol
     def disable(self) -> None:
@@ -68,6 +73,12 @@ class RunProgressBar(ProgressBar):
             smoothing=0.05,
         )
         self._last_draw = time.monotonic()
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # the root logger's console handler (Hydra's) and the package's, if it has its own
+        loggers = [logging.getLogger(), logging.getLogger("topaz_lightning")]
+        self._redirect = logging_redirect_tqdm(loggers=loggers, tqdm_class=type(self._bar))
+        self._redirect.__enter__()
 
     def _postfix(self, trainer: pl.Trainer) -> dict[str, str]:
         shown = {}
@@ -97,14 +108,19 @@ class RunProgressBar(ProgressBar):
             self._bar.set_description("training")
             self._bar.set_postfix(self._postfix(trainer))
 
+    def _close(self) -> None:
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._bar is not None:
             self._bar.n = int(trainer.global_step)
             self._bar.set_postfix(self._postfix(trainer), refresh=False)
-            self._bar.close()
-            self._bar = None
+        self._close()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._close()
