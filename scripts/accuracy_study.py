@@ -1,20 +1,27 @@
-"""Leave-one-micrograph-out accuracy study on real EMPIAR-10017 data (plus a simulated preset).
+"""Leave-one-micrograph-out pick-time study on real EMPIAR-10017 data: what has no config yet.
 
-One command runs the whole protocol of docs/accuracy.md, resumably (finished runs are skipped):
+The studies themselves are configs (docs/accuracy.md): the levers as Hydra multiruns
+(``tzl-train -m hparams_search=lomo_levers experiment=lomo_empiar10017 lever=...``, run by the
+basic, joblib or SLURM launcher) and their tables as ``tzl-report`` views (``view=levers``).
+This script keeps what the framework does not do: many pick-time settings (NMS radius, margin
+and band masks, EMA vs raw weights, earlier checkpoints, the GMM fit of the training
+micrographs) evaluated from ONE cached score map per model variant, instead of one training per
+setting, and the nested checkpoint choice. Its tables are tzl-report's (one home for mean ± std
+and paired tests), its test-time augmentation is the framework's (lever=tta8).
 
     nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python scripts/accuracy_study.py --out accuracy_out
 
-Stages:
+Stages (resumable: finished runs and evaluations are skipped):
 1. prepare: read the 4 micrographs once, Fourier-downsample them 4x (1024 px) and write them as
    MRC with the coordinates in the downsampled (model) frame; the fold lists hold out one each.
-2. train: ``tzl-train`` per training setting x labels (10, 100, all) x fold, with checkpoints
-   every 1,000 steps and an EMA of the weights (``callbacks=ema``), so one run yields the steps
-   (1k/2k/3k), last-vs-best and weight-averaging levers.
+2. train: ``tzl-train`` per training setting x labels (10, 100, all) x fold, one after the other,
+   with checkpoints every 1,000 steps and an EMA of the weights (``callbacks=ema``), so one run
+   yields the steps (1k/2k/3k), last-vs-best and weight-averaging levers.
 3. pick + evaluate (in process): score each held-out micrograph once per model variant and
-   normalization, then sweep the pick-time levers (NMS radius, border mask, test-time
-   augmentation) on the cached score maps; every evaluation writes ``metrics.json`` and
-   ``.hydra/overrides.yaml`` so ``tzl-report`` aggregates the folds.
-4. report: ``tzl-report`` over the evaluation directory -> mean +/- std per setting.
+   normalization, then sweep the pick-time levers on the cached score maps; every evaluation
+   writes ``metrics.json`` and ``.hydra/overrides.yaml`` (train, pick, labels, data.fold, steps).
+4. report: ``tzl-report`` over the evaluations (the default view and ``view=levers`` against
+   base1k with the default picks) and the nested checkpoint choice.
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +42,6 @@ import pandas as pd
 from topaz_lightning.geometry import (
     NMS_RADIUS_PER_PARTICLE_RADIUS,
     coordinates_to_micrograph_frame,
-    coordinates_to_model_frame,
     to_micrograph_px,
 )
 from topaz_lightning.picking.border import border_padding_px_model
@@ -209,16 +214,14 @@ def _wait_for_running(run: Path) -> bool:
     return (run / "model.pt").is_file()
 
 
-def run_training(out: Path, jobs: list[tuple[TrainSetting, str, int]], workers: int) -> None:
-    """Run the missing training jobs, ``workers`` at a time; a failure is logged, not fatal."""
-
-    def one(job: tuple[TrainSetting, str, int]) -> None:
+def run_training(out: Path, jobs: list[tuple[TrainSetting, str, int]]) -> None:
+    """Run the missing training jobs one after the other; a failure is logged, not fatal.
+    (Parallel runs: the multirun configs, hparams_search=lomo_levers with a launcher.)"""
+    for job in jobs:
         setting, labels, fold = job
         run = train_dir(out, setting, labels, fold)
-        if (run / "model.pt").is_file():
-            return
-        if _wait_for_running(run):
-            return
+        if (run / "model.pt").is_file() or _wait_for_running(run):
+            continue
         cmd = train_command(out, setting, labels, fold)
         run.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
@@ -242,8 +245,8 @@ def run_training(out: Path, jobs: list[tuple[TrainSetting, str, int]], workers: 
                 run.parent / f"fold{fold}.log",
             )
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, jobs))
+
+# ------------------------------------------------------------------------------------------------
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ class PickSetting:
 
     ``step``: checkpoint (None = the run's last); ``weights``: raw | ema; ``normalize``: the GMM
     fitted at pick time on the picked micrograph (pick) or on the training micrographs (train);
-    ``tta``: average the logits over the 8 rotations/mirrors; ``nms``: NMS radius in particle
+    ``nms``: NMS radius in particle
     radii; ``margin``: exclude picks within this many model px of the edge; ``bands``: exclude
     the striped bands detected along the edges (widened by ``band_padding`` model px).
     """
@@ -264,7 +267,6 @@ class PickSetting:
     step: int | None = None
     weights: str = "raw"
     normalize: str = "pick"
-    tta: bool = False
     nms: float = 12 / PARTICLE_RADIUS_PX_MODEL
     margin: float = 0.0
     bands: bool = False
@@ -276,8 +278,6 @@ class PickSetting:
             self.weights,
             f"norm-{self.normalize}",
         ]
-        if self.tta:
-            parts.append("tta")
         parts.append(f"nms{self.nms:.2f}r")
         if self.margin:
             parts.append(f"margin{self.margin:g}")
@@ -287,7 +287,7 @@ class PickSetting:
 
     def map_key(self, last: int) -> str:
         step = self.step if self.step is not None else last
-        return f"s{step}_{self.weights}_norm-{self.normalize}{'_tta' if self.tta else ''}"
+        return f"s{step}_{self.weights}_norm-{self.normalize}"
 
 
 def checkpoints(run: Path) -> dict[int, Path]:
@@ -325,22 +325,6 @@ def load_net(run: Path, step: int, weights: str):
     net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
     net.eval()
     return net
-
-
-def score_tta(net, image: np.ndarray, tta: bool) -> np.ndarray:
-    """Dense logits; with ``tta`` the mean over the 8 rotations/mirrors (each mapped back)."""
-    from topaz_lightning.picking.scoring import score_micrograph
-
-    if not tta:
-        return score_micrograph(net, image, tile_size=None)
-    total = np.zeros(image.shape, dtype=np.float64)
-    for flip in (False, True):
-        base = image[:, ::-1] if flip else image
-        for k in range(4):
-            s = score_micrograph(net, np.ascontiguousarray(np.rot90(base, k)), tile_size=None)
-            s = np.rot90(s, -k)
-            total += s[:, ::-1] if flip else s
-    return (total / 8).astype(np.float32)
 
 
 class HeldOut:
@@ -489,6 +473,8 @@ def evaluate_setting(
 
 def score_maps(run: Path, held: HeldOut, keys: dict[str, PickSetting]) -> dict[str, dict]:
     """Score maps per map key, cached as .npy in ``run/score_maps``."""
+    from topaz_lightning.picking.scoring import score_micrograph
+
     cache = run / "score_maps"
     cache.mkdir(exist_ok=True)
     maps: dict[str, dict[str, np.ndarray]] = {}
@@ -506,118 +492,12 @@ def score_maps(run: Path, held: HeldOut, keys: dict[str, PickSetting]) -> dict[s
                 nets[(ps.step, ps.weights)] = load_net(run, ps.step, ps.weights)
             net = nets[(ps.step, ps.weights)]
             t0 = time.time()
-            score = score_tta(net, held.normalized[ps.normalize][name], ps.tta)
+            score = score_micrograph(net, held.normalized[ps.normalize][name], tile_size=None)
             log.info("scored %s %s %s in %.1f s", run, key, name, time.time() - t0)
             np.save(path.with_suffix(".tmp.npy"), score)
             path.with_suffix(".tmp.npy").replace(path)
             maps[key][name] = score
     return maps
-
-
-#: TTA is measured on the central CROP x CROP model px of each held-out micrograph (8 score maps
-#: of a quarter of the image cost two full ones); CONTEXT px around it make the crop's scores
-#: equal to the full map's (conv31 sees 15 px either side)
-CROP, CONTEXT = 512, 32
-
-
-def crop_tta_evaluate(
-    out: Path,
-    run: Path,
-    held: HeldOut,
-    tag: dict[str, str],
-    weights: str = "raw",
-    nms_grid: tuple[float, ...] = (12 / PARTICLE_RADIUS_PX_MODEL, 1.0, 1.25),
-) -> int:
-    """TTA vs none on the central crop (same region, same model, same NMS); metrics per crop."""
-    from topaz_lightning.metrics import evaluate_picks
-    from topaz_lightning.picking.nms import non_maximum_suppression
-
-    ckpts = checkpoints(run)
-    if not (run / "model.pt").is_file() or not ckpts:
-        return 0
-    last = max(ckpts)
-    todo = []
-    for tta in (False, True):
-        for n in nms_grid:
-            name = f"crop{CROP}_{weights}_norm-pick{'_tta' if tta else ''}_nms{n:.2f}r"
-            eval_dir = (
-                out
-                / "eval"
-                / "__".join(
-                    [
-                        tag["train"],
-                        f"s{last}_{name}",
-                        f"labels{tag['labels']}",
-                        f"fold{tag['fold']}",
-                    ]
-                )
-            )
-            if not (eval_dir / "metrics.json").is_file():
-                todo.append((tta, n, name, eval_dir))
-    if not todo:
-        return 0
-    cache = run / "score_maps"
-    cache.mkdir(exist_ok=True)
-    net = None
-    written = 0
-    for name in held.test_names:
-        image = held.normalized["pick"][name]
-        h, w = image.shape
-        y0, x0 = (h - CROP) // 2, (w - CROP) // 2
-        lo_y, lo_x = max(y0 - CONTEXT, 0), max(x0 - CONTEXT, 0)
-        window = image[lo_y : y0 + CROP + CONTEXT, lo_x : x0 + CROP + CONTEXT]
-        maps = {}
-        for tta in (False, True):
-            path = cache / f"s{last}_{weights}_crop{CROP}{'_tta' if tta else ''}__{name}.npy"
-            if path.is_file():
-                maps[tta] = np.load(path)
-                continue
-            if net is None:
-                net = load_net(run, last, weights)
-            t0 = time.time()
-            score = score_tta(net, np.ascontiguousarray(window), tta)
-            log.info("scored %s crop tta=%s %s in %.1f s", run, tta, name, time.time() - t0)
-            score = score[y0 - lo_y : y0 - lo_y + CROP, x0 - lo_x : x0 - lo_x + CROP]
-            np.save(path, score)
-            maps[tta] = score
-        truth = held.truth[held.truth["micrograph"] == name]
-        model_truth = coordinates_to_model_frame(truth, held.downsample)
-        fx, fy = model_truth["x"] - x0, model_truth["y"] - y0
-        inside = (fx >= 0) & (fx <= CROP - 1) & (fy >= 0) & (fy <= CROP - 1)
-        truth = truth[inside]
-        for tta, n, pick_name, eval_dir in todo:
-            xy, scores = non_maximum_suppression(maps[tta], n * held.radius)
-            picks = coordinates_to_micrograph_frame(
-                pd.DataFrame(
-                    {"micrograph": name, "x": xy[:, 0] + x0, "y": xy[:, 1] + y0, "score": scores}
-                ),
-                held.downsample,
-            )
-            ev = evaluate_picks(picks, truth, held.match_distance, micrographs=[name])
-            metrics = {
-                "aupr": ev.aupr,
-                "best_f1": ev.best_f1,
-                "n_true": ev.n_true,
-                "n_pred": ev.n_pred,
-                "n_matched": ev.n_matched,
-            }
-            for level, value in ev.precision_at_recall.items():
-                metrics[f"precision@{float(level):g}"] = 0.0 if value is None else value
-            eval_dir.mkdir(parents=True, exist_ok=True)
-            (eval_dir / ".hydra").mkdir(exist_ok=True)
-            overrides = [
-                f"train={tag['train']}",
-                f"pick=s{last}_{pick_name}",
-                f"labels={tag['labels']}",
-                f"data.fold={tag['fold']}",
-                f"steps={last}",
-            ]
-            (eval_dir / ".hydra" / "overrides.yaml").write_text(
-                "".join(f"- {o}\n" for o in overrides)
-            )
-            (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            written += 1
-    return written
 
 
 def pick_and_evaluate(
@@ -682,13 +562,14 @@ DEFAULTS = {
 }
 
 
-def pick_settings(ckpts: list[int], labels: str, tta: bool = False) -> list[PickSetting]:
+def pick_settings(ckpts: list[int], labels: str) -> list[PickSetting]:
     """The pick-time levers, each alone around the baseline (last checkpoint, raw weights, GMM
     fitted at pick time, no TTA, NMS 12 px = 0.89 r, no mask), plus combinations.
 
     A dense 1024 px score map costs ~50 s of one contended CPU core here, so the score maps are
     few: last raw + last EMA for every run (the NMS and mask sweeps reuse them), earlier
-    checkpoints and the training-fit normalization, and TTA (8 maps) only when asked.
+    checkpoints and the training-fit normalization. (Test-time augmentation is a lever of the
+    framework's picking: lever=tta8 of hparams_search=lomo_levers.)
     """
     out = []
     for weights in ("raw", "ema"):
@@ -709,10 +590,6 @@ def pick_settings(ckpts: list[int], labels: str, tta: bool = False) -> list[Pick
         if labels == "100":  # two more score maps: measured at 100 labels only
             out.append(PickSetting(weights=weights, normalize="train"))
             out.append(PickSetting(weights=weights, normalize="train", nms=1.1))
-    if tta:
-        for n in (12 / R, 1.0, 1.1, 1.25):
-            out.append(PickSetting(weights="ema", nms=n, tta=True))
-            out.append(PickSetting(weights="ema", nms=n, tta=True, bands=True, band_padding=7))
     seen, unique = set(), []
     for ps in out:
         if ps.name() not in seen:
@@ -862,37 +739,22 @@ def simulated_held_out(out: Path, preset: str) -> HeldOut:
     )
 
 
-def run_jobs(
-    out: Path,
-    data: Data,
-    jobs: list[tuple[TrainSetting, str, int]],
-    workers: int,
-    train: bool,
-    tta: bool = False,
-) -> None:
-    """Train (when ``train``) then pick/evaluate each job, ``workers`` jobs at a time."""
-
-    def one(job: tuple[TrainSetting, str, int]) -> None:
-        setting, labels, fold = job
+def run_jobs(out: Path, data: Data, jobs: list[tuple[TrainSetting, str, int]], train: bool) -> None:
+    """Train (when ``train``) then pick/evaluate each job, one after the other."""
+    for setting, labels, fold in jobs:
         if train:
-            run_training(out, [job], 1)
+            run_training(out, [(setting, labels, fold)])
         run = train_dir(out, setting, labels, fold)
         if not (run / "model.pt").is_file():
-            return
+            continue
         try:
-            held = data.held(setting, fold)
-            ckpts = sorted(checkpoints(run))
             n = pick_and_evaluate(
                 out,
                 run,
-                held,
-                pick_settings(ckpts, labels, tta),
+                data.held(setting, fold),
+                pick_settings(sorted(checkpoints(run)), labels),
                 {"train": setting.name, "labels": labels, "fold": str(fold)},
             )
-            if labels == "100" and not setting.simulated:
-                n += crop_tta_evaluate(
-                    out, run, held, {"train": setting.name, "labels": labels, "fold": str(fold)}
-                )
             log.info(
                 "evaluated %d pick settings for %s labels=%s fold=%d", n, setting.name, labels, fold
             )
@@ -901,28 +763,43 @@ def run_jobs(
                 "pick/evaluate failed for %s labels=%s fold=%d", setting.name, labels, fold
             )
 
-    def running_first(job: tuple[TrainSetting, str, int]) -> bool:
-        pid_file = train_dir(out, *job) / "train.pid"
-        return not (pid_file.is_file() and _alive(int(pid_file.read_text().split()[0])))
-
-    jobs = sorted(jobs, key=running_first)  # stable: otherwise the priority order
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, jobs))
-
 
 def report(out: Path) -> None:
-    """tzl-report over the evaluations: mean +/- std over folds per (train, pick, labels)."""
-    cmd = [
-        str(BIN / "tzl-report"),
+    """The tables, by tzl-report over the evaluations (one home for mean ± std and paired tests):
+    the default view (mean ± std over folds per train, pick, labels) and view=levers (every
+    training setting and pick setting against base1k picked with the defaults, per label count,
+    paired over the folds); then the nested checkpoint choice, which has no view."""
+    base = f"train=base1k,pick=slast_{DEFAULT_CORE}"
+    common = [
         f"sweep_dir={out / 'eval'}",
-        "group_by=[train,pick,labels]",
         "metric=[aupr,precision@0.9,best_f1]",
-        f"output_dir={out / 'report'}",
         "overwrite=true",
         "list_jobs=false",
-        f"hydra.run.dir={out / 'report' / 'hydra'}",
     ]
-    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for extra in (
+        ["group_by=[train,pick,labels]", f"output_dir={out / 'report'}"],
+        [
+            "view=levers",
+            "group_by=[train,pick]",
+            "view.strata=[labels]",
+            f"reference='{base}'",
+            f"output_dir={out / 'report'}",
+        ],
+    ):
+        hydra_dir = f"hydra.run.dir={out / 'report' / 'hydra'}"
+        subprocess.run(
+            [str(BIN / "tzl-report"), *common, *extra, hydra_dir], check=True, cwd=ROOT, env=env
+        )
+    jobs = load_evaluations(out)
+    lines = ["| checkpoint | AUPR | P@R0.9 |", "|---|---|---|"]
+    for train, labels in (("steps10k", "100"), ("steps5k", "10"), ("steps5k", "all")):
+        text = step_choice(jobs, train, labels)
+        if text:
+            lines.append(text)
+    text = "\n".join(lines) + "\n"
+    (out / "report" / "checkpoint_choice.md").write_text(text)
+    print(text)
 
 
 def load_evaluations(out: Path) -> pd.DataFrame:
@@ -936,188 +813,8 @@ def load_evaluations(out: Path) -> pd.DataFrame:
     return jobs
 
 
-def _cell(values: pd.Series) -> str:
-    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy()
-    if len(v) == 0:
-        return "-"
-    if len(v) == 1:
-        return f"{v[0]:.3f} (1)"
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f} ({len(v)})"
-
-
-METRICS = (("aupr", "AUPR"), ("precision@0.9", "P@R0.9"), ("best_f1", "best F1"))
-
-
-def _select(
-    jobs: pd.DataFrame, train: str | tuple[str, ...], core: str, steps: int | str | None
-) -> pd.DataFrame:
-    """Evaluations of ``train`` (one setting, or several pooled: n = folds x settings) picked
-    as ``core`` at checkpoint ``steps`` (None = the run's last; a number = that checkpoint,
-    whether or not it was the run's last)."""
-    trains = [train] if isinstance(train, str) else list(train)
-    sel = jobs["train"].isin(trains) & (jobs["pick_core"] == core)
-    if steps is None:
-        sel &= jobs["pick"].astype(str).str.startswith("slast")
-    else:
-        sel &= pd.to_numeric(jobs["steps"], errors="coerce") == int(steps)
-    return jobs[sel]
-
-
-def lever_table(
-    jobs: pd.DataFrame,
-    rows: list[tuple[str, str, str, str | None]],
-    labels: tuple[str, ...] = ("10", "100", "all"),
-    extra: tuple[str, ...] = (),
-) -> str:
-    """Markdown: one row per (label, train setting, pick_core, steps or None = last), one
-    column per labels x metric, mean ± std (folds) over the folds."""
-    present = [lab for lab in labels if (jobs["labels"] == lab).any()]
-    header = ["setting"] + [f"{name} ({lab})" for lab in present for _, name in METRICS]
-    header += list(extra)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, train, core, steps in rows:
-        part = _select(jobs, train, core, steps)
-        if part.empty:
-            continue
-        cells = [label]
-        for lab in present:
-            sub = part[part["labels"] == lab]
-            cells += [_cell(sub[key]) if key in sub else "-" for key, _ in METRICS]
-        for key in extra:
-            cells.append(_cell(part[key]) if key in part else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def tables(out: Path) -> str:
-    """The lever tables of docs/accuracy.md (markdown), from the evaluations on disk."""
-    jobs = load_evaluations(out)
-    t = "base1k"
-    base = "raw_norm-pick_nms0.89r"
-    md = ["### Summary: picking settings x labels (conv31 + GE-binomial, 1k steps, raw weights)\n"]
-    md.append(
-        lever_table(
-            jobs,
-            [
-                ("NMS 0.5 r (Topaz's 7 px), no mask", t, "raw_norm-pick_nms0.50r", None),
-                ("NMS 0.89 r (old demo-real 12 px), no mask", t, base, None),
-                ("NMS 1.0 r, no mask (previous defaults)", t, "raw_norm-pick_nms1.00r", None),
-                (
-                    "**NMS 1.0 r + band mask (new defaults)**",
-                    t,
-                    "raw_norm-pick_nms1.00r_bands+7",
-                    None,
-                ),
-                (
-                    "NMS 1.25 r + band mask (best measured)",
-                    t,
-                    "raw_norm-pick_nms1.25r_bands+7",
-                    None,
-                ),
-            ],
-        )
-    )
-    md.append("\n### NMS radius (pick time; 1k steps, last checkpoint)\n")
-    rows = []
-    for weights in ("raw", "ema", "ema999"):
-        for n in NMS_GRID:
-            rows.append(
-                (
-                    f"{weights}, NMS {n:.2f} r = {n * R:.1f} px",
-                    t,
-                    f"{weights}_norm-pick_nms{n:.2f}r",
-                    None,
-                )
-            )
-    md.append(lever_table(jobs, rows))
-    md.append("\n### Border handling (pick time; raw weights, NMS 0.89 r unless named)\n")
-    rows = [("none", t, base, None)]
-    for m in (8, 16, 24, 32):
-        rows.append((f"margin {m} px", t, f"raw_norm-pick_nms0.89r_margin{m}", None))
-    for p in (0, 7, 13.5):
-        rows.append((f"striped bands + {p:g} px", t, f"raw_norm-pick_nms0.89r_bands+{p:g}", None))
-    for n in (1.0, 1.1, 1.25):
-        rows.append((f"NMS {n:.2f} r, none", t, f"raw_norm-pick_nms{n:.2f}r", None))
-        rows.append(
-            (f"NMS {n:.2f} r + bands + 7 px", t, f"raw_norm-pick_nms{n:.2f}r_bands+7", None)
-        )
-        rows.append(
-            (f"NMS {n:.2f} r + margin 24 px", t, f"raw_norm-pick_nms{n:.2f}r_margin24", None)
-        )
-    for n in (12 / R, 1.1, 1.25):
-        rows.append((f"EMA, NMS {n:.2f} r, none", t, f"ema_norm-pick_nms{n:.2f}r", None))
-        if n > 1:
-            rows.append(
-                (
-                    f"EMA, NMS {n:.2f} r + bands + 7 px",
-                    t,
-                    f"ema_norm-pick_nms{n:.2f}r_bands+7",
-                    None,
-                )
-            )
-    extra = (
-        "masked_of_top25_fp",
-        "masked_of_top50_fp",
-        "masked_of_top100_fp",
-        "masked_true_positives",
-    )
-    md.append(lever_table(jobs, rows, extra=extra))
-    md.append("\n### Weight averaging (EMA of the weights; 1k steps)\n")
-    rows = []
-    for n in (12 / R, 1.0, 1.1, 1.25):
-        for weights, label in (("raw", "raw"), ("ema", "EMA 0.99"), ("ema999", "EMA 0.999")):
-            rows.append((f"{label}, NMS {n:.2f} r", t, f"{weights}_norm-pick_nms{n:.2f}r", None))
-    md.append(lever_table(jobs, rows))
-    md.append("\n### GMM normalization: fitted at pick time vs on the training micrographs\n")
-    rows = []
-    for weights in ("raw", "ema"):
-        for n in (12 / R, 1.1):
-            for norm in ("pick", "train"):
-                rows.append(
-                    (
-                        f"{weights}, NMS {n:.2f} r, GMM {norm}",
-                        t,
-                        f"{weights}_norm-{norm}_nms{n:.2f}r",
-                        None,
-                    )
-                )
-    md.append(lever_table(jobs, rows))
-    md.append(f"\n### Test-time augmentation (8 rotations/mirrors; central {CROP} px crop)\n")
-    rows = []
-    for n in (12 / R, 1.0, 1.25):
-        for tta in ("", "_tta"):
-            rows.append(
-                (
-                    f"raw, NMS {n:.2f} r{' + TTA' if tta else ''}",
-                    t,
-                    f"crop{CROP}_raw_norm-pick{tta}_nms{n:.2f}r",
-                    "1000",
-                )
-            )
-    md.append(lever_table(jobs, rows, labels=("100",)))
-    md.append("\n### Training levers at 1k steps: label radius, pi (100 labels)\n")
-    rows = []
-    for n in (12 / R, 1.1):
-        for weights in ("raw", "ema"):
-            core = f"{weights}_norm-pick_nms{n:.2f}r"
-            for train, label in (
-                (t, "label radius 4 px (0.30 r), 650/micrograph"),
-                ("radius3", "label radius 3 px (0.22 r)"),
-                ("radius6", "label radius 6 px (0.44 r)"),
-                ("ppm400", "pi from 400 particles/micrograph"),
-            ):
-                rows.append((f"{label}, {weights}, NMS {n:.2f} r", train, core, None))
-    md.append(lever_table(jobs, rows, labels=("100",)))
-    md.append(new_lever_tables(jobs))
-    md.append(sim_tables(jobs))
-    return "\n".join(md) + "\n"
-
-
 #: the defaults at pick time: last checkpoint, raw weights, NMS 1.25 r, band mask + 8.4 px
 DEFAULT_CORE = "raw_" + PickSetting(**DEFAULTS).name().split("_", 2)[2]
-#: the defaults before this study's third pass: NMS 1.0 r, band mask + 7 px
-OLD_CORE = "raw_norm-pick_nms1.00r_bands+7"
-SEEDS = ("base1k", "seed1_1k", "seed2_1k")
 
 
 def step_choice(jobs: pd.DataFrame, train: str, labels: str, core: str = DEFAULT_CORE) -> str:
@@ -1150,301 +847,26 @@ def step_choice(jobs: pd.DataFrame, train: str, labels: str, core: str = DEFAULT
         for name, step in zip(rows, (last, s_cv, s_or), strict=True):
             rows[name][0].append(table.loc[fold, step])
             rows[name][1].append(p90.loc[fold, step])
+    from topaz_lightning.report import mean_std_of
+
     lines = []
     for name, (a, b) in rows.items():
-        lines.append(
-            f"| {name} ({labels} labels) | {_cell(pd.Series(a))} | {_cell(pd.Series(b))} |"
-        )
+        cells = " | ".join(f"{mean_std_of(v)} ({len(v)})" for v in (a, b))
+        lines.append(f"| {name} ({labels} labels) | {cells} |")
     lines.append(
         f"| (steps chosen on the other folds, per fold: {', '.join(map(str, chosen))}) | | |"
     )
     return "\n".join(lines)
 
 
-def paired(
-    jobs: pd.DataFrame,
-    base: tuple[str, str, int | None],
-    other: tuple[str, str, int | None],
-    labels: str,
-    metric: str,
-) -> str:
-    """``other - base`` per fold (same fold, labeled subset and seed): mean (min to max, n)."""
-    a = _select(jobs, *base)
-    b = _select(jobs, *other)
-    a = a[a["labels"] == labels].set_index("data.fold")[metric]
-    b = b[b["labels"] == labels].set_index("data.fold")[metric]
-    d = (pd.to_numeric(b, errors="coerce") - pd.to_numeric(a, errors="coerce")).dropna()
-    if d.empty:
-        return "-"
-    return f"{d.mean():+.3f} ({d.min():+.3f} to {d.max():+.3f}, {len(d)})"
-
-
-def summary_table(jobs: pd.DataFrame) -> str:
-    """Every lever against its baseline, paired per fold: the table at the top of
-    docs/accuracy.md. Deltas are other minus baseline."""
-    b = "base1k"
-    nobands = "raw_norm-pick_nms1.00r"
-    crop = "crop512_raw_norm-pick"
-    ema_core = "ema_" + DEFAULT_CORE[4:]
-    rows = [
-        # (lever, baseline, other, labels)
-        *[
-            (
-                f"new pick defaults (NMS 1.25 r, band mask + 8.4 px) vs old (1.0 r, + 7 px), {t}",
-                (t, OLD_CORE, None),
-                (t, DEFAULT_CORE, None),
-                ("10", "100", "all"),
-            )
-            for t in (*SEEDS, "steps10k", "steps5k")
-        ],
-        (
-            "NMS radius 0.5 r (Topaz's 7 px) vs 1.0 r, no mask",
-            (b, nobands, None),
-            (b, "raw_norm-pick_nms0.50r", None),
-            ("10", "100", "all"),
-        ),
-        (
-            "NMS radius 1.25 r vs 1.0 r, band mask + 7 px",
-            (b, OLD_CORE, None),
-            (b, "raw_norm-pick_nms1.25r_bands+7", None),
-            ("10", "100", "all"),
-        ),
-        (
-            "band mask (+7 px) vs none, NMS 1.0 r",
-            (b, nobands, None),
-            (b, OLD_CORE, None),
-            ("10", "100", "all"),
-        ),
-        (
-            "fixed 24 px margin vs band mask, NMS 1.0 r",
-            (b, OLD_CORE, None),
-            (b, "raw_norm-pick_nms1.00r_margin24", None),
-            ("10", "100", "all"),
-        ),
-        (
-            "GMM fitted on the training micrographs vs at pick time (NMS 1.1 r, no mask)",
-            (b, "raw_norm-pick_nms1.10r", None),
-            (b, "raw_norm-train_nms1.10r", None),
-            ("100",),
-        ),
-        (
-            "TTA x8 vs none (central 512 px, NMS 1.0 r, no mask)",
-            (b, f"{crop}_nms1.00r", 1000),
-            (b, f"{crop}_tta_nms1.00r", 1000),
-            ("100",),
-        ),
-        (
-            "EMA 0.99 vs raw weights, 1k steps",
-            (b, DEFAULT_CORE, None),
-            (b, ema_core, None),
-            ("10", "100", "all"),
-        ),
-        (
-            "EMA 0.99 vs raw weights, 10k steps",
-            ("steps10k", DEFAULT_CORE, None),
-            ("steps10k", ema_core, None),
-            ("100",),
-        ),
-        (
-            "EMA 0.99 vs raw weights, 5k steps",
-            ("steps5k", DEFAULT_CORE, None),
-            ("steps5k", ema_core, None),
-            ("10",),
-        ),
-        (
-            "3k vs 1k steps",
-            ("steps10k", DEFAULT_CORE, 1000),
-            ("steps10k", DEFAULT_CORE, 3000),
-            ("100",),
-        ),
-        (
-            "10k vs 1k steps",
-            ("steps10k", DEFAULT_CORE, 1000),
-            ("steps10k", DEFAULT_CORE, None),
-            ("100",),
-        ),
-        (
-            "10k vs 3k steps",
-            ("steps10k", DEFAULT_CORE, 3000),
-            ("steps10k", DEFAULT_CORE, None),
-            ("100",),
-        ),
-        (
-            "3k vs 1k steps",
-            ("steps5k", DEFAULT_CORE, 1000),
-            ("steps5k", DEFAULT_CORE, 3000),
-            ("10",),
-        ),
-        (
-            "5k vs 1k steps",
-            ("steps5k", DEFAULT_CORE, 1000),
-            ("steps5k", DEFAULT_CORE, None),
-            ("10",),
-        ),
-        (
-            "label radius 3 px (0.22 r) vs 4 px (0.3 r)",
-            (b, DEFAULT_CORE, None),
-            ("radius3", DEFAULT_CORE, None),
-            ("100",),
-        ),
-        (
-            "label radius 6 px (0.44 r) vs 4 px (0.3 r)",
-            (b, DEFAULT_CORE, None),
-            ("radius6", DEFAULT_CORE, None),
-            ("100",),
-        ),
-        (
-            "pi from 400 vs 650 particles per micrograph",
-            (b, DEFAULT_CORE, None),
-            ("ppm400", DEFAULT_CORE, None),
-            ("100",),
-        ),
-        (
-            "pi from the automatic estimate (data.pi=auto) vs 650 per micrograph",
-            (b, DEFAULT_CORE, None),
-            ("piauto_1k", DEFAULT_CORE, None),
-            ("100",),
-        ),
-        (
-            "autoencoder head (decoder=dcgan) vs none",
-            (b, DEFAULT_CORE, None),
-            ("ae1k", DEFAULT_CORE, None),
-            ("10",),
-        ),
-        (
-            "resnet8 (Topaz's) vs conv31",
-            (b, DEFAULT_CORE, None),
-            ("resnet8_1k", DEFAULT_CORE, None),
-            ("100",),
-        ),
-        (
-            "resnet16 (Topaz's) vs conv31",
-            (b, DEFAULT_CORE, None),
-            ("resnet16_1k", DEFAULT_CORE, None),
-            ("100",),
-        ),
-        (
-            "labeled subset + seed 1 vs seed 0 (not a lever: the spread of luck)",
-            (b, DEFAULT_CORE, None),
-            ("seed1_1k", DEFAULT_CORE, None),
-            ("10", "100"),
-        ),
-        (
-            "labeled subset + seed 2 vs seed 0",
-            (b, DEFAULT_CORE, None),
-            ("seed2_1k", DEFAULT_CORE, None),
-            ("10", "100"),
-        ),
-    ]
-    lines = [
-        "| lever (other vs baseline) | labels | ΔAUPR mean (min to max, folds) | ΔP@R0.9 |",
-        "|---|---|---|---|",
-    ]
-    for name, base, other, label_set in rows:
-        for lab in label_set:
-            d_aupr = paired(jobs, base, other, lab, "aupr")
-            if d_aupr == "-":
-                continue
-            d_p90 = paired(jobs, base, other, lab, "precision@0.9")
-            lines.append(f"| {name} | {lab} | {d_aupr} | {d_p90} |")
-    return "\n".join(lines)
-
-
-def new_lever_tables(jobs: pd.DataFrame) -> str:
-    """Tables of the second study (training length, checkpoint choice, seeds, autoencoder,
-    models, threshold choice), all picked with the current defaults (DEFAULT_CORE)."""
-    md = ["\n### Every lever against its baseline (paired per fold)\n", summary_table(jobs)]
-    core = DEFAULT_CORE
-    md.append(
-        "\n### Training length (one run per fold, checkpoints every 1k steps; picked with the "
-        "defaults)\n"
-    )
-    rows = []
-    for step in range(1000, 10001, 1000):
-        rows.append((f"{step} steps", ("steps10k", "steps5k"), core, str(step)))
-    md.append(lever_table(jobs, rows))
-    md.append("\n### Checkpoint choice: last vs best step (AUPR, P@R0.9)\n")
-    md.append("| checkpoint | AUPR | P@R0.9 |\n|---|---|---|")
-    for train, labels in (("steps10k", "100"), ("steps5k", "10"), ("steps5k", "all")):
-        text = step_choice(jobs, train, labels)
-        if text:
-            md.append(text)
-    md.append(
-        "\n### Seeds: three labeled subsets and training seeds per fold (1k steps; "
-        "n = folds x seeds)\n"
-    )
-    rows = [("seed 0 (labeled_seed 0)", "base1k", core, None)]
-    rows += [(f"seed {k}", f"seed{k}_1k", core, None) for k in (1, 2)]
-    rows.append(("**pooled: 3 seeds x 4 folds**", SEEDS, core, None))
-    md.append(lever_table(jobs, rows))
-    md.append("\n### Autoencoder head (decoder=dcgan, c = 10/P; 1k steps, seed 0)\n")
-    rows = [
-        ("conv31, no decoder", "base1k", core, None),
-        ("conv31 + DCGAN decoder", "ae1k", core, None),
-    ]
-    md.append(lever_table(jobs, rows, labels=("10", "100")))
-    md.append("\n### Models (1k steps, seed 0)\n")
-    rows = [
-        ("conv31 (RF 31)", "base1k", core, None),
-        ("resnet8, Topaz's (RF 71)", "resnet8_1k", core, None),
-        ("resnet16, Topaz's (RF 91)", "resnet16_1k", core, None),
-    ]
-    md.append(lever_table(jobs, rows, labels=("100",)))
-    md.append(
-        "\n### Threshold choice (defaults; 3 seeds x 4 folds at 1k steps): the best-F1 "
-        "threshold (known only with the truth) vs the top 650 per micrograph (the count given "
-        "for pi) vs logit 0\n"
-    )
-    sel = jobs["train"].isin(SEEDS) & (jobs["pick_core"] == core)
-    sel &= jobs["pick"].astype(str).str.startswith("slast")
-    part = jobs[sel]
-    if "f1_topk" in part:
-        header = "| labels | best F1 | F1 top-650 | P / R top-650 | F1 logit 0 | P / R logit 0 |"
-        md.append(header + "\n|---|---|---|---|---|---|")
-        for lab in ("10", "100", "all"):
-            sub = part[(part["labels"] == lab) & part["f1_topk"].notna()]
-            if sub.empty:
-                continue
-            md.append(
-                f"| {lab} | {_cell(sub['best_f1'])} | {_cell(sub['f1_topk'])} | "
-                f"{sub['precision_topk'].mean():.3f} / {sub['recall_topk'].mean():.3f} | "
-                f"{_cell(sub['f1_logit0'])} | "
-                f"{sub['precision_logit0'].mean():.3f} / {sub['recall_logit0'].mean():.3f} |"
-            )
-    return "\n".join(md)
-
-
-def sim_tables(jobs: pd.DataFrame) -> str:
-    """Simulated presets (complete truth): mean over the seeds (one split each)."""
-    md = ["\n### Simulated presets (complete truth; 1k steps; n = seeds, one split)\n"]
-    rows = []
-    for preset, trains in (
-        ("demo", ("sim_base1k", "sim_demo_seed1_1k", "sim_demo_seed2_1k")),
-        ("empiar10096_like", tuple(f"sim_empiar10096_like_seed{k}_1k" for k in range(3))),
-        ("shapiro_like", ("sim_shapiro_like_seed0_1k",)),
-    ):
-        rows.append((f"{preset}, NMS 1.0 r", trains, "raw_norm-pick_nms1.00r", None))
-        rows.append((f"{preset}, defaults (NMS 1.25 r + band mask)", trains, DEFAULT_CORE, None))
-    md.append(lever_table(jobs, rows))
-    return "\n".join(md)
-
-
 def main(argv: list[str] | None = None) -> int:
     global CODE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "accuracy_out")
-    parser.add_argument(
-        "--stage", choices=("all", "train", "pick", "report", "tables"), default="all"
-    )
+    parser.add_argument("--stage", choices=("all", "train", "pick", "report"), default="all")
     parser.add_argument("--only", default="", help="comma-separated training setting names")
     parser.add_argument("--folds", default="", help="comma-separated folds (default: all)")
     parser.add_argument("--simulated", action="store_true", help="include the simulated preset")
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="also score with test-time augmentation (8 score maps per run)",
-    )
-    parser.add_argument("--jobs", type=int, default=2, help="jobs at a time (default 2)")
     parser.add_argument(
         "--code",
         type=Path,
@@ -1479,20 +901,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [job for job in jobs if job[2] in wanted]
     if args.stage in ("all", "train", "pick"):
         data = Data(out)
-        run_jobs(
-            out,
-            data,
-            jobs,
-            args.jobs if args.stage != "pick" else 1,
-            train=args.stage != "pick",
-            tta=args.tta,
-        )
+        run_jobs(out, data, jobs, train=args.stage != "pick")
     if args.stage in ("all", "report"):
         report(out)
-    if args.stage in ("all", "report", "tables"):
-        text = tables(out)
-        (out / "levers.md").write_text(text)
-        print(text)
     return 0
 
 
