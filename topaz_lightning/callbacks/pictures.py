@@ -31,37 +31,60 @@ def draw_pictures(
     pr_curves: Mapping[str, Any],
     radius_px_model: float,
 ) -> dict[str, np.ndarray]:
-    """Write ``pr_curve.png`` (the ``pr_curves`` {label: PickEvaluation}) and, per micrograph of
-    ``score_maps``, ``overlay_<name>.png`` (truth and the picks of ``evaluation`` at its best-F1
-    threshold, circles of ``radius_px_model``) and ``score_map_<name>.png`` into ``out_dir``
+    """Write ``pr_curve.png`` (the ``pr_curves`` {label: PickEvaluation}, each with its best-F1
+    point marked) and, per micrograph of ``score_maps``, ``overlay_<name>.png`` (truth and the
+    picks of ``evaluation`` at or above its best-F1 threshold, which the legend names; circles of
+    ``radius_px_model``) and ``score_map_<name>.png`` (with its colour bar) into ``out_dir``
     (replacing). Returns the same pictures as RGB arrays by logger tag."""
     from topaz_lightning import plots
 
-    plots.plot_pr_curves(pr_curves, out_dir / "pr_curve.png", overwrite=True)
-    images = {"val/pr_curve": plots.pr_curves_rgb(pr_curves)}
+    marks = {label: _best_f1_mark(ev) for label, ev in pr_curves.items()}
+    plots.plot_pr_curves(pr_curves, out_dir / "pr_curve.png", overwrite=True, marks=marks)
+    images = {"val/pr_curve": plots.pr_curves_rgb(pr_curves, marks=marks)}
     cut = getattr(evaluation, "best_f1_threshold", None)
-    cut = -math.inf if cut is None or not math.isfinite(float(cut)) else float(cut)
+    cut = None if cut is None or not math.isfinite(float(cut)) else float(cut)
     for name in sorted(score_maps):
         image, score_map = micrographs[name], score_maps[name]
         # the evaluated picks carry the evaluation's own ``matched`` flags
         picks = evaluation.picks[evaluation.picks["micrograph"] == name]
-        picks = picks[picks["score"] >= cut]
-        pred_xy = picks[["x", "y"]].to_numpy(dtype=np.float64)
+        shown = picks if cut is None else picks[picks["score"] >= cut]
         truth = coordinates[coordinates["micrograph"] == name]
         truth_xy = truth[["x", "y"]].to_numpy(dtype=np.float64)
-        matched = picks["matched"].to_numpy(dtype=bool)
+        matched = shown["matched"].to_numpy(dtype=bool)
         title = (
-            f"{name} step {step}: {int(matched.sum())}/{len(pred_xy)} picks match, "
+            f"{name} step {step}: {int(matched.sum())}/{len(shown)} picks match, "
             f"{len(truth_xy)} true"
         )
-        args = (image, truth_xy, pred_xy, matched)
+        args = (
+            image,
+            truth_xy,
+            picks[["x", "y"]].to_numpy(dtype=np.float64),
+            picks["matched"].to_numpy(dtype=bool),
+        )
+        cut_args = {
+            "scores": picks["score"].to_numpy(dtype=np.float64),
+            "threshold": cut,
+            "threshold_label": "best F1",
+            "title": title,
+        }
         path = out_dir / f"overlay_{name}.png"
-        plots.plot_overlay(*args, path, radius_px_model, overwrite=True, title=title)
-        images[f"val/overlay/{name}"] = plots.overlay_rgb(*args, radius_px_model, title=title)
+        plots.plot_overlay(*args, path, radius_px_model, overwrite=True, **cut_args)
+        images[f"val/overlay/{name}"] = plots.overlay_rgb(*args, radius_px_model, **cut_args)
         path = out_dir / f"score_map_{name}.png"
         plots.plot_score_map(image, score_map, path, overwrite=True)
         images[f"val/score_map/{name}"] = plots.score_map_rgb(image, score_map)
     return images
+
+
+def _best_f1_mark(evaluation: Any) -> list:
+    """The best-F1 operating point of a PR curve as a labelled mark (none if it has none)."""
+    from topaz_lightning.plots import pr_point
+
+    cut = getattr(evaluation, "best_f1_threshold", None)
+    if cut is None or not math.isfinite(float(cut)) or getattr(evaluation, "picks", None) is None:
+        return []
+    point = pr_point(evaluation, threshold=float(cut))
+    return [] if point is None else [(f"best F1 (t={float(cut):.3g})", *point)]
 
 
 def log_images(trainer: pl.Trainer, images: Mapping[str, np.ndarray], step: int) -> None:

@@ -6,7 +6,9 @@ one-to-one to particles within ``max_distance`` pixels (maximum number of matche
 total distance); the matches of all micrographs are pooled into one precision-recall curve.
 Prints the paper's table (AUPR and precision at recall 0.25/0.5/0.75/0.9, '-' where a recall is
 never reached), writes ``metrics.json`` atomically (with the curve, which ``tzl-pick
-target_recall=...`` reads) and a PR-curve PNG. ``compare`` adds more runs to the table and plot.
+target_recall=...`` reads) and a PR-curve PNG marking the best-F1 threshold and the default
+pick count (:mod:`topaz_lightning.cli.evaluate_pictures`). ``compare`` adds more runs to the
+table and plot.
 
 Example usage::
 
@@ -29,6 +31,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from topaz_lightning.cli._hydra import entry_point, require, resolve_output
+from topaz_lightning.cli.evaluate_pictures import (  # noqa: F401 - _overlay_file: older importers
+    _overlay_file,
+    check_pr_mark,
+    overlay_paths,
+    write_overlays,
+    write_pr_plot,
+)
 from topaz_lightning.errors import ConfigError, InputError
 
 log = logging.getLogger("topaz_lightning")
@@ -238,13 +247,6 @@ def check_pick_positions(picks, truth, shapes: dict, max_distance_px: float, sou
     return int(outside.sum())
 
 
-def _overlay_file(out_dir: Path, prefix: str, name: str, suffix: str) -> Path:
-    """``out_dir/<prefix><name><suffix>`` for a micrograph name that is a plain file name."""
-    from topaz_lightning.utils.atomic import safe_output_name
-
-    return out_dir / f"{prefix}{safe_output_name(name)}{suffix}"
-
-
 def run(cfg: DictConfig) -> dict:
     """Run the evaluation described by a composed ``evaluate`` config; return the metrics dict."""
     from topaz_lightning.io.micrographs import read_micrograph_names
@@ -257,6 +259,7 @@ def run(cfg: DictConfig) -> dict:
         "picks=picks.tsv truth=particles.tsv max_distance=7 output_dir=eval",
     )
     max_distance_px = resolve_max_distance(cfg)
+    check_pr_mark(cfg)
     overwrite = bool(cfg.overwrite)
     metrics_path = check_writable(resolve_output(cfg, "metrics"), overwrite)
     plot_path = check_writable(resolve_output(cfg, "plot"), overwrite) if cfg.get("plot") else None
@@ -280,7 +283,7 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError("score_maps", "score-map pictures need overlay_micrographs (the images)")
     if cfg.get("overlay_micrographs"):
         # refuse existing pictures before any output is written
-        for path in _overlay_paths(cfg, truth, names):
+        for path in overlay_paths(cfg, truth, names):
             check_writable(path, overwrite)
         if cfg.get("browser", True):
             check_writable(resolve_output(cfg, "browser_output"), overwrite)
@@ -322,15 +325,9 @@ def run(cfg: DictConfig) -> dict:
     log.info("wrote %s", metrics_path)
 
     if plot_path is not None:
-        try:
-            from topaz_lightning.plots import plot_pr_curves
-        except ImportError as err:  # plotting is optional for the numbers
-            log.warning("skipping the PR plot (%s)", err)
-        else:
-            plot_pr_curves(evaluations, plot_path, overwrite=overwrite)
-            log.info("wrote %s", plot_path)
+        write_pr_plot(cfg, evaluations, plot_path, overwrite, shapes)
     if cfg.get("overlay_micrographs"):
-        write_overlays(cfg, main_ev, truth, overwrite, names)
+        write_overlays(cfg, main_ev, truth, overwrite, names, max_distance_px)
         if cfg.get("browser", True):
             from topaz_lightning.browser import write_evaluation_browser
             from topaz_lightning.io.micrographs import list_micrographs
@@ -342,93 +339,6 @@ def run(cfg: DictConfig) -> dict:
             )  # fmt: skip
             log.info("wrote %s", page)
     return result
-
-
-def _overlay_names(cfg: DictConfig, truth, names: list[str] | None, files: dict) -> list[str]:
-    """The micrographs drawn: listed (or all in the truth table) with a file, at most overlay_max."""
-    if names is None:  # the evaluated micrographs: those of the truth table
-        names = list(dict.fromkeys(truth["micrograph"].astype(str)))
-    return [n for n in names if n in files][: int(cfg.get("overlay_max", 4))]
-
-
-def _overlay_paths(cfg: DictConfig, truth, names: list[str] | None) -> list[Path]:
-    """Every picture ``write_overlays`` would write."""
-    from topaz_lightning.io.micrographs import list_micrographs
-
-    out_dir = resolve_output(cfg, "overlay_dir")
-    paths = []
-    for name in _overlay_names(cfg, truth, names, list_micrographs(cfg.overlay_micrographs)):
-        paths.append(_overlay_file(out_dir, "overlay_", name, ".png"))
-        if (
-            cfg.get("score_maps")
-            and _overlay_file(Path(str(cfg.score_maps)), "", name, ".mrc").is_file()
-        ):
-            paths.append(_overlay_file(out_dir, "score_map_", name, ".png"))
-    return paths
-
-
-def write_overlays(
-    cfg: DictConfig, ev, truth, overwrite: bool, names: list[str] | None = None
-) -> list[Path]:
-    """Overlay PNGs (true / matched / unmatched picks) for up to ``overlay_max`` micrographs.
-
-    Picks drawn are those with score >= ``overlay_threshold`` (``best_f1``: the best-F1
-    threshold; null: all). Micrographs without a file in ``overlay_micrographs`` are skipped.
-    With ``score_maps`` (the MRC directory of ``tzl-pick save_score_maps=true``) a heatmap of
-    each micrograph's score map is drawn too (``score_map_<name>.png``).
-    """
-    from topaz_lightning.io.micrographs import list_micrographs, read_micrograph
-
-    try:
-        from topaz_lightning.plots import plot_overlay, plot_score_map
-    except ImportError as err:
-        log.warning("skipping overlays (%s)", err)
-        return []
-    setting = cfg.get("overlay_threshold", "best_f1")
-    if setting == "best_f1":
-        threshold = ev.best_f1_threshold
-    else:
-        threshold = None if setting is None else float(setting)
-    radius = float(cfg.get("overlay_radius") or resolve_max_distance(cfg))
-    files = list_micrographs(cfg.overlay_micrographs)
-    picks = ev.picks
-    out_dir = resolve_output(cfg, "overlay_dir")
-    written = []
-    for name in _overlay_names(cfg, truth, names, files):
-        p = picks[picks["micrograph"] == name]
-        if threshold is not None:
-            p = p[p["score"] >= threshold]
-        t = truth[truth["micrograph"].astype(str) == name]
-        path = _overlay_file(out_dir, "overlay_", name, ".png")
-        image = read_micrograph(files[name])
-        plot_overlay(
-            image,
-            t[["x", "y"]].to_numpy(dtype=float),
-            p[["x", "y"]].to_numpy(dtype=float),
-            p["matched"].to_numpy(),
-            path,
-            radius,
-            overwrite=overwrite,
-            title=f"{name}: {int(p['matched'].sum())} matched, {int((~p['matched']).sum())} unmatched picks",
-        )
-        written.append(path)
-        if cfg.get("score_maps"):
-            map_path = _overlay_file(Path(str(cfg.score_maps)), "", name, ".mrc")
-            if not map_path.is_file():
-                log.warning("no score map %s; skipping its picture", map_path)
-                continue
-            score_map = read_micrograph(map_path)
-            if score_map.shape != image.shape:  # a downsampling model: shrink the image to match
-                from scipy.ndimage import zoom
-
-                factors = (score_map.shape[0] / image.shape[0], score_map.shape[1] / image.shape[1])
-                image = zoom(image, factors, order=1, grid_mode=True, mode="nearest")
-                image = image[: score_map.shape[0], : score_map.shape[1]]
-            path = _overlay_file(out_dir, "score_map_", name, ".png")
-            plot_score_map(image, score_map, path, overwrite=overwrite, title=name)
-            written.append(path)
-    log.info("wrote %d picture(s) to %s", len(written), out_dir)
-    return written
 
 
 @entry_point("evaluate")

@@ -11,7 +11,7 @@ from topaz_lightning.plots.canvas import (
     UNMATCHED_COLOR,
     contrast_stretch,
 )
-from topaz_lightning.plots.curves import plot_pr_curves, pr_curves_rgb
+from topaz_lightning.plots.curves import plot_pr_curves, pr_curves_rgb, pr_point
 from topaz_lightning.plots.micrographs import (
     overlay_rgb,
     plot_overlay,
@@ -25,6 +25,7 @@ __all__ = [
     "MATCHED_COLOR",
     "UNMATCHED_COLOR",
     "plot_pr_curves",
+    "pr_point",
     "plot_overlay",
     "plot_score_map",
     "pr_curves_rgb",

@@ -51,6 +51,25 @@ def _circles(ax: Any, xy: np.ndarray, radius: float, color: str, linewidth: floa
     )
 
 
+def _above_threshold(n_pred: int, scores: Any, threshold: float | None) -> tuple[np.ndarray, int]:
+    """(mask of the picks drawn, number omitted): every pick without a threshold, else those
+    scoring >= ``threshold``."""
+    if threshold is None:
+        return np.ones(n_pred, dtype=bool), 0
+    if scores is None:
+        raise InputError("a threshold needs the picks' scores", where="scores")
+    scores_arr = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores_arr) != n_pred:
+        raise InputError(
+            f"scores has {len(scores_arr)} entries but there are {n_pred} predictions",
+            where="scores",
+        )
+    if not np.isfinite(threshold) and not np.isneginf(threshold):
+        raise InputError(f"threshold must be a number, got {threshold}", where="threshold")
+    keep = scores_arr >= threshold
+    return keep, int((~keep).sum())
+
+
 def _overlay_figure(
     image: np.ndarray,
     truth_xy: Any,
@@ -61,6 +80,9 @@ def _overlay_figure(
     percentiles: tuple[float, float],
     legend: bool,
     title: str | None,
+    scores: Any = None,
+    threshold: float | None = None,
+    threshold_label: str | None = None,
 ) -> Figure:
     image = _as_image(image, "image")
     truth = _as_xy(truth_xy, "truth_xy")
@@ -74,6 +96,8 @@ def _overlay_figure(
                 f"matched has {len(matched_arr)} entries but there are {len(pred)} predictions",
                 where="matched",
             )
+    keep, omitted = _above_threshold(len(pred), scores, threshold)
+    pred, matched_arr = pred[keep], matched_arr[keep]
     if not (np.isfinite(radius) and radius > 0):
         raise InputError(
             f"radius must be a positive number of pixels, got {radius}", where="radius"
@@ -95,6 +119,15 @@ def _overlay_figure(
                 (UNMATCHED_COLOR, "unmatched pick", int((~matched_arr).sum())),
             ]
         ]
+        if threshold is not None:
+            # the threshold named, and what it left out (picks below it are not drawn)
+            named = f"{threshold_label} " if threshold_label else ""
+            handles.append(
+                Line2D(
+                    [], [], ls="", label=f"threshold {named}{threshold:.3g}: "
+                    f"{omitted} picks below not drawn",
+                )
+            )  # fmt: skip
         ax.legend(handles=handles, loc="upper right", fontsize=_font(width_px), framealpha=0.8)
     if title:
         _title_box(ax, title, width_px)
@@ -111,6 +144,7 @@ def _score_map_figure(
     cmap: str,
     title: str | None,
     color_scale: str = "logit",
+    colorbar: bool = True,
 ) -> Figure:
     if color_scale not in ("logit", "probability"):
         raise InputError(
@@ -146,7 +180,7 @@ def _score_map_figure(
     ax = _image_axes(fig, image, percentiles, width_px)
     height, width = image.shape
     # the paper's Figure 2B colours: blue = low confidence, red = high confidence
-    ax.imshow(
+    mappable = ax.imshow(
         shown,
         cmap=cmap,
         vmin=vmin,
@@ -155,9 +189,26 @@ def _score_map_figure(
         interpolation="antialiased",
         extent=(-0.5, width - 0.5, height - 0.5, -0.5),
     )
+    if colorbar:
+        _colorbar(fig, ax, mappable, color_scale, width_px)
     if title:
         _title_box(ax, title, width_px)
     return fig
+
+
+def _colorbar(fig: Figure, ax: Any, mappable: Any, color_scale: str, width_px: int) -> None:
+    """A vertical colour bar inside the picture's right edge, on a translucent dark panel."""
+    font = _font(width_px)
+    panel = ax.inset_axes((0.885, 0.06, 0.11, 0.5))
+    panel.set_facecolor((0.0, 0.0, 0.0, 0.5))
+    panel.set_xticks([])
+    panel.set_yticks([])
+    cax = panel.inset_axes((0.12, 0.06, 0.2, 0.88))
+    bar = fig.colorbar(mappable, cax=cax)
+    bar.set_label("probability" if color_scale == "probability" else "logit", color="white",
+                  fontsize=font)  # fmt: skip
+    bar.ax.tick_params(colors="white", labelsize=font, length=2)
+    bar.outline.set_edgecolor("white")
 
 
 def plot_overlay(
@@ -173,6 +224,9 @@ def plot_overlay(
     percentiles: tuple[float, float] = (1.0, 99.0),
     legend: bool = True,
     title: str | None = None,
+    scores: Any = None,
+    threshold: float | None = None,
+    threshold_label: str | None = None,
 ) -> Path:
     """Save the micrograph in grey with true particles and predictions drawn as circles.
 
@@ -183,12 +237,16 @@ def plot_overlay(
     magenta (slightly smaller circles so coinciding ones stay visible). The grey scale is stretched
     between the given percentiles. The picture keeps the micrograph's aspect ratio and is
     downscaled so its longer side is at most ``max_size_px`` (None: one picture pixel per
-    micrograph pixel). Existing files are refused unless ``overwrite``.
+    micrograph pixel). With a ``threshold`` (and ``scores``, one per prediction) only the picks
+    scoring >= ``threshold`` are drawn; the legend names the threshold (``threshold_label``, e.g.
+    "best F1", and its value) and how many picks below it were left out. Existing files are
+    refused unless ``overwrite``.
     """
     check_writable(path, overwrite)
     fig = _overlay_figure(
-        image, truth_xy, pred_xy, matched, radius, max_size_px, percentiles, legend, title
-    )
+        image, truth_xy, pred_xy, matched, radius, max_size_px, percentiles, legend, title,
+        scores, threshold, threshold_label,
+    )  # fmt: skip
     return _save(fig, path, overwrite)
 
 
@@ -203,11 +261,15 @@ def overlay_rgb(
     percentiles: tuple[float, float] = (1.0, 99.0),
     legend: bool = True,
     title: str | None = None,
+    scores: Any = None,
+    threshold: float | None = None,
+    threshold_label: str | None = None,
 ) -> np.ndarray:
     """Same picture as :func:`plot_overlay` as a ``uint8`` RGB array (H, W, 3)."""
     fig = _overlay_figure(
-        image, truth_xy, pred_xy, matched, radius, max_size_px, percentiles, legend, title
-    )
+        image, truth_xy, pred_xy, matched, radius, max_size_px, percentiles, legend, title,
+        scores, threshold, threshold_label,
+    )  # fmt: skip
     return _render(fig)
 
 
@@ -224,6 +286,7 @@ def plot_score_map(
     percentiles: tuple[float, float] = (1.0, 99.0),
     cmap: str = "jet",
     title: str | None = None,
+    colorbar: bool = True,
 ) -> Path:
     """Save a heatmap of particle probability over the grey micrograph (the paper's Figure 2B).
 
@@ -233,12 +296,14 @@ def plot_score_map(
     ``color_scale="probability"`` maps probability 0..1 onto the colours; ``"logit"`` (default)
     maps the logit between the map's median and its 99.9th percentile, because a PU classifier
     trained with a small pi gives even clear particles small probabilities, which on a 0..1
-    scale all look the same blue. Size rules as in :func:`plot_overlay`.
+    scale all look the same blue. ``colorbar`` draws the colour scale (labelled logit or
+    probability) inside the picture's right edge. Size rules as in :func:`plot_overlay`.
     """
     check_writable(path, overwrite)
     fig = _score_map_figure(
-        image, score_map, logits, alpha, max_size_px, percentiles, cmap, title, color_scale
-    )
+        image, score_map, logits, alpha, max_size_px, percentiles, cmap, title, color_scale,
+        colorbar,
+    )  # fmt: skip
     return _save(fig, path, overwrite)
 
 
@@ -253,9 +318,11 @@ def score_map_rgb(
     percentiles: tuple[float, float] = (1.0, 99.0),
     cmap: str = "jet",
     title: str | None = None,
+    colorbar: bool = True,
 ) -> np.ndarray:
     """Same picture as :func:`plot_score_map` as a ``uint8`` RGB array (H, W, 3)."""
     fig = _score_map_figure(
-        image, score_map, logits, alpha, max_size_px, percentiles, cmap, title, color_scale
-    )
+        image, score_map, logits, alpha, max_size_px, percentiles, cmap, title, color_scale,
+        colorbar,
+    )  # fmt: skip
     return _render(fig)
