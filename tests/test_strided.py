@@ -208,3 +208,18 @@ def test_resnet8_window_refinement_scores_real_pixels():
     xs, ys = result.xy.astype(np.int64).T
     np.testing.assert_allclose(result.scores, dense[ys, xs], rtol=0, atol=1e-5)
     assert np.abs(result.xy - result.sample_xy).max() <= 2
+
+
+def test_channels_last_copy_gives_the_picks_of_the_network_as_written(conv31, monkeypatch):
+    import topaz_lightning.picking.strided as strided
+
+    image = _micrograph(3, shape=(131, 140), n_blobs=12)
+    fast = _strided(conv31, image, 8.0)
+    # the caller's network keeps its own layout (it may be the one being trained)
+    weight = conv31.layers[1]["conv"].weight
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(strided, "scoring_layout", lambda net, device: net)
+    plain = _strided(conv31, image, 8.0)
+    np.testing.assert_array_equal(fast.xy, plain.xy)
+    np.testing.assert_allclose(fast.scores, plain.scores, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fast.coarse, plain.coarse, rtol=0, atol=1e-5)
