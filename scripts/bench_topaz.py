@@ -258,6 +258,20 @@ def aupr_cell(row: Row, aupr: Mapping[str, Mapping[str, float | None]]) -> str:
     return aupr_cells(row, aupr)[0]
 
 
+def aupr_rows(aupr: Mapping[str, Mapping[str, float | None]]) -> list[str]:
+    """Rows of the AUPR table: one per model and our scoring mode, r and r/2, Topaz beside."""
+    lines = []
+    for key, res in aupr.items():
+        for k, v in res.items():
+            if not k.startswith("ours_") or k.endswith(HALF):
+                continue
+            lines.append(
+                f"| {key} | {k[len('ours_') :]} | {res.get('steps', '?')} | {_f(v)} | "
+                f"{_f(res.get('topaz'))} | {_f(res.get(k + HALF))} | {_f(res.get('topaz' + HALF))} |"
+            )
+    return lines
+
+
 def render_table(
     rows: Sequence[Row], aupr: Mapping[str, Mapping[str, float | None]] | None = None
 ) -> str:
@@ -653,16 +667,26 @@ class Bench:
         )
 
     def evaluate(
-        self, ds: str, info: dict, picks: Path, out: Path, max_distance: float | None = None
-    ) -> float | None:
-        """AUPR of ``picks`` against the test truth (``max_distance``: default the match
-        distance r)."""
+        self,
+        ds: str,
+        info: dict,
+        picks: Mapping[str, Path],
+        out: Path,
+        max_distance: float | None = None,
+    ) -> dict[str, float | None]:
+        """AUPR of every pick set ``{label: picks file}`` against the test truth, in ONE
+        tzl-evaluate (its ``compare``: the same matching for all); ``max_distance`` default the
+        match distance r. Returns ``{label: AUPR}``."""
         base = self.work / ds
         distance = info["match_distance"] if max_distance is None else max_distance
+        (first, first_path), *others = picks.items()
+        compare = ",".join(f"{label}:{path}" for label, path in others)
         cmd = self.ours(
             "tzl-evaluate",
-            f"picks={picks}",
-            "picks_format=tsv",
+            f"picks={first_path}",
+            f"label={first}",
+            "picks_format=tsv",  # Topaz's picks.txt is the same tab-separated table
+            *([f"compare={{{compare}}}"] if others else []),
             f"truth={base / 'truth_test.txt'}",
             "truth_format=tsv",
             f"micrographs={base / 'test.txt'}",
@@ -673,15 +697,21 @@ class Bench:
         )
         self.commands.setdefault(f"evaluate ({ds})", " ".join(cmd[len(self.nice) :]))
         self.run_checked(cmd, out.with_suffix(".log"))
-        return find_aupr(json.loads((out / "metrics.json").read_text()))
+        metrics = json.loads((out / "metrics.json").read_text())
+        runs = metrics.get("runs") if isinstance(metrics.get("runs"), Mapping) else {}
+        if not runs:  # a single pick set: the metrics are at the top level
+            return {first: find_aupr(metrics)}
+        return {label: find_aupr(runs.get(label)) for label in picks}
 
-    def evaluate_both(self, ds: str, info: dict, picks: Path, out: Path) -> dict[str, float | None]:
-        """AUPR at the match distance r (key ``""``) and at r/2 (key ``HALF``)."""
+    def evaluate_both(
+        self, ds: str, info: dict, picks: Mapping[str, Path], out: Path
+    ) -> dict[str, float | None]:
+        """AUPR of every pick set at the match distance r (``label``) and at r/2
+        (``label + HALF``)."""
+        at_r = self.evaluate(ds, info, picks, out)
         half = info["match_distance"] / 2
-        return {
-            "": self.evaluate(ds, info, picks, out),
-            HALF: self.evaluate(ds, info, picks, out.with_name(out.name + "_half"), half),
-        }
+        at_half = self.evaluate(ds, info, picks, out.with_name(out.name + "_half"), half)
+        return {**at_r, **{label + HALF: v for label, v in at_half.items()}}
 
     def scorings(self) -> tuple[str, ...]:
         """Our scoring modes (``--scorings``: ``SCORING[:REFINE]``, comma-separated), each with
@@ -774,9 +804,10 @@ class Bench:
             )
         trained = _trained_steps(ours_dir / "model.pt")
         result: dict[str, float | None] = {"steps": trained or steps, "topaz_pi": pi}
+        picks: dict[str, Path] = {}
         for spec in self.scorings():
-            label = spec.replace(":", "_")
-            out = d / f"ours_pick_{label}"
+            label = "ours_" + spec.replace(":", "_")
+            out = d / label
             self.run_checked(
                 self.ours_pick(
                     ds,
@@ -787,21 +818,21 @@ class Bench:
                     None,
                     spec,
                 ),
-                d / f"ours_pick_{label}.log",
+                d / f"{label}.log",
             )
-            for suffix, value in self.evaluate_both(
-                ds, info, out / "picks.tsv", d / f"eval_ours_{label}"
-            ).items():
-                result[f"ours_{spec}{suffix}"] = value
+            picks[label] = out / "picks.tsv"
         test_paths = (self.work / ds / "test_paths.txt").read_text().split()
         self.run_checked(
             self.topaz_pick(info, topaz_model, test_paths, d / "topaz_pick", None),
             d / "topaz_pick.log",
         )
-        for suffix, value in self.evaluate_both(
-            ds, info, d / "topaz_pick" / "picks.txt", d / "eval_topaz"
-        ).items():
-            result[f"topaz{suffix}"] = value
+        picks["topaz"] = d / "topaz_pick" / "picks.txt"
+        # labels -> result keys: ours_<spec> (the spec with its ':'), topaz; HALF for r/2
+        keys = {"ours_" + s.replace(":", "_"): f"ours_{s}" for s in self.scorings()}
+        keys["topaz"] = "topaz"
+        for label, value in self.evaluate_both(ds, info, picks, d / "eval").items():
+            base, half = (label[: -len(HALF)], HALF) if label.endswith(HALF) else (label, "")
+            result[keys[base] + half] = value
         self.aupr[f"{ds} {model}"] = result
         print(f"AUPR {ds} {model}: {result}", flush=True)
         self.save()
@@ -976,26 +1007,33 @@ class Bench:
             "aupr": self.aupr,
             "commands": self.commands,
             "args": vars(self.args),
+            "commit": self.commit,
         }
         (self.work / "results.json").write_text(json.dumps(data, indent=1))
 
     def merge(self, path: Path) -> None:
-        """Add the rows, AUPR results and commands of another run's results.json."""
+        """Add the rows, AUPR results and commands of another run's results.json. Rows and AUPR
+        of a run at another commit are marked ``[<commit>]`` and keep their own AUPR; this run's
+        AUPR wins for its own keys."""
         data = json.loads(Path(path).read_text())
         self.merged = True
+        commit = data.get("commit")
+        tag = f" [{commit}]" if commit and commit != self.commit else ""
         for r in data["rows"]:
+            key = r.get("aupr_key", "")
             self.rows.append(
                 Row(
-                    r["name"],
+                    r["name"] + tag,
                     r["unit"],
                     r["work"],
                     [Run(**x) for x in r["ours"]],
                     [Run(**x) for x in r["topaz"]],
-                    aupr_key=r.get("aupr_key", ""),
+                    aupr_key=key + tag if key else "",
                     scoring=r.get("scoring", ""),
                 )
             )
-        self.aupr.update(data["aupr"])
+        for key, value in data["aupr"].items():
+            self.aupr.setdefault(key + tag, value)
         for k, v in data["commands"].items():
             self.commands.setdefault(k, v)
 
@@ -1039,20 +1077,13 @@ class Bench:
             "",
             render_table(self.rows, self.aupr),
             "",
-            "### Test AUPR (tzl-evaluate on both tools' picks, same truth and match distance)",
+            "### Test AUPR (tzl-evaluate on both tools' picks, same truth; r = match distance)",
             "",
-            "| dataset / model | training steps | ours | Topaz | ours - Topaz |",
-            "|---|---|---|---|---|",
+            "| dataset / model | our scoring | training steps (both) | ours at r | Topaz at r | "
+            "ours at r/2 | Topaz at r/2 |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for key, res in self.aupr.items():
-            topaz_aupr = res.get("topaz")
-            for k, v in res.items():
-                if not k.startswith("ours_"):
-                    continue
-                diff = (v - topaz_aupr) if (v is not None and topaz_aupr is not None) else None
-                lines.append(
-                    f"| {key} ({k[5:]}) | {res['steps']} | {_f(v)} | {_f(topaz_aupr)} | {_f(diff)} |"
-                )
+        lines += aupr_rows(self.aupr)
         lines += ["", "### Commands", "", "```"]
         # paths relative to the repository, as a user would type them
         lines += [f"# {k}\n{v}".replace(str(ROOT) + "/", "") for k, v in self.commands.items()]
