@@ -139,6 +139,8 @@ def test_tzl_pick_writes_the_micrograph_path_relion_knows(pick_run, tmp_path):
     pick(cfg)
     names = starfile.read(out / "picks.star")["particles"]["rlnMicrographName"]
     assert set(names) == {"mic_a.mrc", "mic_b.mrc"}
+    parts = {p: p.stat().st_mtime_ns for p in (out / "picks_by_micrograph").glob("*.tsv")}
+    assert len(parts) == 2
     # the directory option, re-extracted from the stored maxima (a layout key: no scoring)
     cfg = pick_config(
         model,
@@ -156,6 +158,8 @@ def test_tzl_pick_writes_the_micrograph_path_relion_knows(pick_run, tmp_path):
     table = starfile.read(out / "Movies" / "mic_a_tzl.star")
     assert set(table["rlnMicrographName"]) == {"MotionCorr/job002/Movies/mic_a.mrc"}
     assert "rlnOpticsGroup" not in table.columns
+    # nothing was scored again: the stored maxima are untouched
+    assert {p: p.stat().st_mtime_ns for p in parts} == parts
 
 
 def test_tzl_pick_refuses_a_bad_directory_before_scoring(pick_run, tmp_path):
