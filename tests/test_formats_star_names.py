@@ -172,3 +172,26 @@ def test_tzl_pick_refuses_a_bad_directory_before_scoring(pick_run, tmp_path):
     with pytest.raises(ConfigError, match="star_micrograph_dir"):
         pick(cfg)
     assert not (tmp_path / "run" / "picks_by_micrograph").exists()
+
+
+# ------------------------------------------------------------------------------ tzl-convert
+
+
+def test_tzl_convert_names_micrograph_files_when_it_knows_them(tmp_path):
+    from topaz_lightning.cli.convert import convert
+    from topaz_lightning.io.micrographs import write_micrograph
+
+    mics = tmp_path / "mics"
+    for name in ("mic001", "mic002"):
+        write_micrograph(mics / f"{name}.mrc", blob_micrograph([(30, 40, 1.0)], shape=(64, 64)))
+    picks = write_coordinates(_table(), tmp_path / "picks.tsv")
+    out = convert(picks, tmp_path / "a.star", micrographs=mics, star_micrograph_dir="Movies")
+    names = starfile.read(out)["particles"]["rlnMicrographName"]
+    assert list(names) == ["Movies/mic001.mrc", "Movies/mic001.mrc", "Movies/mic002.mrc"]
+    out = convert(picks, tmp_path / "b.star", micrographs=mics)
+    assert list(starfile.read(out)["particles"]["rlnMicrographName"])[0] == "mic001.mrc"
+    out = convert(picks, tmp_path / "c.star")  # no micrographs: the bare names, as before
+    assert list(starfile.read(out)["particles"]["rlnMicrographName"])[0] == "mic001"
+    with pytest.raises(ConfigError, match="star_micrograph_dir.*needs micrographs"):
+        convert(picks, tmp_path / "d.star", star_micrograph_dir="Movies")
+    assert not (tmp_path / "d.star").exists()

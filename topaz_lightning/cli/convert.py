@@ -57,6 +57,7 @@ from topaz_lightning.io.coordinates import (
     validate_coordinates,
     write_coordinates,
 )
+from topaz_lightning.io.formats.common import check_micrograph_dir, with_micrograph_files
 from topaz_lightning.utils import jobs
 from topaz_lightning.utils.jobs import FailureLog, write_failures
 
@@ -147,16 +148,24 @@ def convert(
     strict: bool = True,
     threshold: float | None = None,
     top_k: int | None = None,
+    star_micrograph_dir: str | None = None,
 ) -> Path:
     """Read ``input``, optionally validate, flip and scale, and write ``output``; return its path.
 
     ``threshold`` keeps the particles scoring at least that much and ``top_k`` the best k of each
-    micrograph (both need a score column): re-thresholding any scored picks file.
+    micrograph (both need a score column): re-thresholding any scored picks file. With
+    ``micrographs``, a STAR output names each micrograph's file (``mic001.mrc``, under
+    ``star_micrograph_dir`` when given) in ``_rlnMicrographName``; without, the bare name.
 
     With ``strict=False`` a bad file in an input directory, or a micrograph that cannot be
     read, is skipped: the rest is written, the failures are listed in
     :func:`failures_path` and ``PartialFailureError`` is raised at the end.
     """
+    star_dir = check_micrograph_dir(star_micrograph_dir)
+    if star_dir is not None and micrographs is None:
+        raise ConfigError(
+            "star_micrograph_dir", "needs micrographs= (their files give the names' extensions)"
+        )
     factor = _resolve_scale(scale, downsample)
     threshold, top_k = _check_filter(threshold, top_k)
     failures = FailureLog(strict=strict)
@@ -203,6 +212,10 @@ def convert(
         write_failures(report, failures.failures)
         raise PartialFailureError(failures.failures, report, num_done=0)
     out = transform_coordinates(df, scale=factor, flip_y=flip_y, heights=heights)
+    if micrographs is not None:  # STAR's _rlnMicrographName: the file, as tzl-pick writes it
+        from topaz_lightning.io.micrographs import list_micrographs
+
+        out = with_micrograph_files(out, list_micrographs(micrographs), star_dir)
 
     if per_micrograph and overwrite and output.is_dir():
         _remove_stale_files(output, out["micrograph"], fmt)
@@ -308,6 +321,7 @@ def main(cfg: DictConfig) -> None:
         strict=bool(cfg.strict),
         threshold=cfg.get("threshold"),
         top_k=cfg.get("top_k"),
+        star_micrograph_dir=cfg.get("star_micrograph_dir"),
     )
 
 
