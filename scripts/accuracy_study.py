@@ -867,6 +867,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated training setting names")
     parser.add_argument("--folds", default="", help="comma-separated folds (default: all)")
     parser.add_argument("--simulated", action="store_true", help="include the simulated preset")
+    # kept so older commands still run; runs are one at a time (parallel: the multirun launchers)
+    parser.add_argument("--jobs", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument(
         "--code",
         type=Path,

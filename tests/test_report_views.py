@@ -63,7 +63,7 @@ def test_table5_puts_the_papers_values_beside_ours(table5_sweep, capsys):
     out = _report(table5_sweep, "view=table5")
     text = capsys.readouterr().out
     assert out["view"] == "table5"
-    assert set(out["paths"]) == {"table5.csv", "jobs.csv", "table5.md"}
+    assert set(out["paths"]) == {"table5.csv", "table5_jobs.csv", "table5.md"}
     assert all(p.is_file() for p in out["paths"].values())
     table = out["table"].set_index(["labeled", "objective"])
     paper = PAPER_VALUES["table5", "empiar10096"]
@@ -227,6 +227,9 @@ def test_the_default_view_is_todays_report(table5_sweep):
     out = _report(table5_sweep)
     assert out["view"] == "report" and out["group_by"] == ["objective", "data.num_labeled"]
     assert {"report.md", "report.csv", "jobs.csv"} == set(out["paths"])
+    # a named view then writes beside it (the sweep callback's report is there already)
+    levers = _report(table5_sweep, "view=levers")
+    assert {"levers.md", "levers.csv", "levers_jobs.csv"} == set(levers["paths"])
 
 
 def test_a_view_that_is_not_a_view_is_refused():

@@ -81,7 +81,8 @@ def build_report(cfg: DictConfig) -> dict:
 
     The view (``view=default|table5|levers``, :func:`make_view`) renders the sweep; this writes
     its table as ``<name>.csv``, its text (and with ``list_jobs`` every job) as ``<name>.md`` and
-    the jobs as ``jobs.csv`` into ``output_dir``, atomically. The default view's summary has
+    the jobs as ``jobs.csv`` (a named view: ``<name>_jobs.csv``, so it sits beside the default
+    report) into ``output_dir``, atomically. The default view's summary has
     ``table`` (the aggregated DataFrame, best first with ``sort``, with the paired-test columns),
     ``jobs``, ``group_by``, ``metrics``, ``best`` (dict of the best-mean group's keys and mean, or
     None), ``best_row``, ``choice`` (:class:`topaz_lightning.report.Choice` of ``rule``, or
@@ -96,7 +97,10 @@ def build_report(cfg: DictConfig) -> dict:
     group_by = _names(cfg.get("group_by"), "group_by")
     out_dir = Path(str(cfg.output_dir))
     overwrite = bool(cfg.get("overwrite", False))
-    paths = {name: out_dir / name for name in (f"{view.name}.csv", "jobs.csv", f"{view.name}.md")}
+    # a named view beside the default report (the sweep callback's) in the same directory
+    jobs_name = "jobs.csv" if view.name == SweepTableView.name else f"{view.name}_jobs.csv"
+    names = (f"{view.name}.csv", jobs_name, f"{view.name}.md")
+    paths = {name: out_dir / name for name in names}
     for path in paths.values():
         check_writable(path, overwrite)
     extra = [*(group_by or ()), *getattr(view, "extra_keys", ())]
@@ -111,7 +115,7 @@ def build_report(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(paths[f"{view.name}.csv"], overwrite=overwrite) as tmp:
         out.table.to_csv(tmp, index=False)
-    with atomic_output(paths["jobs.csv"], overwrite=overwrite) as tmp:
+    with atomic_output(paths[jobs_name], overwrite=overwrite) as tmp:
         sweep.jobs.to_csv(tmp, index=False)
     with atomic_output(paths[f"{view.name}.md"], overwrite=overwrite) as tmp:
         tmp.write_text(text)
