@@ -714,13 +714,15 @@ class Bench:
         at_half = self.evaluate(ds, info, picks, out.with_name(out.name + "_half"), half)
         return {**at_r, **{label + HALF: v for label, v in at_half.items()}}
 
-    def scorings(self) -> tuple[str, ...]:
-        """Our scoring modes (``--scorings``: ``SCORING[:REFINE]``, comma-separated), each with
-        an AUPR run and a picking-speed row; checked against tzl-pick's allowed values."""
+    def scorings(self, text: str | None = None) -> tuple[str, ...]:
+        """Our scoring modes (``text``, default ``--scorings``: ``SCORING[:REFINE]``,
+        comma-separated), each with an AUPR run and a picking-speed row; checked against
+        tzl-pick's allowed values."""
         from topaz_lightning.picking.scoring import SCORING_METHODS
         from topaz_lightning.picking.strided import REFINE_METHODS
 
-        wanted = [s.strip() for s in self.args.scorings.split(",") if s.strip()]
+        text = self.args.scorings if text is None else text
+        wanted = [s.strip() for s in text.split(",") if s.strip()]
         for spec in wanted:
             try:
                 scoring, refine = parse_scoring_spec(spec)
@@ -787,11 +789,16 @@ class Bench:
         steps = self.args.aupr_steps if steps is None else steps
         d = self.work / ds / f"aupr_{model}"
         ours_dir, topaz_dir = d / "ours_train", d / "topaz_train"
+        row = Row(
+            f"train {model} vs Topaz {model} ({ds}, {steps} steps, the AUPR models)",
+            "steps/s",
+            steps,
+        )
         if not (ours_dir / "model.pt").exists():
             shutil.rmtree(ours_dir, ignore_errors=True)
-            self.run_checked(
-                self.ours_train(ds, info, model, steps, ours_dir), d / "ours_train.log"
-            )
+            cmd = self.ours_train(ds, info, model, steps, ours_dir)
+            row.ours.append(self.run_checked(cmd, d / "ours_train.log"))
+            self.commands[row.name + " (ours)"] = " ".join(cmd[len(self.nice) :])
         pi = topaz_pi_for(
             self.our_pi_unlabeled(ours_dir / "model.pt"),
             info["num_labels"],
@@ -800,9 +807,14 @@ class Bench:
         )
         topaz_model = topaz_dir / "model_epoch1.sav"
         if not topaz_model.exists():
-            self.run_checked(
-                self.topaz_train(ds, info, model, steps, pi, topaz_dir), d / "topaz_train.log"
+            tcmd = self.topaz_train(ds, info, model, steps, pi, topaz_dir)
+            row.topaz.append(self.run_checked(tcmd, d / "topaz_train.log"))
+            self.commands[row.name + " (Topaz)"] = "topaz " + " ".join(
+                map(str, tcmd[len(self.nice) + 3 :])
             )
+        if row.ours and row.topaz:  # both trained in this run: a (single-run) timing row
+            self.rows.append(row)
+            self.save()
         trained = _trained_steps(ours_dir / "model.pt")
         result: dict[str, float | None] = {"steps": trained or steps, "topaz_pi": pi}
         picks: dict[str, Path] = {}
@@ -866,7 +878,7 @@ class Bench:
         listing = self.work / ds / f"pick_set_{len(paths)}.txt"
         listing.write_text("\n".join(paths) + "\n")
         defaults = self.pick_defaults()
-        scorings = list(self.scorings())
+        scorings = list(self.scorings(self.args.pick_scorings or self.args.scorings))
         rows = {
             s: Row(
                 f"pick {label} {scoring_label(s, defaults)} ({ds}, {len(paths)} micrographs, "
@@ -879,29 +891,41 @@ class Bench:
             for s in scorings
         }
         self.rows.extend(rows.values())
-        dense_only = {s for s in scorings if parse_scoring_spec(s)[0] == "dense"}
+        # per repeat: the cheap modes, Topaz, then dense (the expensive exact reference, run
+        # --dense-repeats times), each row saved as soon as it has a run
+        dense = [s for s in scorings if parse_scoring_spec(s)[0] == "dense"]
+        order = [s for s in scorings if s not in dense] + ["<topaz>"] + dense
         for rep in range(self.args.repeats):
             d = self.work / ds / f"pick_{label}" / f"rep{rep}"
-            for s in scorings:
-                if s in dense_only and rep >= self.args.dense_repeats:
-                    continue  # the dense row is the expensive reference: --dense-repeats
-                tag = s.replace(":", "_")
-                cmd = self.ours_pick(
-                    ds, info, ours_model, listing, d / f"ours_{tag}", self.args.pick_threshold, s
-                )
-                rows[s].ours.append(self.spawn(cmd, d / f"ours_{tag}.log"))
-                self._print(rows[s].name, "ours", rep, rows[s].ours[-1])
-                self.commands[rows[s].name + " (ours)"] = " ".join(cmd[len(self.nice) :])
-            tcmd = self.topaz_pick(info, topaz_model, paths, d / "topaz", self.args.pick_threshold)
-            run = self.spawn(tcmd, d / "topaz.log")
-            for s in scorings:  # one Topaz run is the reference of every scoring mode
-                rows[s].topaz.append(run)
-            self._print(label, "Topaz", rep, run)
-            self.save()
-            self.commands[f"pick {label} (Topaz)"] = "topaz " + " ".join(
-                map(str, tcmd[len(self.nice) + 3 :])
-            )
-        self.save()
+            for s in order:
+                if s == "<topaz>":
+                    tcmd = self.topaz_pick(
+                        info, topaz_model, paths, d / "topaz", self.args.pick_threshold
+                    )
+                    run = self.spawn(tcmd, d / "topaz.log")
+                    for row in rows.values():  # one Topaz run is the reference of every mode
+                        row.topaz.append(run)
+                    self._print(label, "Topaz", rep, run)
+                    self.commands[f"pick {label} (Topaz)"] = "topaz " + " ".join(
+                        map(str, tcmd[len(self.nice) + 3 :])
+                    )
+                elif s in dense and rep >= self.args.dense_repeats:
+                    continue
+                else:
+                    tag = s.replace(":", "_")
+                    cmd = self.ours_pick(
+                        ds,
+                        info,
+                        ours_model,
+                        listing,
+                        d / f"ours_{tag}",
+                        self.args.pick_threshold,
+                        s,
+                    )
+                    rows[s].ours.append(self.spawn(cmd, d / f"ours_{tag}.log"))
+                    self._print(rows[s].name, "ours", rep, rows[s].ours[-1])
+                    self.commands[rows[s].name + " (ours)"] = " ".join(cmd[len(self.nice) :])
+                self.save()
 
     def profile(self, ds: str, info: dict, steps: int) -> None:
         """cProfile one short training run and one single-micrograph picking run of each tool."""
@@ -1188,6 +1212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="strided:window,strided:centroid,dense",
         help="our scoring modes, SCORING[:REFINE] comma-separated: each gets an AUPR run and "
         "a picking-speed row",
+    )
+    parser.add_argument(
+        "--pick-scorings",
+        default=None,
+        help="the scoring modes the pick_* parts time (default: --scorings)",
     )
     parser.add_argument(
         "--dense-repeats",
