@@ -3,8 +3,10 @@
 ``pick(cfg)`` runs a composed ``pick`` config (configs/pick.yaml) and returns ``(metrics,
 objects)``. The flow goes one way:
 
-1. the micrographs and the model card are read, and :func:`resolve_pick_settings` decides the
-   threshold, NMS radius and preprocessing once (a frozen ``ResolvedPick``);
+1. the picker (``picker`` group, :mod:`topaz_lightning.picking.pickers`: the model of
+   ``model_path``, or a classical baseline) gives the scorer and its card, the micrographs are
+   listed, and :func:`resolve_pick_settings` decides the threshold, NMS radius and
+   preprocessing once from the card (a frozen ``ResolvedPick``);
 2. the job service (:mod:`topaz_lightning.utils.jobs`) decides whether the run starts, continues
    (a rerun of the same command: finished micrographs are skipped) or starts over
    (``overwrite=true``: only this job's outputs are removed), before any work;
