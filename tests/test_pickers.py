@@ -255,3 +255,42 @@ def test_tzl_pick_and_tzl_evaluate_on_a_baseline_from_the_command_line(tmp_path,
         pick.main()
     GlobalHydra.instance().clear()
     assert exit_info.value.code == 2
+
+
+class BrightSpotPicker:
+    """A picker written outside the package, as a research repository would: one class."""
+
+    def __init__(self, particle_diameter_px: float):
+        self.diameter = float(particle_diameter_px)
+
+    def load(self, model_path=None, micrographs=None):
+        from topaz_lightning.geometry import RunGeometry
+        from topaz_lightning.picking.pickers import LoadedPicker, ScoreMapNet
+
+        geometry = RunGeometry(particle_radius_px=self.diameter / 2, normalize="none")
+        return LoadedPicker(
+            net=ScoreMapNet(np.negative),  # dark blobs score high
+            card={"geometry": geometry.to_dict()},
+            source="picker=bright_spot",
+            record={"name": "bright_spot", "particle_diameter_px": self.diameter},
+            sets_preprocessing=True,
+        )
+
+
+def test_a_picker_class_from_outside_the_package_runs_through_tzl_pick(tmp_path):
+    from omegaconf import open_dict
+
+    from topaz_lightning.pick import pick
+
+    _micrographs(tmp_path)
+    cfg = _config(tmp_path, "model", "particles_per_micrograph=4", "border_bands=false")
+    with open_dict(cfg):
+        cfg.picker = {"_target_": f"{__name__}.BrightSpotPicker", "particle_diameter_px": 12}
+    metrics, objects = pick(cfg)
+    assert metrics["pick/picks"] == 8
+    # NMS 1.25 x 6 px from the card's particle radius; the blob centres are the best pixels
+    assert objects["settings"].settings.nms_radius_px_model == 7.5
+    for _, group in objects["picks"].groupby("micrograph"):
+        xy = group[["x", "y"]].to_numpy()
+        for x, y, _ in BLOBS:
+            assert np.hypot(xy[:, 0] - x, xy[:, 1] - y).min() <= 1.0
