@@ -57,12 +57,16 @@ def downsample(image: np.ndarray, factor: float) -> np.ndarray:
     import scipy.fft
 
     (n_y, n_x), (m_y, m_x) = image.shape, shape_out
-    spectrum = scipy.fft.rfft2(np.asarray(image, dtype=np.float64))
-    spectrum = _crop_axis0(spectrum, m_y)
-    # last axis is one-sided (rfft): keep bins 0..m_x//2
+    # last axis is one-sided (rfft): keep bins 0..m_x//2. The 2-D transform is the rows' rfft,
+    # then an FFT down each column; only the kept columns get the second step (each column's
+    # FFT is independent, so this is rfft2's very result for them, at 1/factor of its cost)
     h = m_x // 2
+    spectrum = scipy.fft.rfft(np.asarray(image, dtype=np.float64), axis=1)
     if m_x < n_x:
-        spectrum = spectrum[:, : h + 1].copy()
+        spectrum = spectrum[:, : h + 1]
+    spectrum = _crop_axis0(scipy.fft.fft(spectrum, axis=0), m_y)
+    if m_x < n_x:
+        spectrum = spectrum.copy()
         if m_x % 2 == 0:
             # fold the input's -h column onto the Nyquist column; for a real image its value at
             # row ky is conj(value at +h, row -ky)
