@@ -208,13 +208,13 @@ def test_template_particles_on_no_given_micrograph_name_the_file(tmp_path):
 def test_every_picker_config_builds_a_picker_or_names_its_required_keys(path):
     """A new picker is one class and one yaml: its yaml instantiates (required settings given
     as a number) and the object loads through the Picker interface."""
-    from topaz_lightning.picking.pickers import Picker, _instantiate
+    from topaz_lightning.picking.pickers import Picker, build_picker
 
     cfg = compose_config("pick", [f"picker={path.stem}"])
     node = OmegaConf.to_container(cfg.picker)
     assert node["_target_"].rsplit(".", 1)[0].startswith("topaz_lightning.")
     try:
-        picker = _instantiate(cfg.picker)
+        picker = build_picker(cfg.picker)
     except ConfigError as err:
         assert err.key.startswith("picker.") and "required" in str(err)
     else:
@@ -255,6 +255,17 @@ def test_tzl_pick_and_tzl_evaluate_on_a_baseline_from_the_command_line(tmp_path,
         pick.main()
     GlobalHydra.instance().clear()
     assert exit_info.value.code == 2
+    # refused before the run is stamped (no config.<time>.yaml) or anything is read
+    assert not list((tmp_path / "out2").glob("config.*.yaml"))
+    # picker=model (the default) without model_path: the same, naming model_path
+    argv = ["tzl-pick", f"micrographs={tmp_path / 'mics'}", f"output_dir={tmp_path / 'out3'}"]
+    monkeypatch.setattr(sys, "argv", [*argv, *QUIET])
+    with pytest.raises(SystemExit) as exit_info:
+        pick.main()
+    GlobalHydra.instance().clear()
+    assert exit_info.value.code == 2
+    assert not list((tmp_path / "out3").glob("config.*.yaml"))
+    assert "model_path" in (tmp_path / "out3" / "pick.log").read_text()
 
 
 class BrightSpotPicker:

@@ -280,12 +280,24 @@ def _output_format(key: str, output: str) -> str:
         ) from None
 
 
+def _check_picker(cfg: DictConfig) -> None:
+    """The picker's own settings (its constructor's ConfigError naming ``picker.<key>``), and a
+    model file for ``picker=model``: refused before the run directory is made."""
+    from topaz_lightning.picking.pickers import PICK_EXAMPLE, ModelPicker, build_picker
+
+    node = _get(cfg, "picker")
+    picker = ModelPicker() if node in (_MISSING, None) else build_picker(node)
+    if isinstance(picker, ModelPicker) and _get(cfg, "model_path") in (_MISSING, None, ""):
+        raise ConfigError("model_path", f"is required (e.g. {PICK_EXAMPLE})")
+
+
 def validate_pick(cfg: DictConfig) -> None:
     """tzl-pick: the picking settings (PickSettings' checks), threshold sources, workers, and the
     output (format, box_size, a writable parent)."""
     from topaz_lightning.preprocess.pipeline import NORMALIZATIONS
 
     _check_pick_settings(cfg)
+    _check_picker(cfg)
     integer(cfg, "num_workers", minimum=0, allow_none=True)
     boolean(cfg, "strict")
     number(cfg, "threshold_probability", minimum=0, maximum=1, allow_none=True)

@@ -132,7 +132,7 @@ def required_number(picker: str, key: str, value: Any, example: str, *, minimum:
 # tzl-pick: the picker of a composed pick config
 
 
-def _instantiate(node) -> Picker:
+def build_picker(node) -> Picker:
     """``instantiate(node)``; a ConfigError/InputError raised inside comes out as itself (not
     wrapped in Hydra's InstantiationException), anything else as a ConfigError on ``picker``."""
     from hydra.utils import instantiate
@@ -162,7 +162,7 @@ def load_picker(cfg) -> LoadedPicker:
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     node = cfg.get("picker")
-    picker = ModelPicker() if node is None else _instantiate(node)
+    picker = ModelPicker() if node is None else build_picker(node)
     model_path = None if OmegaConf.is_missing(cfg, "model_path") else cfg.get("model_path")
     micrographs = None if OmegaConf.is_missing(cfg, "micrographs") else cfg.get("micrographs")
     if isinstance(micrographs, ListConfig | DictConfig):

@@ -416,7 +416,8 @@ def _top_k(value, threshold_source: str, expected: float | None) -> int | str | 
             return None
         if expected is None:
             logging.getLogger("topaz_lightning").warning(
-                "model.pt carries no prior (pi): writing every local maximum; give "
+                "no prior (pi) from the picker (a model.pt without one, or a classical baseline): "
+                "writing every local maximum; give "
                 "particles_per_micrograph=<k> or a threshold to keep fewer"
             )
             return None
