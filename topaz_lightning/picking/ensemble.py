@@ -1,0 +1,256 @@
+"""``picker=ensemble``: several trained classifiers (seeds, checkpoints) scored as one, their logits averaged.
+
+The ensemble's score at a pixel is the **mean of the members' logits** there. Logits, not
+probabilities: a mean of logits is a linear map of the members' own logits, so the ensemble is
+itself a :class:`~topaz_lightning.models.base.PatchClassifier` (``trunk`` = the members' logit
+maps stacked as channels, ``classifier`` = weights ``1/K``, no bias) and every scoring mode
+(strided with its exact windows, coarse-to-fine, dense, TTA) runs on it unchanged; the
+pipeline's threshold and scores are logits too. A mean of probabilities would put a sigmoid
+between the members and the average, which the strided path's linear classifier cannot hold.
+
+The members must agree on everything that decides where and how a micrograph is scored: the
+receptive field and convolution strides (so their maps line up pixel for pixel, at every stride)
+and, from the model cards, the downsampling, normalization and its GMM fit, particle radius, NMS
+radius, match distance and the prior pi. A mismatch is an InputError naming the member's file and
+the field. The ensemble's card is the first member's (pi is checked equal, not averaged: the
+default number of picks per micrograph comes from it, and members trained with different priors
+answer different questions).
+
+Example (three training seeds of one recipe)::
+
+    tzl-pick picker=ensemble 'picker.model_paths=[s0/model.pt,s1/model.pt,s2/model.pt]' \\
+        micrographs=mics/ output_dir=picks_ensemble
+    tzl-pick picker=ensemble picker.model_paths=models.txt micrographs=mics/ output_dir=picks
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.models.base import PatchClassifier
+from topaz_lightning.picking.pickers import LoadedPicker, Picker
+
+log = logging.getLogger("topaz_lightning")
+
+#: how the members' scores are combined (the record of a run says it)
+COMBINE = "mean_logit"
+#: members at most (each is a whole network in memory and a trunk pass per scored pixel)
+MAX_MEMBERS = 64
+#: the run-geometry fields (model.pt ``extra["geometry"]``) every member must share
+GEOMETRY_FIELDS = (
+    "downsample",
+    "normalize",
+    "particle_radius_px",
+    "nms_radius_px_model",
+    "match_distance_px_model",
+    "pi",
+)
+_EXAMPLE = "picker.model_paths=[seed0/model.pt,seed1/model.pt] (or a text file listing them)"
+
+
+class EnsembleNet(PatchClassifier):
+    """The mean logit of ``members`` (patch classifiers of one receptive field and one stride
+    sequence) as one patch classifier: ``trunk`` gives each member's logit map as a channel
+    (``(B, K, h, w)``, in every mode the members' own trunks support), the classifier averages
+    them (weights ``1/K``, bias 0). ``score_map``, ``forward`` and strided/coarse scoring are the
+    base class's, so each equals the mean of the members' own, up to float rounding (exactly for
+    one member)."""
+
+    def __init__(self, members: Sequence[PatchClassifier]):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        for k, member in enumerate(members):
+            if not isinstance(member, PatchClassifier):
+                raise TypeError(f"member {k} is a {type(member).__name__}, not a PatchClassifier")
+        first = members[0]
+        for k, member in enumerate(members[1:], start=1):
+            if member.receptive_field != first.receptive_field:
+                raise ValueError(
+                    f"member {k} has receptive field {member.receptive_field}, "
+                    f"member 0 {first.receptive_field}"
+                )
+            if tuple(member.phase_strides) != tuple(first.phase_strides):
+                raise ValueError(
+                    f"member {k} has strides {tuple(member.phase_strides)}, "
+                    f"member 0 {tuple(first.phase_strides)}"
+                )
+        self.members = nn.ModuleList(members)
+        self.receptive_field = int(first.receptive_field)
+        self.phase_strides = tuple(int(s) for s in first.phase_strides)
+        self.num_features = len(members)
+        self.classifier = nn.Linear(len(members), 1)
+        with torch.no_grad():
+            self.classifier.weight.fill_(1.0 / len(members))
+            self.classifier.bias.zero_()
+        self.requires_grad_(False)
+        self._init_kwargs = {"members": len(members)}
+
+    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:
+        """``(B, K, h, w)``: member k's logits (its trunk, then its classifier as a 1 x 1
+        convolution) in channel k."""
+        maps = []
+        for member in self.members:
+            weight = member.classifier.weight.view(1, member.num_features, 1, 1)
+            maps.append(F.conv2d(member.trunk(x, dense), weight, member.classifier.bias))
+        return torch.cat(maps, dim=1)
+
+    @property
+    def config(self) -> dict:
+        raise TypeError(
+            "an EnsembleNet is built by picker=ensemble from its members' files; it is not "
+            "saved as one model file"
+        )
+
+
+def read_model_list(path: str | Path) -> list[str]:
+    """The model files listed in a text file, one per line (blank lines and ``#`` comments
+    skipped; relative paths are relative to the list file's folder). InputError naming the file
+    when it is missing or lists none."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("model list not found (a text file with one model.pt per line)", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"not a readable text file ({err.__class__.__name__})", path) from err
+    models = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if "\x00" in entry or any(ord(c) < 32 for c in entry):
+            raise InputError("a control character in a file name", path, where=f"line {number}")
+        member = Path(entry)
+        models.append(str(member if member.is_absolute() else path.parent / member))
+    if not models:
+        raise InputError("lists no model files (one model.pt per line)", path)
+    return models
+
+
+def _model_paths(value: Any) -> list[str]:
+    """``picker.model_paths`` as a list of paths: a list as given, a string a list file."""
+    key = "picker.model_paths"
+    if value is None or (isinstance(value, list | tuple) and not value) or value == "":
+        raise ConfigError(key, f"is required for picker=ensemble (e.g. {_EXAMPLE})")
+    if isinstance(value, str | Path):
+        return read_model_list(value)
+    if not isinstance(value, list | tuple):
+        raise ConfigError(key, f"must be a list of model files or a list file, got {value!r}")
+    paths = []
+    for item in value:
+        if not isinstance(item, str | Path) or str(item) == "":
+            raise ConfigError(key, f"every entry must be a model file path, got {item!r}")
+        paths.append(str(item))
+    return paths
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal records (mappings, lists, numbers, strings); numbers within 1e-9 relative."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool):
+        if isinstance(b, bool):
+            return False
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_members(nets: Sequence[nn.Module], cards: Sequence[dict], paths: Sequence[str]) -> None:
+    """InputError naming a member's file and the first field where it differs from member 0
+    (the first file): network type, receptive field, strides, geometry, GMM fit."""
+    first_path = paths[0]
+    for net, path in zip(nets, paths, strict=True):
+        if not isinstance(net, PatchClassifier):
+            raise InputError(
+                f"a {type(net).__name__} cannot join an ensemble: members must be patch "
+                "classifiers (models.base.PatchClassifier: trunk, classifier, phase_strides)",
+                path,
+            )
+    first_net, first_card = nets[0], cards[0]
+    first_geometry = first_card.get("geometry") or {}
+    for net, card, path in zip(nets[1:], cards[1:], paths[1:], strict=True):
+        pairs = [
+            ("receptive_field", net.receptive_field, first_net.receptive_field),
+            ("phase_strides", tuple(net.phase_strides), tuple(first_net.phase_strides)),
+        ]
+        geometry = card.get("geometry") or {}
+        pairs += [
+            (f"geometry.{key}", geometry.get(key), first_geometry.get(key))
+            for key in GEOMETRY_FIELDS
+        ]
+        pairs.append(("normalize_fit", card.get("normalize_fit"), first_card.get("normalize_fit")))
+        for field_name, value, expected in pairs:
+            if not _same(value, expected):
+                raise InputError(
+                    f"ensemble members must agree on {field_name}: this file has "
+                    f"{_describe(value)}, the first member ({first_path}) {_describe(expected)}",
+                    path,
+                    where=field_name,
+                )
+
+
+class EnsemblePicker(Picker):
+    """``picker=ensemble``: the models in ``model_paths`` (a list of model files, or one text
+    file listing them) scored as one network, their logits averaged (module docstring)."""
+
+    name = "ensemble"
+
+    def __init__(self, model_paths: Any = None):
+        self.model_paths = model_paths
+
+    def load(self, model_path: str | None, micrographs: Any = None) -> LoadedPicker:
+        from topaz_lightning.models import load_model
+
+        if model_path not in (None, ""):
+            raise ConfigError(
+                "model_path",
+                "picker=ensemble takes its models from picker.model_paths; leave model_path unset",
+            )
+        paths = _model_paths(self.model_paths)
+        if len(paths) > MAX_MEMBERS:
+            raise ConfigError(
+                "picker.model_paths", f"at most {MAX_MEMBERS} members, got {len(paths)}"
+            )
+        if len(set(paths)) < len(paths):
+            log.warning("picker.model_paths names a file more than once; it counts each time")
+        loaded = [load_model(path) for path in paths]
+        nets = [net for net, _ in loaded]
+        cards = [card for _, card in loaded]
+        check_members(nets, cards, paths)
+        net = EnsembleNet(nets).eval()
+        log.info("ensemble of %d models (mean logit): %s", len(paths), ", ".join(paths))
+        return LoadedPicker(
+            net=net,
+            card=dict(cards[0]),
+            source=f"picker=ensemble ({len(paths)} models, first {paths[0]})",
+            record={"name": self.name, "combine": COMBINE, "members": len(paths)},
+        )
+
+
+__all__ = [
+    "COMBINE",
+    "GEOMETRY_FIELDS",
+    "EnsembleNet",
+    "EnsemblePicker",
+    "check_members",
+    "read_model_list",
+]
