@@ -131,8 +131,11 @@ def test_default_callbacks_checkpoint_every_ten_minutes(cfg_train):
     from topaz_lightning.train import instantiate_callbacks
 
     callbacks = instantiate_callbacks(cfg_train().callbacks)
-    (ckpt,) = [c for c in callbacks if isinstance(c, RunCheckpoint)]
-    assert ckpt.every_n_minutes == 10 and ckpt.save_last is True
+    (last,) = [c for c in callbacks if isinstance(c, RunCheckpoint) and c.save_last]
+    assert last.every_n_minutes == 10 and last.monitor is None
+    # the best-val/aupr checkpoint (atomic too) is saved when the score improves, not by time
+    (best,) = [c for c in callbacks if isinstance(c, RunCheckpoint) and c.monitor]
+    assert best.every_n_minutes is None and best.monitor == "val/aupr"
     assert any(isinstance(c, RunDurationEstimate) for c in callbacks)
 
 
@@ -246,3 +249,18 @@ def test_wandb_logger_passes_no_anonymous_setting_and_creates_its_directory(tmp_
     assert "anonymous" not in logger._wandb_init
     assert (tmp_path / "logs").is_dir()
     assert WandbLogger(save_dir=str(tmp_path / "b"), anonymous=True)._wandb_init["anonymous"]
+
+
+def test_a_bad_checkpoint_interval_ends_tzl_train_with_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from topaz_lightning.cli import train as train_cli
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["tzl-train", "callbacks.model_checkpoint.every_n_minutes=-1", "trainer=cpu"]
+    monkeypatch.setattr(sys, "argv", [*argv, f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as info:
+        train_cli.main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: config key 'every_n_minutes': must be a number >= 0, got -1"

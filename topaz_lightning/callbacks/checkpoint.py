@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from topaz_lightning.errors import InputError
+from topaz_lightning.errors import InputError, check_number
 
 log = logging.getLogger("topaz_lightning")
 
@@ -32,17 +33,27 @@ class RunCheckpoint(ModelCheckpoint):
     interrupted instead of up to ``every_n_train_steps`` steps. Each file is written to a
     temporary name beside its target and renamed into place: a kill during the write leaves the
     previous ``last.ckpt`` whole. ``every_n_minutes=None`` (or 0): by steps only; with
-    ``save_last=False`` there is no time trigger. All other arguments are ModelCheckpoint's.
+    ``save_last=False`` there is no time trigger (the best-``val/aupr`` checkpoint). Lightning's
+    "checkpoint directory exists and is not empty" warning is left out when the run continues
+    from a checkpoint (its own files are expected there). All other arguments are
+    ModelCheckpoint's.
     """
 
     def __init__(self, *args: Any, every_n_minutes: float | None = 10.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if every_n_minutes is not None and (
-            isinstance(every_n_minutes, bool) or not float(every_n_minutes) >= 0
-        ):
-            raise ValueError(f"every_n_minutes must be >= 0 or None, got {every_n_minutes!r}")
+        if every_n_minutes is not None:
+            every_n_minutes = check_number("every_n_minutes", every_n_minutes, 0)
         self.every_n_minutes = float(every_n_minutes) if every_n_minutes else None
         self._last_saved_at: float | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        with warnings.catch_warnings():
+            if trainer.ckpt_path is not None:
+                # continuing a run: its own checkpoints are expected in the directory
+                warnings.filterwarnings(
+                    "ignore", message=r"Checkpoint directory .* exists and is not empty\."
+                )
+            super().setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from topaz_lightning.errors import check_number
+
 log = logging.getLogger("topaz_lightning")
 
 __all__ = ["RunDurationEstimate", "duration_message"]
@@ -17,6 +19,8 @@ __all__ = ["RunDurationEstimate", "duration_message"]
 def _minutes(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
+    if seconds < 600:
+        return f"{seconds / 60:.1f} min"
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
@@ -75,14 +79,11 @@ class RunDurationEstimate(pl.Callback):
         hint_minutes: float = 60.0,
     ):
         super().__init__()
-        if isinstance(timed_steps, bool) or int(timed_steps) < 1:
-            raise ValueError(f"timed_steps must be >= 1, got {timed_steps!r}")
-        if isinstance(skip_steps, bool) or int(skip_steps) < 0:
-            raise ValueError(f"skip_steps must be >= 0, got {skip_steps!r}")
-        if not float(max_seconds) > 0 or not float(hint_minutes) > 0:
-            raise ValueError(
-                f"max_seconds and hint_minutes must be > 0, got {max_seconds}, {hint_minutes}"
-            )
+        # ConfigError names the key: a bad setting ends tzl-train with one line (exit 2)
+        timed_steps = check_number("timed_steps", timed_steps, 1, integer=True)
+        skip_steps = check_number("skip_steps", skip_steps, 0, integer=True)
+        check_number("max_seconds", max_seconds, 0, exclusive_minimum=True)
+        check_number("hint_minutes", hint_minutes, 0, exclusive_minimum=True)
         self.timed_steps = int(timed_steps)
         self.skip_steps = int(skip_steps)
         self.max_seconds = float(max_seconds)

@@ -11,6 +11,13 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ProgressBar
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (
+        sys.stdout,
+        sys.stderr,
+    )
+
+
 class RunProgressBar(ProgressBar):
     """A single tqdm bar from the first to the last optimizer step of ``trainer.max_steps``.
 
@@ -75,8 +82,13 @@ class RunProgressBar(ProgressBar):
         self._last_draw = time.monotonic()
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        # the root logger's console handler (Hydra's) and the package's, if it has its own
-        loggers = [logging.getLogger(), logging.getLogger("topaz_lightning")]
+        # the loggers with a console handler of their own (Hydra's root; the package's when it
+        # was given one); a logger without would get a second, unformatted copy of each line
+        loggers = [
+            logger
+            for logger in (logging.getLogger(), logging.getLogger("topaz_lightning"))
+            if any(_is_console(h) for h in logger.handlers)
+        ]
         self._redirect = logging_redirect_tqdm(loggers=loggers, tqdm_class=type(self._bar))
         self._redirect.__enter__()
 

@@ -16,7 +16,7 @@ Outputs in the run directory: config.yaml (resolved, stamped), checkpoints/last.
 steps and every 10 minutes), training_curve.png (from the CSV log), model.pt (the classifier plus
 its model card: geometry, preprocessing with the GMM fit, objective optimized, data fingerprint,
 which tzl-pick reads), logs. A checkpoint given as ckpt_path is read
-as untrusted input (weights only; docs/training.md, "Resume").
+as untrusted input (weights only; docs/training.md, "Resume from a checkpoint").
 """
 
 from __future__ import annotations
