@@ -62,3 +62,15 @@ def test_table5_sweeps_the_papers_objectives_and_label_counts():
     assert cfg.data.labeled_seed == cfg.seed and cfg.task_name == "table5"
     for objective in params["objective"].split(","):
         assert (REPO / "configs" / "objective" / f"{objective}.yaml").is_file()
+
+
+@pytest.mark.parametrize("search", ["lomo_levers", "table5"])
+@pytest.mark.parametrize("launcher", ["basic", "local_joblib", "slurm"])
+def test_the_studies_compose_with_every_shipped_launcher(search, launcher):
+    experiment = "lomo_empiar10017" if search == "lomo_levers" else "empiar10017_table5"
+    cfg = _compose(
+        [f"hparams_search={search}", f"experiment={experiment}", f"hydra/launcher={launcher}"]
+    )
+    target = cfg.hydra.launcher._target_
+    expected = {"basic": "BasicLauncher", "local_joblib": "Joblib", "slurm": "Slurm"}[launcher]
+    assert expected in target and cfg.hydra.sweeper.params
