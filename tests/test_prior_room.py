@@ -13,7 +13,9 @@ from topaz_lightning.data import FilesDataModule
 from topaz_lightning.data.prior import (
     DEFAULT_MIN_UNLABELED_PER_LABELED,
     check_min_unlabeled_per_labeled,
+    pi_is_an_estimate,
     prior_with_room,
+    resolve_pi,
     unlabeled_prior,
 )
 from topaz_lightning.errors import ConfigError
@@ -78,7 +80,15 @@ def test_floor_that_cannot_fit_is_a_config_error():
 # ------------------------------------------------------------------ the module's choice
 
 
-def _module(objective, pi, room, labeled=30, regions=1000, pi_unlabeled_arg=None):
+def _module(
+    objective,
+    pi,
+    room,
+    labeled=30,
+    regions=1000,
+    pi_unlabeled_arg=None,
+    source="data.particles_per_micrograph=650",
+):
     """A module finalized from a run geometry whose pi_unlabeled follows from pi."""
     module = PULitModule(
         Conv31(widths=(2, 2, 2)),
@@ -91,7 +101,7 @@ def _module(objective, pi, room, labeled=30, regions=1000, pi_unlabeled_arg=None
         RunGeometry(
             pi=pi,
             pi_unlabeled=unlabeled_prior(pi, labeled, regions),
-            pi_source="data.particles_per_micrograph=650",
+            pi_source=source,
             num_regions=regions,
             num_labeled_positive_regions=labeled,
         )
@@ -149,6 +159,38 @@ def test_explicit_pn_objective_is_not_raised():
 def test_explicit_pi_unlabeled_is_used_as_given():
     module = _module(GEBinomial(), pi=0.029, room=0.25, pi_unlabeled_arg=0.0)
     assert isinstance(module.active_objective, PN) and not module.prior_raised
+
+
+def test_a_simulated_datasets_recorded_pi_is_trusted():
+    # a simulated dataset.yaml's pi is its complete truth: PN as before, no floor
+    module = _module(GEBinomial(), pi=0.029, room=0.25, source="dataset.yaml suggested_pi")
+    assert isinstance(module.active_objective, PN) and not module.prior_raised
+    # data.pi (also what data.pi=auto hands on) is the user's estimate: the floor applies
+    assert _module(GEBinomial(), pi=0.029, room=0.25, source="data.pi").prior_raised
+
+
+@pytest.mark.parametrize(
+    "source,estimate",
+    [
+        ("data.pi", True),
+        ("data.particles_per_micrograph=650", True),
+        (None, True),
+        ("dataset.yaml suggested_pi", False),
+        ("dataset.yaml particles per micrograph (80)", False),
+    ],
+)
+def test_pi_sources_that_are_estimates(source, estimate):
+    assert pi_is_an_estimate(source) is estimate
+
+
+def test_resolve_pi_names_the_sources_pi_is_an_estimate_knows():
+    _, from_pi = resolve_pi(0.02, None, None, 3, 1, 1000)
+    _, from_count = resolve_pi(None, 5, None, 3, 1, 1000)
+    _, from_dataset = resolve_pi(
+        None, None, {"suggested_pi": 0.02, "label_radius_px": 3}, 3, 1, 1000
+    )
+    assert pi_is_an_estimate(from_pi) and pi_is_an_estimate(from_count)
+    assert not pi_is_an_estimate(from_dataset)
 
 
 def test_few_labels_are_untouched():

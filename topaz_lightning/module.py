@@ -13,6 +13,7 @@ from torch import nn
 from topaz_lightning.data.prior import (
     DEFAULT_MIN_UNLABELED_PER_LABELED,
     check_min_unlabeled_per_labeled,
+    pi_is_an_estimate,
     prior_with_room,
 )
 from topaz_lightning.errors import ConfigError
@@ -72,7 +73,8 @@ class PULitModule(pl.LightningModule):
         pi: the class prior (fraction of all regions that are positive); taken from the run
             geometry at ``setup`` when None.
         min_unlabeled_per_labeled: r, the unlabeled particles assumed at least per labeled one
-            when the geometry's pi leaves less (annotations are never complete): a PU objective
+            when the geometry's pi (from the user's settings, not a simulated dataset's truth)
+            leaves less (annotations are never complete): a PU objective
             then gets ``pi_unlabeled = r * N_lab / (N - N_lab)`` instead of PN
             (:func:`topaz_lightning.data.prior.prior_with_room`). 0 trusts pi as given.
 
@@ -272,6 +274,7 @@ class PULitModule(pl.LightningModule):
             or g is None
             or not g.num_regions
             or g.num_labeled_positive_regions is None
+            or not pi_is_an_estimate(g.pi_source)
         ):
             return
         room = prior_with_room(

@@ -15,12 +15,13 @@ Definitions used everywhere in topaz-lightning:
   ``pi_unlabeled = max(0, (pi * N_regions - N_lab) / (N_regions - N_lab))``. This, not ``pi``, is
   what the PU objectives receive. It is 0 when every positive is labeled (pi at or below the
   labeled fraction).
-- Annotations are never complete, so a pi at (or just above) the labeled fraction is read as "the
-  user counted the labeled particles", not as "nothing is left to find": by default the
-  LightningModule keeps at least ``min_unlabeled_per_labeled`` unlabeled positive regions per
+- Annotations are never complete, so a pi from the user's settings at (or just above) the labeled
+  fraction is read as "the user counted the labeled particles", not as "nothing is left to find":
+  by default the LightningModule keeps at least ``min_unlabeled_per_labeled`` unlabeled positive regions per
   labeled one (:func:`prior_with_room`, ``pi_unlabeled >= r * N_lab / (N_regions - N_lab)``) and
   says so; the PN objective (every unlabeled region a negative) only when asked for
-  (``objective=pn`` or ``module.min_unlabeled_per_labeled=0``). Evidence: docs/accuracy.md,
+  (``objective=pn`` or ``module.min_unlabeled_per_labeled=0``) or when pi is a simulated
+  dataset's recorded truth (:func:`pi_is_an_estimate`). Evidence: docs/accuracy.md,
   "pi with complete annotation".
 """
 
@@ -33,6 +34,18 @@ from typing import Any
 
 from topaz_lightning.errors import ConfigError
 from topaz_lightning.geometry import disk_area
+
+#: ``pi_source`` of a prior from the user's settings (:func:`resolve_pi`); ``data.pi=auto`` hands
+#: its estimate on as ``data.pi``
+PI_SETTING = "data.pi"
+PARTICLES_SETTING = "data.particles_per_micrograph"
+
+
+def pi_is_an_estimate(pi_source: str | None) -> bool:
+    """True when pi came from the user's settings (a count, often of the labeled particles) or
+    from an unknown source; False for a dataset's recorded prior (a simulated dataset.yaml, whose
+    truth is complete), which the floor of :func:`prior_with_room` leaves alone."""
+    return pi_source is None or pi_source.split("=")[0] in (PI_SETTING, PARTICLES_SETTING)
 
 
 def check_prior_settings(
@@ -152,11 +165,11 @@ def resolve_pi(
     per micrograph. Settings are assumed checked (:func:`check_prior_settings`).
     """
     if pi is not None:
-        return float(pi), "data.pi"
+        return float(pi), PI_SETTING
     if particles_per_micrograph is not None:
         n = float(particles_per_micrograph)
         value = pi_from_particles_per_micrograph(n, (1, mean_area_px_model), label_radius_px_model)
-        return value, f"data.particles_per_micrograph={n:g}"
+        return value, f"{PARTICLES_SETTING}={n:g}"
     info = dataset or {}
     suggested = info.get("suggested_pi", info.get("pi"))
     native_radius = info.get("label_radius_px")
