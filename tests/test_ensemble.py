@@ -225,19 +225,22 @@ def test_members_of_another_architecture_or_gmm_fit_are_refused(tmp_path, monkey
     assert info.value.path == wide
 
     def gmm(mu1: float) -> dict:
-        fit = GMMFit(0.3, np.array([0.0, mu1]), np.array([1.0, 1.0]), np.array([1.0]), ["m"])
+        fit = GMMFit(0.7, np.array([0.0, mu1]), np.array([1.0, 1.0]), np.array([1.0]), ["m"])
         return fit.to_record()
 
     paths = []
-    for k, mu1 in enumerate((1.0, 1.5)):
+    # dominant component 1 (pi 0.7): mu' 1.0 vs 1.05 (0.05 sigma') is a seed's sampling noise,
+    # 1.5 (0.5 sigma') is another normalization
+    for k, mu1 in enumerate((1.0, 1.05, 1.5)):
         extra = {
             "geometry": RunGeometry(**{**GEOMETRY, "normalize": "gmm"}).to_dict(),
             "normalize_fit": gmm(mu1),
         }
         paths.append(str(save_model(tmp_path / f"g{k}.pt", _net(k), extra=extra)))
-    with pytest.raises(InputError, match="normalize_fit") as info:
-        EnsemblePicker(paths).load(None)
-    assert info.value.path == paths[1]
+    assert EnsemblePicker(paths[:2]).load(None).net.num_features == 2
+    with pytest.raises(InputError, match="normalize alike") as info:
+        EnsemblePicker([paths[0], paths[2]]).load(None)
+    assert info.value.path == paths[2] and info.value.where == "normalize_fit"
     # a network without trunk/strides (a score-map-only model) cannot join
     admit_pixel_logit_net(monkeypatch)
     pixel = str(save_model(tmp_path / "pixel.pt", PixelLogitNet(), extra={}))
