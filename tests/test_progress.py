@@ -73,3 +73,42 @@ def test_bar_is_the_trainers_progress_bar_and_can_be_disabled(tmp_path, capsys):
 def test_refresh_interval_must_be_positive():
     with pytest.raises(ValueError, match="refresh_seconds"):
         RunProgressBar(refresh_seconds=0)
+
+
+class _Logs(pl.Callback):
+    """Logs one package record in the middle of the run (as the held-out callback does)."""
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 3:
+            import logging
+
+            logging.getLogger("topaz_lightning").info("MESSAGE-AT-STEP-3")
+
+
+def test_log_lines_go_above_the_bar_once(tmp_path, capsys):
+    import logging
+    import sys
+
+    # a console handler on the root logger, as Hydra's job logging installs; the package logger
+    # has none of its own and propagates
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[log] %(message)s"))
+    root, package = logging.getLogger(), logging.getLogger("topaz_lightning")
+    root.addHandler(handler)
+    level = package.level
+    package.setLevel(logging.INFO)
+    try:
+        bar = RunProgressBar(refresh_seconds=0.001)
+        trainer = _trainer(bar, 6, tmp_path)
+        trainer.callbacks.append(_Logs())
+        trainer.fit(_Tiny(), _loader())
+        restored = handler in root.handlers
+    finally:
+        root.removeHandler(handler)
+        package.setLevel(level)
+    err = capsys.readouterr().err
+    # one copy, formatted, on a line of its own (not appended to the bar's "... step/s]")
+    segments = err.replace("\r", "\n").split("\n")
+    assert [s for s in segments if "MESSAGE-AT-STEP-3" in s] == ["[log] MESSAGE-AT-STEP-3"]
+    # and the redirect ends with the bar: the root logger has its own handler back
+    assert restored
