@@ -231,7 +231,7 @@ class PULitModule(pl.LightningModule):
                 "region is labeled and the unlabeled regions are negatives, so the objective is "
                 "PN with pi=%.6g (the labeled fraction) instead of %s",
                 self.pi,
-                labeled_fraction,
+                "unknown" if labeled_fraction is None else f"{labeled_fraction:.6g}",
                 self.prior_value,
                 name,
             )
