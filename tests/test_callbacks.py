@@ -149,7 +149,10 @@ def test_peaks_at_particles_give_aupr_one_and_checkpoint_sees_it(tmp_path):
         assert h["val/aupr"] == 1.0
         assert h["val/precision@0.9"] == 1.0
         assert h["val/precision@0.25"] == 1.0
-        assert h["val/region_aupr"] == pytest.approx(1.0)
+    # region AUPR at the final evaluation only (region_aupr=final, the default)
+    assert "val/region_aupr" not in callback.history[0]
+    assert callback.history[1]["val/region_aupr"] == pytest.approx(1.0)
+    assert float(trainer.callback_metrics["val/region_aupr"]) == pytest.approx(1.0)
     assert float(trainer.callback_metrics["val/aupr"]) == 1.0
     assert float(best.best_model_score) == 1.0
     assert Path(best.best_model_path).name == "best.ckpt"

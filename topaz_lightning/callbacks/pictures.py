@@ -30,15 +30,16 @@ def draw_pictures(
     evaluation: Any,
     pr_curves: Mapping[str, Any],
     radius_px_model: float,
+    expected_counts: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Write ``pr_curve.png`` (the ``pr_curves`` {label: PickEvaluation}, each with its best-F1
-    point marked) and, per micrograph of ``score_maps``, ``overlay_<name>.png`` (truth and the
-    picks of ``evaluation`` at or above its best-F1 threshold, which the legend names; circles of
-    ``radius_px_model``) and ``score_map_<name>.png`` (with its colour bar) into ``out_dir``
-    (replacing). Returns the same pictures as RGB arrays by logger tag."""
+    """Write ``pr_curve.png`` (the ``pr_curves`` {label: PickEvaluation} with their operating
+    points, :func:`pr_marks`) and, per micrograph of ``score_maps``, ``overlay_<name>.png``
+    (truth and the picks of ``evaluation`` at or above its best-F1 threshold, which the legend
+    names; circles of ``radius_px_model``) and ``score_map_<name>.png`` (with its colour bar)
+    into ``out_dir`` (replacing). Returns the same pictures as RGB arrays by logger tag."""
     from topaz_lightning import plots
 
-    marks = {label: _best_f1_mark(ev) for label, ev in pr_curves.items()}
+    marks = pr_marks(pr_curves, expected_counts)
     plots.plot_pr_curves(pr_curves, out_dir / "pr_curve.png", overwrite=True, marks=marks)
     images = {"val/pr_curve": plots.pr_curves_rgb(pr_curves, marks=marks)}
     cut = getattr(evaluation, "best_f1_threshold", None)
@@ -74,6 +75,23 @@ def draw_pictures(
         plots.plot_score_map(image, score_map, path, overwrite=True)
         images[f"val/score_map/{name}"] = plots.score_map_rgb(image, score_map)
     return images
+
+
+def pr_marks(
+    pr_curves: Mapping[str, Any], expected_counts: Mapping[str, int] | None = None
+) -> dict[str, list]:
+    """The operating points on each PR curve: its best-F1 threshold and, with
+    ``expected_counts`` ({micrograph: picks}, model-frame counts from
+    :func:`topaz_lightning.metrics.operating_points.expected_counts`), the count ``tzl-pick``
+    keeps by default (the same mark as ``tzl-evaluate pr_mark_per_micrograph=expected``)."""
+    from topaz_lightning.metrics.operating_points import expected_count_mark
+
+    marks = {}
+    for label, evaluation in pr_curves.items():
+        points = _best_f1_mark(evaluation)
+        count = expected_count_mark(evaluation, expected_counts or {})
+        marks[label] = points if count is None else [*points, count]
+    return marks
 
 
 def _best_f1_mark(evaluation: Any) -> list:

@@ -21,6 +21,7 @@ from topaz_lightning.callbacks.held_out import (
 )
 from topaz_lightning.callbacks.pictures import draw_pictures, image_dir, log_images
 from topaz_lightning.errors import ConfigError
+from topaz_lightning.metrics.operating_points import expected_counts
 from topaz_lightning.picking.settings import PickSettings
 from topaz_lightning.utils.distributed import (
     all_gather_objects,
@@ -57,6 +58,10 @@ _OWN_FIELDS = ("nms_radius_px_model", "downsample", "keep_score_map")
 PICK_KEYS = tuple(f.name for f in fields(PickSettings) if f.name not in _OWN_FIELDS)
 #: PickSettings errors that name tzl-pick's key rather than the field
 _PICK_ERROR_KEYS = {"particles_per_micrograph": "max_picks"}
+#: when region AUPR is computed: at the end-of-training evaluation only (the value metrics.json
+#: and the reports read), at every evaluation, or never. Its dense score map is most of an
+#: evaluation's cost with strided picking (docs/callbacks_plots.md, "Measured")
+REGION_AUPR = ("final", "always", "never")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,7 +72,8 @@ class HeldOutPicking(pl.Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of training) pick the held-out
     micrographs with the current classifier exactly as ``tzl-pick`` picks, and log ``val/aupr``,
     ``val/precision@0.9``, ``val/precision@{0.25,0.5,0.75}`` (when reached), ``val/best_f1`` and
-    ``val/region_aupr`` (every pixel of the held-out micrographs).
+    ``val/region_aupr`` (every pixel of the held-out micrographs; ``region_aupr``: at the final
+    evaluation only (default), ``always`` or ``never``).
 
     One :class:`~topaz_lightning.picking.settings.PickSettings` is built at the start of fit:
     ``nms_radius_px_model`` (None = the run geometry's), ``pick`` (any other PickSettings field:
@@ -78,7 +84,9 @@ class HeldOutPicking(pl.Callback):
     checkpoint measure the picks ``tzl-pick`` makes. Picks match a true particle within
     ``match_distance_px_model`` (None = the geometry's). Region AUPR labels pixels within
     ``region_radius_px_model`` of a particle positive (None = the geometry's
-    ``label_radius_px_model``; no region AUPR if neither is known).
+    ``label_radius_px_model``; no region AUPR if neither is known). The final evaluation is the
+    one at ``trainer.max_steps``, at the last batch of ``trainer.max_epochs``, after a stop
+    request, or the extra one at the end of training.
 
     The run geometry is ``geometry=`` or :meth:`set_run_geometry`, else the datamodule's.
     Micrographs and truth come from ``trainer.datamodule.val_micrographs`` / ``val_coordinates``
@@ -91,7 +99,8 @@ class HeldOutPicking(pl.Callback):
 
     With ``log_images`` the overlay of picks at the best-F1 threshold, the score-map heatmap (of
     the first ``num_images`` micrographs of rank 0's shard) and the PR curves of the last
-    ``pr_history`` evaluations are written as PNGs to
+    ``pr_history`` evaluations (each marking its best-F1 point and the count ``tzl-pick`` keeps
+    by default, from the run geometry's pi) are written as PNGs to
     ``<trainer.log_dir or default_root_dir>/val_images/step_XXXXXX/`` and sent to TensorBoard /
     W&B loggers.
     """
@@ -102,6 +111,7 @@ class HeldOutPicking(pl.Callback):
         nms_radius_px_model: float | None = None,
         match_distance_px_model: float | None = None,
         region_radius_px_model: float | None = None,
+        region_aupr: str = "final",
         pick: Mapping[str, Any] | None = None,
         log_images: bool = False,
         max_micrographs: int | None = None,
@@ -126,6 +136,8 @@ class HeldOutPicking(pl.Callback):
             raise ConfigError(f"{KEY}.match_distance_px_model", f"must be a number of model px > 0, got {match_distance_px_model!r}")  # fmt: skip
         if region_radius_px_model is not None and not region_radius_px_model >= 0:
             raise ConfigError(f"{KEY}.region_radius_px_model", f"must be >= 0, got {region_radius_px_model}")  # fmt: skip
+        if region_aupr not in REGION_AUPR:
+            raise ConfigError(f"{KEY}.region_aupr", f"must be one of {', '.join(REGION_AUPR)}, got {region_aupr!r}")  # fmt: skip
         if max_micrographs is not None and max_micrographs < 1:
             raise ConfigError(f"{KEY}.max_micrographs", f"must be >= 1 or null, got {max_micrographs}")  # fmt: skip
         if num_images < 0 or pr_history < 1:
@@ -142,6 +154,7 @@ class HeldOutPicking(pl.Callback):
         self.nms_radius_setting = nms_radius_px_model
         self.match_distance_setting = match_distance_px_model
         self.region_radius_setting = region_radius_px_model
+        self.region_aupr = region_aupr
         self.log_images = bool(log_images)
         self.max_micrographs = max_micrographs
         self.num_images = int(num_images)
@@ -155,6 +168,8 @@ class HeldOutPicking(pl.Callback):
         self.settings: PickSettings | None = None
         self.match_distance_px_model: float | None = None
         self._last_step: int | None = None
+        #: whether the evaluation at _last_step computed region AUPR
+        self._last_had_region = False
         self._disabled = False
         self.history: list[dict[str, float]] = []  # one dict per evaluation, with "step"
         self._pr_curves: list[tuple[int, Any]] = []
@@ -245,31 +260,46 @@ class HeldOutPicking(pl.Callback):
         # one step, hence the _last_step guard
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self._run(trainer, pl_module, on_step=True)
+            self._run(trainer, pl_module, on_step=True, final=_is_last_batch(trainer, batch_idx))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_train_end and _is_final_epoch(trainer) and trainer.global_step != self._last_step:  # fmt: skip
-            self._run(trainer, pl_module, on_step=False)
+        if self.at_train_end and _is_final_epoch(trainer) and self._final_due(trainer):
+            self._run(trainer, pl_module, on_step=False, final=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # normally the final epoch end has evaluated already; this catches anything else, and
         # since self.log is not allowed here it writes to the loggers directly
-        if self.at_train_end and trainer.global_step != self._last_step and trainer.global_step > 0:
-            self._run(trainer, pl_module, on_step=None)
+        if self.at_train_end and trainer.global_step > 0 and self._final_due(trainer):
+            self._run(trainer, pl_module, on_step=None, final=True)
+
+    def _final_due(self, trainer: pl.Trainer) -> bool:
+        """The end of training still owes an evaluation: none at this step yet, or one without
+        the region AUPR that ``region_aupr=final`` promises (a stop requested after it)."""
+        if trainer.global_step != self._last_step:
+            return True
+        wanted = self.region_aupr == "final" and self._region_radius(trainer) is not None
+        return wanted and not self._last_had_region
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self._last_step, "history": list(self.history)}
+        return {
+            "last_step": self._last_step,
+            "history": list(self.history),
+            "last_had_region": self._last_had_region,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict.get("last_step")
         self.history = list(state_dict.get("history", []))
+        # checkpoints from before region_aupr computed it at every evaluation
+        self._last_had_region = bool(state_dict.get("last_had_region", True))
 
     # -- work ----------------------------------------------------------------------------------
 
     def evaluate(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, region: bool = True
     ) -> tuple[dict[str, float], Any, ShardResult, dict[str, np.ndarray]]:
-        """Pick this rank's shard, gather all shards, compute metrics on rank 0, broadcast.
+        """Pick this rank's shard, gather all shards, compute metrics on rank 0, broadcast;
+        ``region``: with region AUPR (when a region radius is known).
 
         Returns (metrics identical on every rank, PickEvaluation on rank 0 else None, the merged
         result, this rank's kept score maps).
@@ -282,9 +312,10 @@ class HeldOutPicking(pl.Callback):
         local = shard_names(names, rank, world_size)
         keep = local[: self.num_images] if (self.log_images and rank == 0) else []
         # pick_micrograph scores in eval mode without gradients and restores the net's mode
+        region_radius = self._region_radius(trainer) if region else None
         shard, maps = pick_shard(
             pl_module.net, micrographs, coordinates, local, self.settings,
-            self._region_radius(trainer), pl_module.device, keep,
+            region_radius, pl_module.device, keep,
         )  # fmt: skip
         merged = merge_shards(all_gather_objects(shard))
         metrics, evaluation = None, None
@@ -293,12 +324,21 @@ class HeldOutPicking(pl.Callback):
         metrics = broadcast_object(metrics, src=0)
         return metrics, evaluation, merged, maps
 
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, on_step: bool | None):
+    def _run(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        on_step: bool | None,
+        final: bool = False,
+    ):
         if self._disabled:
             return
         step = trainer.global_step
+        region = self.region_aupr == "always" or (self.region_aupr == "final" and final)
+        again = step == self._last_step  # the final evaluation redone to add region AUPR
         self._last_step = step
-        metrics, evaluation, merged, maps = self.evaluate(trainer, pl_module)
+        metrics, evaluation, merged, maps = self.evaluate(trainer, pl_module, region)
+        self._last_had_region = region
         self.last_picks = merged.picks
         # the loggers get the values directly, at this step: self.log would only forward them when
         # the step happens to line up with trainer.log_every_n_steps
@@ -313,19 +353,26 @@ class HeldOutPicking(pl.Callback):
                     key, value, on_step=on_step, on_epoch=not on_step,
                     prog_bar=key == "val/aupr", logger=False, batch_size=1, sync_dist=False,
                 )  # fmt: skip
+        if again and self.history:
+            self.history.pop()
         self.history.append({"step": float(step), **metrics})
         if evaluation is not None:
             self.last_evaluation = evaluation
-            self._pr_curves = (self._pr_curves + [(step, evaluation)])[-self.pr_history :]
+            earlier = [(s, ev) for s, ev in self._pr_curves if s != step]
+            self._pr_curves = (earlier + [(step, evaluation)])[-self.pr_history :]
         if self.log_images:
             # trainer.log_dir is a collective under DDP: every rank must ask for it
             out_dir = image_dir(trainer) / f"step_{step:06d}"
             if trainer.is_global_zero and evaluation is not None:
                 micrographs, coordinates = self._sources(trainer)
                 curves = {f"step {s}": ev for s, ev in self._pr_curves}
+                # the count tzl-pick keeps by default, from the run's pi (model-frame sizes)
+                counts = expected_counts(
+                    self._run_geometry(trainer), {n: micrographs[n].shape for n in merged.names}
+                )
                 images = draw_pictures(
                     out_dir, step, micrographs, coordinates, maps, evaluation, curves,
-                    self.settings.nms_radius_px_model,
+                    self.settings.nms_radius_px_model, counts,
                 )  # fmt: skip
                 log_images(trainer, images, step)
 
@@ -366,6 +413,21 @@ def _positive(value: Any) -> bool:
         return math.isfinite(float(value)) and float(value) > 0
     except (TypeError, ValueError):
         return False
+
+
+def _is_last_batch(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether the batch just ended ends training: ``max_steps`` reached, a stop requested, or
+    the last batch of the last of ``max_epochs`` (a sized loader)."""
+    if trainer.should_stop:
+        return True
+    max_steps = trainer.max_steps
+    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
+        return True
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 0 or trainer.current_epoch + 1 < max_epochs:
+        return False
+    batches = trainer.num_training_batches
+    return math.isfinite(batches) and batch_idx + 1 >= batches
 
 
 def _is_final_epoch(trainer: pl.Trainer) -> bool:

@@ -39,10 +39,11 @@ def overlay_threshold(cfg: DictConfig, ev) -> tuple[float | None, str | None]:
 
 
 def _expected_counts(cfg: DictConfig, shapes: dict) -> dict[str, int]:
-    """The number of picks tzl-pick keeps by default on each micrograph of known size: the
-    count the model's pi expects (``model_path``); empty when either is unknown."""
-    from topaz_lightning.data.prior import expected_particles_per_micrograph
-    from topaz_lightning.geometry import RunGeometry
+    """The number of picks tzl-pick keeps by default on each micrograph of known size
+    (micrograph frame): the count the model's pi expects (``model_path``); empty when either is
+    unknown."""
+    from topaz_lightning.geometry import RunGeometry, to_model_px
+    from topaz_lightning.metrics.operating_points import expected_counts
     from topaz_lightning.models import load_model
 
     if not cfg.get("model_path") or not shapes:
@@ -50,16 +51,13 @@ def _expected_counts(cfg: DictConfig, shapes: dict) -> dict[str, int]:
     _, extra = load_model(str(cfg.model_path))
     record = extra.get("geometry")
     geometry = RunGeometry.from_dict(record, source=str(cfg.model_path)) if record else None
-    if geometry is None or geometry.pi is None or not geometry.label_radius_px_model:
+    if geometry is None:
         return {}
-    out = {}
-    for name, (height, width) in shapes.items():
-        shape_px_model = (height / geometry.downsample, width / geometry.downsample)
-        count = expected_particles_per_micrograph(
-            geometry.pi, shape_px_model, geometry.label_radius_px_model
-        )
-        out[name] = int(round(count))
-    return out
+    shapes_px_model = {
+        name: (to_model_px(height, geometry.downsample), to_model_px(width, geometry.downsample))
+        for name, (height, width) in shapes.items()
+    }
+    return expected_counts(geometry, shapes_px_model)
 
 
 def check_pr_mark(cfg: DictConfig) -> int | str | None:
@@ -79,18 +77,11 @@ def pr_marks(cfg: DictConfig, evaluations: dict, shapes: dict) -> dict[str, list
     ``overlay_threshold`` (on the main run), and ``pr_mark_per_micrograph`` (``expected``: the
     count tzl-pick keeps by default, from model_path's pi and the micrograph sizes; k: the best k
     of each micrograph; null: none)."""
+    from topaz_lightning.metrics.operating_points import expected_count_mark
     from topaz_lightning.plots import pr_point
 
     per_micrograph = check_pr_mark(cfg)
-    counts: dict[str, int] | int | None = None
-    text = None
-    if per_micrograph == "expected":
-        counts = _expected_counts(cfg, shapes) or None
-        if counts:
-            mean = sum(counts.values()) / len(counts)
-            text = f"default: pi's count ({mean:.0f}/micrograph)"
-    elif per_micrograph is not None:
-        counts, text = per_micrograph, f"best {per_micrograph}/micrograph"
+    expected = _expected_counts(cfg, shapes) if per_micrograph == "expected" else {}
     marks: dict[str, list] = {}
     for label, ev in evaluations.items():
         points = []
@@ -104,10 +95,14 @@ def pr_marks(cfg: DictConfig, evaluations: dict, shapes: dict) -> dict[str, list
             point = pr_point(ev, threshold=chosen)
             if point is not None:
                 points.append((f"chosen t={chosen:.3g}", *point))
-        if counts is not None:
-            point = pr_point(ev, per_micrograph=counts)
+        if expected:
+            mark = expected_count_mark(ev, expected)
+            if mark is not None:
+                points.append(mark)
+        elif per_micrograph not in (None, "expected"):
+            point = pr_point(ev, per_micrograph=per_micrograph)
             if point is not None:
-                points.append((text, *point))
+                points.append((f"best {per_micrograph}/micrograph", *point))
         marks[label] = points
     return marks
 
