@@ -44,6 +44,7 @@ SAMPLES = REPO / "data" / "samples" / "empiar10017_dev" / "images"
 
 #: stage -> (function name, file suffix) whose cumulative CPU time makes it (summed)
 STAGES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("imports, all (also those inside pick(cfg): Lightning, ...)", [("_find_and_load", "_bootstrap>")]),
     ("GMM first pass (read + crop of the fit's micrographs, the fit)", [("run_fit", "normalization.py"), ("fit_over_micrographs", "normalization.py")]),
     ("  of which the EM fit", [("fit_gmm_samples", "gmm.py")]),
     ("read (JPEG/MRC decode), all", [("read_micrograph", "micrographs.py")]),
@@ -115,16 +116,44 @@ def stage_table(prof: Path) -> tuple[list[tuple[str, float]], float, str]:
     rows = []
     if any(k[2] == "run_fit" for k in table):  # fit_over_micrographs calls run_fit: once
         parts_of = dict(STAGES)
-        parts_of[STAGES[0][0]] = [("run_fit", "normalization.py")]
+        first_pass = next(label for label, _ in STAGES if label.startswith("GMM first pass"))
+        parts_of[first_pass] = [("run_fit", "normalization.py")]
     else:
         parts_of = dict(STAGES)
     pick_cum = cumulative("pick", os.path.join("topaz_lightning", "pick.py"))
-    rows.append(("start-up and exit outside pick(cfg) (imports, compose)", total - pick_cum))
+    rows.append(("outside pick(cfg): start-up imports, Hydra compose, exit", total - pick_cum))
     for label, _ in STAGES:
         rows.append((label, sum(cumulative(n, s) for n, s in parts_of[label])))
     buffer = io.StringIO()
     pstats.Stats(str(prof), stream=buffer).sort_stats("tottime").print_stats(15)
     return rows, total, buffer.getvalue()
+
+
+#: the imports of a tzl-pick process, in the order they happen (each line's CPU time excludes
+#: what the lines before it imported already)
+IMPORT_STEPS = [
+    ("torch, numpy, pandas", "import torch, numpy, pandas"),
+    ("topaz_lightning.cli.pick (package modules, scipy parts, Hydra)", "import topaz_lightning.cli.pick"),
+    ("matplotlib.pyplot (pulled in by torchmetrics, imported by Lightning)", "import matplotlib.pyplot"),
+    ("scipy.signal (the same way)", "import scipy.signal"),
+    ("torchmetrics, the rest", "import torchmetrics"),
+    ("pytorch_lightning, the rest", "import pytorch_lightning"),
+]  # fmt: skip
+
+
+def import_times() -> None:
+    """CPU seconds of each import step in a fresh process (run ``--imports`` a few times)."""
+    code = "import time\n"
+    for k, (_, statement) in enumerate(IMPORT_STEPS):
+        code += f"t{k} = time.process_time()\n{statement}\n"
+    code += f"t{len(IMPORT_STEPS)} = time.process_time()\n"
+    code += "print(" + ", ".join(f"t{k + 1} - t{k}" for k in range(len(IMPORT_STEPS))) + ")\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    values = [float(v) for v in out.stdout.split()]
+    print("| import (fresh process) | CPU s |\n|---|---|")
+    for (label, _), value in zip(IMPORT_STEPS, values, strict=True):
+        print(f"| {label} | {value:.2f} |")
+    print(f"| **total** | **{sum(values):.2f}** |")
 
 
 def print_table(rows: list[tuple[str, float]], total: float, top: str, label: str) -> None:
@@ -148,6 +177,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra tzl-pick override")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--table", type=Path, default=None, help="only print PROF's table")
+    parser.add_argument("--imports", action="store_true", help="only time the start-up imports")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -155,6 +185,9 @@ def main() -> None:
         return
     if args.table:
         print_table(*stage_table(args.table), label=str(args.table))
+        return
+    if args.imports:
+        import_times()
         return
     if args.model is None:
         parser.error("--model is required")
