@@ -204,3 +204,17 @@ def test_train_from_python_refuses_resume(cfg_train):
 
     with pytest.raises(ConfigError, match="resume"):
         train(cfg_train(["resume=/some/run"]))
+
+
+def test_resume_reads_the_command_line_without_importing_lightning(tmp_path):
+    """Lightning imported before Hydra configures logging keeps its own console handler (its
+    lines then lose the log format): the resume step must stay light."""
+    import subprocess
+
+    run = _with_checkpoint(_fake_run(tmp_path / "r", cwd=tmp_path))
+    code = (
+        "import sys; from topaz_lightning.cli.resume import resume_command_line; "
+        f"resume_command_line(['resume={run}', 'trainer.max_steps=20']); "
+        "assert 'pytorch_lightning' not in sys.modules and 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)

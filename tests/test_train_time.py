@@ -264,3 +264,17 @@ def test_a_bad_checkpoint_interval_ends_tzl_train_with_one_line(tmp_path, monkey
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: config key 'every_n_minutes': must be a number >= 0, got -1"
+
+
+def test_no_directory_not_empty_warning_when_continuing(tmp_path):
+    import warnings
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"")
+    best = RunCheckpoint(dirpath=folder, filename="best", monitor="train/loss", save_top_k=1)
+    trainer = quiet_trainer(tmp_path, [best], max_steps=2, max_epochs=-1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(_Tiny(), _loader())
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]

@@ -13,11 +13,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from topaz_lightning.callbacks.checkpoint import best_checkpoint, check_checkpoint, net_weights
 from topaz_lightning.errors import ConfigError, OutputExistsError
+from topaz_lightning.utils.continuation import CONTINUE_MAY_CHANGE, RESUME_MAY_CHANGE, may_change
 from topaz_lightning.utils.distributed import is_launch_rank_zero
 
 log = logging.getLogger("topaz_lightning")
 
 __all__ = [
+    "CONTINUE_MAY_CHANGE",
+    "RESUME_MAY_CHANGE",
     "build_decoder",
     "check_checkpoint",
     "instantiate_callbacks",
@@ -267,19 +270,6 @@ def few_labels_hint(num_labeled: Any, max_steps: Any) -> str | None:
     )
 
 
-#: what ``tzl-train resume=<run dir>`` accepts on its command line: how far to train and how
-#: often to checkpoint or report; nothing that changes the batches or the weights of a step
-RESUME_MAY_CHANGE = (
-    "trainer.max_steps",
-    "callbacks.model_checkpoint",
-    "callbacks.progress_bar",
-    "callbacks.duration_estimate",
-)
-#: settings a continued run may change (besides RESUME_MAY_CHANGE): where things go, how it was
-#: started
-CONTINUE_MAY_CHANGE = ("ckpt_path", "overwrite", "paths", "resume", *RESUME_MAY_CHANGE)
-
-
 def _refuse_existing_outputs(output_dir: Path, cfg: DictConfig) -> str | None:
     """Before any work, for a run without ``ckpt_path`` in a directory an earlier run used.
 
@@ -357,8 +347,7 @@ def _changed_settings(checkpoint: Path, cfg: DictConfig) -> list[str]:
     return sorted(
         key.rstrip(".")
         for key in set(now) | set(before)
-        if now.get(key) != before.get(key)
-        and not any(key.startswith(f"{k}.") for k in CONTINUE_MAY_CHANGE)
+        if now.get(key) != before.get(key) and not may_change(key, CONTINUE_MAY_CHANGE)
     )
 
 

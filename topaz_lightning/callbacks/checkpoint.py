@@ -34,9 +34,8 @@ class RunCheckpoint(ModelCheckpoint):
     temporary name beside its target and renamed into place: a kill during the write leaves the
     previous ``last.ckpt`` whole. ``every_n_minutes=None`` (or 0): by steps only; with
     ``save_last=False`` there is no time trigger (the best-``val/aupr`` checkpoint). Lightning's
-    "checkpoint directory exists and is not empty" warning is left out when the run continues
-    from a checkpoint (its own files are expected there). All other arguments are
-    ModelCheckpoint's.
+    "checkpoint directory exists and is not empty" warning is left out: ``train()`` handles a
+    directory's earlier checkpoints before fitting. All other arguments are ModelCheckpoint's.
     """
 
     def __init__(self, *args: Any, every_n_minutes: float | None = 10.0, **kwargs: Any):
@@ -48,11 +47,12 @@ class RunCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         with warnings.catch_warnings():
-            if trainer.ckpt_path is not None:
-                # continuing a run: its own checkpoints are expected in the directory
-                warnings.filterwarnings(
-                    "ignore", message=r"Checkpoint directory .* exists and is not empty\."
-                )
+            # train() decides about a directory's earlier checkpoints before fitting (continue
+            # last.ckpt, refuse others, or remove them with overwrite=true), so Lightning's
+            # warning only repeated, on every continued run, what the log already said
+            warnings.filterwarnings(
+                "ignore", message=r"Checkpoint directory .* exists and is not empty\."
+            )
             super().setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

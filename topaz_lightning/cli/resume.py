@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.utils.continuation import may_change
 
 __all__ = ["RESUME_KEY", "resume_command_line"]
 
@@ -22,12 +23,6 @@ def _key(override: str) -> str:
 
 def _value(override: str) -> str:
     return override.partition("=")[2].strip().strip("'\"")
-
-
-def _may_change(key: str) -> bool:
-    from topaz_lightning.train import RESUME_MAY_CHANGE
-
-    return any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE)
 
 
 def _read_yaml(path: Path, run_dir: Path):
@@ -94,8 +89,10 @@ def resume_command_line(argv: Sequence[str]) -> list[str] | None:
     The run is continued in its own directory (``hydra.run.dir=<run dir>``) with its own settings,
     so ``train()`` finds its ``checkpoints/last.ckpt`` and continues (checking the checkpoint's
     stored settings against the replayed ones). Besides ``resume=``, only the keys of
-    :data:`topaz_lightning.train.RESUME_MAY_CHANGE` may be given (``trainer.max_steps``: a
-    finished run trains further when it is larger than the step it ended at). Errors, one line
+    :data:`topaz_lightning.utils.continuation.RESUME_MAY_CHANGE` may be given
+    (``trainer.max_steps``: a finished run trains further when it is larger than the step it
+    ended at). Nothing heavy is imported here: Lightning, imported before Hydra sets up logging,
+    would keep its own unformatted console handler. Errors, one line
     each (exit 2): not a directory, not a tzl-train run directory, no checkpoint yet, a finished
     run with nothing more to do, another key, ``--multirun``, another working directory than the
     run's (its relative paths are read from there).
@@ -119,7 +116,7 @@ def resume_command_line(argv: Sequence[str]) -> list[str] | None:
     others = [o for o in overrides if o not in given]
     for override in others:
         key = _key(override)
-        if not _may_change(key):
+        if not may_change(key):
             raise ConfigError(
                 key,
                 f"cannot change when resuming {run_dir} (only trainer.max_steps, "
