@@ -117,3 +117,42 @@ def test_preprocess_uses_a_prepared_image_once(sources):
     # used once: the next call reads the file
     expected = downsample(read_micrograph(sources["m1"]), 2.0)
     np.testing.assert_array_equal(step("m1", sources["m1"]), expected)
+
+
+def test_tzl_pick_reads_each_micrograph_once(sources, tmp_path, monkeypatch):
+    import torch
+
+    import topaz_lightning.io.micrographs as micrographs
+    from tests.conftest import compose_config
+    from topaz_lightning.cli.pick import run
+    from topaz_lightning.geometry import RunGeometry
+    from topaz_lightning.models import Conv31, save_model
+
+    torch.manual_seed(0)
+    geometry = RunGeometry(downsample=2.0, nms_radius_px_model=4.0, normalize="gmm")
+    extra = {"preprocess": {"downsample": 2.0, "normalize": "gmm"}, "geometry": geometry.to_dict()}
+    save_model(tmp_path / "model.pt", Conv31(widths=(2, 3, 4)), extra=extra)
+    reads: list[str] = []
+    real_read = micrographs.read_micrograph
+
+    def counting_read(path, *args, **kwargs):
+        reads.append(Path(path).stem)
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(micrographs, "read_micrograph", counting_read)
+    mics = next(iter(sources.values())).parent
+    cfg = compose_config(
+        "pick",
+        [
+            f"model_path={tmp_path / 'model.pt'}",
+            f"micrographs={mics}",
+            f"output_dir={tmp_path / 'out'}",
+            "progress=false",
+            "device=cpu",
+            "num_workers=0",
+            "browser=false",  # the page reads each micrograph for its thumbnail
+        ],
+    )
+    picks = run(cfg)
+    assert sorted(reads) == sorted(sources)  # the GMM's first pass and the scoring: one read
+    assert sorted(picks["micrograph"].unique()) == sorted(sources)
