@@ -386,11 +386,12 @@ class Bench:
         self.nice = ["nice", "-n", str(args.nice)] if args.nice else []
         # our commands: the working tree's package, or a snapshot of the committed HEAD
         self.ours_env, self.ours_cwd = dict(self.env), ROOT
-        self.commit = git_commit(ROOT)
+        self.commit, self.commit_note = git_commit(ROOT), " (the working tree)"
         if getattr(args, "snapshot", False):
             self.ours_cwd = make_snapshot(ROOT, self.work / "snapshot")
             self.ours_env["PYTHONPATH"] = str(self.ours_cwd)
             self.commit = (self.ours_cwd / "COMMIT").read_text().strip()
+            self.commit_note = " (a git archive snapshot)"
         self.rows: list[Row] = []
         self.aupr: dict[str, dict[str, float | None]] = {}
         self.commands: dict[str, str] = {}
@@ -1071,9 +1072,7 @@ class Bench:
         import torch
 
         info["torch"] = torch.__version__
-        info["topaz_lightning_commit"] = self.commit + (
-            " (a git archive snapshot)" if self.ours_cwd != ROOT else " (the working tree)"
-        )
+        info["topaz_lightning_commit"] = self.commit + self.commit_note
         return info
 
     def report(self) -> str:
@@ -1300,6 +1299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.pick_timing("real", real, model, *models[model])
         else:
             parser.error(f"unknown part {part!r}")
+    if not args.only and args.merge:  # a report of earlier runs: the first one's commit heads it
+        first = json.loads(Path(args.merge[0]).read_text()).get("commit")
+        bench.commit = first or bench.commit
+        bench.commit_note = " (the first merged run's)"
     for path in args.merge:
         bench.merge(Path(path))
     text = bench.report()
