@@ -182,3 +182,45 @@ def test_resolve_reuses_the_images_of_data_micrographs():
 def test_the_config_key_exists_and_defaults_to_none(configs_dir):
     text = (Path(configs_dir) / "data" / "_base.yaml").read_text()
     assert "\nunlabeled_micrographs: null\n" in text
+
+
+def test_the_mixture_prior_is_the_positive_share_of_the_unlabeled_draws_by_brute_force():
+    # all particles known: pi = the true positive fraction over every sampled micrograph; the
+    # share of unlabeled draws that land on a true particle's region must equal pi_unlabeled
+    from topaz_lightning.data import positive_mask
+
+    images, coords = synthetic(per_mic=12, seed=4)
+    dm = make(
+        micrographs=images, coordinates=coords, num_labeled=10, unlabeled_micrographs=HELD_OUT
+    )
+    dm.setup()
+    names = [*dm.train_micrographs, *dm.unlabeled_micrographs]
+    truth = {
+        n: positive_mask(images[n].shape, coords.query("micrograph == @n")[["x", "y"]], 3)
+        for n in names
+    }
+    pi_true = sum(int(m.sum()) for m in truth.values()) / sum(m.size for m in truth.values())
+    exact = make(
+        micrographs=images,
+        coordinates=coords,
+        num_labeled=10,
+        unlabeled_micrographs=HELD_OUT,
+        pi=pi_true,
+    )
+    exact.setup()
+    sampler = exact.train_sampler()
+    m, y, x = sampler.draw_unlabeled(200000, torch.Generator().manual_seed(1))
+    stack = torch.zeros((len(names), *sampler._masks.shape[1:]), dtype=torch.bool)
+    for i, n in enumerate(names):
+        h, w = truth[n].shape
+        stack[i, :h, :w] = torch.as_tensor(truth[n])
+    share = stack[m, y, x].float().mean().item()
+    assert share == pytest.approx(exact.geometry.pi_unlabeled, abs=0.003)
+    # and not the labeled micrographs' own pi_u
+    parts = mixture_unlabeled_prior(
+        pi_true,
+        exact.geometry.num_labeled_positive_regions,
+        sum(image.size for image in exact.train_micrographs.values()),
+        sum(image.size for image in exact.unlabeled_micrographs.values()),
+    )
+    assert abs(parts["labeled_micrographs"] - share) > 0.005
