@@ -94,7 +94,10 @@ def test_log_lines_go_above_the_bar_once(tmp_path, capsys):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[log] %(message)s"))
     root, package = logging.getLogger(), logging.getLogger("topaz_lightning")
-    root.addHandler(handler)
+    # only this handler on the root: an in-process Hydra command of an earlier test leaves its
+    # console handler there, writing to that test's (closed) captured stream
+    saved_handlers = root.handlers[:]
+    root.handlers = [handler]
     level = package.level
     package.setLevel(logging.INFO)
     try:
@@ -104,7 +107,7 @@ def test_log_lines_go_above_the_bar_once(tmp_path, capsys):
         trainer.fit(_Tiny(), _loader())
         restored = handler in root.handlers
     finally:
-        root.removeHandler(handler)
+        root.handlers = saved_handlers
         package.setLevel(level)
     err = capsys.readouterr().err
     # one copy, formatted, on a line of its own (not appended to the bar's "... step/s]")
