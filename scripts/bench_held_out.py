@@ -1,14 +1,16 @@
 """CPU time of one held-out picking evaluation (the HeldOutPicking callback's work) on a real micrograph.
 
-Times ``callbacks.held_out.pick_shard`` + ``compute_metrics`` on one micrograph, preprocessed as
+Times ``HeldOutPicking.evaluate`` (pick, gather, metrics) on one micrograph, preprocessed as
 training does (Fourier-crop ``--downsample``, GMM normalization), with a trained model's network
-and run geometry, in three variants:
+and run geometry, in four variants:
 
 - ``strided``: tzl-pick's default scoring, picks only (no region AUPR: what an evaluation costs
   with ``region_aupr=final`` between the end-of-training one);
 - ``strided+map``: the same picks plus the dense score map for region AUPR (every evaluation
   before ``region_aupr``; the final one now);
-- ``dense``: ``pick.scoring=dense`` with region AUPR (the map is the one picked from).
+- ``dense+region``: ``pick.scoring=dense`` with region AUPR (the map is the one picked from);
+- ``dense``: ``pick.scoring=dense``, picks only (so ``dense+region - dense`` is the region AUPR
+  computation itself).
 
 Example (the EMPIAR-10017 micrograph held out by ``make demo-real``, 4096 -> 1024 px)::
 
@@ -37,16 +39,19 @@ def main() -> None:
     parser.add_argument("--coordinates", required=True, help="its true particles (any format)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--variants", default="strided,strided+map,dense", help="comma-separated subset"
+        "--variants",
+        default="strided,strided+map,dense+region,dense",
+        help="comma-separated subset",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from topaz_lightning.callbacks.held_out import compute_metrics, pick_shard
+    from types import SimpleNamespace
+
+    from topaz_lightning.callbacks import HeldOutPicking
     from topaz_lightning.geometry import RunGeometry, coordinates_to_model_frame
     from topaz_lightning.io import read_coordinates, read_micrograph
     from topaz_lightning.models import load_model
-    from topaz_lightning.picking.settings import PickSettings
     from topaz_lightning.preprocess.pipeline import preprocess_images
 
     net, extra = load_model(args.model)
@@ -64,20 +69,25 @@ def main() -> None:
         f"particles, {type(net).__name__}, downsample {geometry.downsample:g}, "
         f"torch threads {torch.get_num_threads()}"
     )
-    radius = float(geometry.nms_radius_px_model)
-    region_radius = float(geometry.label_radius_px_model)
-    variants = {
-        "strided": (PickSettings(nms_radius_px_model=radius), None),
-        "strided+map": (PickSettings(nms_radius_px_model=radius), region_radius),
-        "dense": (PickSettings(nms_radius_px_model=radius, scoring="dense"), region_radius),
+    # the callback as tzl-train builds it (the config node's defaults, the run geometry handed
+    # over); its evaluate() is one held-out evaluation: pick, gather (one process), metrics
+    trainer = SimpleNamespace(datamodule=None)
+    module = SimpleNamespace(net=net, device=torch.device("cpu"))
+    variants = {  # label: (pick settings, with region AUPR)
+        "strided": ({}, False),
+        "strided+map": ({}, True),
+        "dense+region": ({"scoring": "dense"}, True),
+        "dense": ({"scoring": "dense"}, False),
     }
     for label in args.variants.split(","):
-        settings, region = variants[label]
+        pick, region = variants[label]
+        callback = HeldOutPicking(
+            pick=pick, micrographs=image, coordinates=truth, geometry=geometry
+        )
         seconds, metrics = [], {}
         for _ in range(args.repeats):
             start = time.process_time()
-            shard, _ = pick_shard(net, image, truth, [name], settings, region)
-            metrics, _ = compute_metrics(shard, truth, float(geometry.match_distance_px_model))
+            metrics, *_ = callback.evaluate(trainer, module, region=region)
             seconds.append(time.process_time() - start)
         shown = " ".join(f"{s:.2f}" for s in seconds)
         values = " ".join(
