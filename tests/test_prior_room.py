@@ -16,6 +16,7 @@ from topaz_lightning.data.prior import (
     pi_is_an_estimate,
     prior_with_room,
     resolve_pi,
+    room_for_unlabeled,
     unlabeled_prior,
 )
 from topaz_lightning.errors import ConfigError
@@ -148,12 +149,23 @@ def test_room_zero_keeps_the_pn_switch(caplog):
     assert module.prior_value == pytest.approx(0.03)  # the labeled fraction
     assert module.hparams["prior_raised"] is False
     assert "PN with pi=0.03" in caplog.text
+    # the PN line points at the setting, for users whose micrographs hold unlabeled particles
+    assert "set module.min_unlabeled_per_labeled" in caplog.text
 
 
-def test_explicit_pn_objective_is_not_raised():
-    module = _module(PN(), pi=0.029, room=0.25)
+def test_explicit_pn_objective_is_not_raised(caplog):
+    with caplog.at_level("WARNING", logger="topaz_lightning"):
+        module = _module(PN(), pi=0.029, room=0.0)
+        module = _module(PN(), pi=0.029, room=0.25)
     assert isinstance(module.active_objective, PN) and not module.prior_raised
     assert module.prior_value == pytest.approx(0.03)
+    assert "min_unlabeled_per_labeled" not in caplog.text  # PN was asked for: no hint
+
+
+def test_no_floor_without_a_geometry():
+    assert room_for_unlabeled(None, 0.0, 0.25) is None
+    geometry = RunGeometry(pi=0.029, pi_unlabeled=0.0, pi_source="data.pi")  # no region counts
+    assert room_for_unlabeled(geometry, 0.0, 0.25) is None
 
 
 def test_explicit_pi_unlabeled_is_used_as_given():

@@ -13,8 +13,8 @@ from torch import nn
 from topaz_lightning.data.prior import (
     DEFAULT_MIN_UNLABELED_PER_LABELED,
     check_min_unlabeled_per_labeled,
-    pi_is_an_estimate,
-    prior_with_room,
+    room_for_unlabeled,
+    room_message,
 )
 from topaz_lightning.errors import ConfigError
 
@@ -229,11 +229,15 @@ class PULitModule(pl.LightningModule):
             log.warning(
                 "pi=%s is at or below the labeled fraction %s (pi_unlabeled = 0): every positive "
                 "region is labeled and the unlabeled regions are negatives, so the objective is "
-                "PN with pi=%.6g (the labeled fraction) instead of %s",
+                "PN with pi=%.6g (the labeled fraction) instead of %s%s",
                 self.pi,
                 "unknown" if labeled_fraction is None else f"{labeled_fraction:.6g}",
                 self.prior_value,
                 name,
+                ""
+                if self.min_unlabeled_per_labeled > 0 or isinstance(self.objective, PN)
+                else "; if particles were left unlabeled, raise pi or set module.min_unlabeled_per_labeled "
+                "(docs/accuracy.md, 'pi with complete annotation')",
             )
             return
         # objectives written before priors were declared received pi_unlabeled
@@ -267,38 +271,15 @@ class PULitModule(pl.LightningModule):
 
     def _keep_room_for_unlabeled(self, name: str) -> None:
         """Raise a derived pi_unlabeled below the floor of ``min_unlabeled_per_labeled``."""
-        g = self.geometry
-        if (
-            self._pi_unlabeled_given
-            or self.min_unlabeled_per_labeled <= 0
-            or g is None
-            or not g.num_regions
-            or g.num_labeled_positive_regions is None
-            or not pi_is_an_estimate(g.pi_source)
-        ):
-            return
-        room = prior_with_room(
-            self.pi_unlabeled,
-            int(g.num_labeled_positive_regions),
-            int(g.num_regions),
-            self.min_unlabeled_per_labeled,
+        r = self.min_unlabeled_per_labeled
+        room = (
+            None
+            if self._pi_unlabeled_given
+            else room_for_unlabeled(self.geometry, self.pi_unlabeled, r)
         )
-        if not room.raised:
-            return
-        log.warning(
-            "pi=%.4g (%s) leaves %.3g unlabeled particles per labeled one: annotations are rarely "
-            "complete, so %s trains with at least %g per labeled one, pi=%.4g, "
-            "pi_unlabeled=%.4g (module.min_unlabeled_per_labeled; set it to 0, or objective=pn, "
-            "to treat every unlabeled region as a negative)",
-            g.pi if g.pi is not None else float("nan"),
-            g.pi_source or "run geometry",
-            room.given_unlabeled_per_labeled,
-            name,
-            self.min_unlabeled_per_labeled,
-            room.pi,
-            room.pi_unlabeled,
-        )
-        self.pi_unlabeled, self.pi, self.prior_raised = room.pi_unlabeled, room.pi, True
+        if room is not None:
+            log.warning("%s", room_message(self.geometry, room, r, name))
+            self.pi_unlabeled, self.pi, self.prior_raised = room.pi_unlabeled, room.pi, True
 
     # ------------------------------------------------------------------ steps
     def forward(self, patches: torch.Tensor) -> torch.Tensor:

@@ -16,13 +16,13 @@ Definitions used everywhere in topaz-lightning:
   what the PU objectives receive. It is 0 when every positive is labeled (pi at or below the
   labeled fraction).
 - Annotations are never complete, so a pi from the user's settings at (or just above) the labeled
-  fraction is read as "the user counted the labeled particles", not as "nothing is left to find":
-  by default the LightningModule keeps at least ``min_unlabeled_per_labeled`` unlabeled positive regions per
-  labeled one (:func:`prior_with_room`, ``pi_unlabeled >= r * N_lab / (N_regions - N_lab)``) and
-  says so; the PN objective (every unlabeled region a negative) only when asked for
-  (``objective=pn`` or ``module.min_unlabeled_per_labeled=0``) or when pi is a simulated
-  dataset's recorded truth (:func:`pi_is_an_estimate`). Evidence: docs/accuracy.md,
-  "pi with complete annotation".
+  fraction may mean "the user counted the labeled particles" rather than "nothing is left to
+  find". With ``module.min_unlabeled_per_labeled = r > 0`` the LightningModule keeps at least r
+  unlabeled positive regions per labeled one (:func:`prior_with_room`:
+  ``pi_unlabeled >= r * N_lab / (N_regions - N_lab)``) and says so, never for a simulated
+  dataset's recorded truth (:func:`pi_is_an_estimate`). The default r is 0 (the PN objective when
+  pi is at the labeled fraction, as Topaz does): on the EMPIAR-10017 folds the room won in one
+  fold and lost in another (docs/accuracy.md, "pi with complete annotation").
 """
 
 from __future__ import annotations
@@ -273,3 +273,43 @@ def prior_with_room(
     value = floor if raised else float(pi_unlabeled)
     pi = (n_labeled_positive_regions + value * n_unlabeled) / n_regions
     return PriorWithRoom(float(pi), float(value), raised, float(given))
+
+
+def room_for_unlabeled(
+    geometry: Any, pi_unlabeled: float, min_unlabeled_per_labeled: float
+) -> PriorWithRoom | None:
+    """The raised priors when the floor of :func:`prior_with_room` applies to a run geometry
+    (``RunGeometry``: ``pi_source``, ``num_regions``, ``num_labeled_positive_regions``), else None:
+    none for r = 0, an unknown region count, a simulated dataset's recorded pi, or a prior
+    already above the floor."""
+    g = geometry
+    if (
+        min_unlabeled_per_labeled <= 0
+        or g is None
+        or not g.num_regions
+        or g.num_labeled_positive_regions is None
+        or not pi_is_an_estimate(g.pi_source)
+    ):
+        return None
+    room = prior_with_room(
+        pi_unlabeled,
+        int(g.num_labeled_positive_regions),
+        int(g.num_regions),
+        min_unlabeled_per_labeled,
+    )
+    return room if room.raised else None
+
+
+def room_message(
+    geometry: Any, room: PriorWithRoom, min_unlabeled_per_labeled: float, objective: str
+) -> str:
+    """The one warning line when :func:`room_for_unlabeled` raised the priors."""
+    pi = "unknown" if geometry.pi is None else f"{geometry.pi:.4g}"
+    return (
+        f"pi={pi} ({geometry.pi_source or 'run geometry'}) leaves "
+        f"{room.given_unlabeled_per_labeled:.3g} unlabeled particles per labeled one: annotations "
+        f"are rarely complete, so {objective} trains with at least {min_unlabeled_per_labeled:g} "
+        f"per labeled one, pi={room.pi:.4g}, pi_unlabeled={room.pi_unlabeled:.4g} "
+        "(module.min_unlabeled_per_labeled; set it to 0, or objective=pn, to treat every unlabeled "
+        "region as a negative)"
+    )
