@@ -141,6 +141,29 @@ def test_final_by_epochs_and_after_a_stop_request(tmp_path):
     assert h["step"] == 2 and h["val/region_aupr"] == pytest.approx(1.0)
 
 
+def test_is_last_batch_reads_the_trainer_limits():
+    from types import SimpleNamespace
+
+    from topaz_lightning.callbacks.training_end import is_final_epoch, is_last_batch
+
+    def trainer(step=3, epoch=0, max_steps=-1, max_epochs=-1, batches=4.0, stop=False):
+        return SimpleNamespace(
+            should_stop=stop, global_step=step, current_epoch=epoch, max_steps=max_steps,
+            max_epochs=max_epochs, num_training_batches=batches,
+        )  # fmt: skip
+
+    assert is_last_batch(trainer(max_steps=3), 0) and not is_last_batch(trainer(max_steps=4), 3)
+    assert is_last_batch(trainer(stop=True), 0)
+    # by epochs: only the last batch of the last epoch
+    assert is_last_batch(trainer(epoch=1, max_epochs=2), 3)
+    assert not is_last_batch(trainer(epoch=1, max_epochs=2), 2)
+    assert not is_last_batch(trainer(epoch=0, max_epochs=2), 3)
+    # an endless loader (the patch sampler) never has a last batch; max_epochs -1: no limit
+    assert not is_last_batch(trainer(epoch=1, max_epochs=2, batches=math.inf), 10**6)
+    assert not is_last_batch(trainer(batches=4.0), 3)
+    assert is_final_epoch(trainer(epoch=1, max_epochs=2)) and not is_final_epoch(trainer())
+
+
 def test_callback_pr_curve_marks_the_default_count(tmp_path, monkeypatch):
     """The PR curve of the callback marks tzl-pick's default count (the run's pi) beside best F1,
     with tzl-evaluate's mark (metrics.operating_points)."""

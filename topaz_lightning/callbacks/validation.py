@@ -20,6 +20,7 @@ from topaz_lightning.callbacks.held_out import (
     pick_shard,
 )
 from topaz_lightning.callbacks.pictures import draw_pictures, image_dir, log_images
+from topaz_lightning.callbacks.training_end import is_final_epoch, is_last_batch
 from topaz_lightning.errors import ConfigError
 from topaz_lightning.metrics.operating_points import expected_counts
 from topaz_lightning.picking.settings import PickSettings
@@ -260,10 +261,10 @@ class HeldOutPicking(pl.Callback):
         # one step, hence the _last_step guard
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self._run(trainer, pl_module, on_step=True, final=_is_last_batch(trainer, batch_idx))
+            self._run(trainer, pl_module, on_step=True, final=is_last_batch(trainer, batch_idx))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_train_end and _is_final_epoch(trainer) and self._final_due(trainer):
+        if self.at_train_end and is_final_epoch(trainer) and self._final_due(trainer):
             self._run(trainer, pl_module, on_step=False, final=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -413,28 +414,3 @@ def _positive(value: Any) -> bool:
         return math.isfinite(float(value)) and float(value) > 0
     except (TypeError, ValueError):
         return False
-
-
-def _is_last_batch(trainer: pl.Trainer, batch_idx: int) -> bool:
-    """Whether the batch just ended ends training: ``max_steps`` reached, a stop requested, or
-    the last batch of the last of ``max_epochs`` (a sized loader)."""
-    if trainer.should_stop:
-        return True
-    max_steps = trainer.max_steps
-    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
-        return True
-    max_epochs = trainer.max_epochs
-    if max_epochs is None or max_epochs < 0 or trainer.current_epoch + 1 < max_epochs:
-        return False
-    batches = trainer.num_training_batches
-    return math.isfinite(batches) and batch_idx + 1 >= batches
-
-
-def _is_final_epoch(trainer: pl.Trainer) -> bool:
-    if trainer.should_stop:
-        return True
-    max_steps = trainer.max_steps
-    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
-        return True
-    max_epochs = trainer.max_epochs
-    return max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
