@@ -286,7 +286,11 @@ def render_table(
         "test AUPR at r (ours/Topaz) | test AUPR at r/2 (ours/Topaz) | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    skipped = []
     for row in rows:
+        if not any(r.rc == 0 for r in row.ours) or not any(r.rc == 0 for r in row.topaz):
+            skipped.append(row.name)  # no ratio without a finished run of each tool
+            continue
         ow, tw = row.rate(row.ours, "wall_s"), row.rate(row.topaz, "wall_s")
         oc, tc = row.rate(row.ours, "cpu_s"), row.rate(row.topaz, "cpu_s")
         rss_o = median([r.maxrss_mib for r in row.ours if r.rc == 0])
@@ -301,6 +305,8 @@ def render_table(
             f"{rss_o:.0f} / {rss_t:.0f} | {at_r} | {at_half} | "
             f"{'n/a' if math.isnan(load) else f'{load:.1f}'} |"
         )
+    if skipped:
+        lines += ["", "Not timed (no finished run of one of the tools): " + "; ".join(skipped)]
     return "\n".join(lines)
 
 

@@ -240,3 +240,17 @@ def test_merge_marks_rows_of_another_commit_and_keeps_this_runs_aupr(bt, tmp_pat
     assert old.name == "pick conv31 dense [old0]" and old.aupr_key == "real conv31 [old0]"
     assert bench.aupr == {"real conv31": {"topaz": 0.9}, "real conv31 [old0]": {"topaz": 0.5}}
     assert math.isnan(same.ours[0].load1) and same.topaz[0].load1 == 3.0
+
+
+def test_rows_without_a_finished_run_of_each_tool_are_named_not_tabled(bt):
+    done = bt.Row(
+        "done", "micrographs/s", 16, ours=[bt.Run(1, 1, 1, 0)], topaz=[bt.Run(2, 2, 1, 0)]
+    )
+    cut = bt.Row("cut", "micrographs/s", 16, ours=[], topaz=[bt.Run(2, 2, 1, 0)])
+    failed = bt.Row(
+        "failed", "micrographs/s", 16, ours=[bt.Run(1, 1, 1, 1)], topaz=[bt.Run(2, 2, 1, 0)]
+    )
+    lines = bt.render_table([done, cut, failed]).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:3]] == ["| done"]
+    assert lines[-1] == "Not timed (no finished run of one of the tools): cut; failed"
+    assert "nan" not in "\n".join(lines)
