@@ -269,3 +269,13 @@ def test_all_labels_with_pi_from_the_annotated_count_through_the_config(cfg_trai
             room * g.num_labeled_positive_regions / (g.num_regions - g.num_labeled_positive_regions)
         )
         assert module.prior_value == pytest.approx(floor)
+
+
+def test_a_negative_room_is_refused_before_training_starts():
+    from omegaconf import OmegaConf
+
+    from topaz_lightning.cli.validate import validate
+
+    cfg = OmegaConf.create({"module": {"min_unlabeled_per_labeled": -0.5}})
+    with pytest.raises(ConfigError, match="module.min_unlabeled_per_labeled.*>= 0"):
+        validate("train", cfg)

@@ -152,6 +152,7 @@ def validate_train(cfg: DictConfig) -> None:
     number(cfg, "module.optimizer.lr", minimum=0, exclusive_minimum=True)
     number(cfg, "module.optimizer.weight_decay", minimum=0, allow_none=True)
     number(cfg, "module.pi_unlabeled", minimum=0, maximum=1, allow_none=True)
+    number(cfg, "module.min_unlabeled_per_labeled", minimum=0, allow_none=True)
     recon = _get(cfg, "module.recon_weight")
     if recon is not _MISSING and recon != "auto":
         number(cfg, "module.recon_weight", minimum=0, allow_none=True)

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from topaz_lightning.errors import ConfigError
+from topaz_lightning.errors import ConfigError, check_number
 from topaz_lightning.geometry import disk_area
 
 #: ``pi_source`` of a prior from the user's settings (:func:`resolve_pi`); ``data.pi=auto`` hands
@@ -203,18 +203,7 @@ def check_min_unlabeled_per_labeled(
     value: Any, key: str = "module.min_unlabeled_per_labeled"
 ) -> float:
     """The setting as a float >= 0 (0 = trust pi as given: PN when pi is at the labeled fraction)."""
-    try:
-        room = float(value)
-        ok = room >= 0 and math.isfinite(room) and not isinstance(value, bool)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(
-            key,
-            "must be a number >= 0 (unlabeled particles assumed at least per labeled one; "
-            f"0 = trust pi as given), got {value!r}",
-        )
-    return room
+    return float(check_number(key, value, 0))
 
 
 @dataclass(frozen=True)
