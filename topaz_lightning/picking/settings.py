@@ -53,7 +53,7 @@ class PickSettings:
     #: 1 | 8: average the logits over the 8 rotations/mirrors of each patch
     tta: int = 1
     #: scoring=strided: how each coarse pick is refined (picking.strided.REFINE_METHODS)
-    refine: str = "window"
+    refine: str = "centroid"
     #: keep the score map in the result (to save or plot it)
     keep_score_map: bool = False
     #: drop picks on striped bands detected along the edges (picking.border), widened inwards
@@ -347,7 +347,7 @@ def resolve_pick_settings(cfg, net, extra: dict, model_path: str | None = None) 
     expected = _expected_per_px_model(geometry)
     max_picks = _top_k(cfg.get("particles_per_micrograph"), threshold_source, expected)
     scoring = check_scoring(str(cfg.get("scoring", "dense")))
-    refine = str(cfg.get("refine", "window"))
+    refine = str(cfg.get("refine", PickSettings.refine))
     all_maxima = threshold_free(scoring, refine)
     settings = PickSettings(
         nms_radius_px_model=radius,
