@@ -371,7 +371,12 @@ def _card(**changes):
         geometry=RunGeometry(downsample=2.0, pi=0.04, pi_unlabeled=0.03, normalize="gmm"),
         preprocessing={"downsample": 2.0, "normalize": "gmm", "gmm": fit.to_record()},
         objective={"configured": "x.GEBinomial", "optimized": "PN", "prior": "pi"},
-        training={"receptive_field": 31, "patch_size_px_model": 31, "data_fingerprint": "ab"},
+        training={
+            "receptive_field": 31,
+            "patch_size_px_model": 31,
+            "data_fingerprint": "ab",
+            "num_unlabeled_micrographs": 2,
+        },
     )
     values.update(changes)
     return ModelCard(**values)
@@ -387,6 +392,7 @@ def test_model_card_round_trips_and_extra_is_its_view(tmp_path):
     _, extra = load_model(path)
     again = read_model_card(extra, path)
     assert again == card and again.downsample == 2.0 and again.normalize == "gmm"
+    assert again.training["num_unlabeled_micrographs"] == 2
     # the keys that readers of older files use, taken from the card
     assert extra["geometry"] == card.geometry.to_dict()
     assert extra["normalize_fit"] == card.preprocessing["gmm"]

@@ -214,6 +214,8 @@ def model_card(cfg: DictConfig, datamodule: Any, module: Any, patch_size: int, g
             "global_step": int(global_step),
             "seed": int(cfg.seed),
             "data_fingerprint": datamodule.data_fingerprint(),
+            # label-free micrographs that gave unlabeled patches (data.unlabeled_micrographs)
+            "num_unlabeled_micrographs": len(getattr(datamodule, "unlabeled_micrographs", {})),
         },
     )
 

@@ -188,6 +188,7 @@ _CARD_FIELDS: dict[str, dict[str, str]] = {
         "global_step": "int",
         "seed": "int",
         "data_fingerprint": "str",
+        "num_unlabeled_micrographs": "int",
     },
 }
 
