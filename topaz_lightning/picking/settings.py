@@ -53,7 +53,7 @@ class PickSettings:
     #: 1 | 8: average the logits over the 8 rotations/mirrors of each patch
     tta: int = 1
     #: scoring=strided: how each coarse pick is refined (picking.strided.REFINE_METHODS)
-    refine: str = "centroid"
+    refine: str = "window"
     #: keep the score map in the result (to save or plot it)
     keep_score_map: bool = False
     #: drop picks on striped bands detected along the edges (picking.border), widened inwards
