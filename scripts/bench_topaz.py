@@ -693,8 +693,7 @@ class Bench:
             f"picks={first_path}",
             f"label={first}",
             "picks_format=tsv",  # Topaz's picks.txt is the same tab-separated table
-            # "+": tzl-evaluate refuses "compare={...}" as an unknown key (its default is {})
-            *([f"+compare={{{compare}}}"] if others else []),
+            *([f"compare={{{compare}}}"] if others else []),
             f"truth={base / 'truth_test.txt'}",
             "truth_format=tsv",
             f"micrographs={base / 'test.txt'}",

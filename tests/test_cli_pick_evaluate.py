@@ -104,7 +104,8 @@ def test_evaluate_restricts_to_listed_micrographs_and_compares_runs(dataset):
         dataset,
         dataset / "picks" / "picks.tsv",
         f"micrographs={dataset / 'test.txt'}",
-        f"+compare.top1={dataset / 'picks_top1' / 'picks.tsv'}",
+        # the documented form (refused as an unknown key while the default was {})
+        f"compare={{top1: {dataset / 'picks_top1' / 'picks.tsv'}}}",
     )
     assert metrics["n_true"] == 3 and metrics["n_micrographs"] == 1
     assert metrics["runs"]["top1"]["n_pred"] == 1
