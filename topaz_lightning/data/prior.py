@@ -127,6 +127,17 @@ def labeled_fraction(n_labeled_positive_regions: int, n_regions: int) -> float:
     return n_labeled_positive_regions / n_regions
 
 
+def _check_region_counts(n_labeled_positive_regions: int, n_regions: int) -> None:
+    """``0 <= N_lab < N`` and ``N > 0`` (ValueError: a caller's bug, not user input)."""
+    if n_regions <= 0:
+        raise ValueError(f"n_regions must be > 0, got {n_regions}")
+    if not 0 <= n_labeled_positive_regions < n_regions:
+        raise ValueError(
+            f"n_labeled_positive_regions must be in [0, n_regions={n_regions}), "
+            f"got {n_labeled_positive_regions}"
+        )
+
+
 def unlabeled_prior(pi: float, n_labeled_positive_regions: int, n_regions: int) -> float:
     """Prior of a positive among unlabeled draws: ``max(0, (pi*N - N_lab) / (N - N_lab))``.
 
@@ -138,13 +149,7 @@ def unlabeled_prior(pi: float, n_labeled_positive_regions: int, n_regions: int) 
     """
     if not 0 < pi < 1:
         raise ValueError(f"pi must be in (0, 1), got {pi}")
-    if n_regions <= 0:
-        raise ValueError(f"n_regions must be > 0, got {n_regions}")
-    if not 0 <= n_labeled_positive_regions < n_regions:
-        raise ValueError(
-            f"n_labeled_positive_regions must be in [0, n_regions={n_regions}), "
-            f"got {n_labeled_positive_regions}"
-        )
+    _check_region_counts(n_labeled_positive_regions, n_regions)
     n_unlabeled = n_regions - n_labeled_positive_regions
     value = (pi * n_regions - n_labeled_positive_regions) / n_unlabeled
     return float(max(0.0, value))
@@ -236,13 +241,7 @@ def prior_with_room(
     is a ConfigError naming ``key``.
     """
     room = check_min_unlabeled_per_labeled(min_unlabeled_per_labeled, key)
-    if n_regions <= 0:
-        raise ValueError(f"n_regions must be > 0, got {n_regions}")
-    if not 0 <= n_labeled_positive_regions < n_regions:
-        raise ValueError(
-            f"n_labeled_positive_regions must be in [0, n_regions={n_regions}), "
-            f"got {n_labeled_positive_regions}"
-        )
+    _check_region_counts(n_labeled_positive_regions, n_regions)
     if not 0 <= pi_unlabeled < 1:
         raise ValueError(f"pi_unlabeled must be in [0, 1), got {pi_unlabeled}")
     n_unlabeled = n_regions - n_labeled_positive_regions
