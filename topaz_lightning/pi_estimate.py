@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from topaz_lightning.data.prior import unlabeled_prior
+from topaz_lightning.data.prior import dataset_prior, unlabeled_prior
 
 log = logging.getLogger("topaz_lightning")
 
@@ -140,13 +140,6 @@ def elkan_noto_mixture_proportion(
     if not c > 0:
         return 1.0
     return float(np.clip(lam * (1 - c) / ((1 - lam) * c), 0.0, 1.0))
-
-
-def dataset_prior(pi_unlabeled: float, num_labeled_regions: int, num_regions: int) -> float:
-    """``pi`` from the prior among unlabeled regions: ``(pi_u (N - N_lab) + N_lab) / N``."""
-    return float(
-        (pi_unlabeled * (num_regions - num_labeled_regions) + num_labeled_regions) / num_regions
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,6 +127,14 @@ def labeled_fraction(n_labeled_positive_regions: int, n_regions: int) -> float:
     return n_labeled_positive_regions / n_regions
 
 
+def dataset_prior(pi_unlabeled: float, num_labeled_regions: int, num_regions: int) -> float:
+    """``pi`` from the prior among unlabeled regions: ``(pi_u (N - N_lab) + N_lab) / N`` (the
+    inverse of :func:`unlabeled_prior` above the labeled fraction)."""
+    return float(
+        (pi_unlabeled * (num_regions - num_labeled_regions) + num_labeled_regions) / num_regions
+    )
+
+
 def _check_region_counts(n_labeled_positive_regions: int, n_regions: int) -> None:
     """``0 <= N_lab < N`` and ``N > 0`` (ValueError: a caller's bug, not user input)."""
     if n_regions <= 0:
@@ -259,8 +267,8 @@ def prior_with_room(
         )
     raised = pi_unlabeled < floor
     value = floor if raised else float(pi_unlabeled)
-    pi = (n_labeled_positive_regions + value * n_unlabeled) / n_regions
-    return PriorWithRoom(float(pi), float(value), raised, float(given))
+    pi = dataset_prior(value, n_labeled_positive_regions, n_regions)
+    return PriorWithRoom(pi, float(value), raised, float(given))
 
 
 def room_for_unlabeled(
