@@ -41,6 +41,11 @@ VARIANTS: dict[str, dict] = {
     "strided": {"scoring": "strided", "refine": "window"},
     "strided_centroid": {"scoring": "strided", "refine": "centroid"},
     "strided_none": {"scoring": "strided", "refine": "none"},
+    "strided_quadratic": {"scoring": "strided", "refine": "quadratic"},
+    # exact windows for the best 700 / 1300 picks of the 1024 x 1024 micrograph (1.1x / 2x the
+    # ~650 particles the models expect; tzl-pick's refine_exact=1.0 is the expected count)
+    "strided_top700": {"scoring": "strided", "refine_exact_per_px_model": 700 / 1024**2},
+    "strided_top1300": {"scoring": "strided", "refine_exact_per_px_model": 1300 / 1024**2},
 }
 
 

@@ -6,7 +6,7 @@ Example usage:
     .venv/bin/python scripts/bench_topaz.py --repeats 3 --train-steps 100 --aupr-steps 1000
     .venv/bin/python scripts/bench_topaz.py --only aupr_real --aupr-models conv31:1000
     .venv/bin/python scripts/bench_topaz.py --snapshot --only pick_conv31 --pick-micrographs 16 \
-        --scorings strided:window,strided:centroid,dense --repeats 2 --dense-repeats 1
+        --scorings strided:window,strided:window_all,dense --repeats 3 --dense-repeats 1
 
 Topaz is installed into its own virtual environment (``--topaz-venv``, default
 ``.bench/topaz_venv``; torch==2.13.0 first, then topaz-em==0.3.20, both with ``-c
@@ -205,11 +205,22 @@ def parse_scoring_spec(spec: str) -> tuple[str, str | None]:
     return scoring, (refine or None)
 
 
+#: --scorings refine token for exact windows on every maximum (tzl-pick's refine_exact=all)
+WINDOW_ALL = "window_all"
+
+
+def refine_overrides(refine: str | None) -> list[str]:
+    """tzl-pick overrides of a spec's refine token (``window_all``: every maximum exact)."""
+    if refine == WINDOW_ALL:
+        return ["refine=window", "refine_exact=all"]
+    return [f"refine={refine}"] if refine else []
+
+
 def scoring_label(spec: str, defaults: tuple[str, str] | None = None) -> str:
     """Row text of a scoring spec: ``scoring=strided refine=centroid``; ``(default)`` appended
     when it is tzl-pick's default (``defaults`` = pick.yaml's ``(scoring, refine)``)."""
     scoring, refine = parse_scoring_spec(spec)
-    text = f"scoring={scoring}" + (f" refine={refine}" if refine else "")
+    text = " ".join([f"scoring={scoring}"] + refine_overrides(refine))
     if defaults is not None and scoring == defaults[0]:
         if scoring != "strided" or (refine or defaults[1]) == defaults[1]:
             text += " (default)"
@@ -633,7 +644,7 @@ class Bench:
         maximum (the full PR curve, like Topaz's ``--threshold=-inf``). No picks.html
         (``browser=false``): Topaz writes only the coordinates."""
         scoring, refine = parse_scoring_spec(spec)
-        extra = [f"scoring={scoring}"] + ([f"refine={refine}"] if refine else [])
+        extra = [f"scoring={scoring}"] + refine_overrides(refine)
         if threshold is None:
             extra += ["threshold=null", "particles_per_micrograph=all"]
         else:
@@ -738,7 +749,7 @@ class Bench:
                 raise SystemExit(
                     f"--scorings: unknown scoring {scoring!r}; tzl-pick has {SCORING_METHODS}"
                 )
-            if refine is not None and refine not in REFINE_METHODS:
+            if refine is not None and refine not in (*REFINE_METHODS, WINDOW_ALL):
                 raise SystemExit(
                     f"--scorings: unknown refine {refine!r}; tzl-pick has {REFINE_METHODS}"
                 )
@@ -1213,9 +1224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--scorings",
-        default="strided:window,strided:centroid,dense",
+        default="strided:window,strided:window_all,strided:quadratic,dense",
         help="our scoring modes, SCORING[:REFINE] comma-separated: each gets an AUPR run and "
-        "a picking-speed row",
+        "a picking-speed row (REFINE window_all: exact windows on every maximum, refine_exact=all)",
     )
     parser.add_argument(
         "--pick-scorings",

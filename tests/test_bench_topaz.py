@@ -109,6 +109,11 @@ def test_scoring_specs_parse_and_label_the_default(bt):
     assert bt.scoring_label("strided:window", defaults) == "scoring=strided refine=window (default)"
     assert bt.scoring_label("strided", defaults) == "scoring=strided (default)"
     assert bt.scoring_label("strided:centroid", defaults) == "scoring=strided refine=centroid"
+    # every maximum refined exactly: two tzl-pick overrides, not the default
+    assert (
+        bt.scoring_label("strided:window_all", defaults)
+        == "scoring=strided refine=window refine_exact=all"
+    )
     assert bt.scoring_label("dense", defaults) == "scoring=dense"
     assert bt.scoring_label("dense", ("dense", "window")) == "scoring=dense (default)"
 

@@ -283,11 +283,14 @@ def test_particles_are_dark_in_underfocus_and_filaments_are_elongated():
 # ---------------------------------------------------------------- presets and settings
 @pytest.mark.parametrize("name", preset_names())
 def test_preset_yaml_instantiates_to_the_preset(name: str, configs_dir: Path):
+    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    node = OmegaConf.load(configs_dir / "simulate" / f"{name}.yaml")
-    settings = instantiate(node, _convert_="all")
+    # composed as tzl-simulate composes it (a preset may extend another through its defaults)
+    with initialize_config_dir(str(configs_dir), version_base=None):
+        node = compose(config_name="simulate", overrides=[f"simulate={name}"]).simulate
+    settings = instantiate(OmegaConf.to_container(node, resolve=True), _convert_="all")
     assert isinstance(settings, SimulationSettings)
     assert settings == get_preset(name)
 

@@ -223,3 +223,83 @@ def test_channels_last_copy_gives_the_picks_of_the_network_as_written(conv31, mo
     np.testing.assert_array_equal(fast.xy, plain.xy)
     np.testing.assert_allclose(fast.scores, plain.scores, rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast.coarse, plain.coarse, rtol=0, atol=1e-5)
+
+
+def test_quadratic_refinement_finds_the_vertex_of_a_paraboloid():
+    from topaz_lightning.picking.strided import _quadratic_peaks
+
+    i, j = np.mgrid[0:12, 0:16].astype(np.float64)
+    coarse = 3.0 - 0.7 * (i - 5.3) ** 2 - 0.2 * (j - 7.8) ** 2
+    xy, peak = _quadratic_peaks(coarse.astype(np.float32), np.array([[5, 8], [0, 8]]), 4)
+    # exact for a separable paraboloid: the vertex (x = 4 * 7.8, y = 4 * 5.3) and its value
+    np.testing.assert_allclose(xy[0], [4 * 7.8, 4 * 5.3], atol=1e-4)
+    np.testing.assert_allclose(peak[0], 3.0, atol=1e-4)
+    # on the grid's edge the axis without a neighbour stays at the sample (y = 0), the other moves
+    np.testing.assert_allclose(xy[1], [4 * 7.8, 0.0], atol=1e-4)
+    assert peak[1] > coarse[0, 8]
+
+
+def test_quadratic_refinement_moves_within_half_a_stride_and_only_raises_scores(conv31):
+    image = _micrograph(6, shape=(96, 96), n_blobs=8)
+    coarse = _strided(conv31, image, 8.0, refine="none")
+    quad = _strided(conv31, image, 8.0, refine="quadratic")
+    assert quad.n_refined == 0
+    order = np.lexsort((coarse.sample_xy[:, 0], coarse.sample_xy[:, 1]))
+    q_order = np.lexsort((quad.sample_xy[:, 0], quad.sample_xy[:, 1]))
+    np.testing.assert_array_equal(coarse.sample_xy[order], quad.sample_xy[q_order])
+    assert np.abs(quad.xy[q_order] - quad.sample_xy[q_order]).max() <= 2.0 + 1e-9
+    assert np.all(quad.scores[q_order] >= coarse.scores[order] - 1e-9)
+    assert np.any(quad.scores[q_order] > coarse.scores[order])
+    # scores are re-ranked best first
+    assert np.all(np.diff(quad.scores) <= 0)
+
+
+def test_exact_top_windows_the_best_picks_and_estimates_the_rest(conv31):
+    image = _micrograph(6, shape=(96, 96), n_blobs=8)
+    exact = _strided(conv31, image, 8.0, refine="window")
+    quad = _strided(conv31, image, 8.0, refine="quadratic")
+    n = len(exact.scores)
+    assert n > 6
+    # a budget of at least every pick is the exact refinement
+    full = _strided(conv31, image, 8.0, refine="window", exact_top=n)
+    np.testing.assert_array_equal(full.xy, exact.xy)
+    np.testing.assert_array_equal(full.scores, exact.scores)
+    # zero windows: the quadratic estimates
+    none = _strided(conv31, image, 8.0, refine="window", exact_top=0)
+    assert none.n_refined == 0
+    np.testing.assert_array_equal(none.xy, quad.xy)
+    np.testing.assert_array_equal(none.scores, quad.scores)
+    # k windows: the k best by their quadratic estimate get the exact score and position
+    k = 3
+    part = _strided(conv31, image, 8.0, refine="window", exact_top=k)
+    assert part.n_refined == k
+    best = {tuple(p) for p in quad.sample_xy[:k]}  # quad is ranked best first
+    by_sample = {
+        tuple(p): (xy, sc)
+        for p, xy, sc in zip(exact.sample_xy, exact.xy, exact.scores, strict=True)
+    }
+    by_quad = {
+        tuple(p): (xy, sc) for p, xy, sc in zip(quad.sample_xy, quad.xy, quad.scores, strict=True)
+    }
+    for p, xy, sc in zip(part.sample_xy, part.xy, part.scores, strict=True):
+        want_xy, want_score = (by_sample if tuple(p) in best else by_quad)[tuple(p)]
+        np.testing.assert_array_equal(xy, want_xy)
+        assert sc == pytest.approx(want_score, abs=1e-5)  # batches of other sizes: rounding
+    assert np.all(np.diff(part.scores) <= 0)
+
+
+def test_refine_exact_is_a_multiple_of_the_expected_count():
+    from topaz_lightning.picking.predict import exact_top
+    from topaz_lightning.picking.settings import _exact_per_px_model
+
+    assert _exact_per_px_model("all", 1e-3) is None
+    assert _exact_per_px_model(None, 1e-3) is None
+    assert _exact_per_px_model(2.0, None) is None  # no prior in model.pt: every pick
+    density = _exact_per_px_model(1.0, 700 / 1024**2)
+    settings = PickSettings(nms_radius_px_model=8.0, refine_exact_per_px_model=density)
+    assert exact_top(settings, (1024, 1024)) == 700
+    assert exact_top(settings, (512, 1024)) == 350
+    assert exact_top(PickSettings(nms_radius_px_model=8.0), (1024, 1024)) is None
+    for bad in (-1.0, "most", float("nan")):
+        with pytest.raises(ConfigError, match="refine_exact"):
+            _exact_per_px_model(bad, 1e-3)

@@ -19,6 +19,7 @@ Under ``trainer=ddp`` Lightning's distributed sampler shards the dataset over th
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,12 @@ def has_native_stride(net: nn.Module) -> bool:
     return getattr(net, "phase_strides", None) is not None and hasattr(net, "trunk")
 
 
+def exact_top(settings: PickSettings, shape: tuple[int, int]) -> int | None:
+    """How many picks of a micrograph of ``shape`` (model px) get exact windows (None: all)."""
+    density = settings.refine_exact_per_px_model
+    return None if density is None else math.ceil(density * shape[0] * shape[1] - 1e-9)
+
+
 def _strided(
     net: nn.Module, image: np.ndarray, settings: PickSettings, name: str, device
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
@@ -148,6 +155,7 @@ def _strided(
                 refine=settings.refine,
                 tta=settings.tta,
                 keep_score_map=settings.keep_score_map,
+                exact_top=exact_top(settings, tensor.shape),
             )
     finally:
         net.train(was_training)

@@ -54,6 +54,10 @@ class PickSettings:
     tta: int = 1
     #: scoring=strided: how each coarse pick is refined (picking.strided.REFINE_METHODS)
     refine: str = "window"
+    #: refine=window: exact windows for only the best ``refine_exact_per_px_model * H * W``
+    #: coarse picks of an H x W (model px) micrograph, ranked by their quadratic estimate (the
+    #: rest keep it); None = every pick
+    refine_exact_per_px_model: float | None = None
     #: keep the score map in the result (to save or plot it)
     keep_score_map: bool = False
     #: drop picks on striped bands detected along the edges (picking.border), widened inwards
@@ -97,6 +101,12 @@ class PickSettings:
             set_(self, "scoring_level", _number("scoring_level", self.scoring_level, -math.inf))
         set_(self, "tta", check_tta(self.tta))
         check_refine(self.refine)
+        if self.refine_exact_per_px_model is not None:
+            set_(
+                self,
+                "refine_exact_per_px_model",
+                _number("refine_exact", self.refine_exact_per_px_model, 0.0),
+            )
         if not isinstance(self.border_bands, bool):
             raise ConfigError("border_bands", f"must be true or false, got {self.border_bands!r}")
         if self.border_padding_px_model is None:
@@ -194,6 +204,20 @@ class ResolvedPick:
             return None
         h_model, w_model = (float(n) / self.downsample for n in shape_px)
         return self.expected_per_px_model * h_model * w_model
+
+
+def _exact_per_px_model(refine_exact, expected_per_px_model: float | None) -> float | None:
+    """``refine_exact`` (``all``/null, or a multiple of the expected particle count) as exact
+    windows per model px; None (every pick) when the model carries no prior."""
+    if refine_exact is None or refine_exact == "all":
+        return None
+    factor = _number("refine_exact", refine_exact, 0.0)
+    if expected_per_px_model is None:
+        logging.getLogger("topaz_lightning").info(
+            "refine_exact=%s: model.pt carries no prior, so every pick is refined", factor
+        )
+        return None
+    return factor * expected_per_px_model
 
 
 def choose_threshold(cfg) -> tuple[float, str]:
@@ -360,6 +384,7 @@ def resolve_pick_settings(cfg, net, extra: dict, model_path: str | None = None) 
         scoring_level=cfg.get("scoring_level"),
         tta=cfg.get("tta", 1),
         refine=refine,
+        refine_exact_per_px_model=_exact_per_px_model(cfg.get("refine_exact", "all"), expected),
         border_bands=bool(cfg.get("border_bands", True)),
         border_padding_px_model=cfg.get("border_padding_px_model"),
         border_margin_px_model=cfg.get("border_margin_px_model") or 0.0,

@@ -283,7 +283,12 @@ def load_preset(preset: str) -> dict[str, Any]:
         )
     values = yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text())
     values.pop("_target_", None)
-    return values
+    # a preset may extend another (Hydra's group-relative defaults: ``[other, _self_]``): the
+    # other's settings, then its own on top, as tzl-simulate composes it
+    bases = [d for d in values.pop("defaults", []) if d != "_self_"]
+    if len(bases) > 1 or any(not isinstance(b, str) or b == preset for b in bases):
+        raise ConfigError("preset", f"{preset}.yaml: defaults may name one other preset: {bases}")
+    return {**load_preset(bases[0]), **values} if bases else values
 
 
 def get_preset(preset: str, /, **overrides: Any) -> SimulationSettings:
