@@ -60,7 +60,7 @@ from omegaconf import DictConfig
 
 from topaz_lightning.cli._hydra import entry_point
 from topaz_lightning.io.micrographs import read_micrograph_names as read_name_list  # noqa: F401
-from topaz_lightning.picking.settings import (  # noqa: F401 - the public names of before
+from topaz_lightning.picking.threshold import (  # noqa: F401 - the public names of before
     choose_threshold,
     threshold_from_metrics,
 )

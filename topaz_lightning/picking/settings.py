@@ -17,6 +17,7 @@ from topaz_lightning.picking.border import border_padding_px_model as _padding_r
 from topaz_lightning.picking.coarse import check_tta
 from topaz_lightning.picking.scoring import check_scoring
 from topaz_lightning.picking.strided import check_refine
+from topaz_lightning.picking.threshold import choose_threshold
 
 #: a candidate exactly the NMS radius from a pick: kept (ours) or suppressed (Topaz's)
 NMS_BOUNDARIES = ("keep", "suppress")
@@ -218,63 +219,6 @@ def _exact_per_px_model(refine_exact, expected_per_px_model: float | None) -> fl
         )
         return None
     return factor * expected_per_px_model
-
-
-def choose_threshold(cfg) -> tuple[float, str]:
-    """(logit threshold, the key it came from) from ``threshold``, ``threshold_probability`` or
-    ``target_recall``; (-inf, "none") when none is set."""
-    from topaz_lightning.picking.pick import logit
-
-    given = [
-        k for k in ("threshold", "threshold_probability", "target_recall") if cfg.get(k) is not None
-    ]
-    if len(given) > 1:
-        raise ConfigError(
-            given[1],
-            f"set only one of threshold, threshold_probability, target_recall (got {given})",
-        )
-    if not given:
-        return -math.inf, "none"
-    if given[0] == "threshold":
-        return _number("threshold", cfg.threshold, -math.inf), "threshold"
-    if given[0] == "threshold_probability":
-        return logit(float(cfg.threshold_probability)), "threshold_probability"
-    if not cfg.get("recall_metrics"):
-        raise ConfigError(
-            "recall_metrics",
-            "target_recall needs the metrics JSON of tzl-evaluate (with its curve)",
-        )
-    return threshold_from_metrics(cfg.recall_metrics, float(cfg.target_recall)), "target_recall"
-
-
-def threshold_from_metrics(path, target_recall: float) -> float:
-    """Threshold reaching ``target_recall`` on the PR curve stored in a tzl-evaluate metrics JSON."""
-    import json
-    import logging
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    from topaz_lightning.errors import InputError
-    from topaz_lightning.metrics.pr import threshold_for_recall
-
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
-        raise InputError(f"cannot read metrics JSON ({err})", path=path) from err
-    curve = data.get("curve") if isinstance(data, dict) else None
-    if not isinstance(curve, dict) or not {"threshold", "recall"} <= set(curve):
-        raise InputError(
-            "no PR curve in the metrics file (run tzl-evaluate with include_curve=true)",
-            path=path,
-            where="curve",
-        )
-    ev = SimpleNamespace(recall=curve["recall"], thresholds=curve["threshold"])
-    threshold = threshold_for_recall(ev, target_recall)
-    logging.getLogger("topaz_lightning").info(
-        "threshold %.4f reaches recall %.3f on %s", threshold, target_recall, path
-    )
-    return threshold
 
 
 def _preprocessing(cfg, extra: dict, geometry) -> tuple[float, str]:
