@@ -263,3 +263,53 @@ def test_patch_aupr_keeps_saturated_logits_in_order(monkeypatch):
     module._val_labels.append(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
     module.on_validation_epoch_end()
     assert float(logged["val/patch_aupr"]) == pytest.approx(0.7, abs=1e-6)
+
+
+class _LayoutProbe(pl.Callback):
+    """Records the memory layout of a conv weight at each step."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        # a weight with several input channels (with one, both layouts are the same strides)
+        weight = next(p for p in module.net.parameters() if p.dim() == 4 and p.shape[1] > 1)
+        self.weights.append(not weight.is_contiguous())
+
+
+def _fit_with_layout(tmp_path, memory_format: str, steps: int = 8):
+    pl.seed_everything(0, workers=True)
+    module = PULitModule(_conv31(), _objective(), pi_unlabeled=0.05, memory_format=memory_format)
+    probe, losses = _LayoutProbe(), []
+    plain_compute = module.compute_loss
+
+    def compute_loss(patches, labels):
+        loss, terms = plain_compute(patches, labels)
+        losses.append(float(loss.detach()))
+        return loss, terms
+
+    module.compute_loss = compute_loss
+    quiet_trainer(tmp_path / memory_format, [probe], max_steps=steps).fit(
+        module, datamodule=TinyPUData()
+    )
+    return module, probe, np.array(losses)
+
+
+def test_channels_last_on_the_cpu_trains_the_same_numbers_and_ends_contiguous(tmp_path):
+    auto, probe, auto_losses = _fit_with_layout(tmp_path, "auto")
+    # auto on the CPU: weights channels_last during every step (a one-channel patch is both
+    # layouts at once; the layers after the first follow their weights)
+    assert all(probe.weights) and len(probe.weights) == 8
+    # contiguous again after fit: model.pt and picking see the usual layout
+    assert all(p.is_contiguous() for p in auto.net.parameters())
+    plain, plain_probe, plain_losses = _fit_with_layout(tmp_path, "contiguous")
+    assert not any(plain_probe.weights)
+    # the same training up to float rounding (different kernels, same arithmetic)
+    np.testing.assert_allclose(auto_losses, plain_losses, rtol=1e-4, atol=1e-6)
+    for a, b in zip(auto.net.parameters(), plain.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_an_unknown_memory_format_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="memory_format"):
+        PULitModule(_conv31(), _objective(), pi_unlabeled=0.05, memory_format="nhwc")

@@ -121,3 +121,31 @@ def test_tta_changes_scores_and_bad_keys_are_refused(data):
     for key, value in (("scoring", "sparse"), ("tta", "4"), ("scoring_level", "low")):
         with pytest.raises(ConfigError, match=key):
             _pick(data, f"bad_{key}", f"{key}={value}")
+
+
+def test_channels_last_scoring_on_the_cpu_gives_the_same_picks(data, monkeypatch):
+    import topaz_lightning.picking.predict as predict
+
+    layouts = []
+    original = predict.strided_picks
+
+    def spy(net, *args, **kwargs):
+        # a weight with several input channels (with one, both layouts have the same strides)
+        weight = next(p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1)
+        layouts.append(not weight.is_contiguous())
+        return original(net, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "strided_picks", spy)
+    auto = _pick(data, "layout_auto", "scoring=strided")
+    plain = _pick(data, "layout_nchw", "scoring=strided", "memory_format=contiguous")
+    # auto is channels_last on the CPU, contiguous is not; one call per micrograph each
+    assert layouts == [True] * len(NAMES) + [False] * len(NAMES)
+    assert len(auto) == len(plain) > 0
+    pd.testing.assert_frame_equal(auto.drop(columns="score"), plain.drop(columns="score"))
+    np.testing.assert_allclose(auto["score"], plain["score"], rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_memory_format_is_refused_before_scoring(data):
+    with pytest.raises(ConfigError, match="memory_format"):
+        _pick(data, "layout_bad", "memory_format=nhwc")
+    assert not (data / "layout_bad" / "picks.tsv").exists()

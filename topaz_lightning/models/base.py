@@ -34,8 +34,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from topaz_lightning.errors import ConfigError
+
 DenseMethod = Literal["dilated", "polyphase"]
 DENSE_METHODS: tuple[str, ...] = ("dilated", "polyphase")
+#: how weights and inputs are laid out: ``auto`` is channels_last on the CPU (oneDNN's NHWC
+#: kernels: a conv31 training step ~15% and its coarse score map ~25% less CPU on the AMD EPYC
+#: of docs/training.md) and contiguous (NCHW) elsewhere, where it was not measured
+MEMORY_FORMATS: tuple[str, ...] = ("auto", "channels_last", "contiguous")
+
+
+def use_channels_last(memory_format: str, device_type: str) -> bool:
+    """Whether ``memory_format`` (one of :data:`MEMORY_FORMATS`) means channels_last on
+    ``device_type`` (``"cpu"``, ``"cuda"``, ...)."""
+    if memory_format not in MEMORY_FORMATS:
+        raise ConfigError("memory_format", f"one of {MEMORY_FORMATS}, got {memory_format!r}")
+    return memory_format == "channels_last" or (memory_format == "auto" and device_type == "cpu")
 
 
 def receptive_field(layers: list[tuple[int, int]]) -> int:

@@ -161,7 +161,8 @@ NOT_IN_RECORD = frozenset(
         "per_micrograph", "box_size", "score", "threshold", "threshold_probability",
         "target_recall", "recall_metrics", "particles_per_micrograph", "radius",
         "nms_radius_px", "nms_radius_px_model", "downsample", "normalize", "chunk_size",
-        "device", "batch_size", "num_workers", "tile_size", "progress", "overwrite", "strict",
+        "device", "memory_format", "batch_size", "num_workers", "tile_size", "progress",
+        "overwrite", "strict",
         "trainer", "hydra", "task_name", "picks_dir", "callbacks",
     }
 )  # fmt: skip
