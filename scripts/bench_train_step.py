@@ -5,6 +5,7 @@ Example usage:
     .venv/bin/python scripts/bench_train_step.py                       # conv31 and resnet8, CPU
     .venv/bin/python scripts/bench_train_step.py --models conv31 --steps 20 --threads 1
     .venv/bin/python scripts/bench_train_step.py --device cuda --decoder
+    .venv/bin/python scripts/bench_train_step.py --models conv31 --memory-format contiguous
 
 A step is what PULitModule does per minibatch: sampler.batch(step) (gather + random rotation of
 256 patches, one indexed read), forward, objective (GE-binomial when available), backward, Adam.
@@ -28,6 +29,8 @@ import time
 
 import numpy as np
 import torch
+
+from topaz_lightning.models.base import MEMORY_FORMATS, use_channels_last
 
 
 def synthetic(n: int, size: int, particles: int, seed: int = 0):
@@ -76,6 +79,10 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
     ).to(device)
     module.finalize()
     module.train()
+    if use_channels_last(
+        args.memory_format, device.type
+    ):  # what Trainer.fit does (configure_model)
+        module.to(memory_format=torch.channels_last)
     optimizer = module.configure_optimizers()
     images, coords = synthetic(args.micrographs, args.size, args.particles)
     sampler = _sampler(images, coords, net, device)
@@ -132,6 +139,8 @@ def overhead(name: str, args: argparse.Namespace) -> dict[str, float]:
     def bare_block() -> list[float]:
         bare_net = copy.deepcopy(net)
         bare_net.train()
+        if use_channels_last(args.memory_format, "cpu"):  # the layout the Lightning run gets
+            bare_net.to(memory_format=torch.channels_last)
         obj = objective()
         optimizer = torch.optim.Adam(bare_net.parameters(), lr=2e-4)
         patches, labels = sampler.batch(0)
@@ -155,7 +164,12 @@ def overhead(name: str, args: argparse.Namespace) -> dict[str, float]:
 
     bare = bare_block()
     module = PULitModule(
-        copy.deepcopy(net), objective(), None, pi_unlabeled=0.02, num_labeled_particles=100
+        copy.deepcopy(net),
+        objective(),
+        None,
+        pi_unlabeled=0.02,
+        num_labeled_particles=100,
+        memory_format=args.memory_format,
     )
     clock = Clock()
     trainer = pl.Trainer(
@@ -211,6 +225,12 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--memory-format",
+        default="auto",
+        choices=MEMORY_FORMATS,
+        help="weights' layout (module.memory_format; auto: channels_last on the CPU), both sides",
+    )
     parser.add_argument("--decoder", action="store_true", help="include the autoencoder head")
     parser.add_argument(
         "--bf16", action="store_true", help="bf16 autocast (trainer.precision=bf16-mixed)"
