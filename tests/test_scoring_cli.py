@@ -124,18 +124,19 @@ def test_tta_changes_scores_and_bad_keys_are_refused(data):
 
 
 def test_channels_last_scoring_on_the_cpu_gives_the_same_picks(data, monkeypatch):
-    import topaz_lightning.picking.predict as predict
+    import topaz_lightning.picking.strided as strided
 
     layouts = []
-    original = predict.strided_picks
+    original = strided._coarse_map
 
     def spy(net, *args, **kwargs):
-        # a weight with several input channels (with one, both layouts have the same strides)
+        # the network that scores; a weight with several input channels (with one, both
+        # layouts have the same strides)
         weight = next(p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1)
         layouts.append(not weight.is_contiguous())
         return original(net, *args, **kwargs)
 
-    monkeypatch.setattr(predict, "strided_picks", spy)
+    monkeypatch.setattr(strided, "_coarse_map", spy)
     auto = _pick(data, "layout_auto", "scoring=strided")
     plain = _pick(data, "layout_nchw", "scoring=strided", "memory_format=contiguous")
     # auto is channels_last on the CPU, contiguous is not; one call per micrograph each
@@ -149,3 +150,22 @@ def test_an_unknown_memory_format_is_refused_before_scoring(data):
     with pytest.raises(ConfigError, match="memory_format"):
         _pick(data, "layout_bad", "memory_format=nhwc")
     assert not (data / "layout_bad" / "picks.tsv").exists()
+
+
+def test_dense_scoring_follows_the_memory_format(data, monkeypatch):
+    import topaz_lightning.picking.scoring as scoring
+
+    layouts = []
+    original = scoring.dense_logits
+
+    def spy(net, *args, **kwargs):
+        weight = next(p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1)
+        layouts.append(not weight.is_contiguous())
+        return original(net, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "dense_logits", spy)
+    auto = _pick(data, "dense_auto", "scoring=dense")
+    plain = _pick(data, "dense_nchw", "scoring=dense", "memory_format=contiguous")
+    assert layouts == [True] * len(NAMES) + [False] * len(NAMES)
+    pd.testing.assert_frame_equal(auto.drop(columns="score"), plain.drop(columns="score"))
+    np.testing.assert_allclose(auto["score"], plain["score"], rtol=1e-5, atol=1e-5)

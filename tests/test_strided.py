@@ -210,16 +210,13 @@ def test_resnet8_window_refinement_scores_real_pixels():
     assert np.abs(result.xy - result.sample_xy).max() <= 2
 
 
-def test_channels_last_copy_gives_the_picks_of_the_network_as_written(conv31, monkeypatch):
-    import topaz_lightning.picking.strided as strided
-
+def test_channels_last_copy_gives_the_picks_of_the_network_as_written(conv31):
     image = _micrograph(3, shape=(131, 140), n_blobs=12)
-    fast = _strided(conv31, image, 8.0)
+    fast = _strided(conv31, image, 8.0)  # memory_format=auto: a channels_last copy on the CPU
     # the caller's network keeps its own layout (it may be the one being trained)
     weight = conv31.layers[1]["conv"].weight
     assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(strided, "scoring_layout", lambda net, device: net)
-    plain = _strided(conv31, image, 8.0)
+    plain = _strided(conv31, image, 8.0, memory_format="contiguous")
     np.testing.assert_array_equal(fast.xy, plain.xy)
     np.testing.assert_allclose(fast.scores, plain.scores, rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast.coarse, plain.coarse, rtol=0, atol=1e-5)
@@ -303,3 +300,17 @@ def test_refine_exact_is_a_multiple_of_the_expected_count():
     for bad in (-1.0, "most", float("nan")):
         with pytest.raises(ConfigError, match="refine_exact"):
             _exact_per_px_model(bad, 1e-3)
+
+
+def test_laid_out_copies_only_when_the_layout_differs(conv31):
+    from topaz_lightning.errors import ConfigError
+    from topaz_lightning.models.base import laid_out
+
+    fast = laid_out(conv31, "auto", "cpu")
+    assert fast is not conv31 and not fast.layers[1]["conv"].weight.is_contiguous()
+    assert laid_out(fast, "channels_last", "cpu") is fast  # already laid out: no copy
+    assert laid_out(conv31, "auto", "cuda") is conv31  # contiguous off the CPU
+    back = laid_out(fast, "contiguous", "cpu")
+    assert back is not fast and back.layers[1]["conv"].weight.is_contiguous()
+    with pytest.raises(ConfigError, match="memory_format"):
+        laid_out(conv31, "nhwc", "cpu")

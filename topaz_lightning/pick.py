@@ -178,7 +178,7 @@ def _score(cfg, net, extra, sources, todo, resolved, outputs, job, failures) -> 
         plot_score_maps=plot,
     )
     settings = resolved.settings.replace(keep_score_map=bool(outputs.score_exts))
-    module = PickModule(net, settings, failures.strict, str(cfg.get("memory_format", "auto")))
+    module = PickModule(net, settings, strict=failures.strict)
     trainer = instantiate(cfg.trainer, **_trainer_kwargs(cfg, writer, outputs.run_dir))
     from topaz_lightning.utils.components import describe_hardware
 
@@ -288,14 +288,12 @@ def pick(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Raises PartialFailureError (exit 3) at the end when some micrographs failed.
     """
     from topaz_lightning.io.formats.common import check_micrograph_dir, with_micrograph_files
-    from topaz_lightning.models.base import use_channels_last
     from topaz_lightning.picking import sigmoid
     from topaz_lightning.picking.pickers import PICK_EXAMPLE, load_picker, pick_record
     from topaz_lightning.picking.predict import failed_path, read_parts
     from topaz_lightning.picking.settings import micrographs_record, resolve_pick_settings
 
     require(cfg, ("micrographs", "output_dir"), PICK_EXAMPLE)
-    use_channels_last(str(cfg.get("memory_format", "auto")), "cpu")  # refused before any work
     rank_zero = is_launch_rank_zero()
     failures = jobs.FailureLog(strict=bool(cfg.get("strict", False)))
     run_dir = Path(str(cfg.output_dir))

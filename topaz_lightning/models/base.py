@@ -28,6 +28,7 @@ can be tiled to bound memory further (``tile_size``).
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -50,6 +51,21 @@ def use_channels_last(memory_format: str, device_type: str) -> bool:
     if memory_format not in MEMORY_FORMATS:
         raise ConfigError("memory_format", f"one of {MEMORY_FORMATS}, got {memory_format!r}")
     return memory_format == "channels_last" or (memory_format == "auto" and device_type == "cpu")
+
+
+def laid_out(net: nn.Module, memory_format: str, device_type: str) -> nn.Module:
+    """The network to run: ``net`` itself when its weights already have the layout
+    ``memory_format`` asks for on ``device_type``, else a copy laid out so (the caller's network,
+    e.g. the one being trained, keeps its own layout)."""
+    want = torch.channels_last if use_channels_last(memory_format, device_type) else None
+    weights = [p for p in net.parameters() if p.dim() == 4]
+    if want is None:
+        if all(w.is_contiguous() for w in weights):
+            return net
+        return copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+    if all(w.is_contiguous(memory_format=want) for w in weights):
+        return net
+    return copy.deepcopy(net).to(memory_format=want)
 
 
 def receptive_field(layers: list[tuple[int, int]]) -> int:

@@ -36,7 +36,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from topaz_lightning.errors import InputError
 from topaz_lightning.geometry import coordinates_to_micrograph_frame
-from topaz_lightning.models.base import use_channels_last
 from topaz_lightning.picking.border import drop_masked_picks
 from topaz_lightning.picking.pick import PICK_COLUMNS, picks_from_score_map
 from topaz_lightning.picking.scoring import fill_unscored, resolve_device, score_micrograph
@@ -83,7 +82,12 @@ def pick_micrograph(
         picks, score_map = _strided(net, image, settings, name, device)
         if settings.keep_score_map:  # a score map asked for (to save, plot) is the dense map
             score_map = score_micrograph(
-                net, image, device=device, tile_size=settings.tile_size, tta=settings.tta
+                net,
+                image,
+                device=device,
+                tile_size=settings.tile_size,
+                tta=settings.tta,
+                memory_format=settings.memory_format,
             )
     else:
         score_map = score_micrograph(
@@ -95,6 +99,7 @@ def pick_micrograph(
             tta=settings.tta,
             level=settings.scoring_level,
             threshold=settings.threshold,
+            memory_format=settings.memory_format,
         )
         picks = picks_from_score_map(
             name,
@@ -157,6 +162,7 @@ def _strided(
                 tta=settings.tta,
                 keep_score_map=settings.keep_score_map,
                 exact_top=exact_top(settings, tensor.shape),
+                memory_format=settings.memory_format,
             )
     finally:
         net.train(was_training)
@@ -277,26 +283,12 @@ def micrograph_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 
 class PickModule(pl.LightningModule):
     """``predict_step`` = :func:`pick_micrograph` for every item of the batch (a list)."""
 
-    def __init__(
-        self,
-        net: nn.Module,
-        settings: PickSettings,
-        strict: bool = False,
-        memory_format: str = "auto",
-    ):
+    def __init__(self, net: nn.Module, settings: PickSettings, strict: bool = False):
         super().__init__()
         self.net = net
         self.settings = settings
         #: a bad micrograph stops the run (instead of being reported by the writer)
         self.strict = bool(strict)
-        use_channels_last(memory_format, "cpu")  # ConfigError on an unknown name
-        self.memory_format = memory_format
-
-    def configure_model(self) -> None:
-        # auto: channels_last on the CPU (the coarse map ~25% less CPU; scores equal to float
-        # rounding, as the weights have during training); models.base.MEMORY_FORMATS
-        if use_channels_last(self.memory_format, self.trainer.strategy.root_device.type):
-            self.net.to(memory_format=torch.channels_last)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # numpy images: scoring moves them (tile by tile) to the module's device itself

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from topaz_lightning.errors import ConfigError, InputError
+from topaz_lightning.models.base import laid_out
 from topaz_lightning.picking.coarse import (
     check_tta,
     coarse_to_fine_score_map,
@@ -72,6 +73,7 @@ def score_micrographs(
     radius_px_model: float | None = None,
     nms_boundary: str = "keep",
     refine: str = "window",
+    memory_format: str = "auto",
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, score_map)`` (float32 logits, same shape as the image) for every micrograph.
 
@@ -88,7 +90,8 @@ def score_micrographs(
     ``nms_boundary``, ``refine``, ``threshold``), which hold their scores (centroid
     positions rounded to the pixel), so NMS with radius 0 on the map returns exactly them.
     For picking, call :func:`topaz_lightning.picking.predict.pick_micrograph` instead (no
-    full-size map).
+    full-size map). ``memory_format``: the weights' layout while scoring
+    (:func:`topaz_lightning.models.base.laid_out`; auto: channels_last on the CPU).
     """
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
@@ -105,6 +108,7 @@ def score_micrographs(
     was_training = net.training
     net.eval()
     try:
+        scorer = laid_out(net, memory_format, device.type)
         names = list(images)
         i = 0
         while i < len(names):
@@ -122,12 +126,12 @@ def score_micrographs(
                 tensor = torch.from_numpy(batch).to(device)
                 if scoring == "coarse_to_fine":
                     result = coarse_to_fine_score_map(
-                        net, tensor[0, 0], level, fine_tile, tta, seed_margin=seed_margin
+                        scorer, tensor[0, 0], level, fine_tile, tta, seed_margin=seed_margin
                     )
                     logits = result.score_map[None]
                 elif scoring == "strided":
                     picks = strided_picks(
-                        net,
+                        scorer,
                         tensor[0, 0],
                         radius_px_model,
                         threshold,
@@ -140,7 +144,7 @@ def score_micrographs(
                     sparse[ys, xs] = picks.scores
                     logits = sparse[None]
                 else:
-                    logits = dense_logits(net, tensor, tile_size, tta).float().cpu().numpy()
+                    logits = dense_logits(scorer, tensor, tile_size, tta).float().cpu().numpy()
             yield from zip(group, logits, strict=True)
     finally:
         net.train(was_training)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, replace
 
 from topaz_lightning.errors import ConfigError, check_number
+from topaz_lightning.models.base import use_channels_last
 from topaz_lightning.picking.border import border_padding_px_model as _padding_rule
 from topaz_lightning.picking.coarse import check_tta
 from topaz_lightning.picking.scoring import check_scoring
@@ -67,6 +68,9 @@ class PickSettings:
     border_bands: bool = True
     border_padding_px_model: float | None = None
     border_margin_px_model: float = 0.0
+    #: the weights' layout while scoring (models.base.MEMORY_FORMATS): auto = channels_last on
+    #: the CPU; scores equal to float rounding, so not in the pick record (like the device)
+    memory_format: str = "auto"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalize the values once, here
@@ -121,6 +125,7 @@ class PickSettings:
             _number("border_margin_px_model", self.border_margin_px_model or 0.0, 0.0),
         )
         set_(self, "keep_score_map", bool(self.keep_score_map))
+        use_channels_last(self.memory_format, "cpu")  # ConfigError on an unknown layout
 
     def replace(self, **changes) -> PickSettings:
         """A copy with ``changes`` (checked again). ``border_padding_px_model`` follows a new
@@ -333,6 +338,7 @@ def resolve_pick_settings(cfg, net, extra: dict, model_path: str | None = None) 
         border_bands=bool(cfg.get("border_bands", True)),
         border_padding_px_model=cfg.get("border_padding_px_model"),
         border_margin_px_model=cfg.get("border_margin_px_model") or 0.0,
+        memory_format=str(cfg.get("memory_format", "auto")),
     )
     fingerprint = model_fingerprint(net, extra)
     keys = [k for k in cfg if k not in NOT_IN_RECORD]
