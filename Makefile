@@ -44,8 +44,9 @@ bench: install
 	$(BIN)/python scripts/bench.py
 
 # Topaz 0.3.20 side by side (its own venv in .bench/topaz_venv; writes docs/benchmarks/topaz.md).
-# Long: one conv31 picking round (3 scoring modes + Topaz, 16 micrographs, 1 thread) took 544 s
-# CPU, 27 min wall on the shared 2-core EPYC; the defaults make 3 rounds per model plus trainings.
+# Long: one conv31 picking round (the default scoring + Topaz, 16 micrographs, 1 thread) took
+# ~180 s CPU on a quiet 2-core EPYC (2026-12-07), the dense reference ~100 s more; the defaults
+# make 3 rounds per model (resnet8: ~25 s CPU a micrograph for both tools together) plus trainings.
 # Parts and sizes: make bench-topaz BENCH_TOPAZ_ARGS="--only aupr_real pick_conv31 --repeats 1"
 bench-topaz: install
 	$(BIN)/python scripts/bench_topaz.py $(BENCH_TOPAZ_ARGS)

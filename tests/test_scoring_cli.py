@@ -123,11 +123,18 @@ def test_tta_changes_scores_and_bad_keys_are_refused(data):
             _pick(data, f"bad_{key}", f"{key}={value}")
 
 
-def test_channels_last_scoring_on_the_cpu_gives_the_same_picks(data, monkeypatch):
-    import topaz_lightning.picking.strided as strided
+@pytest.mark.parametrize(
+    "scoring, module, function",
+    [("strided", "strided", "_coarse_map"), ("dense", "scoring", "dense_logits")],
+)
+def test_scoring_follows_the_memory_format_with_the_same_picks(
+    data, monkeypatch, scoring, module, function
+):
+    import importlib
 
+    target = importlib.import_module(f"topaz_lightning.picking.{module}")
     layouts = []
-    original = strided._coarse_map
+    original = getattr(target, function)
 
     def spy(net, *args, **kwargs):
         # the network that scores; a weight with several input channels (with one, both
@@ -136,9 +143,9 @@ def test_channels_last_scoring_on_the_cpu_gives_the_same_picks(data, monkeypatch
         layouts.append(not weight.is_contiguous())
         return original(net, *args, **kwargs)
 
-    monkeypatch.setattr(strided, "_coarse_map", spy)
-    auto = _pick(data, "layout_auto", "scoring=strided")
-    plain = _pick(data, "layout_nchw", "scoring=strided", "memory_format=contiguous")
+    monkeypatch.setattr(target, function, spy)
+    auto = _pick(data, f"{scoring}_auto", f"scoring={scoring}")
+    plain = _pick(data, f"{scoring}_nchw", f"scoring={scoring}", "memory_format=contiguous")
     # auto is channels_last on the CPU, contiguous is not; one call per micrograph each
     assert layouts == [True] * len(NAMES) + [False] * len(NAMES)
     assert len(auto) == len(plain) > 0
@@ -150,22 +157,3 @@ def test_an_unknown_memory_format_is_refused_before_scoring(data):
     with pytest.raises(ConfigError, match="memory_format"):
         _pick(data, "layout_bad", "memory_format=nhwc")
     assert not (data / "layout_bad" / "picks.tsv").exists()
-
-
-def test_dense_scoring_follows_the_memory_format(data, monkeypatch):
-    import topaz_lightning.picking.scoring as scoring
-
-    layouts = []
-    original = scoring.dense_logits
-
-    def spy(net, *args, **kwargs):
-        weight = next(p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1)
-        layouts.append(not weight.is_contiguous())
-        return original(net, *args, **kwargs)
-
-    monkeypatch.setattr(scoring, "dense_logits", spy)
-    auto = _pick(data, "dense_auto", "scoring=dense")
-    plain = _pick(data, "dense_nchw", "scoring=dense", "memory_format=contiguous")
-    assert layouts == [True] * len(NAMES) + [False] * len(NAMES)
-    pd.testing.assert_frame_equal(auto.drop(columns="score"), plain.drop(columns="score"))
-    np.testing.assert_allclose(auto["score"], plain["score"], rtol=1e-5, atol=1e-5)
