@@ -1179,6 +1179,12 @@ def write_doc(path: Path, generated: str) -> None:
     path.write_text(intro + generated)
 
 
+def writes_report(parts: Sequence[str], merged: Sequence[str]) -> bool:
+    """Whether a call has a report to write: something measured or merged (``--only setup``
+    alone must not replace the doc's results with an empty table)."""
+    return bool(merged) or any(part != "setup" for part in parts)
+
+
 def find_models(work: Path, model: str) -> tuple[Path, Path]:
     """Both tools' trained ``model`` in a work directory: the AUPR run's, else a timing run's.
 
@@ -1321,6 +1327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.commit_note = " (the first merged run's)"
     for path in args.merge:
         bench.merge(Path(path))
+    if not writes_report(args.only, args.merge):
+        print(f"set up under {bench.work}; {args.doc} left as it is (nothing measured)")
+        return 0
     text = bench.report()
     print(text)
     write_doc(Path(args.doc), text)

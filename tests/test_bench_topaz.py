@@ -259,3 +259,10 @@ def test_rows_without_a_finished_run_of_each_tool_are_named_not_tabled(bt):
     assert [line.split(" | ")[0] for line in lines[2:3]] == ["| done"]
     assert lines[-1] == "Not timed (no finished run of one of the tools): cut; failed"
     assert "nan" not in "\n".join(lines)
+
+
+def test_only_setup_leaves_the_doc_alone(bt):
+    assert not bt.writes_report(["setup"], [])
+    assert not bt.writes_report([], [])
+    assert bt.writes_report(["setup", "pick_conv31"], [])
+    assert bt.writes_report([], ["run/results.json"])
