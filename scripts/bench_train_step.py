@@ -79,9 +79,8 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
     ).to(device)
     module.finalize()
     module.train()
-    if use_channels_last(
-        args.memory_format, device.type
-    ):  # what Trainer.fit does (configure_model)
+    # the layout Trainer.fit gives the weights (PULitModule.configure_model)
+    if use_channels_last(args.memory_format, device.type):
         module.to(memory_format=torch.channels_last)
     optimizer = module.configure_optimizers()
     images, coords = synthetic(args.micrographs, args.size, args.particles)

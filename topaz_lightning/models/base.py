@@ -40,8 +40,9 @@ from topaz_lightning.errors import ConfigError
 DenseMethod = Literal["dilated", "polyphase"]
 DENSE_METHODS: tuple[str, ...] = ("dilated", "polyphase")
 #: how weights and inputs are laid out: ``auto`` is channels_last on the CPU (oneDNN's NHWC
-#: kernels: a conv31 training step ~15% and its coarse score map ~25% less CPU on the AMD EPYC
-#: of docs/training.md) and contiguous (NCHW) elsewhere, where it was not measured
+#: kernels: on the AMD EPYC of docs/training.md a conv31 Lightning step took 13% less CPU, a
+#: whole tzl-pick run 8% (strided) and 11% (dense) less) and contiguous (NCHW) elsewhere, where
+#: it was not measured
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "channels_last", "contiguous")
 
 
@@ -57,13 +58,9 @@ def laid_out(net: nn.Module, memory_format: str, device_type: str) -> nn.Module:
     """The network to run: ``net`` itself when its weights already have the layout
     ``memory_format`` asks for on ``device_type``, else a copy laid out so (the caller's network,
     e.g. the one being trained, keeps its own layout)."""
-    want = torch.channels_last if use_channels_last(memory_format, device_type) else None
-    weights = [p for p in net.parameters() if p.dim() == 4]
-    if want is None:
-        if all(w.is_contiguous() for w in weights):
-            return net
-        return copy.deepcopy(net).to(memory_format=torch.contiguous_format)
-    if all(w.is_contiguous(memory_format=want) for w in weights):
+    channels_last = use_channels_last(memory_format, device_type)
+    want = torch.channels_last if channels_last else torch.contiguous_format
+    if all(p.is_contiguous(memory_format=want) for p in net.parameters() if p.dim() == 4):
         return net
     return copy.deepcopy(net).to(memory_format=want)
 
