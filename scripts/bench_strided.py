@@ -190,15 +190,17 @@ def table(out: Path, variants: list[str]) -> str:
 
 def window_timing(model_path: Path, n: int = 512, repeats: int = 3) -> None:
     """Seconds for ``n`` refinement windows (5 x 5, random positions on a 1024 px micrograph) per
-    dense method and batch size, and for the coarse map of that micrograph (1 thread)."""
+    dense method and batch size (None: ``window_scores``' rule), and for the coarse map of that
+    micrograph (1 thread), with the weights laid out as tzl-pick's default lays them out."""
     import torch
 
     from topaz_lightning.models import load_model
+    from topaz_lightning.models.base import laid_out
     from topaz_lightning.picking import strided
 
     torch.set_num_threads(1)
     net, _ = load_model(model_path)
-    net.eval()
+    net = laid_out(net.eval(), "auto", "cpu")
     image = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))
     xy = np.random.default_rng(0).integers(0, 1024, size=(n, 2))
     plain = net.valid_score_map
@@ -206,13 +208,13 @@ def window_timing(model_path: Path, n: int = 512, repeats: int = 3) -> None:
     with torch.inference_mode():
         for method in ("dilated", "polyphase"):
             net.valid_score_map = lambda x, _method=None, m=method: plain(x, m)
-            for chunk in (64, 256, 1024):
+            for chunk in (None, 16, 64, 256):
                 times = []
                 for _ in range(repeats):
                     start = time.perf_counter()
                     strided.window_scores(net, image, xy, 2, 1, chunk)
                     times.append(time.perf_counter() - start)
-                print(f"{method:9s} chunk {chunk:4d}: {np.median(times):.2f} s", flush=True)
+                print(f"{method:9s} chunk {chunk!s:>4}: {np.median(times):.2f} s", flush=True)
         net.valid_score_map = plain
         start = time.perf_counter()
         strided.coarse_scores(net, image[None, None])

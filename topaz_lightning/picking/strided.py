@@ -105,9 +105,10 @@ def _coarse_map(net: nn.Module, image: torch.Tensor, tta: int) -> np.ndarray:
 
 
 #: input pixels per batch of refinement windows (chunk = this // side**2, side = the window plus
-#: the receptive field): small batches keep the activations in cache. Per window, one thread,
-#: AMD EPYC (2 MB L2), 512 windows: conv31 (35 px crops) 0.81 ms at 256 a batch, 0.62 at 32-64
-#: (this rule: 53); resnet8 (75 px crops) 9.4 ms at 256, 5.1 at 16, 5.2 at 8 (this rule: 11)
+#: the receptive field): small batches keep the activations in cache. 512 windows, one thread,
+#: AMD EPYC (2 MB L2), `scripts/bench_strided.py --window-timing MODEL`: resnet8 (75 px crops)
+#: 4.6-4.7 s at 256 a batch, 3.4-3.6 s by this rule (11); conv31 (35 px crops) 0.39-0.43 s at
+#: 256, 0.31-0.44 s by this rule (53): the same within the noise
 WINDOW_BATCH_PIXELS = 2**16
 
 
@@ -222,9 +223,10 @@ def strided_picks(
     ``radius_px_model``: the NMS radius (model px); ``threshold``: logit (picks scoring less are
     dropped); ``boundary``: as in :func:`topaz_lightning.picking.nms.non_maximum_suppression`;
     ``refine``: REFINE_METHODS; ``tta``: 1 or 8 (rotations/mirrors averaged, coarse map and
-    windows alike); ``chunk``: windows per batch (None: :func:`window_scores`' rule); ``exact_top`` (``window`` only): score the
-    windows of only the best ``exact_top`` picks as ranked by their quadratic estimate, the rest
-    keep that estimate (None = every pick); ``memory_format``: the weights' layout while scoring
+    windows alike); ``chunk``: windows per batch (None: :func:`window_scores`' rule);
+    ``exact_top`` (``window`` only): score the windows of only the best ``exact_top`` picks as
+    ranked by their quadratic estimate, the rest keep that estimate (None = every pick);
+    ``memory_format``: the weights' layout while scoring
     (models.base.MEMORY_FORMATS; auto: a channels_last copy on the CPU, 15-25 % less CPU for the
     windows, scores equal to float rounding). The net must be in eval mode; call under
     ``torch.inference_mode()``.
