@@ -12,10 +12,11 @@ from torch import nn
 
 from tests.test_scoring import _micrograph, _net, _smooth_kernels
 from topaz_lightning.errors import ConfigError
-from topaz_lightning.models import Conv31, ResNet8
+from topaz_lightning.models import Conv31, PReLUResNet8, ResNet8
 from topaz_lightning.models.base import PatchClassifier, apply_conv, receptive_field
-from topaz_lightning.picking import non_maximum_suppression, score_micrograph
+from topaz_lightning.picking import non_maximum_suppression, score_micrograph, strided
 from topaz_lightning.picking.coarse import native_stride
+from topaz_lightning.picking.ensemble import EnsembleNet
 from topaz_lightning.picking.predict import pick_micrograph
 from topaz_lightning.picking.settings import PickSettings
 from topaz_lightning.picking.strided import strided_picks, window_scores
@@ -314,3 +315,67 @@ def test_laid_out_copies_only_when_the_layout_differs(conv31):
     assert back is not fast and back.layers[1]["conv"].weight.is_contiguous()
     with pytest.raises(ConfigError, match="memory_format"):
         laid_out(conv31, "nhwc", "cpu")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Conv31(widths=(4, 6, 8)),
+        lambda: ResNet8(units=4),
+        lambda: PReLUResNet8(width=4),
+        lambda: EnsembleNet([Conv31(widths=(4, 6, 8)), Conv31(widths=(3, 5, 7))]),
+    ],
+    ids=["conv31", "resnet8", "resnet8_prelu", "ensemble"],
+)
+@pytest.mark.parametrize("ratio", [0.0, 1.5])
+def test_shared_stages_give_the_windows_of_the_network_as_written(make, ratio, monkeypatch):
+    """Leading stages run once on the whole micrograph (all of them at ratio 0, the rule's at
+    1.5) give the same window scores as every window on its own crop, which are dense scores."""
+    torch.manual_seed(0)
+    net = make().eval()
+    for m in net.modules():  # BatchNorm's running statistics, so eval mode is not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    image = torch.from_numpy(_micrograph(4, shape=(47, 53), n_blobs=4))
+    # every pixel a window centre: the windows overlap 25-fold, far above the sharing ratio
+    ys, xs = np.mgrid[0:47, 0:53]
+    xy = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    monkeypatch.setattr(strided, "WINDOW_SHARE_RATIO", ratio)
+    with torch.inference_mode():
+        geometry = strided._stage_geometry(net, image)
+        side_in = 5 + 2 * (net.receptive_field // 2)
+        context = (47 + side_in - 1, 53 + side_in - 1)
+        shared = strided.shared_stage_count(geometry, len(xy), side_in, context)
+        assert shared == (len(geometry) if ratio == 0 else shared) and (ratio > 0 or shared)
+        windows = window_scores(net, image, xy, 2)
+        monkeypatch.setattr(strided, "WINDOW_SHARE_RATIO", math.inf)
+        plain = window_scores(net, image, xy, 2)
+        dense = net.score_map(image[None, None])[0].numpy()
+    np.testing.assert_array_equal(np.isfinite(windows), np.isfinite(plain))
+    finite = np.isfinite(plain)
+    np.testing.assert_allclose(windows[finite], plain[finite], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(windows[:, 2, 2], dense[ys.ravel(), xs.ravel()], rtol=0, atol=1e-5)
+
+
+def test_shared_stage_count_is_a_prefix_within_the_memory_cap(monkeypatch):
+    # (field, channels) per stage; 100 windows of side 41 on a 200 x 200 map
+    geometry = [(7, 8), (19, 16), (31, 16), (41, 32)]
+    # windows' pixels: 100 * 35**2 = 122,500 vs 194**2 = 37,636 (3.3x); 23**2 * 100 = 52,900 vs
+    # 182**2 = 33,124 (1.6x); 11**2 * 100 vs 170**2 (0.4x): two stages
+    assert strided.shared_stage_count(geometry, 100, 41, (200, 200)) == 2
+    assert strided.shared_stage_count(geometry, 10, 41, (200, 200)) == 0
+    assert strided.shared_stage_count(geometry, 10**6, 41, (200, 200)) == 4
+    # the first stage's output (194**2 x 8 floats) fits, the second's (182**2 x 16) does not
+    monkeypatch.setattr(strided, "WINDOW_SHARE_MAX_BYTES", 194**2 * 8 * 4)
+    assert strided.shared_stage_count(geometry, 100, 41, (200, 200)) == 1
+
+
+def test_a_trunk_without_stages_is_one_stage():
+    net = _Stride1().eval()
+    (stage,) = net.stages()
+    x = torch.randn(2, 1, 9, 9)
+    y, jump = stage(x, "dilated", 1)
+    assert jump == 1 and torch.equal(y, net.trunk(x, "dilated"))
+    with pytest.raises(NotImplementedError, match="neither stages nor trunk"):
+        PatchClassifier().stages()

@@ -114,7 +114,10 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], object]], 
                 composition_error,
                 runs_a_job,
             )
+            from topaz_lightning.utils.allocator import keep_freed_memory
 
+            # reuse freed memory instead of page-faulting it back in (utils.allocator)
+            keep_freed_memory()
             argv = sys.argv[1:]
             try:
                 # before Hydra creates the run directory and its log file

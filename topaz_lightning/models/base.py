@@ -29,6 +29,9 @@ can be tiled to bound memory further (``tile_size``).
 from __future__ import annotations
 
 import copy
+import functools
+import math
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -38,6 +41,8 @@ from torch import Tensor, nn
 from topaz_lightning.errors import ConfigError
 
 DenseMethod = Literal["dilated", "polyphase"]
+#: one stage of a trunk: ``(x, dense, jump) -> (y, next jump)`` (see :func:`apply_conv`)
+Stage = Callable[[Tensor, "bool | str", int], "tuple[Tensor, int]"]
 DENSE_METHODS: tuple[str, ...] = ("dilated", "polyphase")
 #: how weights and inputs are laid out: ``auto`` is channels_last on the CPU (oneDNN's NHWC
 #: kernels: on the AMD EPYC of docs/training.md a conv31 Lightning step took 13% less CPU, a
@@ -170,11 +175,28 @@ def apply_conv_bn(
     return _dense_conv(conv, conv.weight * scale.view(-1, 1, 1, 1), shift, x, mode, jump)
 
 
+def run_stages(
+    stages: Sequence[Stage], x: Tensor, dense: bool | str, jump: int = 1
+) -> tuple[Tensor, int]:
+    """Run ``stages`` in order on ``x`` entering with ``jump``; returns the output and its jump."""
+    for stage in stages:
+        x, jump = stage(x, dense, jump)
+    return x, jump
+
+
+def module_stages(modules: Sequence[nn.Module], fold: bool) -> list[Stage]:
+    """Stages from modules whose ``forward(x, dense, jump, fold)`` returns ``(y, jump)``."""
+    return [functools.partial(module, fold=fold) for module in modules]
+
+
 class PatchClassifier(nn.Module):
     """Base class: subclasses set ``receptive_field``, ``num_features``, ``classifier``
     (``nn.Linear(num_features, 1)``), ``phase_strides`` (the strides of the trunk's
-    convolutions, in the order they run) and implement ``trunk(x, dense) -> (B, F, h, w)``,
-    where ``dense`` is False, ``"dilated"`` or ``"polyphase"`` (see :func:`apply_conv`)."""
+    convolutions, in the order they run) and implement ``stages()``: the trunk as a chain of
+    :data:`Stage` callables, run in order by ``trunk(x, dense) -> (B, F, h, w)``, where ``dense``
+    is False, ``"dilated"`` or ``"polyphase"`` (see :func:`apply_conv`). Strided picking's exact
+    windows run the leading stages once on the whole micrograph and the rest per window
+    (``picking.strided.window_scores``)."""
 
     receptive_field: int
     num_features: int
@@ -184,9 +206,28 @@ class PatchClassifier(nn.Module):
     #: on CPU, same scores up to float rounding); set False for the layers exactly as written
     fold_batchnorm: bool = True
 
-    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:  # pragma: no cover - abstract
+    def stages(self) -> Sequence[Stage]:
+        """The trunk's layers (or blocks) in order, each a :data:`Stage`. A subclass that
+        writes ``trunk`` itself instead is one stage (nothing of it is shared)."""
+        if type(self).trunk is PatchClassifier.trunk:
+            raise NotImplementedError(f"{type(self).__name__} defines neither stages nor trunk")
+        total = math.prod(self.phase_strides)
+
+        def whole(x: Tensor, dense: bool | str, jump: int) -> tuple[Tensor, int]:
+            # the jump grows in the dense modes only (apply_conv)
+            return self.trunk(x, dense), jump if dense_mode(dense) == "patch" else jump * total
+
+        return [whole]
+
+    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:
         """Feature maps of ``x``; in patch mode a ``receptive_field`` patch gives ``1 x 1``."""
-        raise NotImplementedError
+        return run_stages(self.stages(), x, dense)[0]
+
+    def dense_head(self, features: Tensor) -> Tensor:
+        """Logits ``(B, h, w)`` of dilated-mode feature maps ``(B, F, h, w)``: the classifier as
+        a 1 x 1 convolution."""
+        weight = self.classifier.weight.view(1, self.num_features, 1, 1)
+        return F.conv2d(features, weight, self.classifier.bias).squeeze(1)
 
     def _centre_patches(self, patches: Tensor) -> Tensor:
         if patches.dim() != 4 or patches.shape[1] != 1:
@@ -218,9 +259,7 @@ class PatchClassifier(nn.Module):
         return self.logits_from_features(self.features(patches))
 
     def _dense_logits(self, padded: Tensor, method: str) -> Tensor:
-        h = self.trunk(padded, dense=method)
-        weight = self.classifier.weight.view(1, self.num_features, 1, 1)
-        logits = F.conv2d(h, weight, self.classifier.bias)
+        logits = self.dense_head(self.trunk(padded, dense=method))[:, None]
         if method == "polyphase":
             for stride in reversed(self.phase_strides):  # innermost split is undone first
                 logits = merge_phases(logits, stride)
@@ -286,10 +325,13 @@ class PatchClassifier(nn.Module):
 __all__ = [
     "DENSE_METHODS",
     "PatchClassifier",
+    "Stage",
     "apply_conv",
     "apply_conv_bn",
     "dense_mode",
     "merge_phases",
+    "module_stages",
     "receptive_field",
+    "run_stages",
     "split_phases",
 ]

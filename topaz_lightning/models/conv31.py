@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from topaz_lightning.models.base import PatchClassifier, apply_conv_bn, receptive_field
+from topaz_lightning.models.base import PatchClassifier, Stage, apply_conv_bn, receptive_field
 
 # (kernel, stride) of each convolution. "Stride by 2" is realised as the stride of the
 # convolution itself (no pooling layer), which makes the receptive field exactly
@@ -47,10 +48,12 @@ class Conv31(PatchClassifier):
         self.num_features = widths[-1]
         self.classifier = nn.Linear(self.num_features, 1)
 
-    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:
-        """Feature maps; ``dense`` picks patch mode or a dense method (see ``models.base``)."""
-        jump = 1
-        for layer in self.layers:
-            x, jump = apply_conv_bn(layer["conv"], layer["bn"], x, dense, jump, self.fold_batchnorm)
-            x = layer["act"](x)
-        return x
+    def stages(self) -> list[Stage]:
+        """One stage per conv + BN + PReLU layer (see ``models.base``)."""
+        return [functools.partial(self._layer, layer) for layer in self.layers]
+
+    def _layer(
+        self, layer: nn.ModuleDict, x: Tensor, dense: bool | str, jump: int
+    ) -> tuple[Tensor, int]:
+        x, jump = apply_conv_bn(layer["conv"], layer["bn"], x, dense, jump, self.fold_batchnorm)
+        return layer["act"](x), jump

@@ -9,8 +9,10 @@ from torch import Tensor, nn
 
 from topaz_lightning.models.base import (
     PatchClassifier,
+    Stage,
     apply_conv_bn,
     dense_mode,
+    module_stages,
     receptive_field,
     split_phases,
 )
@@ -105,14 +107,13 @@ class ResNet(PatchClassifier):
         self.num_features = in_channels
         self.classifier = nn.Linear(self.num_features, 1)
 
-    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:
-        """Feature maps; ``dense`` picks patch mode or a dense method (see ``models.base``)."""
-        fold = self.fold_batchnorm
-        x, jump = apply_conv_bn(self.stem, self.stem_bn, x, dense, 1, fold)
-        x = self.stem_act(x)
-        for block in self.blocks:
-            x, jump = block(x, dense, jump, fold)
-        return x
+    def stages(self) -> list[Stage]:
+        """The stem, then one stage per residual block (see ``models.base``)."""
+        return [self._stem, *module_stages(self.blocks, self.fold_batchnorm)]
+
+    def _stem(self, x: Tensor, dense: bool | str, jump: int) -> tuple[Tensor, int]:
+        x, jump = apply_conv_bn(self.stem, self.stem_bn, x, dense, jump, self.fold_batchnorm)
+        return self.stem_act(x), jump
 
 
 class PReLUResNet8(ResNet):

@@ -27,9 +27,11 @@ from torch import Tensor, nn
 
 from topaz_lightning.models.base import (
     PatchClassifier,
+    Stage,
     apply_conv,
     apply_conv_bn,
     dense_mode,
+    module_stages,
     receptive_field,
     split_phases,
 )
@@ -142,12 +144,9 @@ class TopazResNet(PatchClassifier):
         self.num_features = in_channels
         self.classifier = nn.Linear(self.num_features, 1)
 
-    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:
-        """Feature maps; ``dense`` picks patch mode or a dense method (see ``models.base``)."""
-        jump = 1
-        for layer in self.layers:
-            x, jump = layer(x, dense, jump, self.fold_batchnorm)
-        return x
+    def stages(self) -> list[Stage]:
+        """One stage per basic conv and residual block (see ``models.base``)."""
+        return module_stages(self.layers, self.fold_batchnorm)
 
 
 class ResNet8(TopazResNet):
