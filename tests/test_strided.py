@@ -342,6 +342,7 @@ def test_shared_stages_give_the_windows_of_the_network_as_written(make, ratio, m
     ys, xs = np.mgrid[0:47, 0:53]
     xy = np.stack([xs.ravel(), ys.ravel()], axis=1)
     monkeypatch.setattr(strided, "WINDOW_SHARE_RATIO", ratio)
+    monkeypatch.setattr(strided, "SHARED_BAND_ROWS", 7)  # several bands, the last one short
     with torch.inference_mode():
         geometry = strided._stage_geometry(net, image)
         side_in = 5 + 2 * (net.receptive_field // 2)

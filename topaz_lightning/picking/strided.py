@@ -119,6 +119,9 @@ WINDOW_BATCH_PIXELS = 2**16
 WINDOW_SHARE_RATIO = 1.5
 #: the shared stages' output may take this much memory (bytes); stages beyond run per window
 WINDOW_SHARE_MAX_BYTES = 1 << 30
+#: the shared stages run on bands of the micrograph this many output rows high, so that their
+#: intermediate maps stay small (the band's rows plus the stages' field)
+SHARED_BAND_ROWS = 128
 
 
 def _stage_geometry(net: nn.Module, image: torch.Tensor) -> list[tuple[int, int]]:
@@ -151,6 +154,23 @@ def shared_stage_count(
             break
         count += 1
     return count
+
+
+def _shared_map(stages: list, context: torch.Tensor, field: int) -> tuple[torch.Tensor, int]:
+    """``stages`` (whose output pixel sees ``field`` input pixels a side) run in dilated mode on
+    the whole ``context`` (H, W), in bands of :data:`SHARED_BAND_ROWS` output rows so that only
+    the final map is held whole. Returns that map as an (H', W', C) view (the crops cut from it
+    come out channels-last, as the weights' layout wants) and the jump after the stages."""
+    rows_out = context.shape[0] - field + 1
+    whole, jump = None, 1
+    for top in range(0, rows_out, SHARED_BAND_ROWS):
+        bottom = min(top + SHARED_BAND_ROWS, rows_out)
+        band, jump = run_stages(stages, context[None, None, top : bottom + field - 1], "dilated")
+        band = band[0].permute(1, 2, 0)
+        if whole is None:
+            whole = band.new_empty((rows_out, *band.shape[1:]))
+        whole[top:bottom] = band
+    return whole, jump
 
 
 def window_scores(
@@ -189,10 +209,9 @@ def window_scores(
         shared = shared_stage_count(geometry, len(xs), side_in, tuple(context.shape))
     if shared:
         stages = net.stages()
-        source, jump = run_stages(stages[:shared], context[None, None], "dilated")
-        # (H', W', C) view: the crops come out channels-last, as the weights' layout wants
-        source = source[0].permute(1, 2, 0)
-        side = side_in - geometry[shared - 1][0] + 1
+        field = geometry[shared - 1][0]
+        source, jump = _shared_map(stages[:shared], context, field)
+        side = side_in - field + 1
     else:
         source, side = context, side_in
     steps = torch.arange(side, device=image.device)
