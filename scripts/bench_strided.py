@@ -188,16 +188,21 @@ def table(out: Path, variants: list[str]) -> str:
     return "\n".join(lines)
 
 
-def window_timing(model_path: Path, n: int = 512, repeats: int = 3) -> None:
-    """Seconds for ``n`` refinement windows (5 x 5, random positions on a 1024 px micrograph) per
-    dense method and batch size (None: ``window_scores``' rule), and for the coarse map of that
-    micrograph (1 thread), with the weights laid out as tzl-pick's default lays them out."""
+def window_timing(model_path: Path, n: int = 700, repeats: int = 3) -> None:
+    """Seconds for ``n`` refinement windows (5 x 5, random positions on a 1024 px micrograph;
+    700 is what ``refine_exact=1.0`` gives on the bench's micrographs) per dense method and batch
+    size (None: ``window_scores``' rule), with the network's leading stages shared across the
+    windows by ``window_scores``' rule and without (every window on its own crop), and for the
+    coarse map of that micrograph (1 thread), with the weights laid out as tzl-pick's default
+    lays them out."""
     import torch
 
     from topaz_lightning.models import load_model
     from topaz_lightning.models.base import laid_out
     from topaz_lightning.picking import strided
+    from topaz_lightning.utils.allocator import keep_freed_memory
 
+    keep_freed_memory()  # as every tzl-* command does
     torch.set_num_threads(1)
     net, _ = load_model(model_path)
     net = laid_out(net.eval(), "auto", "cpu")
@@ -205,7 +210,17 @@ def window_timing(model_path: Path, n: int = 512, repeats: int = 3) -> None:
     xy = np.random.default_rng(0).integers(0, 1024, size=(n, 2))
     plain = net.valid_score_map
     print(f"CPU: {cpu_name()}, 1 thread; {n} windows", flush=True)
+    rule = strided.WINDOW_SHARE_RATIO
     with torch.inference_mode():
+        for label, ratio in (("shared stages (rule)", rule), ("crop by crop", float("inf"))):
+            strided.WINDOW_SHARE_RATIO = ratio
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                strided.window_scores(net, image, xy, 2, 1)
+                times.append(time.perf_counter() - start)
+            print(f"{label:20s}: {np.median(times):.2f} s", flush=True)
+        # the methods and batch sizes of the crop-by-crop path (strided.WINDOW_SHARE_RATIO: inf)
         for method in ("dilated", "polyphase"):
             net.valid_score_map = lambda x, _method=None, m=method: plain(x, m)
             for chunk in (None, 16, 64, 256):
@@ -216,6 +231,7 @@ def window_timing(model_path: Path, n: int = 512, repeats: int = 3) -> None:
                     times.append(time.perf_counter() - start)
                 print(f"{method:9s} chunk {chunk!s:>4}: {np.median(times):.2f} s", flush=True)
         net.valid_score_map = plain
+        strided.WINDOW_SHARE_RATIO = rule
         start = time.perf_counter()
         strided.coarse_scores(net, image[None, None])
         print(f"coarse map 1024 x 1024: {time.perf_counter() - start:.2f} s", flush=True)
