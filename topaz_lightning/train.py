@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from topaz_lightning.callbacks.checkpoint import best_checkpoint, check_checkpoint, net_weights
+from topaz_lightning.callbacks.checkpoint import best_checkpoint, check_checkpoint
 from topaz_lightning.errors import ConfigError, OutputExistsError
 from topaz_lightning.utils.continuation import CONTINUE_MAY_CHANGE, RESUME_MAY_CHANGE, may_change
 from topaz_lightning.utils.distributed import is_launch_rank_zero
@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``cfg.overwrite``. ``resume=<run dir>`` is the command line's (``tzl-train``); here it is
     refused.
     """
-    from topaz_lightning.models import save_model
+    from topaz_lightning.models import checkpoint_weights, save_model
 
     if cfg.get("resume") not in (None, ""):
         raise ConfigError(
@@ -175,7 +175,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = best_checkpoint(trainer)
         if best is not None:
             best_net = instantiate(cfg.model)
-            best_net.load_state_dict(net_weights(best))
+            best_net.load_state_dict(checkpoint_weights(best))
             best_path = output_dir / "model_best.pt"
             save_model(best_path, best_net, model_config, card=card, overwrite=True)
             metrics["best_model_path"] = str(best_path)

@@ -18,7 +18,7 @@ from topaz_lightning.errors import InputError, check_number
 
 log = logging.getLogger("topaz_lightning")
 
-__all__ = ["RunCheckpoint", "best_checkpoint", "check_checkpoint", "net_weights"]
+__all__ = ["RunCheckpoint", "best_checkpoint", "check_checkpoint"]
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -168,17 +168,6 @@ def _restored_paths(callbacks: Any, run_dir: Path) -> list[tuple[str, Any]]:
         elif best_k is not None:
             found.append((f"callbacks.{name}.best_k_models", best_k))
     return found
-
-
-def net_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The classifier's weights (``net.*``) from a checkpoint, read with ``weights_only``."""
-    from topaz_lightning.models import read_torch_file
-
-    state = read_torch_file(checkpoint, "checkpoint")
-    weights = state.get("state_dict") if isinstance(state, dict) else None
-    if not isinstance(weights, dict):
-        raise InputError("not a training checkpoint (no state_dict)", path=checkpoint)
-    return {k[len("net.") :]: v for k, v in weights.items() if k.startswith("net.")}
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:

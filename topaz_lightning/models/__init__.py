@@ -6,6 +6,7 @@ from topaz_lightning.models.decoder import Decoder
 from topaz_lightning.models.io import (
     CARD_VERSION,
     ModelCard,
+    checkpoint_weights,
     load_model,
     read_model_card,
     read_torch_file,
@@ -37,6 +38,7 @@ __all__ = [
     "ResNet16",
     "ResidualBlock",
     "TopazResNet",
+    "checkpoint_weights",
     "load_model",
     "read_model_card",
     "read_torch_file",

@@ -28,6 +28,7 @@ __all__ = [
     "VERSION",
     "ModelCard",
     "build_model",
+    "checkpoint_weights",
     "load_model",
     "known_model_classes",
     "model_classes",
@@ -42,6 +43,8 @@ VERSION = 1
 #: installed packages register their model classes here (``[project.entry-points."topaz_lightning.models"]``
 #: ``mynet = "myresearch.nets:MyNet"``): installed code is trusted, a model file is not
 ENTRY_POINT_GROUP = "topaz_lightning.models"
+#: a training checkpoint's suffix (Lightning): such a file is loaded with its run's model.pt
+CHECKPOINT_SUFFIX = ".ckpt"
 
 
 def _plain(value: Any, key: str) -> Any:
@@ -309,6 +312,8 @@ def _check_size(cls: type[nn.Module], kwargs: dict, path: Path | None) -> None:
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Rebuild the model saved at ``path``; returns ``(net, extra)`` with ``net`` in eval mode.
+    A training checkpoint (``RUN/checkpoints/<name>.ckpt``) is read with its run's
+    ``RUN/model.pt`` (:func:`_load_checkpoint`).
 
     A model file is untrusted input: it is read with ``torch.load(weights_only=True)`` (no
     pickled code runs) and the net is built only from this package's own model classes or those
@@ -320,6 +325,8 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     and new files alike.
     """
     path = Path(path)
+    if path.suffix == CHECKPOINT_SUFFIX:
+        return _load_checkpoint(path)
     payload = read_torch_file(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(
@@ -343,6 +350,40 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     if not isinstance(extra, dict):
         raise InputError("entry 'extra' is not a mapping", path=path, where="extra")
     return net, read_model_card(extra, path).as_extra(extra)
+
+
+def _load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
+    """The classifier of a training checkpoint ``RUN/checkpoints/<name>.ckpt`` (e.g. a step
+    checkpoint, for a checkpoint ensemble) built as its run's ``RUN/model.pt`` (architecture,
+    model card: geometry, preprocessing, pi) with the checkpoint's weights. The model file's
+    place comes from ``path`` alone, never from the checkpoint's contents."""
+    run_model = path.parent.parent / "model.pt"
+    if not run_model.is_file():
+        raise InputError(
+            "a training checkpoint is read with its run's model.pt (architecture and model "
+            f"card), which is not at {run_model} (has the run finished?)",
+            path=path,
+        )
+    net, extra = load_model(run_model)
+    try:
+        net.load_state_dict(checkpoint_weights(path), strict=True)
+    except RuntimeError as err:
+        raise InputError(
+            f"the checkpoint's weights do not fit {run_model}'s architecture: {err}",
+            path=path,
+            where="state_dict",
+        ) from err
+    return net.eval(), extra
+
+
+def checkpoint_weights(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The classifier's weights (``net.*``) of a training checkpoint, read with
+    ``weights_only`` (:func:`read_torch_file`)."""
+    state = read_torch_file(checkpoint, "checkpoint")
+    weights = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise InputError("not a training checkpoint (no state_dict)", path=checkpoint)
+    return {k[len("net.") :]: v for k, v in weights.items() if k.startswith("net.")}
 
 
 def read_torch_file(path: str | os.PathLike, what: str = "model file") -> Any:
