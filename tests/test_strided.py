@@ -344,7 +344,7 @@ def test_shared_stages_give_the_windows_of_the_network_as_written(make, ratio, m
     monkeypatch.setattr(strided, "WINDOW_SHARE_RATIO", ratio)
     monkeypatch.setattr(strided, "SHARED_BAND_ROWS", 7)  # several bands, the last one short
     with torch.inference_mode():
-        geometry = strided._stage_geometry(net, image)
+        geometry = strided._stage_geometry(net.stages(), net.receptive_field, image)
         side_in = 5 + 2 * (net.receptive_field // 2)
         context = (47 + side_in - 1, 53 + side_in - 1)
         shared = strided.shared_stage_count(geometry, len(xy), side_in, context)

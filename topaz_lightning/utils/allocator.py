@@ -7,21 +7,19 @@ picking or training loop maps, touches and unmaps the same few hundred MiB again
 first touch of a page is a page fault in the kernel. On the AMD EPYC of docs/benchmarks/topaz.md,
 tzl-pick with resnet8 on the bench's 16 micrographs spent 10.8 s of its 83 s of CPU in the kernel
 (5.7 million minor page faults); with the two settings below 1.0 s, and 71 s in all
-(``/usr/bin/time -v``, one run each; docs/benchmarks/topaz.md, "Memory allocator").
+(``/usr/bin/time -v``, one run each; docs/benchmarks/topaz.md, "Outcome of the latest runs").
 
 :func:`keep_freed_memory` raises both thresholds to :data:`KEEP_BYTES` with ``mallopt`` at the
 start of every command (``cli._hydra.entry_point``). Memory is then reused, not returned: the
 peak resident size is that of the largest working set plus what fragmentation keeps (+13 % in
-the run above). It changes nothing where the C library is not glibc, and nothing when
-``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` or malloc's ``GLIBC_TUNABLES`` (glibc's
-own settings) or
-``TOPAZ_LIGHTNING_MALLOC=system`` are set in the environment: the user's choice wins.
+the run above). It changes nothing where the C library is not glibc, and nothing when the
+environment sets glibc's own settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+malloc's ``GLIBC_TUNABLES``) or ``TOPAZ_LIGHTNING_MALLOC=system``: the user's choice wins.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -51,11 +49,7 @@ def keep_freed_memory(environ: dict[str, str] | None = None) -> bool:
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
-    mallopt = libc.mallopt
+    mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: the glibc it runs on
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(
