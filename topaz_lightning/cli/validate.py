@@ -194,9 +194,11 @@ def validate_train(cfg: DictConfig) -> None:
         pi_setting = None if data.get("pi") == "auto" else data.get("pi")
         check_prior_settings(pi_setting, data.get("particles_per_micrograph"))
         check_geometry_settings(data, data.get("downsample", 1.0))
+    from topaz_lightning.data.preprocessing import VAL_NORMALIZE_FITS
     from topaz_lightning.preprocess.pipeline import NORMALIZATIONS
 
     choice(cfg, "data.normalize", NORMALIZATIONS, allow_none=True)
+    choice(cfg, "data.val_normalize_fit", VAL_NORMALIZE_FITS)
     integer(cfg, "callbacks.held_out_picking.every_n_steps", minimum=1, allow_none=True)
     held_out = _get(cfg, "callbacks.held_out_picking")
     if isinstance(held_out, DictConfig):  # its pick settings: PickSettings' own checks

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from topaz_lightning.data.labels import positive_masks
-from topaz_lightning.data.preprocessing import preprocess_for_training
+from topaz_lightning.data.preprocessing import check_val_normalize_fit, preprocess_for_training
 from topaz_lightning.data.prior import resolve_pi
 from topaz_lightning.data.sampler import PUBatchDataset, PUPatchSampler, StepDataLoader
 from topaz_lightning.data.settings import (
@@ -86,9 +86,9 @@ class PUDataModule(pl.LightningDataModule):
     (:mod:`topaz_lightning.data.unlabeled`) adds micrographs that give only unlabeled patches;
     their regions count in ``num_regions`` and ``pi_unlabeled`` is the mixture prior.
 
-    Preprocessing (in memory): downsampling and ``normalize`` in gmm/standardize/none; with gmm
-    the fit (over the training and validation micrographs) is kept as ``normalize_fit`` (a
-    ``GMMFit``) for the model card.
+    Preprocessing (in memory): downsampling and ``normalize`` (gmm/standardize/none); with gmm the
+    one fit over training and validation micrographs is kept as ``normalize_fit`` for the model
+    card, and ``val_normalize_fit=held_out`` gives the validation set its own fit, as tzl-pick.
 
     Batches: ``steps_per_epoch`` minibatches of ``batch_positive`` labeled positives then
     ``batch_unlabeled`` unlabeled patches of ``patch_size`` (None = the model's receptive field,
@@ -130,6 +130,7 @@ class PUDataModule(pl.LightningDataModule):
         device: str = "cpu",
         val_batches: int = 4,
         unlabeled_micrographs: Any = None,
+        val_normalize_fit: str = "held_out",
     ):
         super().__init__()
         self.source = source
@@ -162,6 +163,7 @@ class PUDataModule(pl.LightningDataModule):
         self.patch_size = patch_size
         self.downsample = check_downsample(downsample, "data.downsample")
         self.normalize = normalize
+        self.val_normalize_fit = check_val_normalize_fit(val_normalize_fit)
         self.seed = seed
         self.device = device
         self.val_batches = val_batches
@@ -260,7 +262,9 @@ class PUDataModule(pl.LightningDataModule):
         )
         used = {name: loaded.micrographs[name] for name in train_names + val_names}
         used.update({name: image for name, image in extra.items() if name not in used})
-        used, fit = preprocess_for_training(used, self.downsample, self.normalize, self.seed)
+        used, fit = preprocess_for_training(
+            used, self.downsample, self.normalize, self.seed, val_names, self.val_normalize_fit
+        )
         if fit is not None:  # kept for the model card, so tzl-pick can reuse the training fit
             self.normalize_fit = fit
         geometry = resolve_geometry(
@@ -270,7 +274,6 @@ class PUDataModule(pl.LightningDataModule):
             **self.geometry_settings,
         )
         truth = coordinates_to_model_frame(loaded.coordinates, geometry.downsample)
-
         train_truth = truth[truth["micrograph"].isin(train_names)].reset_index(drop=True)
         self.val_coordinates = truth[truth["micrograph"].isin(val_names)].reset_index(drop=True)
         if len(train_truth) == 0:
@@ -281,7 +284,6 @@ class PUDataModule(pl.LightningDataModule):
         self.train_micrographs = {n: used[n] for n in train_names}
         self.val_micrographs = {n: used[n] for n in val_names}
         self.unlabeled_micrographs = {n: used[n] for n in extra}
-
         shapes = {name: image.shape for name, image in self.train_micrographs.items()}
         masks = positive_masks(shapes, self.train_coordinates, geometry.label_radius_px_model)
         self._train_masks = masks

@@ -15,15 +15,15 @@
 A micrograph that is not part of the fit (training fit, a run of more than FIT_MICROGRAPHS
 micrographs, or a file that could not be read in the first pass) gets its own scale ``alpha`` by
 EM with the mixture held fixed (:func:`fit_scale`), so it never depends on the other micrographs
-of the run.
+of the run. The set's fit and this rule live in :mod:`topaz_lightning.preprocess.set_fit`, which
+the training run's held-out micrographs share (the held-out picking callback sees tzl-pick's
+pixels).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,65 +37,26 @@ from topaz_lightning.preprocess.gmm import (
     check_not_constant,
     fit_gmm_samples,
     image_rng,
-    normalize_gmm,
     sample_pixels,
     samples_per_image,
+)
+
+# the set's fit and each micrograph's normalization against it live in preprocess.set_fit (the
+# training run's held-out micrographs use them too); re-exported here for pick-time callers
+from topaz_lightning.preprocess.set_fit import (  # noqa: F401
+    FIT_MICROGRAPHS,
+    SCALE_SAMPLE_SIZE,
+    fit_micrographs,
+    fit_scale,
+    normalize_in_set,
 )
 
 log = logging.getLogger("topaz_lightning")
 
 NORMALIZE_FITS = ("run", "training")
-#: pixels of one micrograph used to estimate its own scale against a fixed mixture
-SCALE_SAMPLE_SIZE = 100_000
-#: micrographs a run's GMM (normalize_fit=run) is fitted on: the first pass reads only these
-#: (evenly spaced over the run), so its cost does not grow with the run
-FIT_MICROGRAPHS = 16
 #: downsampled images of the fit's micrographs kept for scoring (bytes, in all): 16 images of
 #: 1024 x 1024 float32 take 64 MiB; beyond the cap the predict loop reads them again
 PREPARED_MAX_BYTES = 256 * 2**20
-
-
-def fit_scale(
-    pixels: np.ndarray, pi: float, mu, sigma, max_iter: int = 200, tol: float = 1e-10
-) -> float:
-    """Maximum-likelihood scale ``alpha`` of one image under a FIXED scaled mixture, by EM.
-
-    Same model as :func:`topaz_lightning.preprocess.gmm.fit_gmm_samples` with pi, mu, sigma held:
-    the M-step for ``beta = 1/alpha`` solves ``A beta^2 - B beta - n = 0`` (its positive root).
-    Starts from ``alpha = std(x) / pooled std of the mixture``.
-    """
-    x = np.asarray(pixels, dtype=np.float64).reshape(-1)
-    check_not_constant(x)
-    mu = np.asarray(mu, dtype=np.float64)
-    sigma = np.asarray(sigma, dtype=np.float64)
-    mix_mean = (1 - pi) * mu[0] + pi * mu[1]
-    mix_var = (1 - pi) * (sigma[0] ** 2 + mu[0] ** 2) + pi * (sigma[1] ** 2 + mu[1] ** 2)
-    mix_std = math.sqrt(max(mix_var - mix_mean**2, 1e-30))
-    beta = mix_std / float(x.std())
-    n = x.size
-    ll = -math.inf
-    for _ in range(max_iter):
-        y = x * beta
-        lp0 = math.log(1 - pi) - 0.5 * ((y - mu[0]) / sigma[0]) ** 2 - math.log(sigma[0])
-        lp1 = math.log(pi) - 0.5 * ((y - mu[1]) / sigma[1]) ** 2 - math.log(sigma[1])
-        top = np.maximum(lp0, lp1)
-        log_mix = top + np.log(np.exp(lp0 - top) + np.exp(lp1 - top))
-        new_ll = float(np.mean(log_mix)) + math.log(beta)
-        r = np.exp(lp1 - log_mix)
-        prec = (1 - r) / sigma[0] ** 2 + r / sigma[1] ** 2
-        prec_mu = (1 - r) * mu[0] / sigma[0] ** 2 + r * mu[1] / sigma[1] ** 2
-        a = float((prec * x * x).sum())
-        b = float((prec_mu * x).sum())
-        beta = (b + math.sqrt(b * b + 4 * a * n)) / (2 * a)
-        if abs(new_ll - ll) < tol * (1 + abs(new_ll)):
-            break
-        ll = new_ll
-    return 1.0 / beta
-
-
-def _name_rng(seed: int, name: str) -> np.random.Generator:
-    # keyed by the micrograph's name, so its sample does not depend on the other micrographs
-    return np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])
 
 
 @dataclass
@@ -122,15 +83,8 @@ class PickNormalization:
             return np.asarray(image, dtype=np.float32)
         if self.method == "standardize":
             return standardize(image, name)
-        fit = self.fit
-        assert fit is not None
-        check_not_constant(image, name)
-        if name in fit.names:
-            return normalize_gmm(image, fit, name)
-        pixels = sample_pixels(image, SCALE_SAMPLE_SIZE, _name_rng(self.seed, name))
-        alpha = fit_scale(pixels, fit.pi, fit.mu, fit.sigma)
-        own = GMMFit(pi=fit.pi, mu=fit.mu, sigma=fit.sigma, alpha=np.array([alpha]), names=[name])
-        return normalize_gmm(image, own, name)
+        assert self.fit is not None
+        return normalize_in_set(image, self.fit, name, self.seed)
 
     def record(self) -> dict[str, Any]:
         """Plain values for ``normalization.json`` in the run directory (strict JSON, exact float
@@ -171,19 +125,6 @@ class Downsampled:
         image = downsample(read_micrograph(path), self.downsample)
         check_not_constant(image, str(path))
         return image
-
-
-def fit_micrographs(names: Sequence[str], max_micrographs: int | None = FIT_MICROGRAPHS) -> list:
-    """The micrographs a run's GMM is fitted on: all of ``names`` when there are at most
-    ``max_micrographs`` (None: no limit), else that many evenly spaced over the list (the first
-    and the last included), in the list's order."""
-    names = list(names)
-    if max_micrographs is None or len(names) <= int(max_micrographs):
-        return names
-    if int(max_micrographs) < 1:
-        raise ConfigError("max_micrographs", f"must be at least 1, got {max_micrographs!r}")
-    positions = np.round(np.linspace(0, len(names) - 1, int(max_micrographs))).astype(np.int64)
-    return [names[i] for i in np.unique(positions)]
 
 
 def fit_over_micrographs(
