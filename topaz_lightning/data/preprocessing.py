@@ -67,11 +67,13 @@ def preprocess_for_training(
     if normalize == "standardize":
         return {name: standardize(image, name) for name, image in small.items()}, None
     fit = fit_gmm(small, seed=seed)
-    normalized = {
-        name: normalize_gmm(image, fit, k) for k, (name, image) in enumerate(small.items())
-    }
+    own = None  # the held-out set's own fit (each image is normalized once, by one of the fits)
     if held_out and val_normalize_fit == "held_out":
         own = fit_set({name: small[name] for name in held_out}, seed=HELD_OUT_FIT_SEED)
-        for name in held_out:
-            normalized[name] = normalize_in_set(small[name], own, name, HELD_OUT_FIT_SEED)
+    normalized = {}
+    for k, (name, image) in enumerate(small.items()):
+        if own is not None and name in held_out:
+            normalized[name] = normalize_in_set(image, own, name, HELD_OUT_FIT_SEED)
+        else:
+            normalized[name] = normalize_gmm(image, fit, k)
     return normalized, fit
