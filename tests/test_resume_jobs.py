@@ -306,8 +306,8 @@ def test_train_rerun_continues_from_its_last_checkpoint_never_two_last(tmp_path,
 
     cfg, run_dir = _small_training(tmp_path)
     train(cfg(2))
-    # as if killed after the step-2 checkpoint: no model.pt / metrics.json yet
-    for name in ("model.pt", "metrics.json"):
+    # as if killed after the step-2 checkpoint: no model.pt / model_last.pt / metrics.json yet
+    for name in ("model.pt", "model_last.pt", "metrics.json"):
         (run_dir / name).unlink()
     with caplog.at_level("INFO", logger="topaz_lightning"):
         metrics = train(cfg(3))  # the same command (training longer is allowed)
@@ -325,7 +325,7 @@ def test_train_rerun_refuses_other_settings_and_overwrite_removes_old_checkpoint
     # finished: refused; interrupted with other settings: refused, naming the key
     with pytest.raises(OutputExistsError, match="model.pt"):
         train(cfg(3))
-    for name in ("model.pt", "metrics.json"):
+    for name in ("model.pt", "model_last.pt", "metrics.json"):
         (run_dir / name).unlink()
     with pytest.raises(ConfigError, match="module.optimizer.lr"):
         train(cfg(3, "module.optimizer.lr=0.01"))

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from topaz_lightning.callbacks.checkpoint import best_checkpoint, check_checkpoint
+from topaz_lightning.callbacks.ensemble import ensemble_metrics, export_model
 from topaz_lightning.errors import ConfigError, OutputExistsError
 from topaz_lightning.utils.continuation import CONTINUE_MAY_CHANGE, RESUME_MAY_CHANGE, may_change
 from topaz_lightning.utils.distributed import is_launch_rank_zero
@@ -168,10 +169,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     if trainer.is_global_zero:
-        card = model_card(cfg, datamodule, module, patch_size, int(trainer.global_step))
+        step = int(trainer.global_step)
+        # model.pt: the checkpoint ensemble (callbacks.checkpoint_ensemble) or the last weights
+        net, net_config, steps = export_model(callbacks, module.net, model_config, step)
+        card = model_card(cfg, datamodule, module, patch_size, step, ensemble_steps=steps)
         model_path = output_dir / "model.pt"
-        save_model(model_path, module.net, model_config, card=card, overwrite=True)
+        save_model(model_path, net, net_config, card=card, overwrite=True)
         metrics["model_path"] = str(model_path)
+        if len(steps) > 1:
+            last_path = output_dir / "model_last.pt"
+            save_model(last_path, module.net, model_config, card=card, overwrite=True)
+            metrics.update(model_steps=steps, last_model_path=str(last_path))
+            metrics.update(ensemble_metrics(callbacks))
         best = best_checkpoint(trainer)
         if best is not None:
             best_net = instantiate(cfg.model)
@@ -186,8 +195,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def model_card(cfg: DictConfig, datamodule: Any, module: Any, patch_size: int, global_step: int):
-    """The :class:`~topaz_lightning.models.ModelCard` of a finished run (model.pt's record)."""
+def model_card(
+    cfg: DictConfig,
+    datamodule: Any,
+    module: Any,
+    patch_size: int,
+    global_step: int,
+    ensemble_steps: list[int] | None = None,
+):
+    """The :class:`~topaz_lightning.models.ModelCard` of a finished run (model.pt's record);
+    ``ensemble_steps``: the steps of a checkpoint ensemble's members (recorded when several)."""
     from topaz_lightning.models import ModelCard
 
     geometry = datamodule.geometry
@@ -216,6 +233,7 @@ def model_card(cfg: DictConfig, datamodule: Any, module: Any, patch_size: int, g
             "data_fingerprint": datamodule.data_fingerprint(),
             # label-free micrographs that gave unlabeled patches (data.unlabeled_micrographs)
             "num_unlabeled_micrographs": len(getattr(datamodule, "unlabeled_micrographs", {})),
+            **({"ensemble_steps": list(ensemble_steps)} if len(ensemble_steps or []) > 1 else {}),
         },
     )
 
@@ -245,7 +263,7 @@ def _checkpoint_dir(cfg: DictConfig, output_dir: Path) -> Path:
 
 
 #: what a finished run leaves in its output directory
-RUN_OUTPUTS = ("model.pt", "model_best.pt", "metrics.json")
+RUN_OUTPUTS = ("model.pt", "model_best.pt", "model_last.pt", "metrics.json")
 
 
 #: settings a continued run may change: where things go, how far to train

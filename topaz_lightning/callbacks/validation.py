@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from topaz_lightning.callbacks.held_out import (
@@ -296,11 +297,27 @@ class HeldOutPicking(pl.Callback):
 
     # -- work ----------------------------------------------------------------------------------
 
+    @property
+    def disabled(self) -> bool:
+        """True when there is nothing to pick (no held-out micrographs)."""
+        return self._disabled
+
+    def evaluate_net(self, trainer: pl.Trainer, net: torch.nn.Module) -> dict[str, float]:
+        """The held-out metrics (``val/...``, no region AUPR) of another network than the one
+        being trained, e.g. the checkpoint ensemble tzl-train exports: same micrographs, pixels
+        and pick settings; nothing is logged or kept. Every rank must call it (DDP)."""
+        return self.evaluate(trainer, trainer.lightning_module, region=False, net=net)[0]
+
     def evaluate(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, region: bool = True
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        region: bool = True,
+        net: torch.nn.Module | None = None,
     ) -> tuple[dict[str, float], Any, ShardResult, dict[str, np.ndarray]]:
         """Pick this rank's shard, gather all shards, compute metrics on rank 0, broadcast;
-        ``region``: with region AUPR (when a region radius is known).
+        ``region``: with region AUPR (when a region radius is known); ``net``: the network to
+        pick with (default ``pl_module.net``).
 
         Returns (metrics identical on every rank, PickEvaluation on rank 0 else None, the merged
         result, this rank's kept score maps).
@@ -315,7 +332,7 @@ class HeldOutPicking(pl.Callback):
         # pick_micrograph scores in eval mode without gradients and restores the net's mode
         region_radius = self._region_radius(trainer) if region else None
         shard, maps = pick_shard(
-            pl_module.net, micrographs, coordinates, local, self.settings,
+            pl_module.net if net is None else net, micrographs, coordinates, local, self.settings,
             region_radius, pl_module.device, keep,
         )  # fmt: skip
         merged = merge_shards(all_gather_objects(shard))

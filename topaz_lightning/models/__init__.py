@@ -3,6 +3,7 @@
 from topaz_lightning.models.base import PatchClassifier, receptive_field
 from topaz_lightning.models.conv31 import Conv31
 from topaz_lightning.models.decoder import Decoder
+from topaz_lightning.models.ensemble import EnsembleNet, HomogeneousEnsembleNet
 from topaz_lightning.models.io import (
     CARD_VERSION,
     ModelCard,
@@ -29,6 +30,8 @@ __all__ = [
     "MODELS",
     "Conv31",
     "Decoder",
+    "EnsembleNet",
+    "HomogeneousEnsembleNet",
     "ModelCard",
     "PReLUResNet8",
     "PReLUResNet16",

@@ -22,6 +22,7 @@ __all__ = ["CARD_VERSION", "ModelCard", "read_model_card"]
 #: as loose keys) read as version 1
 CARD_VERSION = 2
 _MAX_CARD_STR = 300
+_MAX_CARD_LIST = 64
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class ModelCard:
       (the name of the prior it received), ``prior_value``, ``labeled_fraction`` (NNPU).
     - ``training``: ``receptive_field``, ``patch_size_px_model``, ``global_step``, ``seed`` and
       ``data_fingerprint`` (sha256 of the training/validation micrographs as the model saw them
-      and of the labeled particles, :meth:`PUDataModule.data_fingerprint`).
+      and of the labeled particles, :meth:`PUDataModule.data_fingerprint`); for a checkpoint
+      ensemble ``ensemble_steps``, the global steps of its members (the last is ``global_step``).
     """
 
     geometry: Any = None
@@ -189,6 +191,8 @@ _CARD_FIELDS: dict[str, dict[str, str]] = {
         "seed": "int",
         "data_fingerprint": "str",
         "num_unlabeled_micrographs": "int",
+        # a checkpoint ensemble's members (callbacks.checkpoint_ensemble): their global steps
+        "ensemble_steps": "ints",
     },
 }
 
@@ -228,6 +232,12 @@ def _card_value(value: Any, kind: str, source: str | None, where: str) -> Any:
             if not np.isfinite(value["log_likelihood"]):  # GMMFit.as_dict() wrote NaN: unknown
                 value = {**value, "log_likelihood": None}
         return GMMFit.from_record(value, source=source).to_record()
+    if kind == "ints":
+        if not isinstance(value, list | tuple) or len(value) > _MAX_CARD_LIST:
+            raise InputError(
+                f"expected a list of at most {_MAX_CARD_LIST} counts", path=source, where=where
+            )
+        return [_card_value(v, "int", source, f"{where}[{i}]") for i, v in enumerate(value)]
     if kind == "str":
         if not isinstance(value, str) or len(value) > _MAX_CARD_STR:
             raise InputError(

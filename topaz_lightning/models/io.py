@@ -241,10 +241,17 @@ def _plain_argument(value: Any, key: str, path: Path, depth: int = 0) -> Any:
     raise bad(f"a {type(value).__name__} is not a plain constructor argument")
 
 
-def build_model(config: Mapping, path: str | os.PathLike | None = None) -> nn.Module:
+def build_model(
+    config: Mapping, path: str | os.PathLike | None = None, part: bool = False
+) -> nn.Module:
     """Build the classifier described by a stored ``model_config`` (``_target_`` + kwargs), calling
     only a class of :func:`known_model_classes` (this package's, or an installed entry point's)
-    with plain keyword arguments; InputError otherwise."""
+    with plain keyword arguments; InputError otherwise.
+
+    A **composite** class (one with a ``from_config(build, **kwargs)`` classmethod, e.g. the
+    checkpoint ensemble ``models.ensemble.HomogeneousEnsembleNet``) is built by it, and each of
+    its parts by this function again (``part=True``), so every part passes the same checks; a
+    part that is itself composite is refused (no nesting)."""
     import inspect
 
     path = Path(path) if path is not None else None
@@ -273,8 +280,17 @@ def build_model(config: Mapping, path: str | os.PathLike | None = None) -> nn.Mo
             )
         kwargs[key] = _plain_argument(value, key, path)
     cls = classes[target]
+    if part and _composite(cls):
+        raise InputError(
+            f"{cls.__name__} is a composite model (an ensemble) and cannot be a part of another",
+            path=path,
+            where="model_config",
+        )
     try:
-        inspect.signature(cls).bind(**kwargs)
+        if _composite(cls):
+            inspect.signature(cls.from_config).bind(None, **kwargs)
+        else:
+            inspect.signature(cls).bind(**kwargs)
     except TypeError as err:
         raise InputError(
             f"arguments do not fit {cls.__name__}: {err}", path=path, where="model_config"
@@ -283,10 +299,19 @@ def build_model(config: Mapping, path: str | os.PathLike | None = None) -> nn.Mo
     return _construct(cls, kwargs, path)
 
 
+def _composite(cls: type) -> bool:
+    return callable(getattr(cls, "from_config", None))
+
+
 def _construct(cls: type[nn.Module], kwargs: dict, path: Path | None) -> nn.Module:
-    """``cls(**kwargs)``; arguments the class refuses are an InputError naming the file."""
+    """``cls(**kwargs)`` (a composite: ``cls.from_config(build, **kwargs)``, its parts built by
+    :func:`build_model`); arguments the class refuses are an InputError naming the file."""
     try:
+        if _composite(cls):
+            return cls.from_config(lambda part: build_model(part, path, part=True), **kwargs)
         return cls(**kwargs)
+    except InputError:  # a part's own error, naming the file already
+        raise
     except (TypeError, ValueError) as err:
         raise InputError(
             f"cannot build {cls.__name__} from the stored arguments: {err}",
@@ -365,6 +390,10 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
             path=path,
         )
     net, extra = load_model(run_model)
+    # a run whose model.pt is a checkpoint ensemble: its checkpoints hold one member's weights
+    member = getattr(net, "member_architecture", None)
+    if callable(member):
+        net = member()
     try:
         net.load_state_dict(checkpoint_weights(path), strict=True)
     except RuntimeError as err:

@@ -1,12 +1,8 @@
 """``picker=ensemble``: several trained classifiers (seeds, checkpoints) scored as one, their logits averaged.
 
-The ensemble's score at a pixel is the **mean of the members' logits** there. Logits, not
-probabilities: a mean of logits is a linear map of the members' own logits, so the ensemble is
-itself a :class:`~topaz_lightning.models.base.PatchClassifier` (``trunk`` = the members' logit
-maps stacked as channels, ``classifier`` = weights ``1/K``, no bias) and every scoring mode
-(strided with its exact windows, coarse-to-fine, dense, TTA) runs on it unchanged; the
-pipeline's threshold and scores are logits too. A mean of probabilities would put a sigmoid
-between the members and the average, which the strided path's linear classifier cannot hold.
+The network is :class:`topaz_lightning.models.ensemble.EnsembleNet` (the mean of the members'
+logits, itself a patch classifier, so every scoring mode runs on it unchanged); this module loads
+the members' files and checks that they belong together.
 
 The members must agree on everything that decides where and how a micrograph is scored: the
 receptive field and convolution strides (so their maps line up pixel for pixel, at every stride)
@@ -32,20 +28,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from topaz_lightning.errors import ConfigError, InputError
 from topaz_lightning.models.base import PatchClassifier
+from topaz_lightning.models.ensemble import MAX_MEMBERS, EnsembleNet
 from topaz_lightning.picking.pickers import LoadedPicker, Picker
 
 log = logging.getLogger("topaz_lightning")
 
 #: how the members' scores are combined (the record of a run says it)
 COMBINE = "mean_logit"
-#: members at most (each is a whole network in memory and a trunk pass per scored pixel)
-MAX_MEMBERS = 64
 #: the run-geometry fields (model.pt ``extra["geometry"]``) every member must share
 GEOMETRY_FIELDS = (
     "downsample",
@@ -62,62 +55,6 @@ GEOMETRY_FIELDS = (
 #: the EMPIAR-10017 fold 0 (docs/accuracy.md, "Ensembles"); a flipped dominant component is ~1.
 GMM_TOLERANCE = 0.1
 _EXAMPLE = "picker.model_paths=[seed0/model.pt,seed1/model.pt] (or a text file listing them)"
-
-
-class EnsembleNet(PatchClassifier):
-    """The mean logit of ``members`` (patch classifiers of one receptive field and one stride
-    sequence) as one patch classifier: ``trunk`` gives each member's logit map as a channel
-    (``(B, K, h, w)``, in every mode the members' own trunks support), the classifier averages
-    them (weights ``1/K``, bias 0). ``score_map``, ``forward`` and strided/coarse scoring are the
-    base class's, so each equals the mean of the members' own, up to float rounding (exactly for
-    one member)."""
-
-    def __init__(self, members: Sequence[PatchClassifier]):
-        super().__init__()
-        members = list(members)
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        for k, member in enumerate(members):
-            if not isinstance(member, PatchClassifier):
-                raise TypeError(f"member {k} is a {type(member).__name__}, not a PatchClassifier")
-        first = members[0]
-        for k, member in enumerate(members[1:], start=1):
-            if member.receptive_field != first.receptive_field:
-                raise ValueError(
-                    f"member {k} has receptive field {member.receptive_field}, "
-                    f"member 0 {first.receptive_field}"
-                )
-            if tuple(member.phase_strides) != tuple(first.phase_strides):
-                raise ValueError(
-                    f"member {k} has strides {tuple(member.phase_strides)}, "
-                    f"member 0 {tuple(first.phase_strides)}"
-                )
-        self.members = nn.ModuleList(members)
-        self.receptive_field = int(first.receptive_field)
-        self.phase_strides = tuple(int(s) for s in first.phase_strides)
-        self.num_features = len(members)
-        self.classifier = nn.Linear(len(members), 1)
-        with torch.no_grad():
-            self.classifier.weight.fill_(1.0 / len(members))
-            self.classifier.bias.zero_()
-        self.requires_grad_(False)
-        self._init_kwargs = {"members": len(members)}
-
-    def trunk(self, x: Tensor, dense: bool | str) -> Tensor:
-        """``(B, K, h, w)``: member k's logits (its trunk, then its classifier as a 1 x 1
-        convolution) in channel k."""
-        maps = []
-        for member in self.members:
-            weight = member.classifier.weight.view(1, member.num_features, 1, 1)
-            maps.append(F.conv2d(member.trunk(x, dense), weight, member.classifier.bias))
-        return torch.cat(maps, dim=1)
-
-    @property
-    def config(self) -> dict:
-        raise TypeError(
-            "an EnsembleNet is built by picker=ensemble from its members' files; it is not "
-            "saved as one model file"
-        )
 
 
 def read_model_list(path: str | Path) -> list[str]:
