@@ -53,7 +53,12 @@ def test_two_process_ddp_cpu_run(tmp_path):
         "data.batch_positive=4", "data.batch_unlabeled=60", "data.device=cpu",
         "data.val_batches=1", "data.steps_per_epoch=100",
         "trainer.max_steps=3", "trainer.enable_model_summary=false",
-        "callbacks.held_out_picking=null", "callbacks.best_checkpoint=null",
+        # held-out picking at the end only: both ranks pick their share with model.pt's
+        # checkpoint ensemble (steps 2 and 3) as well, through the same collectives
+        "callbacks.held_out_picking.every_n_steps=3",
+        "callbacks.held_out_picking.nms_radius_px_model=6",
+        "callbacks.held_out_picking.match_distance_px_model=4",
+        "callbacks.best_checkpoint=null",
         "callbacks.progress_bar=null",
         "+callbacks.record._target_=tests.test_ddp.BatchRecorder",
         f"+callbacks.record.out_dir={record_dir}",
@@ -72,3 +77,10 @@ def test_two_process_ddp_cpu_run(tmp_path):
     assert records[0]["weights"] == records[1]["weights"]
     assert (run_dir / "model.pt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    from topaz_lightning.models import HomogeneousEnsembleNet, load_model
+
+    net, extra = load_model(run_dir / "model.pt")
+    assert isinstance(net, HomogeneousEnsembleNet)
+    assert extra["card"]["training"]["ensemble_steps"] == [2, 3]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["val_model/aupr"] <= 1.0 and 0.0 <= metrics["val/aupr"] <= 1.0
