@@ -68,7 +68,12 @@ def test_model_pt_is_the_mean_of_the_step_checkpoints_and_the_last_weights(datas
     assert metrics["model_steps"] == [10, 15, 20]
     # the last weights alone: model_last.pt == the final checkpoint's classifier
     last, last_extra = load_model(run / "model_last.pt")
-    assert type(last) is Conv31 and last_extra == extra
+    assert type(last) is Conv31
+    # the single network's card: model.pt's without the members' steps
+    single = {**extra["card"]["training"]}
+    del single["ensemble_steps"]
+    assert last_extra["card"] == {**extra["card"], "training": single}
+    assert "ensemble_steps" not in load_model(run / "model_best.pt")[1]["card"]["training"]
     step20, _ = load_model(run / "checkpoints" / "step20.ckpt")  # read with model.pt's member
     for key, value in last.state_dict().items():
         assert torch.equal(value, step20.state_dict()[key]), key

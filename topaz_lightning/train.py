@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         step = int(trainer.global_step)
         # model.pt: the checkpoint ensemble (callbacks.checkpoint_ensemble) or the last weights
         net, net_config, steps = export_model(callbacks, module.net, model_config, step)
-        card = model_card(cfg, datamodule, module, patch_size, step, ensemble_steps=steps)
+        # the single networks' card; model.pt's names its members' steps when an ensemble
+        card = model_card(cfg, datamodule, module, patch_size, step)
+        ensemble_card = card
+        if len(steps) > 1:
+            ensemble_card = replace(card, training={**card.training, "ensemble_steps": steps})
         model_path = output_dir / "model.pt"
-        save_model(model_path, net, net_config, card=card, overwrite=True)
+        save_model(model_path, net, net_config, card=ensemble_card, overwrite=True)
         metrics["model_path"] = str(model_path)
         if len(steps) > 1:
             last_path = output_dir / "model_last.pt"
@@ -195,16 +200,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def model_card(
-    cfg: DictConfig,
-    datamodule: Any,
-    module: Any,
-    patch_size: int,
-    global_step: int,
-    ensemble_steps: list[int] | None = None,
-):
-    """The :class:`~topaz_lightning.models.ModelCard` of a finished run (model.pt's record);
-    ``ensemble_steps``: the steps of a checkpoint ensemble's members (recorded when several)."""
+def model_card(cfg: DictConfig, datamodule: Any, module: Any, patch_size: int, global_step: int):
+    """The :class:`~topaz_lightning.models.ModelCard` of a finished run (model.pt's record)."""
     from topaz_lightning.models import ModelCard
 
     geometry = datamodule.geometry
@@ -233,7 +230,6 @@ def model_card(
             "data_fingerprint": datamodule.data_fingerprint(),
             # label-free micrographs that gave unlabeled patches (data.unlabeled_micrographs)
             "num_unlabeled_micrographs": len(getattr(datamodule, "unlabeled_micrographs", {})),
-            **({"ensemble_steps": list(ensemble_steps)} if len(ensemble_steps or []) > 1 else {}),
         },
     )
 
